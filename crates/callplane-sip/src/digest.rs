@@ -1,0 +1,340 @@
+//! HTTP digest authentication for SIP (RFC 3261 §22, RFC 8760 SHA-256), server side.
+//! Sans-IO: parses Authorization headers, issues stateless time-stamped nonces and verifies
+//! responses. The registrar and the INVITE path use it with the current time passed in.
+
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+/// A digest algorithm we can verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Md5,
+    Sha256,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Algorithm> {
+        match s.to_ascii_uppercase().as_str() {
+            "MD5" => Some(Algorithm::Md5),
+            "SHA-256" => Some(Algorithm::Sha256),
+            _ => None,
+        }
+    }
+
+    fn hash_hex(self, input: &str) -> String {
+        match self {
+            Algorithm::Md5 => hex(&Md5::digest(input.as_bytes())),
+            Algorithm::Sha256 => hex(&Sha256::digest(input.as_bytes())),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    s
+}
+
+/// The parameters of a `Digest` credentials header (Authorization / Proxy-Authorization).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestCredentials {
+    pub username: String,
+    pub realm: String,
+    pub nonce: String,
+    pub uri: String,
+    pub response: String,
+    pub algorithm: Algorithm,
+    pub qop: Option<String>,
+    pub nc: Option<String>,
+    pub cnonce: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("not a Digest credentials header")]
+    NotDigest,
+    #[error("missing parameter {0}")]
+    Missing(&'static str),
+    #[error("unsupported algorithm {0}")]
+    UnsupportedAlgorithm(String),
+    #[error("malformed header")]
+    Malformed,
+}
+
+/// Splits `a=b, c="d,e"` into a map, honouring quoted strings with backslash escapes.
+fn parse_params(input: &str) -> Result<HashMap<String, String>, DigestError> {
+    let mut out = HashMap::new();
+    let bytes = input.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        while i < bytes.len() && (bytes[i] == b',' || bytes[i].is_ascii_whitespace()) {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            break;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i] != b'=' && bytes[i] != b',' {
+            i += 1;
+        }
+        let name = input
+            .get(start..i)
+            .ok_or(DigestError::Malformed)?
+            .trim()
+            .to_ascii_lowercase();
+        if i >= bytes.len() || bytes[i] != b'=' {
+            return Err(DigestError::Malformed);
+        }
+        i += 1;
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let mut value = String::new();
+        if i < bytes.len() && bytes[i] == b'"' {
+            i += 1;
+            let mut closed = false;
+            let mut seg_start = i;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'\\' if i + 1 < bytes.len() => {
+                        value.push_str(input.get(seg_start..i).ok_or(DigestError::Malformed)?);
+                        i += 1;
+                        seg_start = i;
+                        i += 1;
+                    }
+                    b'"' => {
+                        value.push_str(input.get(seg_start..i).ok_or(DigestError::Malformed)?);
+                        closed = true;
+                        i += 1;
+                        break;
+                    }
+                    _ => i += 1,
+                }
+            }
+            if !closed {
+                return Err(DigestError::Malformed);
+            }
+        } else {
+            let vstart = i;
+            while i < bytes.len() && bytes[i] != b',' {
+                i += 1;
+            }
+            value.push_str(input.get(vstart..i).ok_or(DigestError::Malformed)?.trim());
+        }
+        if name.is_empty() {
+            return Err(DigestError::Malformed);
+        }
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+impl DigestCredentials {
+    /// Parses the value of an Authorization or Proxy-Authorization header.
+    pub fn parse(header_value: &str) -> Result<DigestCredentials, DigestError> {
+        let v = header_value.trim();
+        let scheme_end = v.find(char::is_whitespace).ok_or(DigestError::NotDigest)?;
+        let (scheme, rest) = v.split_at(scheme_end);
+        if !scheme.eq_ignore_ascii_case("digest") {
+            return Err(DigestError::NotDigest);
+        }
+        let mut p = parse_params(rest)?;
+        let mut take = |k: &'static str| p.remove(k).ok_or(DigestError::Missing(k));
+        let username = take("username")?;
+        let realm = take("realm")?;
+        let nonce = take("nonce")?;
+        let uri = take("uri")?;
+        let response = take("response")?;
+        let algorithm = match p.remove("algorithm") {
+            None => Algorithm::Md5,
+            Some(a) => Algorithm::parse(&a).ok_or(DigestError::UnsupportedAlgorithm(a))?,
+        };
+        Ok(DigestCredentials {
+            username,
+            realm,
+            nonce,
+            uri,
+            response,
+            algorithm,
+            qop: p.remove("qop"),
+            nc: p.remove("nc"),
+            cnonce: p.remove("cnonce"),
+        })
+    }
+
+    /// The response a client knowing `password` would send for `method`.
+    pub fn expected_response(&self, method: &str, password: &str) -> String {
+        let alg = self.algorithm;
+        let ha1 = alg.hash_hex(&format!("{}:{}:{}", self.username, self.realm, password));
+        let ha2 = alg.hash_hex(&format!("{}:{}", method, self.uri));
+        match (&self.qop, &self.nc, &self.cnonce) {
+            (Some(qop), Some(nc), Some(cnonce)) => alg.hash_hex(&format!(
+                "{ha1}:{}:{nc}:{cnonce}:{qop}:{ha2}",
+                self.nonce
+            )),
+            _ => alg.hash_hex(&format!("{ha1}:{}:{ha2}", self.nonce)),
+        }
+    }
+
+    /// Constant-time comparison of the client's response with the expected one.
+    pub fn verify(&self, method: &str, password: &str) -> bool {
+        let expected = self.expected_response(method, password);
+        let got = self.response.to_ascii_lowercase();
+        if expected.len() != got.len() {
+            return false;
+        }
+        expected
+            .bytes()
+            .zip(got.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// Issues and checks nonces without server state: `<unix secs hex>.<mac>` where the mac binds the
+/// timestamp to a per-process secret, so a forged or stale nonce is recognised.
+#[derive(Clone)]
+pub struct NonceIssuer {
+    secret: [u8; 32],
+    lifetime_secs: u64,
+}
+
+/// What a nonce check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceStatus {
+    Valid,
+    /// Ours but expired: the client should retry with the new nonce (stale=true).
+    Stale,
+    Invalid,
+}
+
+impl NonceIssuer {
+    pub fn new(secret: [u8; 32], lifetime_secs: u64) -> Self {
+        NonceIssuer {
+            secret,
+            lifetime_secs,
+        }
+    }
+
+    fn mac(&self, ts: u64) -> String {
+        let mut h = Sha256::new();
+        h.update(self.secret);
+        h.update(ts.to_be_bytes());
+        let d = h.finalize();
+        hex(d.get(..12).unwrap_or(&[]))
+    }
+
+    pub fn issue(&self, now_unix: u64) -> String {
+        format!("{:x}.{}", now_unix, self.mac(now_unix))
+    }
+
+    pub fn check(&self, nonce: &str, now_unix: u64) -> NonceStatus {
+        let Some((ts_hex, mac)) = nonce.split_once('.') else {
+            return NonceStatus::Invalid;
+        };
+        let Ok(ts) = u64::from_str_radix(ts_hex, 16) else {
+            return NonceStatus::Invalid;
+        };
+        if self.mac(ts) != mac {
+            return NonceStatus::Invalid;
+        }
+        if now_unix.saturating_sub(ts) > self.lifetime_secs || ts > now_unix + 5 {
+            return NonceStatus::Stale;
+        }
+        NonceStatus::Valid
+    }
+}
+
+/// A `WWW-Authenticate`/`Proxy-Authenticate` challenge value.
+pub fn challenge(realm: &str, nonce: &str, algorithm: Algorithm, stale: bool) -> String {
+    let mut s = format!(
+        "Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"",
+        algorithm.as_str()
+    );
+    if stale {
+        s.push_str(", stale=true");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc2617_example_md5_qop_auth() {
+        // The worked example from RFC 2617 §3.5.
+        let h = r#"Digest username="Mufasa", realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", uri="/dir/index.html", qop=auth, nc=00000001, cnonce="0a4f113b", response="6629fae49393a05397450978507c4ef1", opaque="5ccc069c403ebaf9f0171e9517f40e41""#;
+        let c = DigestCredentials::parse(h).unwrap();
+        assert_eq!(c.username, "Mufasa");
+        assert_eq!(c.algorithm, Algorithm::Md5);
+        assert!(c.verify("GET", "Circle Of Life"));
+        assert!(!c.verify("GET", "circle of life"));
+    }
+
+    #[test]
+    fn rfc7616_example_sha256() {
+        // RFC 7616 §3.9.1 SHA-256 example.
+        let h = r#"Digest username="Mufasa", realm="http-auth@example.org", uri="/dir/index.html", algorithm=SHA-256, nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", nc=00000001, cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ", qop=auth, response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#;
+        let c = DigestCredentials::parse(h).unwrap();
+        assert_eq!(c.algorithm, Algorithm::Sha256);
+        assert!(c.verify("GET", "Circle of Life"));
+    }
+
+    #[test]
+    fn no_qop_md5() {
+        let mut c = DigestCredentials {
+            username: "alice".into(),
+            realm: "callplane".into(),
+            nonce: "abc".into(),
+            uri: "sip:127.0.0.1".into(),
+            response: String::new(),
+            algorithm: Algorithm::Md5,
+            qop: None,
+            nc: None,
+            cnonce: None,
+        };
+        c.response = c.expected_response("REGISTER", "secret");
+        assert!(c.verify("REGISTER", "secret"));
+        assert!(!c.verify("INVITE", "secret"));
+    }
+
+    #[test]
+    fn malformed_headers_are_errors_not_panics() {
+        for h in [
+            "",
+            "Digest",
+            "Basic abc",
+            "Digest username=\"x",
+            "Digest =,,,",
+            "Digest username=a, realm=b, nonce=c, uri=d, response=e, algorithm=SHA-512",
+            "Digest \u{00e9}=\"\\",
+        ] {
+            assert!(DigestCredentials::parse(h).is_err(), "{h}");
+        }
+    }
+
+    #[test]
+    fn nonces_expire_and_cannot_be_forged() {
+        let n = NonceIssuer::new([7; 32], 300);
+        let nonce = n.issue(1_000_000);
+        assert_eq!(n.check(&nonce, 1_000_100), NonceStatus::Valid);
+        assert_eq!(n.check(&nonce, 1_000_400), NonceStatus::Stale);
+        let other = NonceIssuer::new([8; 32], 300);
+        assert_eq!(other.check(&nonce, 1_000_100), NonceStatus::Invalid);
+        assert_eq!(n.check("zz.zz", 1), NonceStatus::Invalid);
+        assert_eq!(n.check("nodot", 1), NonceStatus::Invalid);
+    }
+}

@@ -1,0 +1,1055 @@
+//! The SIP server: binds UDP/TCP listeners through rsipstack, dispatches incoming transactions
+//! (INVITE → `InboundCall` for the engine, REGISTER → registrar, OPTIONS → 200, in-dialog
+//! requests → their dialog), and places outbound INVITEs. rsipstack's types stay inside this
+//! module; the engine sees only ours.
+
+use crate::digest::{self, Algorithm, DigestCredentials, NonceIssuer, NonceStatus};
+use crate::info_dtmf::parse_info_dtmf;
+use crate::registrar::{Binding, FailureLimiter, Location};
+use crate::{SipError, Transport};
+use rsipstack::dialog::authenticate::Credential;
+use rsipstack::dialog::dialog::{
+    Dialog, DialogState, DialogStateReceiver, TerminatedReason, TransactionHandle,
+};
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::dialog::invitation::{InviteAsyncResult, InviteOption};
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::headers::make_header;
+use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
+use rsipstack::sip::{Header, Method, Request, StatusCode};
+use rsipstack::transaction::endpoint::EndpointInnerRef;
+use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::udp::UdpConnection;
+use rsipstack::transport::{SipAddr, TcpListenerConnection, TransportLayer};
+use rsipstack::EndpointBuilder;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER";
+
+/// Listening addresses and policies of the SIP server.
+#[derive(Debug, Clone)]
+pub struct SipConfig {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    /// Digest realm presented in challenges.
+    pub realm: String,
+    pub user_agent: String,
+    /// Failed authentications from one source address within `auth_failure_window`
+    /// before that source is refused for `auth_block_time`.
+    pub max_auth_failures: u32,
+    pub auth_failure_window: Duration,
+    pub auth_block_time: Duration,
+    /// Maximum registration lifetime granted.
+    pub max_expires: u32,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            udp: None,
+            tcp: None,
+            realm: "callplane".into(),
+            user_agent: concat!("Callplane/", env!("CARGO_PKG_VERSION")).into(),
+            max_auth_failures: 5,
+            auth_failure_window: Duration::from_secs(60),
+            auth_block_time: Duration::from_secs(300),
+            max_expires: 3600,
+        }
+    }
+}
+
+/// What the SIP layer needs to know about users and trusted peers; implemented by the binary
+/// over the store, so the SIP crate never sees routing data.
+pub trait SipDirectory: Send + Sync + 'static {
+    /// The digest password of a SIP user, if the user exists.
+    fn sip_user_password(&self, username: &str) -> Option<String>;
+    /// Whether INVITEs from this address are accepted without digest auth (trunks, trusted
+    /// networks).
+    fn is_trusted_source(&self, ip: IpAddr) -> bool;
+}
+
+/// A new call offered to us.
+pub struct InboundCall {
+    pub sip_call_id: String,
+    /// The caller's number/user (From URI user part).
+    pub caller: String,
+    pub caller_display: Option<String>,
+    /// The called number (Request-URI user part, else To user part).
+    pub called: String,
+    pub source: SocketAddr,
+    pub transport: Transport,
+    /// The SIP user who authenticated this INVITE, if it came from a phone.
+    pub authenticated_user: Option<String>,
+    /// The SDP offer, if the INVITE carried one.
+    pub offer: Option<String>,
+    pub leg: InboundLeg,
+}
+
+/// Events on an inbound leg.
+#[derive(Debug)]
+pub enum InboundEvent {
+    /// The ACK for our 2xx arrived.
+    Confirmed,
+    /// The caller cancelled before answer (487 already sent).
+    Cancelled,
+    /// The caller sent BYE (200 already sent).
+    RemoteBye,
+    /// No ACK for our 2xx, or the transport failed.
+    Failed(String),
+    /// A digit from SIP INFO.
+    Dtmf(char),
+    /// A re-INVITE (for example hold); answer with `responder`.
+    Reinvite {
+        sdp: Option<String>,
+        responder: ReinviteResponder,
+    },
+}
+
+/// Answers a re-INVITE with our current SDP.
+#[derive(Debug)]
+pub struct ReinviteResponder(TransactionHandle);
+
+impl ReinviteResponder {
+    pub async fn accept(self, sdp: String) {
+        let headers = vec![Header::ContentType("application/sdp".into())];
+        if let Err(e) = self
+            .0
+            .respond(StatusCode::OK, Some(headers), Some(sdp.into_bytes()))
+            .await
+        {
+            debug!(error = %e, "re-INVITE transaction already gone");
+        }
+    }
+
+    pub async fn reject(self, status: u16) {
+        self.0.reply(StatusCode::from(status)).await.ok();
+    }
+}
+
+/// The server side of an inbound call's dialog.
+pub struct InboundLeg {
+    dialog: InviteDialog,
+    states: DialogStateReceiver,
+    layer: Arc<DialogLayer>,
+    confirmed: bool,
+    ended: bool,
+}
+
+impl InboundLeg {
+    /// 180 Ringing, or 183 Session Progress with early media when `sdp` is given.
+    pub fn ringing(&self, sdp: Option<String>) {
+        let headers = sdp
+            .as_ref()
+            .map(|_| vec![Header::ContentType("application/sdp".into())]);
+        if let Err(e) = self.dialog.ringing(headers, sdp.map(String::into_bytes)) {
+            debug!(error = %e, "ringing on a finished transaction");
+        }
+    }
+
+    /// 200 OK with our SDP answer.
+    pub fn answer(&self, sdp: String) -> Result<(), SipError> {
+        let headers = vec![Header::ContentType("application/sdp".into())];
+        self.dialog
+            .accept(Some(headers), Some(sdp.into_bytes()))
+            .map_err(SipError::from)
+    }
+
+    /// A final non-2xx response, with an optional Reason header value (RFC 3326).
+    pub fn reject(&mut self, status: u16, reason: Option<String>) {
+        self.ended = true;
+        if let Err(e) = self.dialog.reject(Some(StatusCode::from(status)), reason) {
+            debug!(error = %e, "reject on a finished transaction");
+        }
+        self.layer.remove_dialog(&self.dialog.id());
+    }
+
+    /// BYE with a Reason header, after answer.
+    pub async fn hangup(&mut self, reason: Option<String>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let r = match reason {
+            Some(r) => self.dialog.bye_with_reason(r).await,
+            None => self.dialog.bye().await,
+        };
+        if let Err(e) = r {
+            debug!(error = %e, "BYE failed");
+        }
+        self.layer.remove_dialog(&self.dialog.id());
+    }
+
+    /// The next event; None once the dialog is gone.
+    pub async fn next_event(&mut self) -> Option<InboundEvent> {
+        loop {
+            let state = self.states.recv().await?;
+            match state {
+                DialogState::Confirmed(..) => {
+                    if !self.confirmed {
+                        self.confirmed = true;
+                        return Some(InboundEvent::Confirmed);
+                    }
+                }
+                DialogState::Terminated(_, reason) => {
+                    self.layer.remove_dialog(&self.dialog.id());
+                    if self.ended {
+                        continue;
+                    }
+                    self.ended = true;
+                    return Some(match reason {
+                        TerminatedReason::UacCancel => InboundEvent::Cancelled,
+                        TerminatedReason::UacBye => InboundEvent::RemoteBye,
+                        other => InboundEvent::Failed(format!("{other:?}")),
+                    });
+                }
+                DialogState::Info(_, req, handle) => {
+                    let digit = parse_info_dtmf(content_type(&req).as_deref(), &req.body);
+                    handle.reply(StatusCode::OK).await.ok();
+                    if let Some(d) = digit {
+                        return Some(InboundEvent::Dtmf(d));
+                    }
+                }
+                DialogState::Updated(_, req, handle) => {
+                    if req.method == Method::Invite {
+                        return Some(InboundEvent::Reinvite {
+                            sdp: body_text(&req),
+                            responder: ReinviteResponder(handle),
+                        });
+                    }
+                    // UPDATE without an offer (session refresh): accept.
+                    handle.reply(StatusCode::OK).await.ok();
+                }
+                DialogState::Options(_, _, handle) => {
+                    handle.reply(StatusCode::OK).await.ok();
+                }
+                DialogState::Refer(_, _, handle)
+                | DialogState::Notify(_, _, handle)
+                | DialogState::Message(_, _, handle)
+                | DialogState::Publish(_, _, handle) => {
+                    handle.reply(StatusCode::from(501)).await.ok();
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Drop for InboundLeg {
+    fn drop(&mut self) {
+        self.layer.remove_dialog(&self.dialog.id());
+    }
+}
+
+/// A call we place (BRIDGE destinations).
+#[derive(Debug, Clone)]
+pub struct OutboundCall {
+    /// Request-URI, e.g. `sip:alice@192.0.2.1:5062` or `sip:+4922155400300@trunk.example`.
+    pub target_uri: String,
+    /// Where to send the INVITE (a registration's source address or a trunk's host:port).
+    pub destination: SocketAddr,
+    pub transport: Transport,
+    /// The From user (the number we present).
+    pub from_user: String,
+    pub from_display: Option<String>,
+    pub offer: String,
+    /// Digest credentials for a challenging trunk: (username, password).
+    pub credential: Option<(String, String)>,
+    pub extra_headers: Vec<(String, String)>,
+}
+
+/// Events on an outbound leg.
+#[derive(Debug)]
+pub enum OutboundEvent {
+    /// 180/183, with SDP when the callee sent early media.
+    Ringing { status: u16, sdp: Option<String> },
+    Answered { sdp: Option<String> },
+    /// A final non-2xx, a timeout or a transport failure (status 408/503 then).
+    Failed { status: u16 },
+    RemoteBye,
+    Dtmf(char),
+    Reinvite {
+        sdp: Option<String>,
+        responder: ReinviteResponder,
+    },
+}
+
+pub struct OutboundLeg {
+    dialog: InviteDialog,
+    states: DialogStateReceiver,
+    outcome: Option<JoinHandle<InviteAsyncResult>>,
+    layer: Arc<DialogLayer>,
+    confirmed_id: Option<rsipstack::dialog::DialogId>,
+    ended: bool,
+}
+
+impl OutboundLeg {
+    pub async fn next_event(&mut self) -> Option<OutboundEvent> {
+        loop {
+            tokio::select! {
+                result = async { self.outcome.as_mut().expect("guarded").await }, if self.outcome.is_some() => {
+                    self.outcome = None;
+                    match result {
+                        Ok(Ok((id, Some(resp)))) => {
+                            let code = resp.status_code.code();
+                            if (200..300).contains(&code) {
+                                self.confirmed_id = Some(id);
+                                let sdp = (!resp.body.is_empty())
+                                    .then(|| String::from_utf8_lossy(&resp.body).into_owned());
+                                return Some(OutboundEvent::Answered { sdp });
+                            }
+                            self.ended = true;
+                            return Some(OutboundEvent::Failed { status: code });
+                        }
+                        Ok(Ok((_, None))) => {
+                            self.ended = true;
+                            return Some(OutboundEvent::Failed { status: 408 });
+                        }
+                        Ok(Err(e)) => {
+                            self.ended = true;
+                            debug!(error = %e, "outbound INVITE failed");
+                            let status = if e.to_string().to_ascii_lowercase().contains("timeout") { 408 } else { 503 };
+                            return Some(OutboundEvent::Failed { status });
+                        }
+                        Err(_) => {
+                            self.ended = true;
+                            return Some(OutboundEvent::Failed { status: 500 });
+                        }
+                    }
+                }
+                state = self.states.recv() => {
+                    let state = state?;
+                    match state {
+                        DialogState::Early(_, resp) => {
+                            let sdp = (!resp.body.is_empty())
+                                .then(|| String::from_utf8_lossy(&resp.body).into_owned());
+                            return Some(OutboundEvent::Ringing { status: resp.status_code.code(), sdp });
+                        }
+                        DialogState::Terminated(_, reason) => {
+                            if self.outcome.is_some() {
+                                // The final response arrives through `outcome`.
+                                continue;
+                            }
+                            self.remove();
+                            if self.ended {
+                                continue;
+                            }
+                            self.ended = true;
+                            match reason {
+                                TerminatedReason::UasBye => return Some(OutboundEvent::RemoteBye),
+                                _ => return Some(OutboundEvent::RemoteBye),
+                            }
+                        }
+                        DialogState::Info(_, req, handle) => {
+                            let digit = parse_info_dtmf(content_type(&req).as_deref(), &req.body);
+                            handle.reply(StatusCode::OK).await.ok();
+                            if let Some(d) = digit {
+                                return Some(OutboundEvent::Dtmf(d));
+                            }
+                        }
+                        DialogState::Updated(_, req, handle) => {
+                            if req.method == Method::Invite {
+                                return Some(OutboundEvent::Reinvite { sdp: body_text(&req), responder: ReinviteResponder(handle) });
+                            }
+                            handle.reply(StatusCode::OK).await.ok();
+                        }
+                        DialogState::Options(_, _, handle) => { handle.reply(StatusCode::OK).await.ok(); }
+                        DialogState::Refer(_, _, handle)
+                        | DialogState::Notify(_, _, handle)
+                        | DialogState::Message(_, _, handle)
+                        | DialogState::Publish(_, _, handle) => {
+                            handle.reply(StatusCode::from(501)).await.ok();
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// CANCEL before answer, BYE after; `reason` is a Reason header value.
+    pub async fn hangup(&mut self, reason: Option<String>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let r = match reason {
+            Some(r) => self.dialog.hangup_with_reason(r).await,
+            None => self.dialog.hangup().await,
+        };
+        if let Err(e) = r {
+            debug!(error = %e, "hangup of outbound leg failed");
+        }
+        self.remove();
+    }
+
+    fn remove(&mut self) {
+        if let Some(id) = self.confirmed_id.take() {
+            self.layer.remove_dialog(&id);
+        }
+    }
+}
+
+impl Drop for OutboundLeg {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+struct Inner {
+    endpoint: EndpointInnerRef,
+    layer: Arc<DialogLayer>,
+    directory: Arc<dyn SipDirectory>,
+    location: Mutex<Location>,
+    limiter: Mutex<FailureLimiter>,
+    nonces: NonceIssuer,
+    cfg: SipConfig,
+    cancel: CancellationToken,
+    local_udp: Option<SocketAddr>,
+    local_tcp: Option<SocketAddr>,
+}
+
+/// The running SIP server; cheap to clone.
+#[derive(Clone)]
+pub struct SipServer {
+    inner: Arc<Inner>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn content_type(req: &Request) -> Option<String> {
+    req.headers.iter().find_map(|h| match h {
+        Header::ContentType(ct) => Some(ct.value().to_string()),
+        _ => None,
+    })
+}
+
+fn body_text(req: &Request) -> Option<String> {
+    (!req.body.is_empty()).then(|| String::from_utf8_lossy(&req.body).into_owned())
+}
+
+/// Values of every header with this name (case-insensitive).
+fn header_values<'a>(req: &'a Request, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    req.headers
+        .iter()
+        .filter(move |h| h.name().eq_ignore_ascii_case(name))
+        .map(|h| h.value())
+}
+
+fn source_of(tx: &Transaction) -> Option<(SocketAddr, Transport)> {
+    let conn = tx.connection.as_ref()?;
+    let transport = match conn.transport() {
+        rsipstack::sip::Transport::Tcp => Transport::Tcp,
+        _ => Transport::Udp,
+    };
+    // The top Via carries `received`/`rport` as the transport layer saw the sender.
+    let via = tx.original.top_via_header().ok()?;
+    let typed = via.typed().ok()?;
+    let mut ip: Option<IpAddr> = None;
+    let mut port: Option<u16> = None;
+    for p in &typed.params {
+        match p {
+            rsipstack::sip::Param::Received(r) => ip = r.value().parse().ok(),
+            rsipstack::sip::Param::Other(k, Some(v)) if k.value().eq_ignore_ascii_case("rport") => {
+                port = v.value().parse().ok()
+            }
+            _ => {}
+        }
+    }
+    let sent_by = typed.uri.host_with_port.clone();
+    let ip = ip.or_else(|| sent_by.host.to_string().parse().ok())?;
+    let port = port
+        .or_else(|| sent_by.port.map(|p| p.value()))
+        .unwrap_or(5060);
+    Some((SocketAddr::new(ip, port), transport))
+}
+
+impl SipServer {
+    /// Binds the listeners, starts the endpoint and returns the server and the stream of
+    /// inbound calls.
+    pub async fn start(
+        cfg: SipConfig,
+        directory: Arc<dyn SipDirectory>,
+    ) -> Result<(SipServer, mpsc::Receiver<InboundCall>), SipError> {
+        let cancel = CancellationToken::new();
+        let transport_layer = TransportLayer::new(cancel.child_token());
+        let mut local_udp = None;
+        let mut local_tcp = None;
+        if let Some(addr) = cfg.udp {
+            let conn = UdpConnection::create_connection(addr, None, Some(cancel.child_token()))
+                .await
+                .map_err(|e| SipError::Bind {
+                    transport: "udp",
+                    addr,
+                    reason: e.to_string(),
+                })?;
+            local_udp = conn.get_addr().get_socketaddr().ok();
+            transport_layer.add_transport(conn.into());
+        }
+        if let Some(addr) = cfg.tcp {
+            let listener =
+                TcpListenerConnection::new(addr, None)
+                    .await
+                    .map_err(|e| SipError::Bind {
+                        transport: "tcp",
+                        addr,
+                        reason: e.to_string(),
+                    })?;
+            local_tcp = listener.get_addr().get_socketaddr().ok();
+            transport_layer.add_transport(listener.into());
+        }
+        let endpoint = EndpointBuilder::new()
+            .with_user_agent(&cfg.user_agent)
+            .with_transport_layer(transport_layer)
+            .with_cancel_token(cancel.child_token())
+            .build();
+        let mut incoming = endpoint.incoming_transactions()?;
+        let layer = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        let mut secret = [0u8; 32];
+        rand::fill(&mut secret);
+        let inner = Arc::new(Inner {
+            endpoint: endpoint.inner.clone(),
+            layer,
+            directory,
+            location: Mutex::new(Location::default()),
+            limiter: Mutex::new(FailureLimiter::new(
+                cfg.max_auth_failures,
+                cfg.auth_failure_window,
+                cfg.auth_block_time,
+            )),
+            nonces: NonceIssuer::new(secret, 300),
+            cfg,
+            cancel,
+            local_udp,
+            local_tcp,
+        });
+        let ep = endpoint.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ep.serve().await {
+                warn!(error = %e, "SIP endpoint stopped");
+            }
+        });
+        let (calls_tx, calls_rx) = mpsc::channel(1024);
+        let server = SipServer { inner };
+        let dispatcher = server.clone();
+        tokio::spawn(async move {
+            while let Some(tx) = incoming.recv().await {
+                dispatcher.dispatch(tx, &calls_tx);
+            }
+        });
+        Ok((server, calls_rx))
+    }
+
+    pub fn local_udp(&self) -> Option<SocketAddr> {
+        self.inner.local_udp
+    }
+
+    pub fn local_tcp(&self) -> Option<SocketAddr> {
+        self.inner.local_tcp
+    }
+
+    pub fn shutdown(&self) {
+        self.inner.cancel.cancel();
+    }
+
+    /// Live registrations of a SIP user.
+    pub fn lookup_registration(&self, username: &str) -> Vec<Binding> {
+        match self.inner.location.lock() {
+            Ok(loc) => loc.lookup(username, Instant::now()),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn dispatch(&self, mut tx: Transaction, calls: &mpsc::Sender<InboundCall>) {
+        let has_to_tag = tx
+            .original
+            .to_header()
+            .ok()
+            .and_then(|t| t.tag().ok().flatten())
+            .is_some();
+        if has_to_tag {
+            let dialog = self.inner.layer.match_dialog(&tx);
+            tokio::spawn(async move {
+                match dialog {
+                    Some(mut d) => {
+                        if let Err(e) = d.handle(&mut tx).await {
+                            debug!(error = %e, "in-dialog request failed");
+                        }
+                    }
+                    None if tx.original.method == Method::Ack => {}
+                    None => {
+                        tx.reply(StatusCode::CallTransactionDoesNotExist).await.ok();
+                    }
+                }
+            });
+            return;
+        }
+        match tx.original.method {
+            Method::Invite => self.on_invite(tx, calls),
+            Method::Register => {
+                let server = self.clone();
+                tokio::spawn(async move { server.on_register(tx).await });
+            }
+            Method::Options => {
+                tokio::spawn(async move {
+                    let headers = vec![
+                        make_header("Allow", ALLOW.into()),
+                        make_header("Accept", "application/sdp".into()),
+                    ];
+                    tx.reply_with(StatusCode::OK, headers, None).await.ok();
+                });
+            }
+            Method::Ack => {}
+            _ => {
+                tokio::spawn(async move {
+                    let headers = vec![make_header("Allow", ALLOW.into())];
+                    tx.reply_with(StatusCode::MethodNotAllowed, headers, None)
+                        .await
+                        .ok();
+                });
+            }
+        }
+    }
+
+    /// Checks digest credentials in `header` (Authorization or Proxy-Authorization) for
+    /// `method`. Ok(username) on success; Err(response to send) otherwise.
+    fn authenticate(
+        &self,
+        tx: &Transaction,
+        header: &str,
+        source: IpAddr,
+    ) -> Result<String, AuthOutcome> {
+        let now = Instant::now();
+        if let Ok(l) = self.inner.limiter.lock() {
+            if l.is_blocked(source, now) {
+                return Err(AuthOutcome::Forbidden);
+            }
+        }
+        let creds = header_values(&tx.original, header)
+            .filter_map(|v| DigestCredentials::parse(v).ok())
+            .find(|c| c.realm == self.inner.cfg.realm);
+        let Some(creds) = creds else {
+            return Err(AuthOutcome::Challenge { stale: false });
+        };
+        match self.inner.nonces.check(&creds.nonce, unix_now()) {
+            NonceStatus::Valid => {}
+            NonceStatus::Stale => return Err(AuthOutcome::Challenge { stale: true }),
+            NonceStatus::Invalid => return Err(AuthOutcome::Challenge { stale: false }),
+        }
+        let method = tx.original.method.to_string();
+        let ok = self
+            .inner
+            .directory
+            .sip_user_password(&creds.username)
+            .is_some_and(|pw| creds.verify(&method, &pw));
+        let mut limiter = self
+            .inner
+            .limiter
+            .lock()
+            .map_err(|_| AuthOutcome::Forbidden)?;
+        if ok {
+            limiter.record_success(source);
+            Ok(creds.username)
+        } else {
+            // Usernames are not logged with the reason, so a scan learns nothing from logs.
+            warn!(%source, "SIP authentication failed");
+            limiter.record_failure(source, now);
+            Err(AuthOutcome::Forbidden)
+        }
+    }
+
+    fn challenge_headers(&self, name: &str, stale: bool) -> Vec<Header> {
+        let nonce = self.inner.nonces.issue(unix_now());
+        // RFC 8760 lets a client pick the first challenge it supports; many deployed phones
+        // (and SIPp) only read the first one, so MD5 leads and SHA-256 follows.
+        [Algorithm::Md5, Algorithm::Sha256]
+            .into_iter()
+            .map(|alg| {
+                make_header(
+                    name,
+                    digest::challenge(&self.inner.cfg.realm, &nonce, alg, stale),
+                )
+            })
+            .collect()
+    }
+
+    async fn on_register(&self, mut tx: Transaction) {
+        let Some((source, transport)) = source_of(&tx) else {
+            tx.reply(StatusCode::BadRequest).await.ok();
+            return;
+        };
+        let username = match self.authenticate(&tx, "Authorization", source.ip()) {
+            Ok(u) => u,
+            Err(AuthOutcome::Challenge { stale }) => {
+                let headers = self.challenge_headers("WWW-Authenticate", stale);
+                tx.reply_with(StatusCode::Unauthorized, headers, None)
+                    .await
+                    .ok();
+                return;
+            }
+            Err(AuthOutcome::Forbidden) => {
+                tx.reply(StatusCode::Forbidden).await.ok();
+                return;
+            }
+        };
+        // The AOR's user must be the authenticated user: nobody registers for someone else.
+        let aor_user = tx
+            .original
+            .to_header()
+            .ok()
+            .and_then(|t| t.uri().ok())
+            .and_then(|u| u.user().map(str::to_string));
+        if aor_user.as_deref() != Some(username.as_str()) {
+            tx.reply(StatusCode::Forbidden).await.ok();
+            return;
+        }
+        let default_expires = header_values(&tx.original, "Expires")
+            .next()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(3600);
+        let contacts: Vec<String> = header_values(&tx.original, "Contact")
+            .flat_map(split_contacts)
+            .collect();
+        let now = Instant::now();
+        let mut reply_contacts = Vec::new();
+        {
+            let Ok(mut loc) = self.inner.location.lock() else {
+                tx.reply(StatusCode::ServerInternalError).await.ok();
+                return;
+            };
+            for c in &contacts {
+                if c.trim() == "*" {
+                    loc.remove_all(&username);
+                    continue;
+                }
+                let expires = contact_param(c, "expires")
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(default_expires)
+                    .min(self.inner.cfg.max_expires);
+                let Some(uri) = contact_uri(c) else { continue };
+                loc.update(
+                    &username,
+                    Binding {
+                        contact: uri,
+                        source,
+                        transport,
+                        expires_at: now,
+                    },
+                    Duration::from_secs(expires.into()),
+                    now,
+                );
+            }
+            loc.purge_expired(now);
+            for b in loc.lookup(&username, now) {
+                let left = b.expires_at.saturating_duration_since(now).as_secs();
+                reply_contacts.push(make_header(
+                    "Contact",
+                    format!("<{}>;expires={}", b.contact, left),
+                ));
+            }
+        }
+        info!(user = %username, %source, bindings = reply_contacts.len(), "registered");
+        reply_contacts.push(make_header("Date", httpdate_now()));
+        tx.reply_with(StatusCode::OK, reply_contacts, None)
+            .await
+            .ok();
+    }
+
+    fn on_invite(&self, mut tx: Transaction, calls: &mpsc::Sender<InboundCall>) {
+        let Some((source, transport)) = source_of(&tx) else {
+            tokio::spawn(async move { tx.reply(StatusCode::BadRequest).await.ok() });
+            return;
+        };
+        let authenticated_user = if self.inner.directory.is_trusted_source(source.ip()) {
+            None
+        } else {
+            match self.authenticate(&tx, "Proxy-Authorization", source.ip()) {
+                Ok(u) => Some(u),
+                Err(outcome) => {
+                    let headers = match outcome {
+                        AuthOutcome::Challenge { stale } => {
+                            Some(self.challenge_headers("Proxy-Authenticate", stale))
+                        }
+                        AuthOutcome::Forbidden => None,
+                    };
+                    tokio::spawn(async move {
+                        let r = match headers {
+                            Some(h) => {
+                                tx.reply_with(StatusCode::ProxyAuthenticationRequired, h, None)
+                                    .await
+                            }
+                            None => tx.reply(StatusCode::Forbidden).await,
+                        };
+                        if r.is_ok() {
+                            // Keep the transaction alive to absorb the ACK and retransmissions.
+                            while tx.receive().await.is_some() {}
+                        }
+                    });
+                    return;
+                }
+            }
+        };
+        let req = &tx.original;
+        let sip_call_id = req
+            .call_id_header()
+            .map(|c| c.value().to_string())
+            .unwrap_or_default();
+        let from = req.from_header().ok().and_then(|f| f.typed().ok());
+        let caller = from
+            .as_ref()
+            .and_then(|f| f.uri.user().map(str::to_string))
+            .unwrap_or_else(|| "anonymous".into());
+        let caller_display = from.and_then(|f| f.display_name);
+        let called = req
+            .uri
+            .user()
+            .map(str::to_string)
+            .or_else(|| {
+                req.to_header()
+                    .ok()
+                    .and_then(|t| t.uri().ok())
+                    .and_then(|u| u.user().map(str::to_string))
+            })
+            .unwrap_or_default();
+        let offer = body_text(req);
+        let (state_tx, state_rx) = self.inner.layer.new_dialog_state_channel();
+        let dialog = match self
+            .inner
+            .layer
+            .get_or_create_server_invite(&tx, state_tx, None, None)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                debug!(error = %e, "cannot create dialog");
+                tokio::spawn(async move { tx.reply(StatusCode::BadRequest).await.ok() });
+                return;
+            }
+        };
+        let call = InboundCall {
+            sip_call_id,
+            caller,
+            caller_display,
+            called,
+            source,
+            transport,
+            authenticated_user,
+            offer,
+            leg: InboundLeg {
+                dialog: dialog.clone(),
+                states: state_rx,
+                layer: self.inner.layer.clone(),
+                confirmed: false,
+                ended: false,
+            },
+        };
+        if let Err(e) = calls.try_send(call) {
+            warn!("engine not accepting calls: {e}");
+            tokio::spawn(async move {
+                tx.reply(StatusCode::ServiceUnavailable).await.ok();
+            });
+            return;
+        }
+        let mut dialog = Dialog::Invite(dialog);
+        tokio::spawn(async move {
+            if let Err(e) = dialog.handle(&mut tx).await {
+                debug!(error = %e, "INVITE transaction ended with error");
+            }
+        });
+    }
+
+    /// Places an outbound call. Events come from the returned leg.
+    pub fn invite(&self, call: OutboundCall) -> Result<OutboundLeg, SipError> {
+        let callee: rsipstack::sip::Uri = call
+            .target_uri
+            .as_str()
+            .try_into()
+            .map_err(|_| SipError::BadUri(call.target_uri.clone()))?;
+        let local = match call.transport {
+            Transport::Tcp => self.inner.local_tcp.or(self.inner.local_udp),
+            Transport::Udp => self.inner.local_udp.or(self.inner.local_tcp),
+        }
+        .ok_or_else(|| SipError::Stack("no local SIP transport".into()))?;
+        let caller_str = format!("sip:{}@{}", call.from_user, local);
+        let caller: rsipstack::sip::Uri = caller_str
+            .as_str()
+            .try_into()
+            .map_err(|_| SipError::BadUri(caller_str.clone()))?;
+        let contact = caller.clone();
+        let sip_transport = match call.transport {
+            Transport::Udp => rsipstack::sip::Transport::Udp,
+            Transport::Tcp => rsipstack::sip::Transport::Tcp,
+        };
+        let destination = SipAddr::new(sip_transport, call.destination.into());
+        let headers: Vec<Header> = call
+            .extra_headers
+            .iter()
+            .map(|(k, v)| make_header(k, v.clone()))
+            .collect();
+        let opt = InviteOption {
+            caller_display_name: call.from_display.clone(),
+            caller,
+            callee,
+            destination: Some(destination),
+            content_type: Some("application/sdp".into()),
+            offer: Some(call.offer.into_bytes()),
+            contact,
+            credential: call.credential.map(|(username, password)| Credential {
+                username,
+                password,
+                realm: None,
+                auth_username: None,
+            }),
+            headers: (!headers.is_empty()).then_some(headers),
+            ..Default::default()
+        };
+        let (state_tx, state_rx) = self.inner.layer.new_dialog_state_channel();
+        let (dialog, outcome) = self.inner.layer.do_invite_async(opt, state_tx)?;
+        Ok(OutboundLeg {
+            dialog,
+            states: state_rx,
+            outcome: Some(outcome),
+            layer: self.inner.layer.clone(),
+            confirmed_id: None,
+            ended: false,
+        })
+    }
+
+    /// Number of live dialogs (for metrics and leak checks).
+    pub fn dialog_count(&self) -> usize {
+        self.inner.layer.len()
+    }
+
+    /// The endpoint's running transaction count (for metrics).
+    pub fn running_transactions(&self) -> usize {
+        self.inner.endpoint.get_stats().running_transactions
+    }
+}
+
+enum AuthOutcome {
+    Challenge { stale: bool },
+    Forbidden,
+}
+
+/// Splits a Contact header value on commas outside `<...>` and quotes.
+pub(crate) fn split_contacts(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut quoted = false;
+    let mut cur = String::new();
+    for c in v.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => depth += 1,
+            '>' if !quoted => depth -= 1,
+            ',' if !quoted && depth <= 0 => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The URI inside a Contact value (`"Name" <sip:x@y>;expires=60` or `sip:x@y;expires=60`).
+pub(crate) fn contact_uri(c: &str) -> Option<String> {
+    let c = c.trim();
+    if let Some(start) = c.find('<') {
+        let end = c[start..].find('>')? + start;
+        return Some(c.get(start + 1..end)?.trim().to_string());
+    }
+    let uri = c.split(';').next()?.trim();
+    (!uri.is_empty()).then(|| uri.to_string())
+}
+
+/// A header parameter of a Contact value (after the `>` when the URI is bracketed).
+pub(crate) fn contact_param(c: &str, name: &str) -> Option<String> {
+    let params = match c.rfind('>') {
+        Some(i) => &c[i + 1..],
+        None => c.split_once(';').map(|(_, p)| p).unwrap_or(""),
+    };
+    params.split(';').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+fn httpdate_now() -> String {
+    // RFC 1123 date for the Date header of REGISTER responses (some phones set their clock).
+    let secs = unix_now();
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MO: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        WD[(days % 7) as usize],
+        d,
+        MO[(mo - 1).clamp(0, 11) as usize],
+        y,
+        h,
+        m,
+        s
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_parsing() {
+        let v = r#""Alice, A." <sip:alice@10.0.0.1:5062;transport=tcp>;expires=60, <sip:alice@10.0.0.2>"#;
+        let cs = split_contacts(v);
+        assert_eq!(cs.len(), 2);
+        assert_eq!(
+            contact_uri(&cs[0]).as_deref(),
+            Some("sip:alice@10.0.0.1:5062;transport=tcp")
+        );
+        assert_eq!(contact_param(&cs[0], "expires").as_deref(), Some("60"));
+        assert_eq!(contact_param(&cs[1], "expires"), None);
+        assert_eq!(
+            contact_uri("sip:bob@h;expires=30").as_deref(),
+            Some("sip:bob@h")
+        );
+        assert_eq!(contact_param("sip:bob@h;expires=30", "expires").as_deref(), Some("30"));
+        assert_eq!(contact_uri("<sip:broken"), None);
+    }
+
+    #[test]
+    fn http_date_format() {
+        let d = httpdate_now();
+        assert!(d.ends_with(" GMT"), "{d}");
+        assert_eq!(d.len(), 29, "{d}");
+    }
+}
