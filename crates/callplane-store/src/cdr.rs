@@ -1,0 +1,159 @@
+//! Writing and reading call detail records: a CDR, its legs and its variables go into
+//! `cdrs`, `cdr_legs` and `cdr_variables` in one transaction, so a call is stored whole or not at all.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::error::StoreError;
+use crate::model::{Cdr, CdrLeg};
+use crate::sql::{opt_time_text, time_text, SqlTime};
+use crate::store::Store;
+
+const CDR_COLS: &str = "call_id, sip_call_id, tenant, number, caller, start_time, answer_time, \
+                        end_time, talk_time_ms, hangup_cause, hangup_by, sip_status, recording_path";
+
+impl Store {
+    /// Writes one finished call. A second CDR with the same `call_id` is a constraint
+    /// violation ([`StoreError::is_constraint_violation`]), never a silent overwrite.
+    pub fn insert_cdr(&self, cdr: &Cdr) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached(&format!(
+            "INSERT INTO cdrs ({CDR_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ))?
+        .execute(params![
+            cdr.call_id,
+            cdr.sip_call_id,
+            cdr.tenant,
+            cdr.number,
+            cdr.caller,
+            time_text(&cdr.start_time),
+            opt_time_text(&cdr.answer_time),
+            time_text(&cdr.end_time),
+            cdr.talk_time_ms,
+            cdr.hangup_cause,
+            cdr.hangup_by,
+            cdr.sip_status,
+            cdr.recording_path
+        ])?;
+        {
+            let mut insert_leg = tx.prepare_cached(
+                "INSERT INTO cdr_legs (call_id, leg_index, direction, destination_type, \
+                 destination, start_time, answer_time, end_time, sip_status, hangup_cause) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for leg in &cdr.legs {
+                insert_leg.execute(params![
+                    cdr.call_id,
+                    leg.leg_index,
+                    leg.direction,
+                    leg.destination_type,
+                    leg.destination,
+                    time_text(&leg.start_time),
+                    opt_time_text(&leg.answer_time),
+                    time_text(&leg.end_time),
+                    leg.sip_status,
+                    leg.hangup_cause
+                ])?;
+            }
+            let mut insert_var = tx.prepare_cached(
+                "INSERT INTO cdr_variables (call_id, name, value) VALUES (?1, ?2, ?3)",
+            )?;
+            for (name, value) in &cdr.variables {
+                insert_var.execute(params![cdr.call_id, name, value])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// One CDR with its legs (by index) and variables.
+    pub fn get_cdr(&self, call_id: &str) -> Result<Option<Cdr>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let cdr = tx
+            .prepare_cached(&format!("SELECT {CDR_COLS} FROM cdrs WHERE call_id = ?1"))?
+            .query_row([call_id], cdr_from_row)
+            .optional()?;
+        let cdr = cdr.map(|c| with_details(&tx, c)).transpose()?;
+        tx.commit()?;
+        Ok(cdr)
+    }
+
+    /// The newest `limit` CDRs (by start time, newest first), with legs and variables.
+    pub fn list_cdrs(&self, limit: usize) -> Result<Vec<Cdr>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let cdrs: Vec<Cdr> = tx
+            .prepare_cached(&format!(
+                "SELECT {CDR_COLS} FROM cdrs ORDER BY start_time DESC, call_id DESC LIMIT ?1"
+            ))?
+            .query_map([limit], cdr_from_row)?
+            .collect::<Result<_, _>>()?;
+        let cdrs = cdrs
+            .into_iter()
+            .map(|c| with_details(&tx, c))
+            .collect::<Result<_, _>>()?;
+        tx.commit()?;
+        Ok(cdrs)
+    }
+}
+
+/// A CDR row without legs and variables.
+fn cdr_from_row(row: &Row<'_>) -> rusqlite::Result<Cdr> {
+    let SqlTime(start_time) = row.get(5)?;
+    let answer_time: Option<SqlTime> = row.get(6)?;
+    let SqlTime(end_time) = row.get(7)?;
+    Ok(Cdr {
+        call_id: row.get(0)?,
+        sip_call_id: row.get(1)?,
+        tenant: row.get(2)?,
+        number: row.get(3)?,
+        caller: row.get(4)?,
+        start_time,
+        answer_time: answer_time.map(|t| t.0),
+        end_time,
+        talk_time_ms: row.get(8)?,
+        hangup_cause: row.get(9)?,
+        hangup_by: row.get(10)?,
+        sip_status: row.get(11)?,
+        recording_path: row.get(12)?,
+        legs: Vec::new(),
+        variables: BTreeMap::new(),
+    })
+}
+
+fn leg_from_row(row: &Row<'_>) -> rusqlite::Result<CdrLeg> {
+    let SqlTime(start_time) = row.get(4)?;
+    let answer_time: Option<SqlTime> = row.get(5)?;
+    let SqlTime(end_time) = row.get(6)?;
+    Ok(CdrLeg {
+        leg_index: row.get(0)?,
+        direction: row.get(1)?,
+        destination_type: row.get(2)?,
+        destination: row.get(3)?,
+        start_time,
+        answer_time: answer_time.map(|t| t.0),
+        end_time,
+        sip_status: row.get(7)?,
+        hangup_cause: row.get(8)?,
+    })
+}
+
+fn with_details(conn: &Connection, mut cdr: Cdr) -> Result<Cdr, StoreError> {
+    cdr.legs = conn
+        .prepare_cached(
+            "SELECT leg_index, direction, destination_type, destination, start_time, \
+             answer_time, end_time, sip_status, hangup_cause FROM cdr_legs \
+             WHERE call_id = ?1 ORDER BY leg_index",
+        )?
+        .query_map([&cdr.call_id], leg_from_row)?
+        .collect::<Result<_, _>>()?;
+    cdr.variables = conn
+        .prepare_cached("SELECT name, value FROM cdr_variables WHERE call_id = ?1")?
+        .query_map([&cdr.call_id], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(cdr)
+}

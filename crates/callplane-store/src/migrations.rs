@@ -1,0 +1,168 @@
+//! Embedded schema migrations. `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`;
+//! the version lives in `PRAGMA user_version`. Never edit a released entry: append a new one.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::StoreError;
+
+/// The SQL of each schema version, in order. Compiled into the binary.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: provisioned objects.
+    r#"
+CREATE TABLE tenants (
+    name               TEXT PRIMARY KEY NOT NULL,
+    customer_number    INTEGER NOT NULL UNIQUE,
+    signing_secret     TEXT,
+    default_trunk      TEXT,
+    callstate_info_url TEXT,
+    -- Deferred because tenants and trunks reference each other and are written together.
+    FOREIGN KEY (name, default_trunk) REFERENCES trunks (tenant, name)
+        DEFERRABLE INITIALLY DEFERRED
+);
+
+CREATE TABLE trunks (
+    tenant    TEXT NOT NULL REFERENCES tenants (name),
+    name      TEXT NOT NULL,
+    host      TEXT NOT NULL,
+    port      INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    transport TEXT NOT NULL CHECK (transport IN ('udp', 'tcp')),
+    username  TEXT,
+    password  TEXT,
+    caller_id TEXT,
+    PRIMARY KEY (tenant, name)
+);
+
+-- One row per inbound source address, indexed: looked up for every INVITE.
+CREATE TABLE trunk_inbound_addresses (
+    tenant   TEXT NOT NULL,
+    trunk    TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    address  TEXT NOT NULL,
+    PRIMARY KEY (tenant, trunk, position),
+    FOREIGN KEY (tenant, trunk) REFERENCES trunks (tenant, name) ON DELETE CASCADE
+);
+CREATE INDEX trunk_inbound_addresses_by_address ON trunk_inbound_addresses (address);
+
+CREATE TABLE routing_plans (
+    tenant             TEXT NOT NULL REFERENCES tenants (name),
+    name               TEXT NOT NULL,
+    blocks             TEXT NOT NULL CHECK (json_valid(blocks)),
+    callstate_info_url TEXT,
+    PRIMARY KEY (tenant, name)
+);
+
+CREATE TABLE numbers (
+    number             TEXT PRIMARY KEY NOT NULL,
+    tenant             TEXT NOT NULL REFERENCES tenants (name),
+    routing_plan       TEXT NOT NULL,
+    callstate_info_url TEXT,
+    FOREIGN KEY (tenant, routing_plan) REFERENCES routing_plans (tenant, name)
+);
+CREATE INDEX numbers_by_plan ON numbers (tenant, routing_plan);
+
+CREATE TABLE sip_users (
+    username     TEXT PRIMARY KEY NOT NULL,
+    tenant       TEXT NOT NULL REFERENCES tenants (name),
+    password     TEXT NOT NULL,
+    display_name TEXT
+);
+CREATE INDEX sip_users_by_tenant ON sip_users (tenant);
+
+CREATE TABLE announcements (
+    tenant TEXT NOT NULL REFERENCES tenants (name),
+    name   TEXT NOT NULL,
+    file   TEXT NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+"#,
+    // 2: call detail records. No foreign key to tenants: a CDR must be kept even when its
+    // tenant is unknown or later removed, and no CHECKs: a finished call is never rejected.
+    r#"
+CREATE TABLE cdrs (
+    call_id        TEXT PRIMARY KEY NOT NULL,
+    sip_call_id    TEXT NOT NULL,
+    tenant         TEXT,
+    number         TEXT NOT NULL,
+    caller         TEXT NOT NULL,
+    start_time     TEXT NOT NULL,
+    answer_time    TEXT,
+    end_time       TEXT NOT NULL,
+    talk_time_ms   INTEGER NOT NULL,
+    hangup_cause   TEXT NOT NULL,
+    hangup_by      TEXT NOT NULL,
+    sip_status     INTEGER,
+    recording_path TEXT
+);
+CREATE INDEX cdrs_by_start_time ON cdrs (start_time);
+CREATE INDEX cdrs_by_tenant_start_time ON cdrs (tenant, start_time);
+
+CREATE TABLE cdr_legs (
+    call_id          TEXT NOT NULL REFERENCES cdrs (call_id) ON DELETE CASCADE,
+    leg_index        INTEGER NOT NULL,
+    direction        TEXT NOT NULL,
+    destination_type TEXT,
+    destination      TEXT NOT NULL,
+    start_time       TEXT NOT NULL,
+    answer_time      TEXT,
+    end_time         TEXT NOT NULL,
+    sip_status       INTEGER,
+    hangup_cause     TEXT NOT NULL,
+    PRIMARY KEY (call_id, leg_index)
+);
+
+CREATE TABLE cdr_variables (
+    call_id TEXT NOT NULL REFERENCES cdrs (call_id) ON DELETE CASCADE,
+    name    TEXT NOT NULL,
+    value   TEXT NOT NULL,
+    PRIMARY KEY (call_id, name)
+);
+"#,
+];
+
+/// The schema version this build creates and understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Reads `PRAGMA user_version`.
+pub fn current_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
+}
+
+/// Applies the migrations after the current version up to `target`, each in its own
+/// transaction together with the version bump, so a failure leaves a consistent older schema.
+pub fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
+    let found = current_version(conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let version = index as i64 + 1;
+        if version > target {
+            break;
+        }
+        // IMMEDIATE takes the write lock first, so two processes opening a fresh file at once
+        // serialize here and the loser re-reads the version instead of applying it twice.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|source| StoreError::Migration { version, source })?;
+        let now: i64 = tx
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|source| StoreError::Migration { version, source })?;
+        if now >= version {
+            continue;
+        }
+        tx.execute_batch(sql)
+            .and_then(|()| tx.pragma_update(None, "user_version", version))
+            .and_then(|()| tx.commit())
+            .map_err(|source| StoreError::Migration { version, source })?;
+        tracing::info!(version, "applied database migration");
+    }
+    Ok(())
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`].
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, SCHEMA_VERSION)
+}

@@ -1,0 +1,299 @@
+//! The provisioned objects (tenants, numbers, SIP users, trunks, routing plans, announcements)
+//! and call detail records, in the shapes used by the declarative config file and the REST API.
+//! Field and cross-reference validation is here too; blocks stay JSON and the engine checks them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+mod validation;
+
+pub use validation::{canonical_ip, is_http_url, is_valid_number, is_valid_username};
+
+/// A customer. `customerNumber` identifies it in webhooks.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tenant {
+    pub name: String,
+    pub customer_number: i64,
+    /// Key for the `X-Callplane-Signature` HMAC on webhook requests.
+    pub signing_secret: Option<String>,
+    /// Trunk (of this tenant) used for `EXTERNALNUMBER` destinations.
+    pub default_trunk: Option<String>,
+    pub callstate_info_url: Option<String>,
+}
+
+/// A called number (DNIS): E.164 like `+4922155400300` or a short code like `100`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Number {
+    pub number: String,
+    pub tenant: String,
+    pub routing_plan: String,
+    pub callstate_info_url: Option<String>,
+}
+
+/// A digest-auth account that phones REGISTER as. Usernames are global for the registrar.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SipUser {
+    pub tenant: String,
+    pub username: String,
+    pub password: String,
+    pub display_name: Option<String>,
+}
+
+/// SIP transport towards a trunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// The lowercase name used in serde and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    /// Parses the lowercase name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Transport> {
+        match s {
+            "udp" => Some(Transport::Udp),
+            "tcp" => Some(Transport::Tcp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn default_sip_port() -> u16 {
+    5060
+}
+
+/// An outbound gateway, and the source of inbound calls from the listed addresses.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trunk {
+    pub tenant: String,
+    pub name: String,
+    pub host: String,
+    #[serde(default = "default_sip_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub transport: Transport,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Number presented as caller on outbound calls through this trunk.
+    pub caller_id: Option<String>,
+    /// Source IPs whose INVITEs are accepted as from this trunk without authentication.
+    #[serde(default)]
+    pub inbound_addresses: Vec<String>,
+}
+
+/// A named list of blocks owned by a tenant. Blocks are parsed and validated by the engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoutingPlan {
+    pub tenant: String,
+    pub name: String,
+    pub blocks: Vec<serde_json::Value>,
+    pub callstate_info_url: Option<String>,
+}
+
+/// A named audio file of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Announcement {
+    pub tenant: String,
+    pub name: String,
+    /// Path of a WAV file.
+    pub file: String,
+}
+
+/// A whole set of provisioned objects, as held by the declarative config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Provisioning {
+    #[serde(default)]
+    pub tenants: Vec<Tenant>,
+    #[serde(default)]
+    pub numbers: Vec<Number>,
+    #[serde(default)]
+    pub sip_users: Vec<SipUser>,
+    #[serde(default)]
+    pub trunks: Vec<Trunk>,
+    #[serde(default)]
+    pub routing_plans: Vec<RoutingPlan>,
+    #[serde(default)]
+    pub announcements: Vec<Announcement>,
+}
+
+/// One validation problem: which object (`numbers[2]`, `number 100`), which field
+/// (its camelCase name), and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldError {
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}: {}", self.object, self.field, self.message)
+    }
+}
+
+/// Call detail record of one finished call, written in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cdr {
+    /// Our call UUID.
+    pub call_id: String,
+    pub sip_call_id: String,
+    pub tenant: Option<String>,
+    /// Called number (DNIS).
+    pub number: String,
+    /// Calling number (ANI).
+    pub caller: String,
+    #[serde(with = "time_serde")]
+    pub start_time: DateTime<Utc>,
+    #[serde(with = "opt_time_serde")]
+    pub answer_time: Option<DateTime<Utc>>,
+    #[serde(with = "time_serde")]
+    pub end_time: DateTime<Utc>,
+    pub talk_time_ms: i64,
+    /// Q.850 cause name, e.g. `NORMAL_CLEARING`.
+    pub hangup_cause: String,
+    /// `caller`, `callee` or `system`.
+    pub hangup_by: String,
+    pub sip_status: Option<u16>,
+    pub recording_path: Option<String>,
+    pub legs: Vec<CdrLeg>,
+    pub variables: BTreeMap<String, String>,
+}
+
+/// One leg of a call (the inbound leg or an outbound BRIDGE attempt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CdrLeg {
+    pub leg_index: i64,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// `EXTERNALNUMBER`, `SIP_USER`, `SIP_TRUNK`, …
+    pub destination_type: Option<String>,
+    pub destination: String,
+    #[serde(with = "time_serde")]
+    pub start_time: DateTime<Utc>,
+    #[serde(with = "opt_time_serde")]
+    pub answer_time: Option<DateTime<Utc>>,
+    #[serde(with = "time_serde")]
+    pub end_time: DateTime<Utc>,
+    pub sip_status: Option<u16>,
+    pub hangup_cause: String,
+}
+
+/// Formats a time the way it is stored and served: RFC 3339, UTC (`Z`), milliseconds.
+pub fn format_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Parses any RFC 3339 time (any offset) into UTC.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
+}
+
+// chrono's own serde support is a feature the workspace does not enable; these keep the wire
+// format identical to the stored one (RFC 3339 with milliseconds).
+mod time_serde {
+    use chrono::{DateTime, Utc};
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_time(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_time(&s).map_err(D::Error::custom)
+    }
+}
+
+mod opt_time_serde {
+    use chrono::{DateTime, Utc};
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&super::format_time(t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => super::parse_time(&s).map(Some).map_err(D::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+// Debug is written by hand for objects holding secrets so that a `?tenant` in a log line
+// never leaks a password or signing key.
+const REDACTED: &str = "<redacted>";
+
+fn redact(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| REDACTED)
+}
+
+impl fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tenant")
+            .field("name", &self.name)
+            .field("customer_number", &self.customer_number)
+            .field("signing_secret", &redact(&self.signing_secret))
+            .field("default_trunk", &self.default_trunk)
+            .field("callstate_info_url", &self.callstate_info_url)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SipUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SipUser")
+            .field("tenant", &self.tenant)
+            .field("username", &self.username)
+            .field("password", &REDACTED)
+            .field("display_name", &self.display_name)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Trunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trunk")
+            .field("tenant", &self.tenant)
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("transport", &self.transport)
+            .field("username", &self.username)
+            .field("password", &redact(&self.password))
+            .field("caller_id", &self.caller_id)
+            .field("inbound_addresses", &self.inbound_addresses)
+            .finish()
+    }
+}

@@ -1,0 +1,497 @@
+//! The SQLite store: opening and migrating the database file, syncing provisioned objects
+//! into it, and the lookups the SIP and engine crates make per call. CDRs are in `cdr.rs`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::error::StoreError;
+use crate::migrations;
+use crate::model::{
+    canonical_ip, Announcement, Number, Provisioning, RoutingPlan, SipUser, Tenant, Trunk,
+};
+use crate::sql::SqlJson;
+
+/// How long a statement waits for another process's write lock before failing with BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handle to the database. Cheap to clone; all clones share one connection.
+#[derive(Debug, Clone)]
+pub struct Store {
+    // One connection behind a mutex: SQLite serializes writers anyway, and the per-call
+    // lookups are indexed point queries, so contention stays negligible at this scale.
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file at `path` and migrates it to the
+    /// current schema.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        configure(&conn).map_err(open_err)?;
+        // WAL lets readers (API, a CLI) run while the CDR writer writes. The default
+        // synchronous=FULL is kept: a committed CDR must survive a power cut.
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "database is not in WAL mode");
+        }
+        migrations::migrate(&mut conn)?;
+        Ok(Store::from_connection(conn))
+    }
+
+    /// A private in-memory database with the current schema, for tests of other crates.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        configure(&conn)?;
+        migrations::migrate(&mut conn)?;
+        Ok(Store::from_connection(conn))
+    }
+
+    fn from_connection(conn: Connection) -> Store {
+        Store {
+            conn: Arc::new(Mutex::new(conn)),
+        }
+    }
+
+    /// The schema version of the open database (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        migrations::current_version(&self.conn())
+    }
+
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-done write behind: every write
+        // is in a transaction that rolls back on drop. So a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Inserts or updates (by natural key) every object of `p` in one transaction. Each
+    /// object's fields are validated first; references are enforced by the database (run
+    /// [`Provisioning::validate`] beforehand for readable errors about them). Objects in the
+    /// database but absent from `p` are left alone.
+    pub fn apply_provisioning(&self, p: &Provisioning) -> Result<(), StoreError> {
+        let errors = p.validate_fields();
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Owners before the objects that reference them; the tenant -> default trunk
+        // reference is deferred to commit.
+        for t in &p.tenants {
+            upsert_tenant(&tx, t)?;
+        }
+        for t in &p.trunks {
+            upsert_trunk(&tx, t)?;
+        }
+        for r in &p.routing_plans {
+            upsert_routing_plan(&tx, r)?;
+        }
+        for a in &p.announcements {
+            upsert_announcement(&tx, a)?;
+        }
+        for u in &p.sip_users {
+            upsert_sip_user(&tx, u)?;
+        }
+        for n in &p.numbers {
+            upsert_number(&tx, n)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Everything provisioned, as one consistent snapshot (e.g. to export a config file).
+    pub fn export_provisioning(&self) -> Result<Provisioning, StoreError> {
+        let mut conn = self.conn();
+        // A read transaction so that all lists come from the same snapshot.
+        let tx = conn.transaction()?;
+        let p = Provisioning {
+            tenants: list_tenants(&tx)?,
+            numbers: list_numbers(&tx)?,
+            sip_users: list_sip_users(&tx)?,
+            trunks: list_trunks(&tx)?,
+            routing_plans: list_routing_plans(&tx)?,
+            announcements: list_announcements(&tx)?,
+        };
+        tx.commit()?;
+        Ok(p)
+    }
+
+    /// The number (DNIS) and its tenant, for routing an inbound call.
+    pub fn find_number(&self, number: &str) -> Result<Option<(Number, Tenant)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {NUMBER_COLS}, {TENANT_COLS_T} FROM numbers n \
+             JOIN tenants t ON t.name = n.tenant WHERE n.number = ?1"
+        ))?;
+        let found = stmt
+            .query_row([number], |row| {
+                Ok((number_from_row(row, 0)?, tenant_from_row(row, 4)?))
+            })
+            .optional()?;
+        Ok(found)
+    }
+
+    pub fn get_tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {TENANT_COLS} FROM tenants WHERE name = ?1"
+        ))?;
+        Ok(stmt
+            .query_row([name], |row| tenant_from_row(row, 0))
+            .optional()?)
+    }
+
+    pub fn get_routing_plan(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<RoutingPlan>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {PLAN_COLS} FROM routing_plans WHERE tenant = ?1 AND name = ?2"
+        ))?;
+        Ok(stmt.query_row([tenant, name], plan_from_row).optional()?)
+    }
+
+    /// A SIP user by username; usernames are global because REGISTER carries no tenant.
+    pub fn get_sip_user(&self, username: &str) -> Result<Option<SipUser>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {SIP_USER_COLS} FROM sip_users WHERE username = ?1"
+        ))?;
+        Ok(stmt.query_row([username], sip_user_from_row).optional()?)
+    }
+
+    pub fn get_trunk(&self, tenant: &str, name: &str) -> Result<Option<Trunk>, StoreError> {
+        load_trunk(&self.conn(), tenant, name)
+    }
+
+    /// The trunk that lists `ip` among its inbound addresses. `ip` may be IPv4, IPv6 or
+    /// IPv4-mapped IPv6; anything that is not an IP address matches nothing.
+    pub fn find_trunk_by_source_ip(&self, ip: &str) -> Result<Option<Trunk>, StoreError> {
+        let Some(ip) = canonical_ip(ip) else {
+            return Ok(None);
+        };
+        let conn = self.conn();
+        // Validation keeps addresses unique per provisioning set; if the database still holds
+        // a duplicate, the ORDER BY makes the choice at least deterministic.
+        let key = conn
+            .prepare_cached(
+                "SELECT tenant, trunk FROM trunk_inbound_addresses WHERE address = ?1 \
+                 ORDER BY tenant, trunk LIMIT 1",
+            )?
+            .query_row([&ip], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .optional()?;
+        match key {
+            Some((tenant, name)) => load_trunk(&conn, &tenant, &name),
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_announcement(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<Announcement>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ANNOUNCEMENT_COLS} FROM announcements WHERE tenant = ?1 AND name = ?2"
+        ))?;
+        Ok(stmt
+            .query_row([tenant, name], announcement_from_row)
+            .optional()?)
+    }
+
+    /// All tenants, by name.
+    pub fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        list_tenants(&self.conn())
+    }
+
+    /// All numbers, by number.
+    pub fn list_numbers(&self) -> Result<Vec<Number>, StoreError> {
+        list_numbers(&self.conn())
+    }
+
+    /// All SIP users, by username.
+    pub fn list_sip_users(&self) -> Result<Vec<SipUser>, StoreError> {
+        list_sip_users(&self.conn())
+    }
+
+    /// All trunks, by tenant and name.
+    pub fn list_trunks(&self) -> Result<Vec<Trunk>, StoreError> {
+        list_trunks(&self.conn())
+    }
+
+    /// All routing plans, by tenant and name.
+    pub fn list_routing_plans(&self) -> Result<Vec<RoutingPlan>, StoreError> {
+        list_routing_plans(&self.conn())
+    }
+
+    /// All announcements, by tenant and name.
+    pub fn list_announcements(&self) -> Result<Vec<Announcement>, StoreError> {
+        list_announcements(&self.conn())
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Off by default in SQLite, per connection; the schema relies on it for references.
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(())
+}
+
+const TENANT_COLS: &str =
+    "name, customer_number, signing_secret, default_trunk, callstate_info_url";
+const TENANT_COLS_T: &str =
+    "t.name, t.customer_number, t.signing_secret, t.default_trunk, t.callstate_info_url";
+const NUMBER_COLS: &str = "n.number, n.tenant, n.routing_plan, n.callstate_info_url";
+const SIP_USER_COLS: &str = "tenant, username, password, display_name";
+const TRUNK_COLS: &str = "tenant, name, host, port, transport, username, password, caller_id";
+const PLAN_COLS: &str = "tenant, name, blocks, callstate_info_url";
+const ANNOUNCEMENT_COLS: &str = "tenant, name, file";
+
+fn tenant_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Tenant> {
+    Ok(Tenant {
+        name: row.get(at)?,
+        customer_number: row.get(at + 1)?,
+        signing_secret: row.get(at + 2)?,
+        default_trunk: row.get(at + 3)?,
+        callstate_info_url: row.get(at + 4)?,
+    })
+}
+
+fn number_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Number> {
+    Ok(Number {
+        number: row.get(at)?,
+        tenant: row.get(at + 1)?,
+        routing_plan: row.get(at + 2)?,
+        callstate_info_url: row.get(at + 3)?,
+    })
+}
+
+fn sip_user_from_row(row: &Row<'_>) -> rusqlite::Result<SipUser> {
+    Ok(SipUser {
+        tenant: row.get(0)?,
+        username: row.get(1)?,
+        password: row.get(2)?,
+        display_name: row.get(3)?,
+    })
+}
+
+/// A trunk row without its inbound addresses (filled in by [`with_addresses`]).
+fn trunk_from_row(row: &Row<'_>) -> rusqlite::Result<Trunk> {
+    Ok(Trunk {
+        tenant: row.get(0)?,
+        name: row.get(1)?,
+        host: row.get(2)?,
+        port: row.get(3)?,
+        transport: row.get(4)?,
+        username: row.get(5)?,
+        password: row.get(6)?,
+        caller_id: row.get(7)?,
+        inbound_addresses: Vec::new(),
+    })
+}
+
+fn plan_from_row(row: &Row<'_>) -> rusqlite::Result<RoutingPlan> {
+    let SqlJson(blocks) = row.get(2)?;
+    Ok(RoutingPlan {
+        tenant: row.get(0)?,
+        name: row.get(1)?,
+        blocks,
+        callstate_info_url: row.get(3)?,
+    })
+}
+
+fn announcement_from_row(row: &Row<'_>) -> rusqlite::Result<Announcement> {
+    Ok(Announcement {
+        tenant: row.get(0)?,
+        name: row.get(1)?,
+        file: row.get(2)?,
+    })
+}
+
+fn with_addresses(conn: &Connection, mut trunk: Trunk) -> Result<Trunk, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT address FROM trunk_inbound_addresses WHERE tenant = ?1 AND trunk = ?2 \
+         ORDER BY position",
+    )?;
+    trunk.inbound_addresses = stmt
+        .query_map([&trunk.tenant, &trunk.name], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(trunk)
+}
+
+fn load_trunk(conn: &Connection, tenant: &str, name: &str) -> Result<Option<Trunk>, StoreError> {
+    let trunk = conn
+        .prepare_cached(&format!(
+            "SELECT {TRUNK_COLS} FROM trunks WHERE tenant = ?1 AND name = ?2"
+        ))?
+        .query_row([tenant, name], trunk_from_row)
+        .optional()?;
+    trunk.map(|t| with_addresses(conn, t)).transpose()
+}
+
+fn list_tenants(conn: &Connection) -> Result<Vec<Tenant>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {TENANT_COLS} FROM tenants ORDER BY name"))?;
+    let rows = stmt.query_map([], |row| tenant_from_row(row, 0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn list_numbers(conn: &Connection) -> Result<Vec<Number>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {NUMBER_COLS} FROM numbers n ORDER BY n.number"
+    ))?;
+    let rows = stmt.query_map([], |row| number_from_row(row, 0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn list_sip_users(conn: &Connection) -> Result<Vec<SipUser>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SIP_USER_COLS} FROM sip_users ORDER BY username"
+    ))?;
+    let rows = stmt.query_map([], sip_user_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn list_trunks(conn: &Connection) -> Result<Vec<Trunk>, StoreError> {
+    let trunks: Vec<Trunk> = conn
+        .prepare_cached(&format!(
+            "SELECT {TRUNK_COLS} FROM trunks ORDER BY tenant, name"
+        ))?
+        .query_map([], trunk_from_row)?
+        .collect::<Result<_, _>>()?;
+    trunks
+        .into_iter()
+        .map(|t| with_addresses(conn, t))
+        .collect()
+}
+
+fn list_routing_plans(conn: &Connection) -> Result<Vec<RoutingPlan>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {PLAN_COLS} FROM routing_plans ORDER BY tenant, name"
+    ))?;
+    let rows = stmt.query_map([], plan_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn list_announcements(conn: &Connection) -> Result<Vec<Announcement>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ANNOUNCEMENT_COLS} FROM announcements ORDER BY tenant, name"
+    ))?;
+    let rows = stmt.query_map([], announcement_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+// Upserts use ON CONFLICT DO UPDATE rather than INSERT OR REPLACE: REPLACE deletes the old
+// row first, which would break (or cascade through) the foreign keys pointing at it.
+
+fn upsert_tenant(conn: &Connection, t: &Tenant) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO tenants (name, customer_number, signing_secret, default_trunk, \
+         callstate_info_url) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (name) DO UPDATE SET customer_number = excluded.customer_number, \
+         signing_secret = excluded.signing_secret, default_trunk = excluded.default_trunk, \
+         callstate_info_url = excluded.callstate_info_url",
+    )?
+    .execute(params![
+        t.name,
+        t.customer_number,
+        t.signing_secret,
+        t.default_trunk,
+        t.callstate_info_url
+    ])?;
+    Ok(())
+}
+
+fn upsert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO trunks (tenant, name, host, port, transport, username, password, caller_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (tenant, name) DO UPDATE SET host = excluded.host, port = excluded.port, \
+         transport = excluded.transport, username = excluded.username, \
+         password = excluded.password, caller_id = excluded.caller_id",
+    )?
+    .execute(params![
+        t.tenant,
+        t.name,
+        t.host,
+        t.port,
+        t.transport,
+        t.username,
+        t.password,
+        t.caller_id
+    ])?;
+    conn.prepare_cached("DELETE FROM trunk_inbound_addresses WHERE tenant = ?1 AND trunk = ?2")?
+        .execute([&t.tenant, &t.name])?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO trunk_inbound_addresses (tenant, trunk, position, address) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (position, address) in t.inbound_addresses.iter().enumerate() {
+        // Stored canonical so the per-INVITE lookup is an exact index match; validation
+        // has already rejected anything that is not an IP address.
+        let address = canonical_ip(address).unwrap_or_else(|| address.clone());
+        insert.execute(params![t.tenant, t.name, position as i64, address])?;
+    }
+    Ok(())
+}
+
+fn upsert_routing_plan(conn: &Connection, r: &RoutingPlan) -> Result<(), StoreError> {
+    let blocks = serde_json::Value::Array(r.blocks.clone()).to_string();
+    conn.prepare_cached(
+        "INSERT INTO routing_plans (tenant, name, blocks, callstate_info_url) \
+         VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (tenant, name) DO UPDATE SET blocks = excluded.blocks, \
+         callstate_info_url = excluded.callstate_info_url",
+    )?
+    .execute(params![r.tenant, r.name, blocks, r.callstate_info_url])?;
+    Ok(())
+}
+
+fn upsert_announcement(conn: &Connection, a: &Announcement) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO announcements (tenant, name, file) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (tenant, name) DO UPDATE SET file = excluded.file",
+    )?
+    .execute(params![a.tenant, a.name, a.file])?;
+    Ok(())
+}
+
+fn upsert_sip_user(conn: &Connection, u: &SipUser) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO sip_users (username, tenant, password, display_name) \
+         VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (username) DO UPDATE SET tenant = excluded.tenant, \
+         password = excluded.password, display_name = excluded.display_name",
+    )?
+    .execute(params![u.username, u.tenant, u.password, u.display_name])?;
+    Ok(())
+}
+
+fn upsert_number(conn: &Connection, n: &Number) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO numbers (number, tenant, routing_plan, callstate_info_url) \
+         VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (number) DO UPDATE SET tenant = excluded.tenant, \
+         routing_plan = excluded.routing_plan, callstate_info_url = excluded.callstate_info_url",
+    )?
+    .execute(params![
+        n.number,
+        n.tenant,
+        n.routing_plan,
+        n.callstate_info_url
+    ])?;
+    Ok(())
+}

@@ -1,0 +1,797 @@
+//! Tests against real SQLite files in a private temporary directory: round trips of every
+//! object and of CDRs, reopening, migrations from an older schema, validation messages, and
+//! the CDR writer thread.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+
+use crate::migrations::{self, SCHEMA_VERSION};
+use crate::model::*;
+use crate::{CdrWriter, Store, StoreError};
+
+/// A unique directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "callplane-store-test-{}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join("callplane.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sample() -> Provisioning {
+    Provisioning {
+        tenants: vec![
+            Tenant {
+                name: "acme".into(),
+                customer_number: 200002,
+                signing_secret: Some("s3cret".into()),
+                default_trunk: Some("carrier".into()),
+                callstate_info_url: Some("https://acme.example/events".into()),
+            },
+            Tenant {
+                name: "beta".into(),
+                customer_number: 200003,
+                signing_secret: None,
+                default_trunk: None,
+                callstate_info_url: None,
+            },
+        ],
+        numbers: vec![
+            Number {
+                number: "+4922155400300".into(),
+                tenant: "acme".into(),
+                routing_plan: "main".into(),
+                callstate_info_url: Some("http://acme.example/number".into()),
+            },
+            Number {
+                number: "100".into(),
+                tenant: "beta".into(),
+                routing_plan: "ivr".into(),
+                callstate_info_url: None,
+            },
+        ],
+        sip_users: vec![
+            SipUser {
+                tenant: "acme".into(),
+                username: "alice".into(),
+                password: "pw-alice".into(),
+                display_name: Some("Alice A.".into()),
+            },
+            SipUser {
+                tenant: "beta".into(),
+                username: "bob.b-2".into(),
+                password: "pw-bob".into(),
+                display_name: None,
+            },
+        ],
+        trunks: vec![
+            Trunk {
+                tenant: "acme".into(),
+                name: "carrier".into(),
+                host: "sip.carrier.example".into(),
+                port: 5080,
+                transport: Transport::Tcp,
+                username: Some("acme-user".into()),
+                password: Some("trunk-pw".into()),
+                caller_id: Some("+4922155400300".into()),
+                inbound_addresses: vec!["192.0.2.10".into(), "2001:db8::10".into()],
+            },
+            Trunk {
+                tenant: "beta".into(),
+                name: "pbx".into(),
+                host: "198.51.100.7".into(),
+                port: 5060,
+                transport: Transport::Udp,
+                username: None,
+                password: None,
+                caller_id: None,
+                inbound_addresses: vec![],
+            },
+        ],
+        routing_plans: vec![
+            RoutingPlan {
+                tenant: "acme".into(),
+                name: "main".into(),
+                blocks: vec![
+                    json!({"blockType": "ANNOUNCEMENT", "standardAnnouncement": true, "announcementName": "welcome"}),
+                    json!({"blockType": "BRIDGE", "bridgeMode": "SEQUENTIAL",
+                           "destinations": [{"destinationType": "SIP_USER", "destination": "alice", "timeout": 20}]}),
+                ],
+                callstate_info_url: None,
+            },
+            RoutingPlan {
+                tenant: "beta".into(),
+                name: "ivr".into(),
+                blocks: vec![json!({"blockType": "HANGUP", "hangupCause": "NORMAL_CLEARING"})],
+                callstate_info_url: Some("https://beta.example/plan".into()),
+            },
+        ],
+        announcements: vec![Announcement {
+            tenant: "acme".into(),
+            name: "welcome".into(),
+            file: "prompts/welcome.wav".into(),
+        }],
+    }
+}
+
+fn t(h: u32, m: u32, s: u32, ms: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 3, 14, h, m, s).single().unwrap() + Duration::milliseconds(ms)
+}
+
+fn sample_cdr(call_id: &str, start: DateTime<Utc>) -> Cdr {
+    let mut variables = BTreeMap::new();
+    variables.insert("call_uuid".to_string(), call_id.to_string());
+    variables.insert("digits".to_string(), "123".to_string());
+    variables.insert("bridge_result".to_string(), "".to_string());
+    Cdr {
+        call_id: call_id.to_string(),
+        sip_call_id: format!("{call_id}@198.51.100.1"),
+        tenant: Some("acme".into()),
+        number: "+4922155400300".into(),
+        caller: "+4989123456".into(),
+        start_time: start,
+        answer_time: Some(start + Duration::milliseconds(2_345)),
+        end_time: start + Duration::milliseconds(62_345),
+        talk_time_ms: 60_000,
+        hangup_cause: "NORMAL_CLEARING".into(),
+        hangup_by: "caller".into(),
+        sip_status: Some(200),
+        recording_path: Some("/var/lib/callplane/rec/x.wav".into()),
+        legs: vec![
+            CdrLeg {
+                leg_index: 0,
+                direction: "inbound".into(),
+                destination_type: None,
+                destination: "+4922155400300".into(),
+                start_time: start,
+                answer_time: Some(start + Duration::milliseconds(100)),
+                end_time: start + Duration::milliseconds(62_345),
+                sip_status: Some(200),
+                hangup_cause: "NORMAL_CLEARING".into(),
+            },
+            CdrLeg {
+                leg_index: 1,
+                direction: "outbound".into(),
+                destination_type: Some("SIP_USER".into()),
+                destination: "alice".into(),
+                start_time: start + Duration::milliseconds(150),
+                answer_time: None,
+                end_time: start + Duration::milliseconds(20_150),
+                sip_status: Some(480),
+                hangup_cause: "NO_ANSWER".into(),
+            },
+        ],
+        variables,
+    }
+}
+
+fn sorted(mut p: Provisioning) -> Provisioning {
+    p.tenants.sort_by(|a, b| a.name.cmp(&b.name));
+    p.numbers.sort_by(|a, b| a.number.cmp(&b.number));
+    p.sip_users.sort_by(|a, b| a.username.cmp(&b.username));
+    p.trunks
+        .sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+    p.routing_plans
+        .sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+    p.announcements
+        .sort_by(|a, b| (&a.tenant, &a.name).cmp(&(&b.tenant, &b.name)));
+    p
+}
+
+fn errors_for<'a>(errors: &'a [FieldError], object: &str, field: &str) -> Vec<&'a FieldError> {
+    errors
+        .iter()
+        .filter(|e| e.object == object && e.field == field)
+        .collect()
+}
+
+#[test]
+fn store_is_clone_send_sync() {
+    fn assert<T: Clone + Send + Sync + 'static>() {}
+    assert::<Store>();
+    assert::<CdrWriter>();
+}
+
+#[test]
+fn provisioning_round_trips_and_survives_reopen() {
+    let dir = TempDir::new();
+    let p = sample();
+    assert_eq!(p.validate(), vec![]);
+    {
+        let store = Store::open(&dir.db()).unwrap();
+        store.apply_provisioning(&p).unwrap();
+        assert_eq!(store.export_provisioning().unwrap(), sorted(p.clone()));
+    }
+    let store = Store::open(&dir.db()).unwrap();
+    assert_eq!(store.export_provisioning().unwrap(), sorted(p.clone()));
+
+    let (number, tenant) = store.find_number("+4922155400300").unwrap().unwrap();
+    assert_eq!(number, p.numbers[0]);
+    assert_eq!(tenant, p.tenants[0]);
+    let (number, tenant) = store.find_number("100").unwrap().unwrap();
+    assert_eq!(
+        (number.routing_plan.as_str(), tenant.name.as_str()),
+        ("ivr", "beta")
+    );
+    assert_eq!(store.find_number("+499999").unwrap(), None);
+
+    assert_eq!(
+        store.get_tenant("beta").unwrap(),
+        Some(p.tenants[1].clone())
+    );
+    assert_eq!(store.get_tenant("nobody").unwrap(), None);
+    assert_eq!(
+        store.get_routing_plan("acme", "main").unwrap(),
+        Some(p.routing_plans[0].clone())
+    );
+    // Plans are per tenant: beta has no "main".
+    assert_eq!(store.get_routing_plan("beta", "main").unwrap(), None);
+    assert_eq!(
+        store.get_sip_user("alice").unwrap(),
+        Some(p.sip_users[0].clone())
+    );
+    assert_eq!(store.get_sip_user("carol").unwrap(), None);
+    assert_eq!(
+        store.get_trunk("acme", "carrier").unwrap(),
+        Some(p.trunks[0].clone())
+    );
+    assert_eq!(store.get_trunk("beta", "carrier").unwrap(), None);
+    assert_eq!(
+        store.get_announcement("acme", "welcome").unwrap(),
+        Some(p.announcements[0].clone())
+    );
+    assert_eq!(store.get_announcement("beta", "welcome").unwrap(), None);
+
+    assert_eq!(store.list_tenants().unwrap().len(), 2);
+    assert_eq!(store.list_numbers().unwrap()[0].number, "+4922155400300");
+    assert_eq!(store.list_sip_users().unwrap().len(), 2);
+    assert_eq!(store.list_trunks().unwrap(), sorted(p.clone()).trunks);
+    assert_eq!(store.list_routing_plans().unwrap().len(), 2);
+    assert_eq!(store.list_announcements().unwrap().len(), 1);
+}
+
+#[test]
+fn apply_provisioning_updates_by_natural_key() {
+    let store = Store::open_in_memory().unwrap();
+    store.apply_provisioning(&sample()).unwrap();
+
+    let mut p = sample();
+    p.routing_plans[0].blocks = vec![json!({"blockType": "HANGUP", "hangupCause": "USER_BUSY"})];
+    p.numbers[1].routing_plan = "ivr".into();
+    p.numbers[1].callstate_info_url = Some("https://beta.example/n".into());
+    p.trunks[0].inbound_addresses = vec!["203.0.113.5".into()];
+    p.sip_users[0].password = "new".into();
+    p.tenants[0].default_trunk = None;
+    store.apply_provisioning(&p).unwrap();
+
+    assert_eq!(store.export_provisioning().unwrap(), sorted(p));
+    // The old address no longer maps to the trunk.
+    assert_eq!(store.find_trunk_by_source_ip("192.0.2.10").unwrap(), None);
+}
+
+#[test]
+fn trunk_lookup_by_source_ip() {
+    let store = Store::open_in_memory().unwrap();
+    store.apply_provisioning(&sample()).unwrap();
+    let by = |ip: &str| {
+        store
+            .find_trunk_by_source_ip(ip)
+            .unwrap()
+            .map(|t| format!("{}/{}", t.tenant, t.name))
+    };
+    assert_eq!(by("192.0.2.10").as_deref(), Some("acme/carrier"));
+    assert_eq!(by("::ffff:192.0.2.10").as_deref(), Some("acme/carrier"));
+    assert_eq!(by("2001:0db8:0:0::10").as_deref(), Some("acme/carrier"));
+    assert_eq!(by("192.0.2.11"), None);
+    assert_eq!(by("not an ip"), None);
+}
+
+#[test]
+fn apply_provisioning_is_all_or_nothing() {
+    let store = Store::open_in_memory().unwrap();
+
+    let mut invalid = sample();
+    invalid.trunks[1].port = 0;
+    match store.apply_provisioning(&invalid) {
+        Err(StoreError::Invalid(errors)) => {
+            assert_eq!(errors.len(), 1);
+            assert_eq!(
+                (errors[0].object.as_str(), errors[0].field.as_str()),
+                ("trunks[1]", "port")
+            );
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+
+    // A dangling reference is caught by the database and rolls the whole set back.
+    let mut dangling = sample();
+    dangling.numbers[0].routing_plan = "missing".into();
+    let err = store.apply_provisioning(&dangling).unwrap_err();
+    assert!(err.is_constraint_violation(), "{err}");
+    assert_eq!(store.list_tenants().unwrap(), vec![]);
+
+    // So is a default trunk that does not exist (checked at commit).
+    let mut no_trunk = sample();
+    no_trunk.tenants[1].default_trunk = Some("nope".into());
+    assert!(store.apply_provisioning(&no_trunk).is_err());
+    assert_eq!(store.list_trunks().unwrap(), vec![]);
+}
+
+#[test]
+fn cdr_round_trips_with_legs_and_variables() {
+    let dir = TempDir::new();
+    let first = sample_cdr("6f1c0e1e-0000-4000-8000-000000000001", t(10, 0, 0, 123));
+    let second = sample_cdr("6f1c0e1e-0000-4000-8000-000000000002", t(11, 30, 5, 7));
+    {
+        let store = Store::open(&dir.db()).unwrap();
+        store.insert_cdr(&first).unwrap();
+        store.insert_cdr(&second).unwrap();
+        assert_eq!(store.get_cdr(&first.call_id).unwrap(), Some(first.clone()));
+
+        let dup = store.insert_cdr(&first).unwrap_err();
+        assert!(dup.is_constraint_violation(), "{dup}");
+    }
+    let store = Store::open(&dir.db()).unwrap();
+    let got = store.get_cdr(&first.call_id).unwrap().unwrap();
+    assert_eq!(got, first);
+    assert_eq!(got.legs.len(), 2);
+    assert_eq!(got.variables.len(), 3);
+    assert_eq!(store.get_cdr("unknown").unwrap(), None);
+
+    assert_eq!(
+        store.list_cdrs(10).unwrap(),
+        vec![second.clone(), first.clone()]
+    );
+    assert_eq!(store.list_cdrs(1).unwrap(), vec![second]);
+    assert_eq!(store.list_cdrs(0).unwrap(), vec![]);
+
+    // Stored as RFC 3339 UTC text with milliseconds.
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let (start, answer): (String, String) = conn
+        .query_row(
+            "SELECT start_time, answer_time FROM cdrs WHERE call_id = ?1",
+            [&first.call_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(start, "2025-03-14T10:00:00.123Z");
+    assert_eq!(answer, "2025-03-14T10:00:02.468Z");
+}
+
+#[test]
+fn cdr_without_optional_parts() {
+    let store = Store::open_in_memory().unwrap();
+    let mut cdr = sample_cdr("c-min", t(9, 0, 0, 0));
+    cdr.tenant = None;
+    cdr.answer_time = None;
+    cdr.sip_status = None;
+    cdr.recording_path = None;
+    cdr.legs.clear();
+    cdr.variables.clear();
+    cdr.talk_time_ms = 0;
+    store.insert_cdr(&cdr).unwrap();
+    assert_eq!(store.get_cdr("c-min").unwrap(), Some(cdr));
+}
+
+#[test]
+fn cdr_json_uses_camel_case_and_millisecond_times() {
+    let cdr = sample_cdr("c-json", t(12, 0, 0, 5));
+    let v = serde_json::to_value(&cdr).unwrap();
+    assert_eq!(v["startTime"], "2025-03-14T12:00:00.005Z");
+    assert_eq!(v["legs"][1]["answerTime"], serde_json::Value::Null);
+    assert_eq!(v["talkTimeMs"], 60_000);
+    let back: Cdr = serde_json::from_value(v).unwrap();
+    assert_eq!(back, cdr);
+}
+
+#[test]
+fn fresh_database_is_wal_with_current_schema_and_reopen_is_a_no_op() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.db()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    store.apply_provisioning(&sample()).unwrap();
+    drop(store);
+
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+
+    // Re-running a migration would fail on CREATE TABLE; reopening must change nothing.
+    let store = Store::open(&dir.db()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(store.list_tenants().unwrap().len(), 2);
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let again: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(again, tables);
+}
+
+#[test]
+fn older_schema_is_upgraded_keeping_data() {
+    let dir = TempDir::new();
+    {
+        let mut conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        migrations::migrate_to(&mut conn, 1).unwrap();
+        assert_eq!(migrations::current_version(&conn).unwrap(), 1);
+        conn.execute(
+            "INSERT INTO tenants (name, customer_number) VALUES ('old', 42)",
+            [],
+        )
+        .unwrap();
+        let cdr_tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'cdrs'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(cdr_tables, 0);
+    }
+    let store = Store::open(&dir.db()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(
+        store.get_tenant("old").unwrap().map(|t| t.customer_number),
+        Some(42)
+    );
+    store
+        .insert_cdr(&sample_cdr("after-upgrade", t(8, 0, 0, 0)))
+        .unwrap();
+    assert!(store.get_cdr("after-upgrade").unwrap().is_some());
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = TempDir::new();
+    {
+        let conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    match Store::open(&dir.db()) {
+        Err(StoreError::SchemaTooNew { found, supported }) => {
+            assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+#[test]
+fn object_validation_names_object_and_field() {
+    let n = Number {
+        number: "100".into(),
+        tenant: "".into(),
+        routing_plan: "main".into(),
+        callstate_info_url: Some("ftp://x".into()),
+    };
+    let errors = n.validate();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0].object, "number 100");
+    assert_eq!(errors[0].field, "tenant");
+    assert_eq!(errors[1].field, "callstateInfoUrl");
+    assert_eq!(
+        errors[1].to_string(),
+        "number 100.callstateInfoUrl: must start with http:// or https://"
+    );
+
+    for bad in ["", "+", "12a", "+49 221", "++49", &"1".repeat(33), "１２"] {
+        assert!(!is_valid_number(bad), "{bad:?}");
+    }
+    for good in ["+4922155400300", "100", "*97", "#31#", &"9".repeat(32)] {
+        assert!(is_valid_number(good), "{good:?}");
+    }
+    for bad in ["", "a b", "al@ce", "ä", &"a".repeat(65)] {
+        assert!(!is_valid_username(bad), "{bad:?}");
+    }
+    assert!(is_valid_username("Alice_1.x-y"));
+    assert!(is_http_url("HTTPS://example.com/x"));
+    assert!(!is_http_url("http://"));
+    assert!(!is_http_url("example.com"));
+
+    let tenant = Tenant {
+        name: " acme".into(),
+        customer_number: 0,
+        signing_secret: Some(String::new()),
+        default_trunk: None,
+        callstate_info_url: None,
+    };
+    let fields: Vec<_> = tenant.validate().into_iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["name", "customerNumber", "signingSecret"]);
+
+    let user = SipUser {
+        tenant: "acme".into(),
+        username: "bad user".into(),
+        password: "".into(),
+        display_name: Some("Evil\r\nVia: x".into()),
+    };
+    let fields: Vec<_> = user.validate().into_iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["username", "password", "displayName"]);
+
+    let trunk = Trunk {
+        tenant: "acme".into(),
+        name: "t".into(),
+        host: "bad host".into(),
+        port: 0,
+        transport: Transport::Udp,
+        username: None,
+        password: None,
+        caller_id: Some("abc".into()),
+        inbound_addresses: vec!["10.0.0.1".into(), "10.0.0.300".into()],
+    };
+    let errors = trunk.validate();
+    assert_eq!(errors[0].object, "trunk acme/t");
+    let fields: Vec<_> = errors.into_iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["host", "port", "callerId", "inboundAddresses[1]"]);
+}
+
+#[test]
+fn provisioning_validation_checks_references_and_duplicates() {
+    let mut p = sample();
+    p.numbers.push(Number {
+        number: "100".into(),
+        tenant: "acme".into(),
+        routing_plan: "main".into(),
+        callstate_info_url: None,
+    });
+    p.numbers.push(Number {
+        number: "200".into(),
+        tenant: "ghost".into(),
+        routing_plan: "main".into(),
+        callstate_info_url: None,
+    });
+    p.numbers.push(Number {
+        number: "300".into(),
+        tenant: "beta".into(),
+        routing_plan: "main".into(),
+        callstate_info_url: None,
+    });
+    p.sip_users.push(SipUser {
+        tenant: "beta".into(),
+        username: "alice".into(),
+        password: "x".into(),
+        display_name: None,
+    });
+    p.routing_plans.push(RoutingPlan {
+        tenant: "acme".into(),
+        name: "main".into(),
+        blocks: vec![],
+        callstate_info_url: None,
+    });
+    p.tenants[1].default_trunk = Some("carrier".into());
+    p.tenants.push(Tenant {
+        name: "gamma".into(),
+        customer_number: 200002,
+        signing_secret: None,
+        default_trunk: None,
+        callstate_info_url: None,
+    });
+    p.trunks[1].inbound_addresses = vec!["::ffff:192.0.2.10".into()];
+    p.announcements[0].tenant = "nobody".into();
+    p.numbers[0].number = "+49-221".into();
+
+    let errors = p.validate();
+    let expect = [
+        ("numbers[0]", "number", "E.164"),
+        ("numbers[2]", "number", "duplicate of numbers[1]"),
+        ("numbers[3]", "tenant", "tenant \"ghost\" is not defined"),
+        (
+            "numbers[4]",
+            "routingPlan",
+            "routing plan \"main\" is not defined for tenant \"beta\"",
+        ),
+        ("sipUsers[2]", "username", "duplicate of sipUsers[0]"),
+        ("routingPlans[2]", "name", "duplicate of routingPlans[0]"),
+        (
+            "tenants[1]",
+            "defaultTrunk",
+            "trunk \"carrier\" is not defined for tenant \"beta\"",
+        ),
+        (
+            "tenants[2]",
+            "customerNumber",
+            "same customerNumber as tenants[0]",
+        ),
+        (
+            "trunks[1]",
+            "inboundAddresses[0]",
+            "already used by trunks[0]",
+        ),
+        (
+            "announcements[0]",
+            "tenant",
+            "tenant \"nobody\" is not defined",
+        ),
+    ];
+    for (object, field, message) in expect {
+        let found = errors_for(&errors, object, field);
+        assert!(
+            found.iter().any(|e| e.message.contains(message)),
+            "no {object}.{field} ~ {message:?} in {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+}
+
+#[test]
+fn toml_config_parses_with_defaults_and_rejects_unknown_fields() {
+    let text = r##"
+[[tenants]]
+name = "acme"
+customerNumber = 200002
+defaultTrunk = "carrier"
+
+[[trunks]]
+tenant = "acme"
+name = "carrier"
+host = "sip.example"
+inboundAddresses = ["192.0.2.1"]
+
+[[trunks]]
+tenant = "acme"
+name = "tls"
+host = "sip2.example"
+port = 5061
+transport = "tcp"
+
+[[sipUsers]]
+tenant = "acme"
+username = "alice"
+password = "pw"
+
+[[routingPlans]]
+tenant = "acme"
+name = "main"
+blocks = [
+  { blockType = "ANNOUNCEMENT", standardAnnouncement = true, announcementName = "welcome" },
+  { blockType = "COLLECT_DIGITS", variableName = "digits", minDigits = 1, maxDigits = 3, terminator = "#" },
+]
+
+[[numbers]]
+number = "+4922155400300"
+tenant = "acme"
+routingPlan = "main"
+"##;
+    let p: Provisioning = toml::from_str(text).unwrap();
+    assert_eq!(p.validate(), vec![]);
+    assert_eq!(p.trunks[0].port, 5060);
+    assert_eq!(p.trunks[0].transport, Transport::Udp);
+    assert_eq!(p.trunks[1].transport, Transport::Tcp);
+    assert!(p.trunks[1].inbound_addresses.is_empty());
+    assert_eq!(p.routing_plans[0].blocks[1]["maxDigits"], 3);
+    assert!(p.announcements.is_empty());
+
+    let store = Store::open_in_memory().unwrap();
+    store.apply_provisioning(&p).unwrap();
+    assert_eq!(
+        store.get_routing_plan("acme", "main").unwrap(),
+        Some(p.routing_plans[0].clone())
+    );
+
+    let unknown = "[[tenants]]\nname = \"a\"\ncustomerNumber = 1\ncustomer_number = 2\n";
+    let err = toml::from_str::<Provisioning>(unknown)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("customer_number"), "{err}");
+    let bad_transport =
+        "[[trunks]]\ntenant = \"a\"\nname = \"b\"\nhost = \"h\"\ntransport = \"UDP\"\n";
+    assert!(toml::from_str::<Provisioning>(bad_transport).is_err());
+    assert!(toml::from_str::<Provisioning>("[[gateways]]\nname = \"x\"\n").is_err());
+}
+
+#[test]
+fn debug_output_hides_secrets() {
+    let p = sample();
+    let text = format!("{:?} {:?} {:?}", p.tenants[0], p.sip_users[0], p.trunks[0]);
+    for secret in ["s3cret", "pw-alice", "trunk-pw"] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    assert!(text.contains("acme-user"));
+}
+
+#[test]
+fn cdr_writer_writes_everything_before_flush_and_shutdown() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.db()).unwrap();
+    let writer = CdrWriter::spawn(store.clone());
+
+    let threads: Vec<_> = (0..4)
+        .map(|n| {
+            let w = writer.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    w.write(sample_cdr(&id, t(10, n, i, 0))).unwrap();
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    writer.flush();
+    assert_eq!(store.list_cdrs(1000).unwrap().len(), 100);
+
+    // A failed insert (duplicate) is logged and does not stop the thread.
+    let dup = store.list_cdrs(1).unwrap().remove(0);
+    writer.write(dup).unwrap();
+    writer
+        .write(sample_cdr("after-dup", t(12, 0, 0, 0)))
+        .unwrap();
+
+    writer.shutdown();
+    assert!(store.get_cdr("after-dup").unwrap().is_some());
+    // After shutdown, writes happen synchronously and report their result.
+    writer.write(sample_cdr("sync", t(13, 0, 0, 0))).unwrap();
+    assert!(store.get_cdr("sync").unwrap().is_some());
+    assert!(writer.write(sample_cdr("sync", t(13, 0, 0, 0))).is_err());
+    writer.shutdown();
+}
+
+#[test]
+fn dropping_the_last_writer_handle_writes_the_queue() {
+    let store = Store::open_in_memory().unwrap();
+    let writer = CdrWriter::spawn(store.clone());
+    for i in 0..20 {
+        writer
+            .write(sample_cdr(&format!("drop-{i}"), t(14, 0, i, 0)))
+            .unwrap();
+    }
+    drop(writer);
+    assert_eq!(store.list_cdrs(100).unwrap().len(), 20);
+}
+
+#[test]
+fn cdr_writer_waits_out_another_process_holding_the_write_lock() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.db()).unwrap();
+    let writer = CdrWriter::spawn(store.clone());
+
+    let other = rusqlite::Connection::open(dir.db()).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    writer
+        .write(sample_cdr("while-locked", t(15, 0, 0, 0)))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    other.execute_batch("COMMIT").unwrap();
+
+    writer.flush();
+    assert!(store.get_cdr("while-locked").unwrap().is_some());
+}
