@@ -1588,7 +1588,7 @@ mod tests {
         assert_eq!(
             errors[7].to_string(),
             "block 3: field 'blockType': unknown block type \"NOPE\" (expected one of \
-             ANNOUNCEMENT, SAY, COLLECT_DIGITS, COLLECT_SPEECH, BRIDGE, HANGUP, ROUTINGPLAN, \
+             ANNOUNCEMENT, SAY, SAY_DIGITS, COLLECT_DIGITS, COLLECT_SPEECH, BRIDGE, HANGUP, ROUTINGPLAN, \
              CALL_SETTINGS, REFER, CALL_CONTROL, ASK_URL)"
         );
     }
@@ -2348,6 +2348,9 @@ mod tests {
                 voice_name: None,
                 use_ssml: false,
             }),
+            Block::SayDigits(SayDigitsBlock {
+                variable_name: "pin".into(),
+            }),
             Block::CollectDigits(CollectDigitsBlock {
                 standard_announcement: true,
                 announcement_name: "enter".into(),
@@ -2455,27 +2458,27 @@ mod tests {
     fn serialized_shape_uses_the_spec_field_names() {
         let json = serde_json::to_value(one_of_each()).unwrap_or_default();
         assert_eq!(
-            json[5],
+            json[6],
             json!({"blockType":"BRIDGE","bridgeMode":"SEQUENTIAL","destinations":[
                 {"destinationType":"SIP_TRUNK","destination":"carrier","timeout":600},
                 {"destinationType":"EXTERNALNUMBER","destination":"+4930","timeout":1}]})
         );
         assert_eq!(
-            json[11],
+            json[12],
             json!({"blockType":"CALL_CONTROL","url":"https://cc.example.com/","accessKey":"secret",
                    "variables":{"x":"1"},"timeout":100})
         );
         assert_eq!(
-            json[13],
+            json[14],
             json!({"blockType":"ASK_URL","url":"https://ask","timeout":60,
                    "timeoutDestination":{"dtype":"hangup"},"hangupUrl":"https://h"})
         );
         assert_eq!(
-            json[8],
+            json[9],
             json!({"blockType":"ROUTINGPLAN","routingplanName":"other"})
         );
         assert_eq!(
-            json[9],
+            json[10],
             json!({"blockType":"CALL_SETTINGS","forwardAni":true})
         );
     }

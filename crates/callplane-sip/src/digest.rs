@@ -180,10 +180,9 @@ impl DigestCredentials {
         let ha1 = alg.hash_hex(&format!("{}:{}:{}", self.username, self.realm, password));
         let ha2 = alg.hash_hex(&format!("{}:{}", method, self.uri));
         match (&self.qop, &self.nc, &self.cnonce) {
-            (Some(qop), Some(nc), Some(cnonce)) => alg.hash_hex(&format!(
-                "{ha1}:{}:{nc}:{cnonce}:{qop}:{ha2}",
-                self.nonce
-            )),
+            (Some(qop), Some(nc), Some(cnonce)) => {
+                alg.hash_hex(&format!("{ha1}:{}:{nc}:{cnonce}:{qop}:{ha2}", self.nonce))
+            }
             _ => alg.hash_hex(&format!("{ha1}:{}:{ha2}", self.nonce)),
         }
     }

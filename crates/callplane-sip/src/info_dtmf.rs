@@ -42,7 +42,10 @@ mod tests {
     #[test]
     fn dtmf_relay_bodies() {
         let ct = Some("application/dtmf-relay");
-        assert_eq!(parse_info_dtmf(ct, b"Signal=5\r\nDuration=160\r\n"), Some('5'));
+        assert_eq!(
+            parse_info_dtmf(ct, b"Signal=5\r\nDuration=160\r\n"),
+            Some('5')
+        );
         assert_eq!(parse_info_dtmf(ct, b"Signal= #\nDuration= 250"), Some('#'));
         assert_eq!(parse_info_dtmf(ct, b"signal=11\r\n"), Some('#'));
         assert_eq!(parse_info_dtmf(ct, b"Duration=160\r\n"), None);
@@ -53,7 +56,10 @@ mod tests {
     #[test]
     fn dtmf_bodies() {
         assert_eq!(parse_info_dtmf(Some("application/dtmf"), b"7"), Some('7'));
-        assert_eq!(parse_info_dtmf(Some("application/dtmf"), b"*\r\n"), Some('*'));
+        assert_eq!(
+            parse_info_dtmf(Some("application/dtmf"), b"*\r\n"),
+            Some('*')
+        );
         assert_eq!(parse_info_dtmf(Some("application/dtmf"), b""), None);
     }
 }

@@ -10,8 +10,14 @@ use rsipstack::sip::SipMessage;
 /// What a parsed message says about itself, in our types.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageSummary {
-    Request { method: String, call_id: Option<String> },
-    Response { status: u16, call_id: Option<String> },
+    Request {
+        method: String,
+        call_id: Option<String>,
+    },
+    Response {
+        status: u16,
+        call_id: Option<String>,
+    },
 }
 
 /// Parses one SIP message and every header our code reads from it.

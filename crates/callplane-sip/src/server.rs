@@ -190,11 +190,9 @@ impl InboundLeg {
         loop {
             let state = self.states.recv().await?;
             match state {
-                DialogState::Confirmed(..) => {
-                    if !self.confirmed {
-                        self.confirmed = true;
-                        return Some(InboundEvent::Confirmed);
-                    }
+                DialogState::Confirmed(..) if !self.confirmed => {
+                    self.confirmed = true;
+                    return Some(InboundEvent::Confirmed);
                 }
                 DialogState::Terminated(_, reason) => {
                     self.layer.remove_dialog(&self.dialog.id());
@@ -267,10 +265,17 @@ pub struct OutboundCall {
 #[derive(Debug)]
 pub enum OutboundEvent {
     /// 180/183, with SDP when the callee sent early media.
-    Ringing { status: u16, sdp: Option<String> },
-    Answered { sdp: Option<String> },
+    Ringing {
+        status: u16,
+        sdp: Option<String>,
+    },
+    Answered {
+        sdp: Option<String>,
+    },
     /// A final non-2xx, a timeout or a transport failure (status 408/503 then).
-    Failed { status: u16 },
+    Failed {
+        status: u16,
+    },
     RemoteBye,
     Dtmf(char),
     Reinvite {
@@ -1042,7 +1047,10 @@ mod tests {
             contact_uri("sip:bob@h;expires=30").as_deref(),
             Some("sip:bob@h")
         );
-        assert_eq!(contact_param("sip:bob@h;expires=30", "expires").as_deref(), Some("30"));
+        assert_eq!(
+            contact_param("sip:bob@h;expires=30", "expires").as_deref(),
+            Some("30")
+        );
         assert_eq!(contact_uri("<sip:broken"), None);
     }
 

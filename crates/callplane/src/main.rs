@@ -1,1 +1,338 @@
-fn main() {}
+//! The `callplane` binary: loads the config (or the built-in demo), opens the store, and wires
+//! SIP, media, the engine and the HTTP server together. No call logic lives here.
+
+mod config;
+
+use anyhow::{bail, Context};
+use callplane_engine::prompts::{find_program, PromptConfig};
+use callplane_engine::{Engine, EngineConfig};
+use callplane_media::{MediaConfig, MediaEngine};
+use callplane_sip::{SipConfig, SipDirectory, SipServer};
+use callplane_store::{CdrWriter, Store};
+use config::{Config, Network};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+const USAGE: &str = "usage:
+  callplane serve [--config FILE] [--data-dir DIR]   run the switch (no config: the loopback demo)
+  callplane config check FILE                        validate a config file and exit
+  callplane plan validate FILE                       validate a JSON block list and exit
+  callplane version";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: Vec<String>) -> anyhow::Result<()> {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["serve", rest @ ..] => {
+            let mut config = None;
+            let mut data_dir = None;
+            let mut it = rest.iter();
+            while let Some(a) = it.next() {
+                match *a {
+                    "--config" => {
+                        config = Some(PathBuf::from(it.next().context("--config needs a file")?))
+                    }
+                    "--data-dir" => {
+                        data_dir = Some(PathBuf::from(
+                            it.next().context("--data-dir needs a directory")?,
+                        ))
+                    }
+                    other => bail!("unknown argument {other:?}\n{USAGE}"),
+                }
+            }
+            let mut cfg = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::demo(PathBuf::from("callplane-data")),
+            };
+            if let Some(d) = data_dir {
+                cfg.server.data_dir = d;
+            }
+            serve(cfg, config.is_none())
+        }
+        ["config", "check", file] => {
+            Config::load(&PathBuf::from(file))?;
+            println!("{file}: ok");
+            Ok(())
+        }
+        ["plan", "validate", file] => {
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{file}: not JSON: {e}"))?;
+            // Either a bare block list or a plan object with `blocks`.
+            let blocks = value.get("blocks").cloned().unwrap_or(value);
+            match callplane_engine::blocks::parse_blocks(&blocks) {
+                Ok(b) => {
+                    println!("{file}: ok ({} blocks)", b.len());
+                    Ok(())
+                }
+                Err(errs) => {
+                    let list: Vec<String> = errs.iter().map(|e| format!("  {file}: {e}")).collect();
+                    bail!("{} error(s):\n{}", errs.len(), list.join("\n"))
+                }
+            }
+        }
+        ["version"] | ["--version"] => {
+            println!("callplane {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        _ => bail!("{USAGE}"),
+    }
+}
+
+/// The registrar and INVITE policy's view of the store.
+struct Directory {
+    store: Store,
+    trusted: Vec<Network>,
+}
+
+impl SipDirectory for Directory {
+    fn sip_user_password(&self, username: &str) -> Option<String> {
+        self.store
+            .get_sip_user(username)
+            .ok()
+            .flatten()
+            .map(|u| u.password)
+    }
+
+    fn is_trusted_source(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(ip))
+            || self
+                .store
+                .find_trunk_by_source_ip(&ip.to_string())
+                .ok()
+                .flatten()
+                .is_some()
+    }
+}
+
+struct Metrics {
+    engine: Engine,
+    sip: SipServer,
+    media: MediaEngine,
+}
+
+impl callplane_api::MetricsSource for Metrics {
+    fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
+        let m = self.media.totals();
+        vec![
+            (
+                "callplane_calls_active",
+                "Calls in progress",
+                "gauge",
+                self.engine.active_calls() as f64,
+            ),
+            (
+                "callplane_calls_finished_total",
+                "Calls finished since start",
+                "counter",
+                self.engine.finished_calls() as f64,
+            ),
+            (
+                "callplane_sip_dialogs",
+                "Live SIP dialogs",
+                "gauge",
+                self.sip.dialog_count() as f64,
+            ),
+            (
+                "callplane_sip_transactions",
+                "Running SIP transactions",
+                "gauge",
+                self.sip.running_transactions() as f64,
+            ),
+            (
+                "callplane_rtp_legs",
+                "Open RTP legs",
+                "gauge",
+                m.legs as f64,
+            ),
+            (
+                "callplane_rtp_packets_received_total",
+                "RTP packets received",
+                "counter",
+                m.packets_received as f64,
+            ),
+            (
+                "callplane_rtp_packets_sent_total",
+                "RTP packets sent",
+                "counter",
+                m.packets_sent as f64,
+            ),
+            (
+                "callplane_rtp_packets_lost_total",
+                "RTP packets lost (sequence gaps)",
+                "counter",
+                m.packets_lost as f64,
+            ),
+            (
+                "callplane_rtp_late_frames_total",
+                "RTP frames that arrived late or out of order",
+                "counter",
+                m.late_frames as f64,
+            ),
+        ]
+    }
+}
+
+fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CALLPLANE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rsipstack=warn")),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve_async(cfg, demo))
+}
+
+async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
+    let s = &cfg.server;
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
+    let db = s.data_dir.join("callplane.db");
+    let store = Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    store
+        .apply_provisioning(&cfg.provisioning)
+        .map_err(|e| anyhow::anyhow!("cannot store the configuration: {e}"))?;
+    let cdrs = CdrWriter::spawn(store.clone());
+
+    // Optional system parts: say once, clearly, what is missing and what fails over.
+    let espeak = find_program(&s.espeak_path);
+    if espeak.is_none() {
+        warn!(
+            "espeak-ng not found ({}): SAY blocks will be skipped (install: apt-get install espeak-ng)",
+            s.espeak_path
+        );
+    }
+    if !s.sounds_dir.is_dir() {
+        warn!(
+            "standard prompt set not found at {}: standardAnnouncement prompts will be skipped (install: apt-get install asterisk-core-sounds-en-wav)",
+            s.sounds_dir.display()
+        );
+    }
+    if !s.prompts_dir.join("digit-0.wav").exists() {
+        warn!(
+            "Callplane prompts not found at {}: digit read-back will be skipped",
+            s.prompts_dir.display()
+        );
+    }
+
+    let trusted = s
+        .trusted_networks
+        .iter()
+        .filter_map(|n| Network::parse(n))
+        .collect();
+    let directory = Arc::new(Directory {
+        store: store.clone(),
+        trusted,
+    });
+    let sip_cfg = SipConfig {
+        udp: s.sip_udp,
+        tcp: s.sip_tcp,
+        realm: s.realm.clone(),
+        max_auth_failures: s.max_auth_failures,
+        ..SipConfig::default()
+    };
+    let (sip, calls) = SipServer::start(sip_cfg, directory).await?;
+    let media = MediaEngine::new(MediaConfig {
+        bind_ip: s.rtp_ip,
+        advertise_ip: s.rtp_advertise_ip.unwrap_or(s.rtp_ip),
+        port_min: s.rtp_port_min,
+        port_max: s.rtp_port_max,
+    });
+    let engine = Engine::new(
+        EngineConfig {
+            prompts: PromptConfig {
+                sounds_dir: s.sounds_dir.clone(),
+                prompts_dir: s.prompts_dir.clone(),
+                tts_cache_dir: s.data_dir.join("tts-cache"),
+                espeak,
+            },
+        },
+        store.clone(),
+        cdrs.clone(),
+        sip.clone(),
+        media.clone(),
+    );
+    let runner = engine.clone();
+    tokio::spawn(async move { runner.run(calls).await });
+
+    let mut http_addr = None;
+    if let Some(addr) = s.http {
+        let source = Arc::new(Metrics {
+            engine: engine.clone(),
+            sip: sip.clone(),
+            media: media.clone(),
+        });
+        let (local, server) = callplane_api::bind(addr, source)
+            .await
+            .with_context(|| format!("cannot bind HTTP on {addr}"))?;
+        http_addr = Some(local);
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
+    let show =
+        |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+    info!(
+        "callplane ready: sip udp {} tcp {}, http {}, data {}",
+        show(sip.local_udp()),
+        show(sip.local_tcp()),
+        show(http_addr),
+        s.data_dir.display()
+    );
+    if demo {
+        if let Some(udp) = sip.local_udp() {
+            info!("demo: call sip:100@{udp} (greeting, 3 digits + #, read-back); phones may REGISTER as alice/alice-secret and be reached on number 200");
+        }
+    }
+
+    shutdown_signal().await;
+    info!("shutting down");
+    sip.shutdown();
+    cdrs.flush();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

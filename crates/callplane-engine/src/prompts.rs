@@ -1,0 +1,231 @@
+//! Turns a `Prompt` into 8 kHz audio: tenant announcements (files named in the store),
+//! standard prompts (the shipped prompt set), digit prompts and espeak-ng text to speech.
+//! Decoded audio is cached by file path, TTS output by text and voice, so a busy prompt is
+//! read from disk once.
+
+use crate::flow::Prompt;
+use callplane_store::Store;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Where prompts come from.
+#[derive(Debug, Clone)]
+pub struct PromptConfig {
+    /// The standard prompt set (`standardAnnouncement: true`), e.g. Asterisk's core sounds.
+    pub sounds_dir: PathBuf,
+    /// Callplane's own prompts (digits for read-back).
+    pub prompts_dir: PathBuf,
+    /// Generated TTS audio.
+    pub tts_cache_dir: PathBuf,
+    /// The espeak-ng program; `None` when it is not installed (SAY then fails over).
+    pub espeak: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("announcement {0:?} is not provisioned for this tenant")]
+    UnknownAnnouncement(String),
+    #[error("standard prompt {0:?} not found (is the standard prompt set installed?)")]
+    UnknownStandard(String),
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("text to speech is not available (espeak-ng not installed)")]
+    NoTts,
+    #[error("text to speech failed: {0}")]
+    TtsFailed(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+pub struct PromptLibrary {
+    cfg: PromptConfig,
+    store: Store,
+    cache: Mutex<HashMap<PathBuf, Arc<[i16]>>>,
+}
+
+/// A standard prompt name is a relative path inside the prompt set (`digits/1`,
+/// `vm-goodbye`): no parent-directory steps and no absolute paths.
+fn safe_relative(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('/')
+        && !name.contains('\\')
+        && name
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
+}
+
+impl PromptLibrary {
+    pub fn new(cfg: PromptConfig, store: Store) -> Self {
+        PromptLibrary {
+            cfg,
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &PromptConfig {
+        &self.cfg
+    }
+
+    fn load(&self, path: &Path) -> Result<Arc<[i16]>, PromptError> {
+        if let Ok(cache) = self.cache.lock() {
+            if let Some(a) = cache.get(path) {
+                return Ok(a.clone());
+            }
+        }
+        let samples =
+            callplane_media::wav::load_wav_8k(path).map_err(|e| PromptError::Unreadable {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let audio: Arc<[i16]> = samples.into();
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(path.to_path_buf(), audio.clone());
+        }
+        Ok(audio)
+    }
+
+    fn standard_path(&self, name: &str) -> Result<PathBuf, PromptError> {
+        let name = name.trim_end_matches(".wav");
+        if !safe_relative(name) {
+            return Err(PromptError::UnknownStandard(name.to_string()));
+        }
+        let p = self.cfg.sounds_dir.join(format!("{name}.wav"));
+        if p.exists() {
+            Ok(p)
+        } else {
+            Err(PromptError::UnknownStandard(name.to_string()))
+        }
+    }
+
+    fn digit_path(&self, d: char) -> Option<PathBuf> {
+        let name = match d {
+            '0'..='9' => format!("digit-{d}"),
+            '*' => "digit-star".into(),
+            '#' => "digit-hash".into(),
+            _ => return None,
+        };
+        Some(self.cfg.prompts_dir.join(format!("{name}.wav")))
+    }
+
+    /// Resolves and decodes one prompt. Blocking (file I/O, espeak-ng): call from a blocking
+    /// context.
+    pub fn resolve_blocking(
+        &self,
+        tenant: &str,
+        prompt: &Prompt,
+    ) -> Result<Arc<[i16]>, PromptError> {
+        match prompt {
+            Prompt::Announcement {
+                name,
+                standard: false,
+            } => {
+                let a = self
+                    .store
+                    .get_announcement(tenant, name)
+                    .map_err(|e| PromptError::Store(e.to_string()))?
+                    .ok_or_else(|| PromptError::UnknownAnnouncement(name.clone()))?;
+                self.load(Path::new(&a.file))
+            }
+            Prompt::Announcement {
+                name,
+                standard: true,
+            } => {
+                let p = self.standard_path(name)?;
+                self.load(&p)
+            }
+            Prompt::Digits(digits) => {
+                let mut out: Vec<i16> = Vec::new();
+                for d in digits.chars() {
+                    let Some(p) = self.digit_path(d) else {
+                        continue;
+                    };
+                    out.extend_from_slice(&self.load(&p)?);
+                    // A short pause keeps the digits apart.
+                    out.extend(std::iter::repeat_n(0i16, 800));
+                }
+                Ok(out.into())
+            }
+            Prompt::Tts { text, voice } => self.tts(text, voice.as_deref()),
+        }
+    }
+
+    fn tts(&self, text: &str, voice: Option<&str>) -> Result<Arc<[i16]>, PromptError> {
+        let espeak = self.cfg.espeak.as_deref().ok_or(PromptError::NoTts)?;
+        let voice = voice.unwrap_or("en");
+        let key = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(voice.as_bytes());
+            h.update([0]);
+            h.update(text.as_bytes());
+            let d = h.finalize();
+            d.iter()
+                .take(16)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let path = self.cfg.tts_cache_dir.join(format!("{key}.wav"));
+        if !path.exists() {
+            std::fs::create_dir_all(&self.cfg.tts_cache_dir)
+                .map_err(|e| PromptError::TtsFailed(format!("cannot create TTS cache dir: {e}")))?;
+            let tmp = path.with_extension("tmp.wav");
+            // Text goes through stdin, never the command line, so no text is taken as an option.
+            let mut child = std::process::Command::new(espeak)
+                .arg("-v")
+                .arg(voice)
+                .arg("-w")
+                .arg(&tmp)
+                .arg("--stdin")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| PromptError::TtsFailed(e.to_string()))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                use std::io::Write;
+                stdin
+                    .write_all(text.as_bytes())
+                    .map_err(|e| PromptError::TtsFailed(e.to_string()))?;
+            }
+            let out = child
+                .wait_with_output()
+                .map_err(|e| PromptError::TtsFailed(e.to_string()))?;
+            if !out.status.success() {
+                return Err(PromptError::TtsFailed(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ));
+            }
+            std::fs::rename(&tmp, &path).map_err(|e| PromptError::TtsFailed(e.to_string()))?;
+        }
+        self.load(&path)
+    }
+}
+
+/// Finds espeak-ng on PATH (or at the configured path); None when missing.
+pub fn find_program(name: &str) -> Option<String> {
+    if name.contains('/') {
+        return Path::new(name).exists().then(|| name.to_string());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_names_cannot_escape_the_prompt_set() {
+        assert!(safe_relative("digits/1"));
+        assert!(safe_relative("vm-goodbye"));
+        assert!(!safe_relative("../../etc/passwd"));
+        assert!(!safe_relative("/etc/passwd"));
+        assert!(!safe_relative("a//b"));
+        assert!(!safe_relative(""));
+    }
+}

@@ -1,0 +1,336 @@
+//! The declarative config file (TOML): a `[server]` section for listeners and paths, and the
+//! provisioned objects in the spec's shapes. Everything is validated, with the file, object and
+//! field named, before anything starts.
+
+use anyhow::{bail, Context};
+use callplane_store::model::{FieldError, Provisioning};
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Listeners, paths and policies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Where the SQLite file, recordings and the TTS cache live.
+    pub data_dir: PathBuf,
+    pub sip_udp: Option<SocketAddr>,
+    pub sip_tcp: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    /// Address RTP sockets bind to, and the one written into SDP.
+    pub rtp_ip: IpAddr,
+    pub rtp_advertise_ip: Option<IpAddr>,
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// Digest realm.
+    pub realm: String,
+    /// Networks (CIDR) whose INVITEs need no digest auth, besides trunks' inbound addresses.
+    pub trusted_networks: Vec<String>,
+    /// Directory of the standard prompt set (`standardAnnouncement: true`).
+    pub sounds_dir: PathBuf,
+    /// Directory that relative announcement paths are resolved against.
+    pub prompts_dir: PathBuf,
+    /// espeak-ng binary for SAY.
+    pub espeak_path: String,
+    /// Failed digest authentications per source address before it is blocked.
+    pub max_auth_failures: u32,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            data_dir: PathBuf::from("callplane-data"),
+            sip_udp: Some(SocketAddr::from(([127, 0, 0, 1], 5060))),
+            sip_tcp: Some(SocketAddr::from(([127, 0, 0, 1], 5060))),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            rtp_ip: IpAddr::from([127, 0, 0, 1]),
+            rtp_advertise_ip: None,
+            rtp_port_min: 20000,
+            rtp_port_max: 40000,
+            realm: "callplane".into(),
+            trusted_networks: vec![],
+            sounds_dir: PathBuf::from("/usr/share/asterisk/sounds/en"),
+            prompts_dir: default_prompts_dir(),
+            espeak_path: "espeak-ng".into(),
+            max_auth_failures: 5,
+        }
+    }
+}
+
+/// The repository's `prompts/` folder next to the working directory, else the one the binary
+/// was built from (a fresh checkout running `cargo run`).
+pub fn default_prompts_dir() -> PathBuf {
+    let local = PathBuf::from("prompts");
+    if local.join("welcome.wav").exists() {
+        return local;
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts"))
+}
+
+/// The file's shape: `[server]` plus the provisioning lists. Spelled out rather than
+/// flattened so that TOML errors keep their line numbers.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    tenants: Vec<callplane_store::model::Tenant>,
+    #[serde(default)]
+    numbers: Vec<callplane_store::model::Number>,
+    #[serde(default)]
+    sip_users: Vec<callplane_store::model::SipUser>,
+    #[serde(default)]
+    trunks: Vec<callplane_store::model::Trunk>,
+    #[serde(default)]
+    routing_plans: Vec<callplane_store::model::RoutingPlan>,
+    #[serde(default)]
+    announcements: Vec<callplane_store::model::Announcement>,
+}
+
+/// A loaded and validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerSection,
+    pub provisioning: Provisioning,
+}
+
+/// A parsed CIDR network.
+#[derive(Debug, Clone, Copy)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    pub fn parse(s: &str) -> Option<Network> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(Network { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let file: ConfigFile = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim()))?;
+        let mut cfg = Config {
+            server: file.server,
+            provisioning: Provisioning {
+                tenants: file.tenants,
+                numbers: file.numbers,
+                sip_users: file.sip_users,
+                trunks: file.trunks,
+                routing_plans: file.routing_plans,
+                announcements: file.announcements,
+            },
+        };
+        // Relative paths in the file are relative to the file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let absolutize = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        absolutize(&mut cfg.server.data_dir);
+        for a in &mut cfg.provisioning.announcements {
+            let p = Path::new(&a.file);
+            if p.is_relative() {
+                a.file = base.join(p).to_string_lossy().into_owned();
+            }
+        }
+        cfg.validate(&path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// Every problem at once, each naming the file, the object and the field.
+    pub fn validate(&self, file: &str) -> anyhow::Result<()> {
+        let mut errors: Vec<FieldError> = self.provisioning.validate();
+        for (i, plan) in self.provisioning.routing_plans.iter().enumerate() {
+            let blocks = serde_json::Value::Array(plan.blocks.clone());
+            if let Err(errs) = callplane_engine::blocks::parse_blocks(&blocks) {
+                for e in errs {
+                    errors.push(FieldError {
+                        object: format!("routingPlans[{i}] ({})", plan.name),
+                        field: format!("blocks[{}].{}", e.index, e.field),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        let s = &self.server;
+        for (i, n) in s.trusted_networks.iter().enumerate() {
+            if Network::parse(n).is_none() {
+                errors.push(FieldError {
+                    object: "server".into(),
+                    field: format!("trustedNetworks[{i}]"),
+                    message: format!("{n:?} is not an address or CIDR network"),
+                });
+            }
+        }
+        if s.rtp_port_min == 0 || s.rtp_port_min >= s.rtp_port_max {
+            errors.push(FieldError {
+                object: "server".into(),
+                field: "rtpPortMin".into(),
+                message: "must be > 0 and below rtpPortMax".into(),
+            });
+        }
+        if s.sip_udp.is_none() && s.sip_tcp.is_none() {
+            errors.push(FieldError {
+                object: "server".into(),
+                field: "sipUdp".into(),
+                message: "at least one of sipUdp and sipTcp is needed".into(),
+            });
+        }
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = errors.iter().map(|e| format!("  {file}: {e}")).collect();
+        bail!(
+            "{} configuration error(s):\n{}",
+            errors.len(),
+            list.join("\n")
+        )
+    }
+
+    /// The built-in demo: number 100 greets the caller, collects three digits and reads them
+    /// back. Everything on loopback; prompts from the repository's `prompts/`.
+    pub fn demo(data_dir: PathBuf) -> Config {
+        let server = ServerSection {
+            data_dir,
+            trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            ..ServerSection::default()
+        };
+        let prompts = server.prompts_dir.clone();
+        let text = DEMO_PROVISIONING;
+        let mut provisioning: Provisioning = match toml::from_str(text) {
+            Ok(p) => p,
+            Err(e) => panic!("built-in demo provisioning is invalid: {e}"),
+        };
+        for a in &mut provisioning.announcements {
+            a.file = prompts.join(&a.file).to_string_lossy().into_owned();
+        }
+        Config {
+            server,
+            provisioning,
+        }
+    }
+}
+
+const DEMO_PROVISIONING: &str = r##"
+[[tenants]]
+name = "demo"
+customerNumber = 200002
+
+[[sipUsers]]
+tenant = "demo"
+username = "alice"
+password = "alice-secret"
+
+[[sipUsers]]
+tenant = "demo"
+username = "bob"
+password = "bob-secret"
+
+[[numbers]]
+number = "100"
+tenant = "demo"
+routingPlan = "demo"
+
+[[numbers]]
+number = "200"
+tenant = "demo"
+routingPlan = "call-alice"
+
+[[announcements]]
+tenant = "demo"
+name = "welcome"
+file = "welcome.wav"
+
+[[announcements]]
+tenant = "demo"
+name = "enter-digits"
+file = "enter-digits.wav"
+
+[[announcements]]
+tenant = "demo"
+name = "invalid"
+file = "invalid.wav"
+
+[[announcements]]
+tenant = "demo"
+name = "you-entered"
+file = "you-entered.wav"
+
+[[announcements]]
+tenant = "demo"
+name = "goodbye"
+file = "goodbye.wav"
+
+[[routingPlans]]
+tenant = "demo"
+name = "demo"
+blocks = [
+  { blockType = "ANNOUNCEMENT", standardAnnouncement = false, announcementName = "welcome" },
+  { blockType = "COLLECT_DIGITS", standardAnnouncement = false, announcementName = "enter-digits", standardErrorAnnouncement = false, errorAnnouncementName = "invalid", variableName = "digits", minDigits = 3, maxDigits = 3, terminator = "#", maxTries = 3, timeout = 10 },
+  { blockType = "ANNOUNCEMENT", standardAnnouncement = false, announcementName = "you-entered" },
+  { blockType = "SAY_DIGITS", variableName = "digits" },
+  { blockType = "ANNOUNCEMENT", standardAnnouncement = false, announcementName = "goodbye" },
+  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },
+]
+
+[[routingPlans]]
+tenant = "demo"
+name = "call-alice"
+blocks = [
+  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_USER", destination = "alice", timeout = 30 } ] },
+  { blockType = "HANGUP", hangupCause = "NO_ANSWER" },
+]
+"##;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks() {
+        let n = Network::parse("127.0.0.0/8").unwrap();
+        assert!(n.contains("127.1.2.3".parse().unwrap()));
+        assert!(!n.contains("128.0.0.1".parse().unwrap()));
+        let h = Network::parse("10.0.0.5").unwrap();
+        assert!(h.contains("10.0.0.5".parse().unwrap()));
+        assert!(!h.contains("10.0.0.6".parse().unwrap()));
+        assert!(Network::parse("::1/128")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(Network::parse("10.0.0.0/33").is_none());
+        assert!(Network::parse("nonsense").is_none());
+        assert!(Network::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+    }
+}
