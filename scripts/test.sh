@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs Callplane's whole test suite: unit tests and the end-to-end tests that drive the real
+# binary with real SIP peers. Installs the peers (Debian packages) first when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v sipp >/dev/null || need+=(sip-tester)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
+command -v sox >/dev/null || need+=(sox)
+[ -d /usr/share/asterisk/sounds/en ] || need+=(asterisk-core-sounds-en-wav)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${need[@]}"
+  else
+    echo "missing test peers: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi
+
+cargo test --workspace --locked "$@"
