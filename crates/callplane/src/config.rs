@@ -317,6 +317,86 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_demo_configuration_is_valid() {
+        let cfg = Config::demo(PathBuf::from("/tmp/callplane-demo-test"));
+        cfg.validate("demo").expect("demo config validates");
+        assert!(cfg.provisioning.numbers.iter().any(|n| n.number == "100"));
+    }
+
+    fn load_text(text: &str) -> anyhow::Result<Config> {
+        let dir = std::env::temp_dir().join(format!(
+            "callplane-config-test-{}-{}",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("callplane.toml");
+        std::fs::write(&path, text)?;
+        let r = Config::load(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    #[test]
+    fn errors_name_file_object_and_field() {
+        let err = load_text(
+            r#"
+[[tenants]]
+name = "t"
+customerNumber = 1
+
+[[numbers]]
+number = "100"
+tenant = "t"
+routingPlan = "p"
+
+[[routingPlans]]
+tenant = "t"
+name = "p"
+blocks = [ { blockType = "COLLECT_DIGITS", announcementName = "a", variableName = "pin", minDigits = 3, maxDigits = 40 } ]
+"#,
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(err.contains("callplane.toml"), "{err}");
+        assert!(err.contains("routingPlans[0] (p)"), "{err}");
+        assert!(err.contains("maxDigits"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_reported_with_their_line() {
+        let err = load_text("[server]\nsipUpd = \"127.0.0.1:5060\"\n")
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains("sipUpd"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = load_text("[[numbers]]\nnumber = 100\n")
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn dangling_references_are_errors() {
+        let err = load_text(
+            r#"
+[[numbers]]
+number = "100"
+tenant = "nobody"
+routingPlan = "p"
+"#,
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(err.contains("numbers[0]"), "{err}");
+        assert!(err.contains("tenant"), "{err}");
+    }
+
+    #[test]
     fn networks() {
         let n = Network::parse("127.0.0.0/8").unwrap();
         assert!(n.contains("127.1.2.3".parse().unwrap()));
