@@ -67,7 +67,7 @@ blocks = [
             ["sipp", "-sf", scenario, "-s", "100", f"127.0.0.1:{srv.sip_port}", "-i", "127.0.0.1",
              "-p", str(common.free_port()), "-mp", str(common.free_port()),
              "-r", str(a.rate), "-rp", "1000", "-m", str(total), "-l", str(a.rate * 10),
-             "-max_socket", "10000", "-trace_rtt", "-rtt_freq", "1000000", "-trace_stat", "-fd", "1",
+             "-max_socket", "10000", "-trace_rtt", "-rtt_freq", "100", "-trace_stat", "-fd", "1",
              "-trace_err", "-nostdin", "-timeout", str(a.duration + 60) + "s"],
             cwd=work, capture_output=True, text=True)
         elapsed = time.time() - t0

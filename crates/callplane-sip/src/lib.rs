@@ -8,6 +8,7 @@ pub mod info_dtmf;
 pub mod parse;
 pub mod registrar;
 mod server;
+mod validate;
 
 pub use server::{
     InboundCall, InboundEvent, InboundLeg, OutboundCall, OutboundEvent, OutboundLeg,

@@ -44,6 +44,7 @@ pub fn parse_message(bytes: &[u8]) -> Result<MessageSummary, String> {
     let call_id = msg.call_id_header().ok().map(|c| c.value().to_string());
     Ok(match msg {
         SipMessage::Request(r) => {
+            let _ = crate::validate::validate_request(&r, false);
             let _ = parse_info_dtmf(Some("application/dtmf-relay"), &r.body);
             let _ = r.from_header().and_then(|f| f.uri());
             let _ = r.to_header().and_then(|t| t.tag());

@@ -6,6 +6,7 @@
 use crate::digest::{self, Algorithm, DigestCredentials, NonceIssuer, NonceStatus};
 use crate::info_dtmf::parse_info_dtmf;
 use crate::registrar::{Binding, FailureLimiter, Location};
+use crate::validate::validate_request;
 use crate::{SipError, Transport};
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::dialog::{
@@ -16,12 +17,15 @@ use rsipstack::dialog::invitation::{InviteAsyncResult, InviteOption};
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::headers::make_header;
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
+use rsipstack::sip::SipMessage;
 use rsipstack::sip::{Header, Method, Request, StatusCode};
 use rsipstack::transaction::endpoint::EndpointInnerRef;
+use rsipstack::transaction::endpoint::MessageInspector;
 use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transport::udp::UdpConnection;
 use rsipstack::transport::{SipAddr, TcpListenerConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -285,6 +289,8 @@ pub enum OutboundEvent {
 }
 
 pub struct OutboundLeg {
+    call_id: String,
+    cancel_reasons: CancelReasons,
     dialog: InviteDialog,
     states: DialogStateReceiver,
     outcome: Option<JoinHandle<InviteAsyncResult>>,
@@ -383,6 +389,11 @@ impl OutboundLeg {
             return;
         }
         self.ended = true;
+        if let Some(r) = &reason {
+            if let Ok(mut m) = self.cancel_reasons.0.lock() {
+                m.insert(self.call_id.clone(), r.clone());
+            }
+        }
         let r = match reason {
             Some(r) => self.dialog.hangup_with_reason(r).await,
             None => self.dialog.hangup().await,
@@ -403,11 +414,42 @@ impl OutboundLeg {
 impl Drop for OutboundLeg {
     fn drop(&mut self) {
         self.remove();
+        if let Ok(mut m) = self.cancel_reasons.0.lock() {
+            m.remove(&self.call_id);
+        }
+    }
+}
+
+/// Reason headers to put on the CANCEL of an outbound INVITE, by Call-ID. rsipstack sends
+/// CANCEL itself without extra headers; its message inspector is the seam to add one.
+#[derive(Default, Clone)]
+struct CancelReasons(Arc<Mutex<HashMap<String, String>>>);
+
+impl MessageInspector for CancelReasons {
+    fn before_send(&self, mut msg: SipMessage, _dest: Option<&SipAddr>) -> SipMessage {
+        if let SipMessage::Request(req) = &mut msg {
+            if req.method == Method::Cancel {
+                let call_id = req.call_id_header().map(|c| c.value().to_string()).ok();
+                let reason =
+                    call_id.and_then(|id| self.0.lock().ok().and_then(|m| m.get(&id).cloned()));
+                if let Some(reason) = reason {
+                    if !req.headers.iter().any(|h| matches!(h, Header::Reason(_))) {
+                        req.headers.push(Header::Reason(reason.into()));
+                    }
+                }
+            }
+        }
+        msg
+    }
+
+    fn after_received(&self, msg: SipMessage, _from: Option<&SipAddr>) -> SipMessage {
+        msg
     }
 }
 
 struct Inner {
     endpoint: EndpointInnerRef,
+    cancel_reasons: CancelReasons,
     layer: Arc<DialogLayer>,
     directory: Arc<dyn SipDirectory>,
     location: Mutex<Location>,
@@ -513,10 +555,12 @@ impl SipServer {
             local_tcp = listener.get_addr().get_socketaddr().ok();
             transport_layer.add_transport(listener.into());
         }
+        let cancel_reasons = CancelReasons::default();
         let endpoint = EndpointBuilder::new()
             .with_user_agent(&cfg.user_agent)
             .with_transport_layer(transport_layer)
             .with_cancel_token(cancel.child_token())
+            .with_inspector(Box::new(cancel_reasons.clone()))
             .build();
         let mut incoming = endpoint.incoming_transactions()?;
         let layer = Arc::new(DialogLayer::new(endpoint.inner.clone()));
@@ -524,6 +568,7 @@ impl SipServer {
         rand::fill(&mut secret);
         let inner = Arc::new(Inner {
             endpoint: endpoint.inner.clone(),
+            cancel_reasons,
             layer,
             directory,
             location: Mutex::new(Location::default()),
@@ -576,6 +621,31 @@ impl SipServer {
     }
 
     fn dispatch(&self, mut tx: Transaction, calls: &mpsc::Sender<InboundCall>) {
+        if tx.original.method != Method::Ack {
+            let reliable = tx.connection.as_ref().is_some_and(|c| c.is_reliable());
+            if let Err(refusal) = validate_request(&tx.original, reliable) {
+                debug!(status = refusal.status, reason = %refusal.reason, "request refused");
+                let endpoint = self.inner.endpoint.clone();
+                tokio::spawn(async move {
+                    let mut resp = endpoint.make_response(
+                        &tx.original,
+                        StatusCode::from(refusal.status),
+                        None,
+                    );
+                    // Always answer in our own version (a 505 to SIP/7.0 is still SIP/2.0).
+                    resp.version = rsipstack::sip::Version::V2;
+                    if !refusal.unsupported.is_empty() {
+                        resp.headers
+                            .push(make_header("Unsupported", refusal.unsupported.join(", ")));
+                    }
+                    resp.headers.push(Header::Warning(
+                        format!("399 callplane \"{}\"", refusal.reason).into(),
+                    ));
+                    tx.respond(resp).await.ok();
+                });
+                return;
+            }
+        }
         let has_to_tag = tx
             .original
             .to_header()
@@ -884,6 +954,11 @@ impl SipServer {
             Transport::Udp => self.inner.local_udp.or(self.inner.local_tcp),
         }
         .ok_or_else(|| SipError::Stack("no local SIP transport".into()))?;
+        let call_id = format!("{:032x}@callplane", {
+            let mut b = [0u8; 16];
+            rand::fill(&mut b);
+            u128::from_be_bytes(b)
+        });
         let caller_str = format!("sip:{}@{}", call.from_user, local);
         let caller: rsipstack::sip::Uri = caller_str
             .as_str()
@@ -915,11 +990,14 @@ impl SipServer {
                 auth_username: None,
             }),
             headers: (!headers.is_empty()).then_some(headers),
+            call_id: Some(call_id.clone()),
             ..Default::default()
         };
         let (state_tx, state_rx) = self.inner.layer.new_dialog_state_channel();
         let (dialog, outcome) = self.inner.layer.do_invite_async(opt, state_tx)?;
         Ok(OutboundLeg {
+            call_id,
+            cancel_reasons: self.inner.cancel_reasons.clone(),
             dialog,
             states: state_rx,
             outcome: Some(outcome),
