@@ -8,7 +8,9 @@ use crate::flow::{Action, BridgeResult, CallFlow, Input, Prompt};
 use crate::hangup::HangupCause;
 use crate::prompts::PromptLibrary;
 use crate::variables::CallVariables;
-use callplane_media::sdp::{build_sdp, negotiate, Direction, SdpParams, SessionDescription};
+use callplane_media::sdp::{
+    build_sdp, negotiate, Direction, Negotiated, SdpParams, SessionDescription,
+};
 use callplane_media::{Codec, MediaEngine, MediaEvent, MediaLeg, RemoteMedia};
 use callplane_sip::{
     InboundCall, InboundEvent, InboundLeg, OutboundCall, OutboundEvent, OutboundLeg, SipServer,
@@ -156,6 +158,12 @@ fn is_dtmf(d: char) -> bool {
     matches!(d, '0'..='9' | '*' | '#' | 'A'..='D')
 }
 
+/// Parses an SDP offer or answer and picks our codec and telephone-event from it.
+fn negotiate_sdp(sdp: &str) -> Result<Negotiated, String> {
+    let sd = SessionDescription::parse(sdp).map_err(|e| e.to_string())?;
+    negotiate(&sd).map_err(|e| e.to_string())
+}
+
 /// Queues a CDR; the writer retries and, if the database stays unwritable, logs the whole CDR.
 fn write_cdr(svc: &CallServices, cdr: Cdr) {
     if let Err(e) = svc.cdrs.write(cdr) {
@@ -163,15 +171,17 @@ fn write_cdr(svc: &CallServices, cdr: Cdr) {
     }
 }
 
-/// Writes the CDR of a call that never reached a Call actor (unknown number, bad SDP…).
-fn reject_cdr(
+/// Refuses a call that never reached a Call actor (unknown number, bad SDP…) with the cause's
+/// SIP response, and writes its CDR.
+fn reject_call(
     svc: &CallServices,
-    call: &InboundCall,
+    call: &mut InboundCall,
     tenant: Option<&str>,
     cause: HangupCause,
-    status: u16,
     start: DateTime<Utc>,
 ) {
+    let status = cause.sip_status();
+    call.leg.reject(status, Some(cause.reason_header()));
     let end = now_utc();
     let mut variables = std::collections::BTreeMap::new();
     variables.insert("caller_id_number".to_string(), call.caller.clone());
@@ -218,16 +228,11 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         Ok(f) => f,
         Err(e) => {
             warn!(error = %e, "store lookup failed");
-            call.leg.reject(
-                503,
-                Some(HangupCause::NormalTemporaryFailure.reason_header()),
-            );
-            reject_cdr(
+            reject_call(
                 &svc,
-                &call,
+                &mut call,
                 None,
                 HangupCause::NormalTemporaryFailure,
-                503,
                 start,
             );
             return;
@@ -235,10 +240,7 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
     };
     let Some((number, tenant)) = found else {
         info!(called = %call.called, caller = %call.caller, "unknown number");
-        let cause = HangupCause::UnallocatedNumber;
-        call.leg
-            .reject(cause.sip_status(), Some(cause.reason_header()));
-        reject_cdr(&svc, &call, None, cause, cause.sip_status(), start);
+        reject_call(&svc, &mut call, None, HangupCause::UnallocatedNumber, start);
         return;
     };
     let blocks = match svc
@@ -250,15 +252,11 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
     };
     let Ok(blocks) = blocks else {
         warn!(plan = %number.routing_plan, "routing plan missing or invalid");
-        let cause = HangupCause::NormalTemporaryFailure;
-        call.leg
-            .reject(cause.sip_status(), Some(cause.reason_header()));
-        reject_cdr(
+        reject_call(
             &svc,
-            &call,
+            &mut call,
             Some(&tenant.name),
-            cause,
-            cause.sip_status(),
+            HangupCause::NormalTemporaryFailure,
             start,
         );
         return;
@@ -267,21 +265,16 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         .offer
         .as_deref()
         .ok_or_else(|| "INVITE without SDP offer".to_string())
-        .and_then(|o| SessionDescription::parse(o).map_err(|e| e.to_string()))
-        .and_then(|sd| negotiate(&sd).map_err(|e| e.to_string()));
+        .and_then(negotiate_sdp);
     let negotiated = match negotiated {
         Ok(n) => n,
         Err(e) => {
             info!(error = %e, "cannot negotiate media");
-            let cause = HangupCause::IncompatibleDestination;
-            call.leg
-                .reject(cause.sip_status(), Some(cause.reason_header()));
-            reject_cdr(
+            reject_call(
                 &svc,
-                &call,
+                &mut call,
                 Some(&tenant.name),
-                cause,
-                cause.sip_status(),
+                HangupCause::IncompatibleDestination,
                 start,
             );
             return;
@@ -291,15 +284,11 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         Ok(m) => m,
         Err(e) => {
             warn!(error = %e, "no RTP port");
-            let cause = HangupCause::SwitchCongestion;
-            call.leg
-                .reject(cause.sip_status(), Some(cause.reason_header()));
-            reject_cdr(
+            reject_call(
                 &svc,
-                &call,
+                &mut call,
                 Some(&tenant.name),
-                cause,
-                cause.sip_status(),
+                HangupCause::SwitchCongestion,
                 start,
             );
             return;
@@ -564,14 +553,7 @@ impl Call {
                 }
             }
             Some(InboundEvent::Reinvite { sdp, responder }) => {
-                let parsed = sdp
-                    .as_deref()
-                    .map(|s| SessionDescription::parse(s).map_err(|e| e.to_string()))
-                    .transpose()
-                    .and_then(|sd| {
-                        sd.map(|sd| negotiate(&sd).map_err(|e| e.to_string()))
-                            .transpose()
-                    });
+                let parsed = sdp.as_deref().map(negotiate_sdp).transpose();
                 match parsed {
                     Ok(Some(n)) => {
                         let answer_dir = match n.direction {
@@ -957,10 +939,7 @@ impl Call {
                     }
                     return;
                 }
-                match sdp
-                    .and_then(|s| SessionDescription::parse(&s).ok())
-                    .and_then(|sd| negotiate(&sd).ok())
-                {
+                match sdp.and_then(|s| negotiate_sdp(&s).ok()) {
                     Some(n) if b.connected.is_none() => {
                         // Early media: relay the callee's audio (ringback, announcements).
                         attempt.media.set_remote(RemoteMedia::from(&n));
@@ -983,10 +962,7 @@ impl Call {
                 attempt.last_status = Some(200);
                 self.legs[record].answer = Some(now_utc());
                 self.legs[record].sip_status = Some(200);
-                if let Some(n) = sdp
-                    .and_then(|s| SessionDescription::parse(&s).ok())
-                    .and_then(|sd| negotiate(&sd).ok())
-                {
+                if let Some(n) = sdp.and_then(|s| negotiate_sdp(&s).ok()) {
                     attempt.media.set_remote(RemoteMedia::from(&n));
                 }
                 if b.ringback_playing {
@@ -1053,10 +1029,7 @@ impl Call {
             }
             OutboundEvent::Dtmf(_) => {}
             OutboundEvent::Reinvite { sdp, responder } => {
-                if let Some(n) = sdp
-                    .and_then(|s| SessionDescription::parse(&s).ok())
-                    .and_then(|sd| negotiate(&sd).ok())
-                {
+                if let Some(n) = sdp.and_then(|s| negotiate_sdp(&s).ok()) {
                     attempt.media.set_remote(RemoteMedia::from(&n));
                 }
                 let a = attempt.media.local_addr();

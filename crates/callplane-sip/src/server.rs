@@ -136,6 +136,48 @@ impl ReinviteResponder {
     }
 }
 
+/// What an in-dialog request means to the leg's owner, once the stack's side is answered.
+enum InDialog {
+    Dtmf(char),
+    Reinvite {
+        sdp: Option<String>,
+        responder: ReinviteResponder,
+    },
+    Done,
+}
+
+/// Answers the in-dialog requests both leg kinds treat alike: INFO (DTMF), OPTIONS, UPDATE
+/// without an offer, and the methods we do not implement (501). A re-INVITE is handed back
+/// for the leg's owner to answer with its SDP. Other states need nothing.
+async fn answer_in_dialog(state: DialogState) -> InDialog {
+    match state {
+        DialogState::Info(_, req, handle) => {
+            let digit = parse_info_dtmf(content_type(&req).as_deref(), &req.body);
+            handle.reply(StatusCode::OK).await.ok();
+            digit.map_or(InDialog::Done, InDialog::Dtmf)
+        }
+        DialogState::Updated(_, req, handle) if req.method == Method::Invite => {
+            InDialog::Reinvite {
+                sdp: body_text(&req),
+                responder: ReinviteResponder(handle),
+            }
+        }
+        // UPDATE without an offer (session refresh) and OPTIONS: accept.
+        DialogState::Updated(_, _, handle) | DialogState::Options(_, _, handle) => {
+            handle.reply(StatusCode::OK).await.ok();
+            InDialog::Done
+        }
+        DialogState::Refer(_, _, handle)
+        | DialogState::Notify(_, _, handle)
+        | DialogState::Message(_, _, handle)
+        | DialogState::Publish(_, _, handle) => {
+            handle.reply(StatusCode::from(501)).await.ok();
+            InDialog::Done
+        }
+        _ => InDialog::Done,
+    }
+}
+
 /// The server side of an inbound call's dialog.
 pub struct InboundLeg {
     dialog: InviteDialog,
@@ -210,33 +252,13 @@ impl InboundLeg {
                         other => InboundEvent::Failed(format!("{other:?}")),
                     });
                 }
-                DialogState::Info(_, req, handle) => {
-                    let digit = parse_info_dtmf(content_type(&req).as_deref(), &req.body);
-                    handle.reply(StatusCode::OK).await.ok();
-                    if let Some(d) = digit {
-                        return Some(InboundEvent::Dtmf(d));
+                other => match answer_in_dialog(other).await {
+                    InDialog::Dtmf(d) => return Some(InboundEvent::Dtmf(d)),
+                    InDialog::Reinvite { sdp, responder } => {
+                        return Some(InboundEvent::Reinvite { sdp, responder })
                     }
-                }
-                DialogState::Updated(_, req, handle) => {
-                    if req.method == Method::Invite {
-                        return Some(InboundEvent::Reinvite {
-                            sdp: body_text(&req),
-                            responder: ReinviteResponder(handle),
-                        });
-                    }
-                    // UPDATE without an offer (session refresh): accept.
-                    handle.reply(StatusCode::OK).await.ok();
-                }
-                DialogState::Options(_, _, handle) => {
-                    handle.reply(StatusCode::OK).await.ok();
-                }
-                DialogState::Refer(_, _, handle)
-                | DialogState::Notify(_, _, handle)
-                | DialogState::Message(_, _, handle)
-                | DialogState::Publish(_, _, handle) => {
-                    handle.reply(StatusCode::from(501)).await.ok();
-                }
-                _ => {}
+                    InDialog::Done => {}
+                },
             }
         }
     }
@@ -341,7 +363,7 @@ impl OutboundLeg {
                                 .then(|| String::from_utf8_lossy(&resp.body).into_owned());
                             return Some(OutboundEvent::Ringing { status: resp.status_code.code(), sdp });
                         }
-                        DialogState::Terminated(_, reason) => {
+                        DialogState::Terminated(..) => {
                             if self.outcome.is_some() {
                                 // The final response arrives through `outcome`.
                                 continue;
@@ -351,32 +373,17 @@ impl OutboundLeg {
                                 continue;
                             }
                             self.ended = true;
-                            match reason {
-                                TerminatedReason::UasBye => return Some(OutboundEvent::RemoteBye),
-                                _ => return Some(OutboundEvent::RemoteBye),
+                            // After answer the only way the dialog ends on its own is the
+                            // callee's BYE (or its transport failing, treated alike).
+                            return Some(OutboundEvent::RemoteBye);
+                        }
+                        other => match answer_in_dialog(other).await {
+                            InDialog::Dtmf(d) => return Some(OutboundEvent::Dtmf(d)),
+                            InDialog::Reinvite { sdp, responder } => {
+                                return Some(OutboundEvent::Reinvite { sdp, responder })
                             }
-                        }
-                        DialogState::Info(_, req, handle) => {
-                            let digit = parse_info_dtmf(content_type(&req).as_deref(), &req.body);
-                            handle.reply(StatusCode::OK).await.ok();
-                            if let Some(d) = digit {
-                                return Some(OutboundEvent::Dtmf(d));
-                            }
-                        }
-                        DialogState::Updated(_, req, handle) => {
-                            if req.method == Method::Invite {
-                                return Some(OutboundEvent::Reinvite { sdp: body_text(&req), responder: ReinviteResponder(handle) });
-                            }
-                            handle.reply(StatusCode::OK).await.ok();
-                        }
-                        DialogState::Options(_, _, handle) => { handle.reply(StatusCode::OK).await.ok(); }
-                        DialogState::Refer(_, _, handle)
-                        | DialogState::Notify(_, _, handle)
-                        | DialogState::Message(_, _, handle)
-                        | DialogState::Publish(_, _, handle) => {
-                            handle.reply(StatusCode::from(501)).await.ok();
-                        }
-                        _ => {}
+                            InDialog::Done => {}
+                        },
                     }
                 }
             }
