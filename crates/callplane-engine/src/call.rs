@@ -656,6 +656,9 @@ impl Call {
             by = by.as_str(),
             rtp_in = stats.packets_received,
             rtp_out = stats.packets_sent,
+            rtp_lost = stats.lost,
+            rtp_late = stats.late_frames,
+            jitter_ms = format!("{:.1}", stats.jitter_ms),
             "call ended"
         );
         write_cdr(
