@@ -133,6 +133,7 @@ struct Call {
     leg: InboundLeg,
     media: MediaLeg,
     media_events: mpsc::Receiver<MediaEvent>,
+    media_gone: bool,
     local_sdp_version: u64,
     session_id: u64,
     remote_telephone_event: Option<u8>,
@@ -332,6 +333,7 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         leg,
         media,
         media_events,
+        media_gone: false,
         local_sdp_version: 1,
         session_id: rand_u64(),
         remote_telephone_event: negotiated.telephone_event_pt,
@@ -413,7 +415,7 @@ impl Call {
             });
             tokio::select! {
                 ev = self.leg.next_event() => self.on_leg_event(ev).await,
-                ev = self.media_events.recv() => self.on_media_event(ev),
+                ev = self.media_events.recv(), if !self.media_gone => self.on_media_event(ev),
                 ev = recv_bridge(&mut self.bridge) => self.on_bridge_event(ev).await,
                 _ = sleep_until_opt(timer) => self.flow.handle_timeout(Instant::now()),
                 _ = sleep_until_opt(bridge_deadline) => self.on_bridge_timeout().await,
@@ -502,7 +504,12 @@ impl Call {
     }
 
     fn on_media_event(&mut self, ev: Option<MediaEvent>) {
-        let Some(ev) = ev else { return };
+        let Some(ev) = ev else {
+            // The leg's media task is gone; stop polling its channel (it would be ready forever).
+            warn!(call = %self.uuid, "media task ended");
+            self.media_gone = true;
+            return;
+        };
         match ev {
             MediaEvent::Dtmf { digit, source } => {
                 debug!(call = %self.uuid, %digit, ?source, "DTMF");
