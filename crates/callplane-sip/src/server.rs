@@ -632,23 +632,19 @@ impl SipServer {
             let reliable = tx.connection.as_ref().is_some_and(|c| c.is_reliable());
             if let Err(refusal) = validate_request(&tx.original, reliable) {
                 debug!(status = refusal.status, reason = %refusal.reason, "request refused");
-                let endpoint = self.inner.endpoint.clone();
                 tokio::spawn(async move {
-                    let mut resp = endpoint.make_response(
-                        &tx.original,
-                        StatusCode::from(refusal.status),
-                        None,
-                    );
-                    // Always answer in our own version (a 505 to SIP/7.0 is still SIP/2.0).
-                    resp.version = rsipstack::sip::Version::V2;
-                    if !refusal.unsupported.is_empty() {
-                        resp.headers
-                            .push(make_header("Unsupported", refusal.unsupported.join(", ")));
-                    }
-                    resp.headers.push(Header::Warning(
+                    // Answer in our own version (a 505 to SIP/7.0 is still SIP/2.0);
+                    // `reply_with` copies the request's version and adds the To tag.
+                    tx.original.version = rsipstack::sip::Version::V2;
+                    let mut headers = vec![Header::Warning(
                         format!("399 callplane \"{}\"", refusal.reason).into(),
-                    ));
-                    tx.respond(resp).await.ok();
+                    )];
+                    if !refusal.unsupported.is_empty() {
+                        headers.push(make_header("Unsupported", refusal.unsupported.join(", ")));
+                    }
+                    tx.reply_with(StatusCode::from(refusal.status), headers, None)
+                        .await
+                        .ok();
                 });
                 return;
             }
