@@ -38,6 +38,8 @@ pub struct CallServices {
     pub prompts: Arc<PromptLibrary>,
     pub active_calls: AtomicUsize,
     pub finished_calls: AtomicU64,
+    /// Cancelled when the process shuts down: every Call actor ends its call.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Who ended the call, as written to the CDR.
@@ -419,6 +421,11 @@ impl Call {
                 ev = recv_bridge(&mut self.bridge) => self.on_bridge_event(ev).await,
                 _ = sleep_until_opt(timer) => self.flow.handle_timeout(Instant::now()),
                 _ = sleep_until_opt(bridge_deadline) => self.on_bridge_timeout().await,
+                _ = self.svc.shutdown.cancelled() => {
+                    info!(call = %self.uuid, "ending the call: the switch is shutting down");
+                    self.flow.stop();
+                    self.hangup(HangupCause::NormalTemporaryFailure, HangupBy::System).await;
+                }
             }
         }
         self.finish().await;
@@ -591,7 +598,7 @@ impl Call {
 
     /// The caller hung up or cancelled.
     async fn caller_left(&mut self, cause: HangupCause, status: Option<u16>) {
-        self.flow.caller_hung_up();
+        self.flow.stop();
         self.end_bridge_attempts(Some(cause)).await;
         if let Some(l) = self.legs.first_mut() {
             l.end = Some(now_utc());

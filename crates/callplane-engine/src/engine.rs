@@ -8,7 +8,9 @@ use callplane_sip::{InboundCall, SipServer};
 use callplane_store::{CdrWriter, Store};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -38,6 +40,7 @@ impl Engine {
                 prompts,
                 active_calls: AtomicUsize::new(0),
                 finished_calls: AtomicU64::new(0),
+                shutdown: CancellationToken::new(),
             }),
         }
     }
@@ -47,6 +50,18 @@ impl Engine {
         while let Some(call) = calls.recv().await {
             tokio::spawn(run_inbound_call(self.svc.clone(), call));
         }
+    }
+
+    /// Ends every call in progress (NORMAL_TEMPORARY_FAILURE: a final response before answer,
+    /// BYE with Reason after) and waits, at most `grace`, until their CDRs are queued.
+    /// Returns the number of calls still running when the grace time ran out.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.svc.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.active_calls() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.active_calls()
     }
 
     pub fn active_calls(&self) -> usize {

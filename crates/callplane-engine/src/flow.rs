@@ -152,8 +152,8 @@ impl CallFlow {
         self.hangup
     }
 
-    /// The caller went away: nothing more runs.
-    pub fn caller_hung_up(&mut self) {
+    /// The call is ending outside the plan (caller hung up, shutdown): nothing more runs.
+    pub fn stop(&mut self) {
         self.step = Step::Done;
         self.timer = None;
         self.actions.clear();
@@ -689,7 +689,7 @@ mod tests {
         let mut f = flow(json!([collect(1, 2, 3)]));
         f.start(t);
         drain(&mut f);
-        f.caller_hung_up();
+        f.stop();
         f.handle(Input::Digit('1'), t);
         f.handle_timeout(t + Duration::from_secs(100));
         assert!(drain(&mut f).is_empty());

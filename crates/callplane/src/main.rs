@@ -308,7 +308,17 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
     }
 
     shutdown_signal().await;
-    info!("shutting down");
+    // Finished calls always leave a CDR: end the calls in progress (their BYEs still need the
+    // SIP stack), then stop SIP and write out the queue.
+    let active = engine.active_calls();
+    info!(active, "shutting down: ending calls in progress");
+    let left = engine.drain(std::time::Duration::from_secs(5)).await;
+    if left > 0 {
+        warn!(
+            left,
+            "calls still running after the grace time; their CDRs are lost"
+        );
+    }
     sip.shutdown();
     cdrs.flush();
     Ok(())
