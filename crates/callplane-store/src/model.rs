@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 mod validation;
 
-pub use validation::{canonical_ip, is_http_url, is_valid_number, is_valid_username};
+pub use validation::{canonical_ip, is_http_url, is_valid_number, is_valid_username, Validate};
 
 /// A customer. `customerNumber` identifies it in webhooks.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

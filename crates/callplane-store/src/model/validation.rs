@@ -111,19 +111,28 @@ fn label(kind: &str, key: &str) -> String {
     }
 }
 
-impl Tenant {
+/// A provisioned object's own field checks, named the way errors name the object.
+pub trait Validate {
     /// How this object is named in errors outside a provisioning set: `tenant acme`.
-    pub fn label(&self) -> String {
+    fn label(&self) -> String;
+
+    /// Checks this object's own fields, naming the object `object` in the errors
+    /// (`numbers[2]` inside a provisioning set).
+    fn validate_as(&self, object: &str) -> Vec<FieldError>;
+
+    /// Checks this object's own fields, named by its label.
+    fn validate(&self) -> Vec<FieldError> {
+        self.validate_as(&self.label())
+    }
+}
+
+impl Validate for Tenant {
+    /// How this object is named in errors outside a provisioning set: `tenant acme`.
+    fn label(&self) -> String {
         label("tenant", &self.name)
     }
 
-    /// Checks this object's own fields.
-    pub fn validate(&self) -> Vec<FieldError> {
-        self.validate_as(&self.label())
-    }
-
-    /// Like [`Tenant::validate`], naming the object `object` in the errors.
-    pub fn validate_as(&self, object: &str) -> Vec<FieldError> {
+    fn validate_as(&self, object: &str) -> Vec<FieldError> {
         let mut e = Errors::new(object);
         e.name("name", &self.name);
         if self.customer_number <= 0 {
@@ -138,19 +147,13 @@ impl Tenant {
     }
 }
 
-impl Number {
+impl Validate for Number {
     /// `number +4922155400300`.
-    pub fn label(&self) -> String {
+    fn label(&self) -> String {
         label("number", &self.number)
     }
 
-    /// Checks this object's own fields.
-    pub fn validate(&self) -> Vec<FieldError> {
-        self.validate_as(&self.label())
-    }
-
-    /// Like [`Number::validate`], naming the object `object` in the errors.
-    pub fn validate_as(&self, object: &str) -> Vec<FieldError> {
+    fn validate_as(&self, object: &str) -> Vec<FieldError> {
         let mut e = Errors::new(object);
         e.number("number", &self.number);
         e.name("tenant", &self.tenant);
@@ -160,19 +163,13 @@ impl Number {
     }
 }
 
-impl SipUser {
+impl Validate for SipUser {
     /// `sip user alice`.
-    pub fn label(&self) -> String {
+    fn label(&self) -> String {
         label("sip user", &self.username)
     }
 
-    /// Checks this object's own fields.
-    pub fn validate(&self) -> Vec<FieldError> {
-        self.validate_as(&self.label())
-    }
-
-    /// Like [`SipUser::validate`], naming the object `object` in the errors.
-    pub fn validate_as(&self, object: &str) -> Vec<FieldError> {
+    fn validate_as(&self, object: &str) -> Vec<FieldError> {
         let mut e = Errors::new(object);
         e.name("tenant", &self.tenant);
         if !is_valid_username(&self.username) {
@@ -189,19 +186,13 @@ impl SipUser {
     }
 }
 
-impl Trunk {
+impl Validate for Trunk {
     /// `trunk acme/carrier`.
-    pub fn label(&self) -> String {
+    fn label(&self) -> String {
         label("trunk", &format!("{}/{}", self.tenant, self.name))
     }
 
-    /// Checks this object's own fields.
-    pub fn validate(&self) -> Vec<FieldError> {
-        self.validate_as(&self.label())
-    }
-
-    /// Like [`Trunk::validate`], naming the object `object` in the errors.
-    pub fn validate_as(&self, object: &str) -> Vec<FieldError> {
+    fn validate_as(&self, object: &str) -> Vec<FieldError> {
         let mut e = Errors::new(object);
         e.name("tenant", &self.tenant);
         e.name("name", &self.name);
@@ -230,19 +221,13 @@ impl Trunk {
     }
 }
 
-impl RoutingPlan {
+impl Validate for RoutingPlan {
     /// `routing plan acme/main`.
-    pub fn label(&self) -> String {
+    fn label(&self) -> String {
         label("routing plan", &format!("{}/{}", self.tenant, self.name))
     }
 
-    /// Checks this object's own fields (not its blocks: the engine validates those).
-    pub fn validate(&self) -> Vec<FieldError> {
-        self.validate_as(&self.label())
-    }
-
-    /// Like [`RoutingPlan::validate`], naming the object `object` in the errors.
-    pub fn validate_as(&self, object: &str) -> Vec<FieldError> {
+    fn validate_as(&self, object: &str) -> Vec<FieldError> {
         let mut e = Errors::new(object);
         e.name("tenant", &self.tenant);
         e.name("name", &self.name);
@@ -251,19 +236,13 @@ impl RoutingPlan {
     }
 }
 
-impl Announcement {
+impl Validate for Announcement {
     /// `announcement acme/welcome`.
-    pub fn label(&self) -> String {
+    fn label(&self) -> String {
         label("announcement", &format!("{}/{}", self.tenant, self.name))
     }
 
-    /// Checks this object's own fields.
-    pub fn validate(&self) -> Vec<FieldError> {
-        self.validate_as(&self.label())
-    }
-
-    /// Like [`Announcement::validate`], naming the object `object` in the errors.
-    pub fn validate_as(&self, object: &str) -> Vec<FieldError> {
+    fn validate_as(&self, object: &str) -> Vec<FieldError> {
         let mut e = Errors::new(object);
         e.name("tenant", &self.tenant);
         e.name("name", &self.name);
