@@ -7,6 +7,7 @@ pub mod digest;
 pub mod info_dtmf;
 pub mod parse;
 pub mod registrar;
+pub mod screen;
 mod server;
 mod validate;
 

@@ -6,6 +6,7 @@
 use crate::digest::{self, Algorithm, DigestCredentials, NonceIssuer, NonceStatus};
 use crate::info_dtmf::parse_info_dtmf;
 use crate::registrar::{Binding, FailureLimiter, Location};
+use crate::screen::ScreenedUdp;
 use crate::validate::validate_request;
 use crate::{SipError, Transport};
 use rsipstack::dialog::authenticate::Credential;
@@ -540,13 +541,17 @@ impl SipServer {
         let mut local_udp = None;
         let mut local_tcp = None;
         if let Some(addr) = cfg.udp {
-            let conn = UdpConnection::create_connection(addr, None, Some(cancel.child_token()))
-                .await
-                .map_err(|e| SipError::Bind {
-                    transport: "udp",
-                    addr,
-                    reason: e.to_string(),
-                })?;
+            let bind_err = |reason: String| SipError::Bind {
+                transport: "udp",
+                addr,
+                reason,
+            };
+            // The stack reads through our screen (see `screen`), not the bare socket.
+            let socket = ScreenedUdp::bind(addr).map_err(|e| bind_err(e.to_string()))?;
+            let conn =
+                UdpConnection::from_socket(Arc::new(socket), None, Some(cancel.child_token()))
+                    .await
+                    .map_err(|e| bind_err(e.to_string()))?;
             local_udp = conn.get_addr().get_socketaddr().ok();
             transport_layer.add_transport(conn.into());
         }
