@@ -231,6 +231,17 @@ pub enum DestinationType {
     SipTrunk,
 }
 
+impl DestinationType {
+    /// The wire name (`destinationType`), as stored in CDR legs too.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DestinationType::ExternalNumber => "EXTERNALNUMBER",
+            DestinationType::SipUser => "SIP_USER",
+            DestinationType::SipTrunk => "SIP_TRUNK",
+        }
+    }
+}
+
 /// One target of a BRIDGE block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -639,9 +650,15 @@ fn parse_destinations(
     mode: Option<BridgeMode>,
 ) -> Option<Vec<BridgeDestination>> {
     const TYPES: &[(&str, DestinationType)] = &[
-        ("EXTERNALNUMBER", DestinationType::ExternalNumber),
-        ("SIP_USER", DestinationType::SipUser),
-        ("SIP_TRUNK", DestinationType::SipTrunk),
+        (
+            DestinationType::ExternalNumber.as_str(),
+            DestinationType::ExternalNumber,
+        ),
+        (DestinationType::SipUser.as_str(), DestinationType::SipUser),
+        (
+            DestinationType::SipTrunk.as_str(),
+            DestinationType::SipTrunk,
+        ),
     ];
     let items = f.array(e, "destinations")?;
     if items.is_empty() || items.len() > MAX_DESTINATIONS {

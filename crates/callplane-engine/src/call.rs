@@ -750,14 +750,7 @@ impl Call {
         let record = self.legs.len();
         self.legs.push(LegRecord {
             direction: "outbound",
-            destination_type: Some(
-                match dest.destination_type {
-                    DestinationType::ExternalNumber => "EXTERNALNUMBER",
-                    DestinationType::SipUser => "SIP_USER",
-                    DestinationType::SipTrunk => "SIP_TRUNK",
-                }
-                .into(),
-            ),
+            destination_type: Some(dest.destination_type.as_str().into()),
             destination: dest.destination.clone(),
             start: now_utc(),
             answer: None,
