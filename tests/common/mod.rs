@@ -9,6 +9,9 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+pub mod webhook;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -235,6 +238,8 @@ pub struct ServerOptions {
     /// Whether `127.0.0.0/8` is a trusted network (INVITEs need no digest auth).
     pub trusted: bool,
     pub max_auth_failures: u32,
+    /// More `[server]` lines (`key = value\n` each).
+    pub extra_server: String,
 }
 
 impl Default for ServerOptions {
@@ -242,6 +247,7 @@ impl Default for ServerOptions {
         ServerOptions {
             trusted: true,
             max_auth_failures: 5,
+            extra_server: String::new(),
         }
     }
 }
@@ -316,13 +322,15 @@ impl Server {
              {trusted}\
              promptsDir = {prompts}\n\
              soundsDir = \"/usr/share/asterisk/sounds/en\"\n\
-             maxAuthFailures = {maf}\n\n\
+             maxAuthFailures = {maf}\n\
+             {extra}\n\
              {provisioning_toml}\n",
             data = toml_str(&data_dir),
             rmin = rtp.0,
             rmax = rtp.1,
             prompts = toml_str(&prompts_dir()),
             maf = opts.max_auth_failures,
+            extra = opts.extra_server,
         );
         let config_path = dir.join("callplane.toml");
         std::fs::write(&config_path, &config).expect("write config");

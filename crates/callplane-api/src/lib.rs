@@ -1,28 +1,163 @@
-//! Callplane's HTTP server. For now it serves the read-only operational endpoints — `/healthz`
-//! and Prometheus `/metrics` — from counters the binary hands it; the provisioning and call
-//! control APIs (with their authentication) build on this router.
+//! Callplane's HTTP server: the operational endpoints (`/healthz`, Prometheus `/metrics`) from
+//! figures the binary hands it, and the `/v1` API — provisioning of tenants and their objects,
+//! API keys with realms, live call commands — described by `/v1/openapi.json`.
 
-use axum::extract::State;
-use axum::http::header;
+mod announcements;
+mod apikeys;
+pub mod auth;
+mod body;
+mod calls;
+pub mod error;
+mod resources;
+pub mod validation;
+
+#[cfg(test)]
+mod tests;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, Method, Uri};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use callplane_store::{Announcement, Number, RoutingPlan, SipUser, Store, Trunk};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+pub use auth::{generate_key, hash_key, resolve_api_key, MIN_KEY_CHARS};
+pub use body::{JSON_BODY_LIMIT, WAV_BODY_LIMIT};
+pub use calls::CallControl;
+pub use error::ApiError;
 
 /// Where the server reads the figures it reports.
 pub trait MetricsSource: Send + Sync + 'static {
     /// `(name, help, kind, value)` rows in Prometheus terms (`gauge` or `counter`).
     fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, f64)>;
+
+    /// Appends series with labels (per tenant…), already in the Prometheus text format.
+    fn render_labelled(&self, _out: &mut String) {}
 }
 
 type Shared = Arc<dyn MetricsSource>;
 
+/// What the `/v1` handlers work with.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    /// Absolute; uploads go to `<data_dir>/announcements/`.
+    pub data_dir: PathBuf,
+    pub calls: Arc<dyn CallControl>,
+}
+
+impl ApiState {
+    /// `data_dir` is made absolute, since announcement files are recorded by path and the
+    /// engine resolves relative paths against the prompts directory.
+    pub fn new(store: Store, data_dir: impl Into<PathBuf>, calls: Arc<dyn CallControl>) -> Self {
+        let data_dir = data_dir.into();
+        let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
+        ApiState {
+            store,
+            data_dir,
+            calls,
+        }
+    }
+}
+
+/// The operational endpoints only.
 pub fn router(source: Shared) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(source)
+}
+
+/// The whole server: the operational endpoints and the `/v1` API, with JSON errors for
+/// unknown routes and methods.
+pub fn app(source: Shared, api: ApiState) -> Router {
+    api_router()
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .fallback(no_route)
+        .with_state(api)
+        .merge(router(source))
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// Declares the `/v1` routes once: [`ROUTES`] (what the OpenAPI test checks) and the router
+/// built from the same lines, so the two cannot drift apart.
+macro_rules! api_routes {
+    ($( $method:ident $path:literal => $handler:expr $(, limit $limit:expr)? ;)*) => {
+        /// Every `(method, path)` the `/v1` API serves, in axum's `{param}` syntax (the same
+        /// as OpenAPI's).
+        pub const ROUTES: &[(&str, &str)] = &[$( (stringify!($method), $path) ),*];
+
+        fn api_router() -> Router<ApiState> {
+            let r = Router::new();
+            $(
+                let r = r.route(
+                    $path,
+                    axum::routing::$method($handler)$(.layer(DefaultBodyLimit::max($limit)))?,
+                );
+            )*
+            r
+        }
+    };
+}
+
+api_routes! {
+    get "/v1/openapi.json" => openapi;
+    get "/v1/tenants" => resources::list_tenants;
+    post "/v1/tenants" => resources::create_tenant;
+    get "/v1/tenants/{tenant}" => resources::get_tenant;
+    put "/v1/tenants/{tenant}" => resources::put_tenant;
+    delete "/v1/tenants/{tenant}" => resources::delete_tenant;
+    get "/v1/tenants/{tenant}/numbers" => resources::list::<Number>;
+    post "/v1/tenants/{tenant}/numbers" => resources::create::<Number>;
+    get "/v1/tenants/{tenant}/numbers/{number}" => resources::get_one::<Number>;
+    put "/v1/tenants/{tenant}/numbers/{number}" => resources::put::<Number>;
+    delete "/v1/tenants/{tenant}/numbers/{number}" => resources::delete::<Number>;
+    get "/v1/tenants/{tenant}/sipusers" => resources::list::<SipUser>;
+    post "/v1/tenants/{tenant}/sipusers" => resources::create::<SipUser>;
+    get "/v1/tenants/{tenant}/sipusers/{username}" => resources::get_one::<SipUser>;
+    put "/v1/tenants/{tenant}/sipusers/{username}" => resources::put::<SipUser>;
+    delete "/v1/tenants/{tenant}/sipusers/{username}" => resources::delete::<SipUser>;
+    get "/v1/tenants/{tenant}/trunks" => resources::list::<Trunk>;
+    post "/v1/tenants/{tenant}/trunks" => resources::create::<Trunk>;
+    get "/v1/tenants/{tenant}/trunks/{name}" => resources::get_one::<Trunk>;
+    put "/v1/tenants/{tenant}/trunks/{name}" => resources::put::<Trunk>;
+    delete "/v1/tenants/{tenant}/trunks/{name}" => resources::delete::<Trunk>;
+    get "/v1/tenants/{tenant}/routingplans" => resources::list::<RoutingPlan>;
+    post "/v1/tenants/{tenant}/routingplans" => resources::create::<RoutingPlan>;
+    get "/v1/tenants/{tenant}/routingplans/{name}" => resources::get_one::<RoutingPlan>;
+    put "/v1/tenants/{tenant}/routingplans/{name}" => resources::put::<RoutingPlan>;
+    delete "/v1/tenants/{tenant}/routingplans/{name}" => resources::delete::<RoutingPlan>;
+    get "/v1/tenants/{tenant}/announcements" => resources::list::<Announcement>;
+    get "/v1/tenants/{tenant}/announcements/{name}" => resources::get_one::<Announcement>;
+    put "/v1/tenants/{tenant}/announcements/{name}" => announcements::upload, limit WAV_BODY_LIMIT;
+    delete "/v1/tenants/{tenant}/announcements/{name}" => resources::delete::<Announcement>;
+    get "/v1/apikeys" => apikeys::list;
+    post "/v1/apikeys" => apikeys::create;
+    get "/v1/apikeys/{name}" => apikeys::get_one;
+    delete "/v1/apikeys/{name}" => apikeys::delete;
+    post "/v1/calls/{id}/interrupt" => calls::interrupt;
+}
+
+/// The hand-written OpenAPI 3.1 description of [`ROUTES`].
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -36,6 +171,7 @@ async fn metrics(State(source): State<Shared>) -> impl IntoResponse {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
     }
+    source.render_labelled(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
@@ -43,12 +179,13 @@ async fn metrics(State(source): State<Shared>) -> impl IntoResponse {
 pub async fn bind(
     addr: SocketAddr,
     source: Shared,
+    api: ApiState,
 ) -> std::io::Result<(
     SocketAddr,
     impl std::future::Future<Output = std::io::Result<()>>,
 )> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = router(source);
+    let app = app(source, api);
     Ok((local, async move { axum::serve(listener, app).await }))
 }

@@ -3,11 +3,18 @@
 //! media operations, runs BRIDGE attempts, and writes the CDR when the call ends. Nothing else
 //! touches a call's state.
 
+use crate::askurl::{encode_form, parse_reply, LegStatus};
 use crate::blocks::{parse_blocks, BridgeBlock, BridgeMode, DestinationType};
-use crate::flow::{Action, BridgeResult, CallFlow, Input, Prompt};
+use crate::callstate::{CallStateSender, CallStateTarget};
+use crate::flow::{
+    Action, AskUrlRequest, BridgeResult, CallControlRequest, CallFlow, Input, LegUrls, Prompt,
+};
 use crate::hangup::HangupCause;
 use crate::prompts::PromptLibrary;
+use crate::registry::{CallCommand, CallHandle};
 use crate::variables::CallVariables;
+use crate::webhook::{Outcome, WebhookClient, WebhookKind, WebhookRequest};
+use bytes::Bytes;
 use callplane_media::sdp::{
     build_sdp, negotiate, Direction, Negotiated, SdpParams, SessionDescription,
 };
@@ -19,6 +26,7 @@ use callplane_sip::{
 use callplane_store::model::{Cdr, CdrLeg, Number, Tenant};
 use callplane_store::{CdrWriter, Store};
 use chrono::{DateTime, Utc};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,6 +44,16 @@ pub struct CallServices {
     pub sip: SipServer,
     pub media: MediaEngine,
     pub prompts: Arc<PromptLibrary>,
+    /// Active calls by UUID, for commands from the API.
+    pub calls: crate::registry::CallRegistry,
+    /// The one HTTP client for webhooks and callbacks.
+    pub webhooks: Arc<WebhookClient>,
+    /// Requests one CALL_CONTROL block instance may send.
+    pub max_call_control_loops: u32,
+    /// How long a destination chosen by ASK_URL rings.
+    pub ask_url_ring_seconds: u32,
+    /// This node's name (the ask-URL `server` field).
+    pub node_name: String,
     pub active_calls: AtomicUsize,
     pub finished_calls: AtomicU64,
     /// Cancelled when the process shuts down: every Call actor ends its call.
@@ -93,6 +111,14 @@ impl LegRecord {
     }
 }
 
+/// How long an ASK_URL leg callback may take; its answer is ignored anyway.
+const LEG_CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Seconds as the ask-URL protocol counts them: whole, rounded.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs_f64().round() as u64
+}
+
 /// Commands to an outbound attempt's task.
 enum AttemptCommand {
     Hangup(Option<String>),
@@ -107,6 +133,10 @@ struct Attempt {
     done: bool,
     answered: bool,
     last_status: Option<u16>,
+    started: Instant,
+    answered_at: Option<Instant>,
+    /// Its `hangup_url` request has gone out.
+    hangup_reported: bool,
 }
 
 /// A running BRIDGE block.
@@ -122,6 +152,8 @@ struct BridgeRun {
     statuses: Vec<u16>,
     ringing_sent: bool,
     ringback_playing: bool,
+    /// ASK_URL's `answer_url`/`hangup_url` for every leg of this bridge.
+    leg_urls: Option<LegUrls>,
 }
 
 struct Call {
@@ -132,6 +164,8 @@ struct Call {
     number: Number,
     caller: String,
     called: String,
+    /// The SIP user who placed the call, when it came from a registered phone.
+    authenticated_user: Option<String>,
     leg: InboundLeg,
     media: MediaLeg,
     media_events: mpsc::Receiver<MediaEvent>,
@@ -150,6 +184,13 @@ struct Call {
     answer_time: Option<DateTime<Utc>>,
     answered_at: Option<Instant>,
     ended: Option<(HangupCause, HangupBy, Option<u16>)>,
+    /// Webhook answers come back here as flow inputs.
+    inputs_tx: mpsc::UnboundedSender<Input>,
+    inputs: mpsc::UnboundedReceiver<Input>,
+    /// Commands from the API (through the registry).
+    commands: mpsc::UnboundedReceiver<CallCommand>,
+    /// Call-state callbacks, when the number, plan or tenant has a `callstateInfoUrl`.
+    callstate: Option<CallStateSender>,
 }
 
 fn now_utc() -> DateTime<Utc> {
@@ -246,11 +287,15 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         reject_call(&svc, &mut call, None, HangupCause::UnallocatedNumber, start);
         return;
     };
+    let mut plan_callstate_url = None;
     let blocks = match svc
         .store
         .get_routing_plan(&tenant.name, &number.routing_plan)
     {
-        Ok(Some(plan)) => parse_blocks(&serde_json::Value::Array(plan.blocks)),
+        Ok(Some(plan)) => {
+            plan_callstate_url = plan.callstate_info_url;
+            parse_blocks(&serde_json::Value::Array(plan.blocks))
+        }
         _ => Err(Vec::new()),
     };
     let Ok(blocks) = blocks else {
@@ -314,16 +359,46 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         call.called.clone(),
         start,
     );
-    let flow = CallFlow::new(blocks, vars);
+    let flow = CallFlow::new(blocks, vars)
+        .with_max_call_control_loops(svc.max_call_control_loops)
+        .with_ask_url_ring_seconds(svc.ask_url_ring_seconds);
     let InboundCall {
         sip_call_id,
         caller,
         called,
         leg,
         source,
+        authenticated_user,
         ..
     } = call;
     info!(call = %uuid, %caller, %called, %source, tenant = %tenant.name, "call started");
+    // The most specific callstateInfoUrl wins: number, then plan, then tenant.
+    let callstate = number
+        .callstate_info_url
+        .clone()
+        .or(plan_callstate_url)
+        .or_else(|| tenant.callstate_info_url.clone())
+        .map(|url| {
+            CallStateSender::start(
+                svc.webhooks.clone(),
+                CallStateTarget {
+                    url,
+                    tenant: tenant.name.clone(),
+                    customer_number: tenant.customer_number,
+                    signing_secret: tenant.signing_secret.clone(),
+                },
+                uuid.clone(),
+            )
+        });
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    svc.calls.insert(
+        &uuid,
+        CallHandle {
+            tenant: tenant.name.clone(),
+            commands: commands_tx,
+        },
+    );
+    let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let mut c = Call {
         svc: svc.clone(),
         uuid,
@@ -332,6 +407,7 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         number,
         caller,
         called: called.clone(),
+        authenticated_user,
         leg,
         media,
         media_events,
@@ -358,8 +434,17 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         answer_time: None,
         answered_at: None,
         ended: None,
+        inputs_tx,
+        inputs,
+        commands,
+        callstate,
     };
+    c.emit(
+        "call.created",
+        json!({"from": c.caller, "to": c.called, "tenant": c.tenant.name}),
+    );
     c.run().await;
+    svc.calls.remove(&c.uuid);
 }
 
 struct ActiveGuard(Arc<CallServices>);
@@ -420,6 +505,13 @@ impl Call {
                 ev = self.media_events.recv(), if !self.media_gone => self.on_media_event(ev),
                 ev = recv_bridge(&mut self.bridge) => self.on_bridge_event(ev).await,
                 _ = sleep_until_opt(timer) => self.flow.handle_timeout(Instant::now()),
+                Some(input) = self.inputs.recv() => self.flow.handle(input, Instant::now()),
+                Some(cmd) = self.commands.recv() => match cmd {
+                    CallCommand::Interrupt => {
+                        info!(call = %self.uuid, "interrupted");
+                        self.flow.handle(Input::Interrupt, Instant::now());
+                    }
+                },
                 _ = sleep_until_opt(bridge_deadline) => self.on_bridge_timeout().await,
                 _ = self.svc.shutdown.cancelled() => {
                     info!(call = %self.uuid, "ending the call: the switch is shutting down");
@@ -439,9 +531,14 @@ impl Call {
                 Action::StopPlay => {
                     self.media.stop_play();
                 }
-                Action::Bridge { block, forward_ani } => {
-                    self.start_bridge(block, forward_ani).await
-                }
+                Action::Bridge {
+                    block,
+                    forward_ani,
+                    leg_urls,
+                } => self.start_bridge(block, forward_ani, leg_urls).await,
+                Action::StopBridge => self.stop_bridge().await,
+                Action::CallControl(req) => self.send_call_control(req),
+                Action::AskUrl(req) => self.send_ask_url(req),
                 Action::LoadPlan { name } => {
                     let blocks = match self.svc.store.get_routing_plan(&self.tenant.name, &name) {
                         Ok(Some(plan)) => parse_blocks(&serde_json::Value::Array(plan.blocks))
@@ -471,6 +568,7 @@ impl Call {
             return;
         }
         self.answered = true;
+        self.emit("call.answered", json!({}));
         let now = now_utc();
         self.answer_time = Some(now);
         self.answered_at = Some(Instant::now());
@@ -520,8 +618,8 @@ impl Call {
         match ev {
             MediaEvent::Dtmf { digit, source } => {
                 debug!(call = %self.uuid, %digit, ?source, "DTMF");
-                if is_dtmf(digit) && self.bridge.as_ref().is_none_or(|b| b.connected.is_none()) {
-                    self.flow.handle(Input::Digit(digit), Instant::now());
+                if is_dtmf(digit) {
+                    self.on_digit(digit);
                 }
             }
             MediaEvent::PlayFinished { id, .. } => {
@@ -561,11 +659,7 @@ impl Call {
                 self.caller_left(HangupCause::RecoveryOnTimerExpire, None)
                     .await
             }
-            Some(InboundEvent::Dtmf(d)) => {
-                if self.bridge.as_ref().is_none_or(|b| b.connected.is_none()) {
-                    self.flow.handle(Input::Digit(d), Instant::now());
-                }
-            }
+            Some(InboundEvent::Dtmf(d)) => self.on_digit(d),
             Some(InboundEvent::Reinvite { sdp, responder }) => {
                 let parsed = sdp.as_deref().map(negotiate_sdp).transpose();
                 match parsed {
@@ -663,6 +757,16 @@ impl Call {
             .enumerate()
             .map(|(i, l)| l.to_cdr(i, end, cause))
             .collect();
+        self.emit(
+            "call.hangup",
+            json!({
+                "cause": cause.as_str(),
+                "hangupBy": by.as_str(),
+                "sipStatus": status,
+                "durationMs": (end - self.start).num_milliseconds().max(0),
+                "talkTimeMs": talk_time_ms,
+            }),
+        );
         let stats = self.media.stats();
         info!(
             call = %self.uuid,
@@ -697,9 +801,212 @@ impl Call {
         );
     }
 
+    /// Queues a call-state event when the call has a `callstateInfoUrl`.
+    fn emit(&mut self, event_type: &str, data: serde_json::Value) {
+        if let Some(cs) = self.callstate.as_mut() {
+            cs.emit(event_type, data);
+        }
+    }
+
+    /// A keypad digit from the caller: to the flow, unless the caller talks to a callee.
+    fn on_digit(&mut self, digit: char) {
+        self.emit("call.dtmf", json!({ "digit": digit.to_string() }));
+        if self.bridge.as_ref().is_none_or(|b| b.connected.is_none()) {
+            self.flow.handle(Input::Digit(digit), Instant::now());
+        }
+    }
+
+    // ---- webhooks ----
+
+    fn webhook_request(
+        &self,
+        kind: WebhookKind,
+        url: &str,
+        content_type: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> WebhookRequest {
+        WebhookRequest {
+            kind,
+            tenant: self.tenant.name.clone(),
+            url: url.to_string(),
+            content_type,
+            body: Bytes::from(body),
+            signing_secret: self.tenant.signing_secret.clone(),
+            timeout,
+        }
+    }
+
+    /// POSTs a Call Control request; its answer comes back through `inputs` (a
+    /// VALIDATION_ERRORS request's answer is only counted).
+    fn send_call_control(&mut self, req: CallControlRequest) {
+        let body = json!({
+            "requestType": "EXTERNAL_CALL_CONTROL",
+            "customerNumber": self.tenant.customer_number,
+            "accessKey": req.access_key,
+            "callControlUuid": req.call_control_uuid,
+            "loopCount": req.loop_count,
+            "requestStatus": if req.validation_errors.is_some() { "VALIDATION_ERRORS" } else { "REQUESTING_BLOCKS" },
+            "blocksProcessingResult": req.validation_errors.as_ref().map(|e| json!({ "validationErrors": e })),
+            "variables": req.variables,
+        });
+        let wreq = self.webhook_request(
+            WebhookKind::CallControl,
+            &req.url,
+            "application/json",
+            serde_json::to_vec(&body).unwrap_or_default(),
+            req.timeout,
+        );
+        let client = self.svc.webhooks.clone();
+        let reply_to = req
+            .validation_errors
+            .is_none()
+            .then(|| self.inputs_tx.clone());
+        let id = req.id;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = match client.send(&wreq).await {
+                Ok(body) => match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(v) if v.is_object() => Ok(v),
+                    Ok(_) => Err((Outcome::InvalidAnswer, "answer is not a JSON object".into())),
+                    Err(e) => Err((Outcome::InvalidAnswer, format!("answer is not JSON: {e}"))),
+                },
+                Err(e) => Err((e.outcome(), e.to_string())),
+            };
+            let outcome = result.as_ref().map_or_else(|(o, _)| *o, |_| Outcome::Ok);
+            client
+                .metrics()
+                .record(&wreq.tenant, wreq.kind, outcome, started.elapsed());
+            if let Some(tx) = reply_to {
+                let result = result.map_err(|(_, why)| why);
+                let _ = tx.send(Input::CallControlAnswered { id, result });
+            }
+        });
+    }
+
+    /// The ask-URL input fields describing this call, with `state`.
+    fn ask_url_fields(&self, state: &'static str) -> Vec<(&'static str, String)> {
+        let customer = self.tenant.customer_number.to_string();
+        let (stype, snumber) = match &self.authenticated_user {
+            Some(user) => ("phone", user.clone()),
+            None => ("external", self.caller.clone()),
+        };
+        vec![
+            ("customer", customer.clone()),
+            ("scustomer", customer.clone()),
+            ("stype", stype.into()),
+            ("snumber", snumber),
+            ("ctype", String::new()),
+            ("cnumber", self.called.clone()),
+            ("dcustomer", customer),
+            ("dtype", "number".into()),
+            ("dnumber", self.called.clone()),
+            ("server", self.svc.node_name.clone()),
+            ("callid", self.sip_call_id.clone()),
+            ("uniqueid", self.uuid.clone()),
+            ("state", state.into()),
+        ]
+    }
+
+    fn send_ask_url(&mut self, req: AskUrlRequest) {
+        let mut fields = self.ask_url_fields("ring");
+        if let Some(d) = req.digits {
+            fields.push(("patternmenu_digits", d));
+        }
+        let body = encode_form(fields.iter().map(|(k, v)| (*k, v.as_str())));
+        let wreq = self.webhook_request(
+            WebhookKind::AskUrl,
+            &req.url,
+            "application/x-www-form-urlencoded",
+            body.into_bytes(),
+            req.timeout,
+        );
+        let client = self.svc.webhooks.clone();
+        let tx = self.inputs_tx.clone();
+        let id = req.id;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = match client.send(&wreq).await {
+                Ok(body) => parse_reply(&String::from_utf8_lossy(&body))
+                    .map_err(|why| (Outcome::InvalidAnswer, why)),
+                Err(e) => Err((e.outcome(), e.to_string())),
+            };
+            let outcome = result.as_ref().map_or_else(|(o, _)| *o, |_| Outcome::Ok);
+            client
+                .metrics()
+                .record(&wreq.tenant, wreq.kind, outcome, started.elapsed());
+            let _ = tx.send(Input::AskUrlAnswered {
+                id,
+                result: result.map_err(|(_, why)| why),
+            });
+        });
+    }
+
+    /// POSTs an ASK_URL leg's `answer_url` or `hangup_url`; the answer is ignored.
+    fn post_leg_callback(&self, url: &str, extra: Vec<(&'static str, String)>) {
+        let state = if extra.is_empty() { "answer" } else { "hangup" };
+        let mut fields = self.ask_url_fields(state);
+        fields.extend(extra);
+        let body = encode_form(fields.iter().map(|(k, v)| (*k, v.as_str())));
+        let wreq = self.webhook_request(
+            WebhookKind::LegCallback,
+            url,
+            "application/x-www-form-urlencoded",
+            body.into_bytes(),
+            LEG_CALLBACK_TIMEOUT,
+        );
+        let client = self.svc.webhooks.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.send_and_record(&wreq).await {
+                info!(url = %wreq.url, error = %e, "leg callback failed");
+            }
+        });
+    }
+
+    /// Reports the end of bridge leg `index` to its `hangup_url`, once.
+    fn leg_ended(&mut self, index: usize, status: LegStatus) {
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        let Some(url) = b.leg_urls.as_ref().and_then(|u| u.hangup_url.clone()) else {
+            return;
+        };
+        let Some(a) = b.attempts.get_mut(index) else {
+            return;
+        };
+        if a.hangup_reported {
+            return;
+        }
+        a.hangup_reported = true;
+        let now = Instant::now();
+        let total = now.duration_since(a.started);
+        let talk = a
+            .answered_at
+            .map_or(Duration::ZERO, |t| now.duration_since(t));
+        let status = if a.answered {
+            LegStatus::Answer
+        } else {
+            status
+        };
+        self.post_leg_callback(
+            &url,
+            vec![
+                ("totaltime", whole_seconds(total).to_string()),
+                ("talktime", whole_seconds(talk).to_string()),
+                ("status", status.as_str().into()),
+                ("recording", String::new()),
+            ],
+        );
+    }
+
     // ---- BRIDGE ----
 
-    async fn start_bridge(&mut self, block: BridgeBlock, forward_ani: bool) {
+    async fn start_bridge(
+        &mut self,
+        block: BridgeBlock,
+        forward_ani: bool,
+        leg_urls: Option<LegUrls>,
+    ) {
         let (events_tx, events) = mpsc::unbounded_channel();
         self.bridge = Some(BridgeRun {
             block,
@@ -712,6 +1019,7 @@ impl Call {
             statuses: Vec::new(),
             ringing_sent: false,
             ringback_playing: false,
+            leg_urls,
         });
         let parallel = self
             .bridge
@@ -841,6 +1149,9 @@ impl Call {
             done: false,
             answered: false,
             last_status: None,
+            started: Instant::now(),
+            answered_at: None,
+            hangup_reported: false,
         });
     }
 
@@ -946,6 +1257,7 @@ impl Call {
                         let tone = ringback_tone();
                         let id = self.media.play(tone);
                         self.playing = Some((id, 0));
+                        self.emit("call.ringing", json!({ "earlyMedia": false }));
                     }
                     return;
                 }
@@ -955,20 +1267,26 @@ impl Call {
                         attempt.media.set_remote(RemoteMedia::from(&n));
                         self.media.bridge(&attempt.media);
                         b.connected = Some(index);
+                        let first = !b.ringing_sent;
                         b.ringing_sent = true;
                         let sdp = self.local_sdp(Direction::SendRecv);
                         self.leg.ringing(Some(sdp));
+                        if first {
+                            self.emit("call.ringing", json!({ "earlyMedia": true }));
+                        }
                     }
                     _ => {
                         if !b.ringing_sent {
                             b.ringing_sent = true;
                             self.leg.ringing(None);
+                            self.emit("call.ringing", json!({ "earlyMedia": false }));
                         }
                     }
                 }
             }
             OutboundEvent::Answered { sdp } => {
                 attempt.answered = true;
+                attempt.answered_at = Some(Instant::now());
                 attempt.last_status = Some(200);
                 self.legs[record].answer = Some(now_utc());
                 self.legs[record].sip_status = Some(200);
@@ -990,8 +1308,10 @@ impl Call {
                     b.connected = Some(index);
                 }
                 // Cancel the others: "call completed elsewhere" (RFC 3326).
+                let mut cancelled = Vec::new();
                 for (i, other) in b.attempts.iter_mut().enumerate() {
                     if i != index && !other.done {
+                        cancelled.push(i);
                         other.done = true;
                         other
                             .commands
@@ -1005,7 +1325,20 @@ impl Call {
                         l.sip_status = Some(487);
                     }
                 }
+                let answer_url = b.leg_urls.as_ref().and_then(|u| u.answer_url.clone());
+                let destination = self.legs[record].destination.clone();
+                let destination_type = self.legs[record].destination_type.clone();
+                for i in cancelled {
+                    self.leg_ended(i, LegStatus::Cancel);
+                }
+                if let Some(url) = answer_url {
+                    self.post_leg_callback(&url, Vec::new());
+                }
                 self.answer();
+                self.emit(
+                    "call.bridged",
+                    json!({ "destination": destination, "destinationType": destination_type }),
+                );
                 self.flow.handle(Input::BridgeConnected, Instant::now());
             }
             OutboundEvent::Failed { status } => {
@@ -1023,17 +1356,21 @@ impl Call {
                     self.media.unbridge();
                     b.connected = None;
                 }
-                if b.block.bridge_mode == BridgeMode::Sequential {
+                let sequential = b.block.bridge_mode == BridgeMode::Sequential;
+                self.leg_ended(index, LegStatus::from_sip_status(status));
+                if sequential {
                     self.launch_next(None).await;
                 }
                 self.check_bridge_exhausted().await;
             }
             OutboundEvent::RemoteBye => {
                 attempt.done = true;
+                let answered = attempt.answered;
                 let l = &mut self.legs[record];
                 l.end = Some(now_utc());
                 l.cause = Some(HangupCause::NormalClearing);
-                if attempt.answered {
+                self.leg_ended(index, LegStatus::Answer);
+                if answered {
                     self.flow.handle(Input::BridgeEnded, Instant::now());
                 }
             }
@@ -1073,6 +1410,7 @@ impl Call {
             }
         }
         for (i, record) in expired {
+            self.leg_ended(i, LegStatus::NoAnswer);
             let l = &mut self.legs[record];
             l.end = Some(now_utc());
             l.cause = Some(HangupCause::NoAnswer);
@@ -1135,8 +1473,10 @@ impl Call {
             return;
         };
         let reason = cause.map(|c| c.reason_header());
-        for a in b.attempts.iter_mut() {
+        let mut ended = Vec::new();
+        for (i, a) in b.attempts.iter_mut().enumerate() {
             if !a.done {
+                ended.push(i);
                 a.done = true;
                 a.commands.send(AttemptCommand::Hangup(reason.clone())).ok();
                 let l = &mut self.legs[a.record];
@@ -1150,7 +1490,23 @@ impl Call {
                 }
             }
         }
+        for i in ended {
+            self.leg_ended(i, LegStatus::Cancel);
+        }
         self.media.unbridge();
+    }
+
+    /// Interrupt: the bridge is abandoned (ringing legs cancelled, a connected callee hung up)
+    /// and the caller stays for the next blocks.
+    async fn stop_bridge(&mut self) {
+        self.end_bridge_attempts(Some(HangupCause::NormalClearing))
+            .await;
+        if let Some(b) = self.bridge.take() {
+            if b.ringback_playing {
+                self.media.stop_play();
+                self.playing = None;
+            }
+        }
     }
 }
 

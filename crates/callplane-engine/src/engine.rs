@@ -3,6 +3,8 @@
 
 use crate::call::{run_inbound_call, CallServices};
 use crate::prompts::{PromptConfig, PromptLibrary};
+use crate::registry::{CallCommand, CallRegistry};
+use crate::webhook::{WebhookClient, WebhookConfig};
 use callplane_media::MediaEngine;
 use callplane_sip::{InboundCall, SipServer};
 use callplane_store::{CdrWriter, Store};
@@ -15,6 +17,14 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub prompts: PromptConfig,
+    /// The shared webhook client's limits.
+    pub webhooks: WebhookConfig,
+    /// Requests one CALL_CONTROL block instance may send before it is stopped.
+    pub max_call_control_loops: u32,
+    /// How long a destination chosen by ASK_URL rings.
+    pub ask_url_ring_seconds: u32,
+    /// This node's name, sent as the ask-URL `server` field.
+    pub node_name: String,
 }
 
 #[derive(Clone)]
@@ -29,20 +39,26 @@ impl Engine {
         cdrs: CdrWriter,
         sip: SipServer,
         media: MediaEngine,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let prompts = Arc::new(PromptLibrary::new(cfg.prompts, store.clone()));
-        Engine {
+        let webhooks = Arc::new(WebhookClient::new(cfg.webhooks)?);
+        Ok(Engine {
             svc: Arc::new(CallServices {
                 store,
                 cdrs,
                 sip,
                 media,
                 prompts,
+                calls: CallRegistry::default(),
+                webhooks,
+                max_call_control_loops: cfg.max_call_control_loops,
+                ask_url_ring_seconds: cfg.ask_url_ring_seconds,
+                node_name: cfg.node_name,
                 active_calls: AtomicUsize::new(0),
                 finished_calls: AtomicU64::new(0),
                 shutdown: CancellationToken::new(),
             }),
-        }
+        })
     }
 
     /// Runs until the SIP layer stops delivering calls.
@@ -70,5 +86,22 @@ impl Engine {
 
     pub fn finished_calls(&self) -> u64 {
         self.svc.finished_calls.load(Ordering::Relaxed)
+    }
+
+    /// The tenant of an active call, `None` when no call with that id is running.
+    pub fn call_tenant(&self, call_id: &str) -> Option<String> {
+        self.svc.calls.get(call_id).map(|h| h.tenant)
+    }
+
+    /// Webhook requests by tenant, kind and outcome, and their latency, in the Prometheus
+    /// text format.
+    pub fn render_webhook_metrics(&self, out: &mut String) {
+        self.svc.webhooks.metrics().render(out);
+    }
+
+    /// Asks the call's actor to stop its running block (the next webhook request goes out at
+    /// once under CALL_CONTROL). False when no call with that id is running.
+    pub fn interrupt(&self, call_id: &str) -> bool {
+        self.svc.calls.send(call_id, CallCommand::Interrupt)
     }
 }

@@ -3,14 +3,60 @@
 //! bridge, hang up) for the Call actor to carry out. No sockets, no clocks, no sleeping, so the
 //! whole block flow is unit-tested in microseconds.
 
-use crate::blocks::{Block, BridgeBlock, CollectDigitsBlock};
+use crate::askurl::AskUrlReply;
+use crate::blocks::{
+    parse_blocks, AskUrlBlock, AskUrlDestinationType, Block, BridgeBlock, BridgeDestination,
+    BridgeMode, CallControlBlock, CollectDigitsBlock, DestinationType, TimeoutDestination,
+};
 use crate::hangup::HangupCause;
 use crate::variables::CallVariables;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Routing plans may jump to each other; a plan that loops forever is cut off here.
 const MAX_PLAN_JUMPS: u32 = 32;
+
+/// Requests one CALL_CONTROL block instance may send before it is stopped, unless configured.
+pub const DEFAULT_MAX_CALL_CONTROL_LOOPS: u32 = 100;
+
+/// CALL_CONTROL blocks returned by a webhook may nest this deep.
+const MAX_CALL_CONTROL_DEPTH: usize = 8;
+
+/// How long an ask-URL destination rings unless configured (the protocol has no field for it).
+pub const DEFAULT_ASK_URL_RING_SECONDS: u32 = 60;
+
+/// One request of the Call Control protocol; the actor adds `customerNumber`, signs and sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallControlRequest {
+    /// Reported back in `Input::CallControlAnswered` (not for VALIDATION_ERRORS requests,
+    /// whose answer is ignored).
+    pub id: u64,
+    pub url: String,
+    pub access_key: Option<String>,
+    pub call_control_uuid: String,
+    pub loop_count: u32,
+    /// `Some`: a `VALIDATION_ERRORS` request with these messages; `None`: `REQUESTING_BLOCKS`.
+    pub validation_errors: Option<Vec<String>>,
+    pub variables: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+/// One ask-URL request; the actor adds the call's fields and sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AskUrlRequest {
+    pub id: u64,
+    pub url: String,
+    pub timeout: Duration,
+    /// The digits the caller last entered in a COLLECT_DIGITS block (`patternmenu_digits`).
+    pub digits: Option<String>,
+}
+
+/// Where to report the answer and end of each leg of a bridge started by ASK_URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LegUrls {
+    pub answer_url: Option<String>,
+    pub hangup_url: Option<String>,
+}
 
 /// Something to play to the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +82,17 @@ pub enum Action {
     Bridge {
         block: BridgeBlock,
         forward_ani: bool,
+        /// Set when ASK_URL chose the destination.
+        leg_urls: Option<LegUrls>,
     },
+    /// Abandon the running bridge (interrupt): cancel ringing legs, hang up a connected one,
+    /// report nothing back.
+    StopBridge,
+    /// POST to the customer's Call Control webhook; report `CallControlAnswered` unless it is
+    /// a VALIDATION_ERRORS request.
+    CallControl(CallControlRequest),
+    /// POST to an ask-URL server; report `AskUrlAnswered`.
+    AskUrl(AskUrlRequest),
     /// Fetch another plan of the tenant; report `PlanLoaded`.
     LoadPlan { name: String },
     /// End the call: a final response before answer, BYE with Reason after.
@@ -76,6 +132,18 @@ pub enum Input {
         name: String,
         blocks: Option<Vec<Block>>,
     },
+    /// A Call Control answer: the JSON body of a 2xx, or why there is none (timeout,
+    /// connection, status, not JSON).
+    CallControlAnswered {
+        id: u64,
+        result: Result<serde_json::Value, String>,
+    },
+    AskUrlAnswered {
+        id: u64,
+        result: Result<AskUrlReply, String>,
+    },
+    /// Stop the running block (API `interrupt`).
+    Interrupt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,13 +167,36 @@ enum Step {
     Bridging,
     Bridged,
     LoadingPlan,
+    /// Waiting for the Call Control webhook's answer.
+    Webhook(u64),
+    AskUrl {
+        id: u64,
+        block: AskUrlBlock,
+    },
     Done,
+}
+
+/// A CALL_CONTROL block instance in progress.
+#[derive(Debug)]
+struct Control {
+    block: CallControlBlock,
+    uuid: String,
+    /// `loopCount` of the next request.
+    next_loop: u32,
+}
+
+/// A block list being run: the routing plan (`control == None`, always the bottom frame) or
+/// the blocks a Call Control webhook returned.
+#[derive(Debug)]
+struct Frame {
+    blocks: Vec<Block>,
+    pc: usize,
+    control: Option<Control>,
 }
 
 /// The interpreter state of one call.
 pub struct CallFlow {
-    blocks: Vec<Block>,
-    pc: usize,
+    frames: Vec<Frame>,
     step: Step,
     vars: CallVariables,
     answered: bool,
@@ -115,13 +206,20 @@ pub struct CallFlow {
     actions: VecDeque<Action>,
     plan_jumps: u32,
     hangup: Option<HangupCause>,
+    max_loops: u32,
+    ask_url_ring_seconds: u32,
+    /// What the caller last keyed into a COLLECT_DIGITS block.
+    last_digits: Option<String>,
 }
 
 impl CallFlow {
     pub fn new(blocks: Vec<Block>, vars: CallVariables) -> Self {
         CallFlow {
-            blocks,
-            pc: 0,
+            frames: vec![Frame {
+                blocks,
+                pc: 0,
+                control: None,
+            }],
             step: Step::Idle,
             vars,
             answered: false,
@@ -131,7 +229,22 @@ impl CallFlow {
             actions: VecDeque::new(),
             plan_jumps: 0,
             hangup: None,
+            max_loops: DEFAULT_MAX_CALL_CONTROL_LOOPS,
+            ask_url_ring_seconds: DEFAULT_ASK_URL_RING_SECONDS,
+            last_digits: None,
         }
+    }
+
+    /// Sets how many requests one CALL_CONTROL block instance may send (at least 1).
+    pub fn with_max_call_control_loops(mut self, n: u32) -> Self {
+        self.max_loops = n.max(1);
+        self
+    }
+
+    /// Sets how long a destination chosen by ASK_URL rings (at least 1 s).
+    pub fn with_ask_url_ring_seconds(mut self, s: u32) -> Self {
+        self.ask_url_ring_seconds = s.max(1);
+        self
     }
 
     /// Runs the first block.
@@ -174,8 +287,15 @@ impl CallFlow {
             _ => return,
         }
         self.timer = None;
-        if matches!(self.step, Step::Collect { .. }) {
-            self.finish_try(now);
+        match self.step {
+            Step::Collect { .. } => self.finish_try(now),
+            Step::Webhook(_) => self.call_control_failed("no answer within the timeout", now),
+            Step::AskUrl { .. } => {
+                if let Step::AskUrl { block, .. } = std::mem::replace(&mut self.step, Step::Idle) {
+                    self.ask_url_failed(block, "no answer within the timeout", now);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -210,8 +330,12 @@ impl CallFlow {
                 }
                 match blocks {
                     Some(blocks) => {
-                        self.blocks = blocks;
-                        self.pc = 0;
+                        // A new plan replaces everything, webhook-returned blocks included.
+                        self.frames = vec![Frame {
+                            blocks,
+                            pc: 0,
+                            control: None,
+                        }];
                     }
                     None => {
                         tracing::warn!(plan = %name, "ROUTINGPLAN names an unknown plan; continuing");
@@ -220,7 +344,249 @@ impl CallFlow {
                 self.step = Step::Idle;
                 self.advance(now);
             }
+            Input::CallControlAnswered { id, result } => {
+                if self.step_is(|s| matches!(s, Step::Webhook(w) if *w == id)) {
+                    self.timer = None;
+                    self.step = Step::Idle;
+                    match result {
+                        Ok(body) => self.on_call_control_answer(body, now),
+                        Err(why) => self.call_control_failed(&why, now),
+                    }
+                }
+            }
+            Input::AskUrlAnswered { id, result } => {
+                let Step::AskUrl { id: current, .. } = &self.step else {
+                    return;
+                };
+                if *current != id {
+                    return;
+                }
+                self.timer = None;
+                let Step::AskUrl { block, .. } = std::mem::replace(&mut self.step, Step::Idle)
+                else {
+                    return;
+                };
+                match result {
+                    Ok(reply) => {
+                        let urls = LegUrls {
+                            answer_url: reply.answer_url.or(block.answer_url),
+                            hangup_url: reply.hangup_url.or(block.hangup_url),
+                        };
+                        self.route_ask_url(reply.dtype, reply.dnumber, urls, now);
+                    }
+                    Err(why) => self.ask_url_failed(block, &why, now),
+                }
+            }
+            Input::Interrupt => self.interrupt(now),
         }
+    }
+
+    fn step_is(&self, f: impl Fn(&Step) -> bool) -> bool {
+        f(&self.step)
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_play_id;
+        self.next_play_id += 1;
+        id
+    }
+
+    /// Stops the running block. Under CALL_CONTROL the rest of the returned blocks is
+    /// dropped and the next request goes out at once; otherwise the plan goes on with the
+    /// next block. Waiting for a webhook or a plan is not a block to stop.
+    fn interrupt(&mut self, now: Instant) {
+        match &self.step {
+            Step::Done
+            | Step::Idle
+            | Step::Webhook(_)
+            | Step::AskUrl { .. }
+            | Step::LoadingPlan => return,
+            Step::Playing(_) => self.actions.push_back(Action::StopPlay),
+            Step::Collect { .. } => self.actions.push_back(Action::StopPlay),
+            Step::Bridging | Step::Bridged => self.actions.push_back(Action::StopBridge),
+        }
+        self.timer = None;
+        self.step = Step::Idle;
+        if let Some(k) = self.frames.iter().rposition(|f| f.control.is_some()) {
+            self.frames.truncate(k + 1);
+            let f = &mut self.frames[k];
+            f.pc = f.blocks.len();
+        }
+        self.advance(now);
+    }
+
+    /// Sends the next request of the innermost CALL_CONTROL (its returned blocks are done).
+    fn request_blocks(&mut self, now: Instant) {
+        let id = self.next_id();
+        let max_loops = self.max_loops;
+        let variables = self.vars.as_map().clone();
+        let Some(control) = self.frames.last_mut().and_then(|f| f.control.as_mut()) else {
+            return;
+        };
+        if control.next_loop >= max_loops {
+            let why = format!("loop limit of {max_loops} requests reached");
+            self.call_control_failed(&why, now);
+            return;
+        }
+        let loop_count = control.next_loop;
+        control.next_loop += 1;
+        let timeout = Duration::from_millis(control.block.timeout.into());
+        self.actions
+            .push_back(Action::CallControl(CallControlRequest {
+                id,
+                url: control.block.url.clone(),
+                access_key: control.block.access_key.clone(),
+                call_control_uuid: control.uuid.clone(),
+                loop_count,
+                validation_errors: None,
+                variables,
+                timeout,
+            }));
+        self.timer = Some(now + timeout);
+        self.step = Step::Webhook(id);
+    }
+
+    fn on_call_control_answer(&mut self, body: serde_json::Value, now: Instant) {
+        let blocks = body
+            .get("blocks")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        match parse_blocks(&blocks) {
+            Ok(blocks) if blocks.is_empty() => {
+                // `[]`: control goes back to the plan, after the CALL_CONTROL block.
+                self.frames.pop();
+                self.advance(now);
+            }
+            Ok(blocks) => {
+                if let Some(f) = self.frames.last_mut() {
+                    f.blocks = blocks;
+                    f.pc = 0;
+                }
+                self.advance(now);
+            }
+            Err(errors) => {
+                // Nothing of the list runs; the customer hears once what was wrong, and the
+                // plan goes on after the block (that answer is not waited for).
+                let variables = self.vars.as_map().clone();
+                let id = self.next_id();
+                if let Some(control) = self.frames.pop().and_then(|f| f.control) {
+                    tracing::info!(
+                        uuid = %control.uuid,
+                        errors = errors.len(),
+                        "Call Control answer has invalid blocks"
+                    );
+                    self.actions
+                        .push_back(Action::CallControl(CallControlRequest {
+                            id,
+                            url: control.block.url.clone(),
+                            access_key: control.block.access_key.clone(),
+                            call_control_uuid: control.uuid.clone(),
+                            loop_count: control.next_loop,
+                            validation_errors: Some(
+                                errors.iter().map(ToString::to_string).collect(),
+                            ),
+                            variables,
+                            timeout: Duration::from_millis(control.block.timeout.into()),
+                        }));
+                }
+                self.advance(now);
+            }
+        }
+    }
+
+    /// The webhook gave no usable answer: `fallbackPlan`, else on after the block.
+    fn call_control_failed(&mut self, why: &str, now: Instant) {
+        self.timer = None;
+        self.step = Step::Idle;
+        let Some(control) = self.frames.pop().and_then(|f| f.control) else {
+            self.advance(now);
+            return;
+        };
+        tracing::info!(
+            uuid = %control.uuid,
+            url = %control.block.url,
+            %why,
+            fallback = control.block.fallback_plan.as_deref().unwrap_or("-"),
+            "Call Control webhook failed"
+        );
+        match control.block.fallback_plan {
+            Some(plan) => self.load_plan(plan),
+            None => self.advance(now),
+        }
+    }
+
+    /// No usable ask-URL answer: `timeoutDestination`, else on after the block.
+    fn ask_url_failed(&mut self, block: AskUrlBlock, why: &str, now: Instant) {
+        self.timer = None;
+        self.step = Step::Idle;
+        tracing::info!(url = %block.url, %why, "ask-URL request failed");
+        let urls = LegUrls {
+            answer_url: block.answer_url,
+            hangup_url: block.hangup_url,
+        };
+        match block.timeout_destination {
+            Some(TimeoutDestination::Plan(plan)) => self.load_plan(plan),
+            Some(TimeoutDestination::Target { dtype, dnumber }) => {
+                self.route_ask_url(dtype, dnumber, urls, now)
+            }
+            None => self.advance(now),
+        }
+    }
+
+    fn route_ask_url(
+        &mut self,
+        dtype: AskUrlDestinationType,
+        dnumber: Option<String>,
+        urls: LegUrls,
+        now: Instant,
+    ) {
+        let destination_type = match dtype {
+            AskUrlDestinationType::Hangup => {
+                self.end(HangupCause::NormalClearing);
+                return;
+            }
+            AskUrlDestinationType::Plan => {
+                match dnumber {
+                    Some(plan) => self.load_plan(plan),
+                    None => self.advance(now),
+                }
+                return;
+            }
+            AskUrlDestinationType::Phone => DestinationType::SipUser,
+            AskUrlDestinationType::External => DestinationType::ExternalNumber,
+        };
+        let Some(destination) = dnumber else {
+            self.advance(now);
+            return;
+        };
+        let block = BridgeBlock {
+            bridge_mode: BridgeMode::Sequential,
+            block_timeout: None,
+            destinations: vec![BridgeDestination {
+                destination_type,
+                destination,
+                timeout: Some(self.ask_url_ring_seconds),
+            }],
+        };
+        let leg_urls = (urls.answer_url.is_some() || urls.hangup_url.is_some()).then_some(urls);
+        self.actions.push_back(Action::Bridge {
+            block,
+            forward_ani: self.forward_ani,
+            leg_urls,
+        });
+        self.step = Step::Bridging;
+    }
+
+    /// Continues in another plan of the tenant (ROUTINGPLAN, fallbacks).
+    fn load_plan(&mut self, name: String) {
+        self.plan_jumps += 1;
+        if self.plan_jumps > MAX_PLAN_JUMPS {
+            tracing::warn!("routing plans jump in a loop; ending the call");
+            self.end(HangupCause::ExchangeRoutingError);
+            return;
+        }
+        self.actions.push_back(Action::LoadPlan { name });
+        self.step = Step::LoadingPlan;
     }
 
     fn ensure_answered(&mut self) {
@@ -231,8 +597,7 @@ impl CallFlow {
     }
 
     fn play(&mut self, prompts: Vec<Prompt>) -> u64 {
-        let id = self.next_play_id;
-        self.next_play_id += 1;
+        let id = self.next_id();
         self.actions.push_back(Action::Play { id, prompts });
         id
     }
@@ -247,12 +612,21 @@ impl CallFlow {
     /// Runs blocks until one has to wait for something.
     fn advance(&mut self, now: Instant) {
         while matches!(self.step, Step::Idle) {
-            let Some(block) = self.blocks.get(self.pc).cloned() else {
-                // The plan ran out with the call still up.
+            let Some(frame) = self.frames.last_mut() else {
                 self.end(HangupCause::NormalUnspecified);
                 return;
             };
-            self.pc += 1;
+            let Some(block) = frame.blocks.get(frame.pc).cloned() else {
+                if frame.control.is_some() {
+                    // The returned blocks are done and the call is still up: ask again.
+                    self.request_blocks(now);
+                } else {
+                    // The plan ran out with the call still up.
+                    self.end(HangupCause::NormalUnspecified);
+                }
+                continue;
+            };
+            frame.pc += 1;
             match block {
                 Block::Announcement(b) => {
                     self.ensure_answered();
@@ -296,26 +670,46 @@ impl CallFlow {
                     self.actions.push_back(Action::Bridge {
                         block: b,
                         forward_ani: self.forward_ani,
+                        leg_urls: None,
                     });
                     self.step = Step::Bridging;
                 }
                 Block::Hangup(b) => self.end(b.hangup_cause),
-                Block::RoutingPlan(b) => {
-                    self.plan_jumps += 1;
-                    if self.plan_jumps > MAX_PLAN_JUMPS {
-                        tracing::warn!("routing plans jump in a loop; ending the call");
-                        self.end(HangupCause::ExchangeRoutingError);
-                        return;
-                    }
-                    self.actions.push_back(Action::LoadPlan {
-                        name: b.routingplan_name,
-                    });
-                    self.step = Step::LoadingPlan;
-                }
+                Block::RoutingPlan(b) => self.load_plan(b.routingplan_name),
                 Block::CallSettings(b) => self.forward_ani = b.forward_ani,
+                Block::CallControl(b) => {
+                    if self.frames.len() > MAX_CALL_CONTROL_DEPTH {
+                        tracing::warn!("CALL_CONTROL nested too deep; skipped");
+                        continue;
+                    }
+                    for (name, value) in &b.variables {
+                        let _ = self.vars.set(name, value);
+                    }
+                    self.frames.push(Frame {
+                        blocks: Vec::new(),
+                        pc: 0,
+                        control: Some(Control {
+                            block: b,
+                            uuid: uuid::Uuid::new_v4().to_string(),
+                            next_loop: 0,
+                        }),
+                    });
+                }
+                Block::AskUrl(b) => {
+                    let id = self.next_id();
+                    let timeout = Duration::from_secs(b.timeout.into());
+                    self.actions.push_back(Action::AskUrl(AskUrlRequest {
+                        id,
+                        url: b.url.clone(),
+                        timeout,
+                        digits: self.last_digits.clone(),
+                    }));
+                    self.timer = Some(now + timeout);
+                    self.step = Step::AskUrl { id, block: b };
+                }
                 other => {
-                    // Webhook, speech and transfer blocks come with later work; skipping them
-                    // keeps the rest of the plan (and the caller) going.
+                    // Speech and transfer blocks come with later work; skipping them keeps
+                    // the rest of the plan (and the caller) going.
                     tracing::warn!(
                         block = other.block_type(),
                         "block not supported yet; skipped"
@@ -323,7 +717,6 @@ impl CallFlow {
                 }
             }
         }
-        let _ = now;
     }
 
     fn on_play_finished(&mut self, id: u64, now: Instant) {
@@ -399,6 +792,7 @@ impl CallFlow {
         if digits.len() >= block.min_digits as usize {
             let (name, value) = (block.variable_name.clone(), std::mem::take(digits));
             let _ = self.vars.set(&name, &value);
+            self.last_digits = Some(value);
             self.step = Step::Idle;
             self.advance(now);
             return;
@@ -710,6 +1104,420 @@ mod tests {
         assert!(
             matches!(&a[..], [Action::StopPlay, Action::Play { prompts, .. }] if prompts[0] == Prompt::Digits("7".into())),
             "{a:?}"
+        );
+    }
+
+    // ---- CALL_CONTROL ----
+
+    fn cc(extra: serde_json::Value) -> serde_json::Value {
+        let mut b = json!({"blockType":"CALL_CONTROL","url":"http://hook/cc","accessKey":"k1",
+                           "variables":{"customer":"gold"},"timeout":2000});
+        if let (Some(o), serde_json::Value::Object(e)) = (b.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        b
+    }
+
+    fn cc_request(actions: &[Action]) -> CallControlRequest {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::CallControl(r) => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("a CallControl action in {actions:?}"))
+    }
+
+    fn answer(f: &mut CallFlow, id: u64, body: serde_json::Value, t: Instant) -> Vec<Action> {
+        f.handle(
+            Input::CallControlAnswered {
+                id,
+                result: Ok(body),
+            },
+            t,
+        );
+        drain(f)
+    }
+
+    const AFTER: &str = "after-block";
+
+    fn plan_with_cc(extra: serde_json::Value) -> CallFlow {
+        flow(json!([cc(extra), {"blockType":"ANNOUNCEMENT","announcementName":AFTER}]))
+    }
+
+    fn plays(actions: &[Action], name: &str) -> bool {
+        actions.iter().any(|a| matches!(a, Action::Play { prompts, .. }
+            if prompts.iter().any(|p| matches!(p, Prompt::Announcement { name: n, .. } if n == name))))
+    }
+
+    #[test]
+    fn call_control_loops_with_variables_then_empty_list_returns_to_plan() {
+        let t = Instant::now();
+        let mut f = plan_with_cc(json!({}));
+        f.start(t);
+        let r0 = cc_request(&drain(&mut f));
+        assert_eq!(r0.loop_count, 0);
+        assert_eq!(r0.validation_errors, None);
+        assert_eq!(r0.access_key.as_deref(), Some("k1"));
+        assert_eq!(r0.timeout, Duration::from_millis(2000));
+        assert_eq!(
+            r0.variables.get("customer").map(String::as_str),
+            Some("gold")
+        );
+        assert_eq!(f.poll_timeout(), Some(t + Duration::from_millis(2000)));
+        // Loop 0 answers a prompt and a digit collection.
+        let a = answer(&mut f, r0.id, json!({"blocks":[collect(1, 3, 1)]}), t);
+        assert_eq!(a[0], Action::Answer);
+        f.handle(Input::Digit('4'), t);
+        f.handle(Input::Digit('2'), t);
+        f.handle(Input::Digit('#'), t);
+        let r1 = cc_request(&drain(&mut f));
+        assert_eq!(r1.loop_count, 1);
+        assert_eq!(r1.call_control_uuid, r0.call_control_uuid);
+        assert_eq!(r1.variables.get("pin").map(String::as_str), Some("42"));
+        // Loop 1: `[]` hands control back: the plan's next block runs.
+        let a = answer(&mut f, r1.id, json!({"blocks":[]}), t);
+        assert!(plays(&a, AFTER), "{a:?}");
+    }
+
+    #[test]
+    fn invalid_blocks_send_one_validation_errors_request_and_continue() {
+        let t = Instant::now();
+        let mut f = plan_with_cc(json!({}));
+        f.start(t);
+        let r0 = cc_request(&drain(&mut f));
+        let a = answer(
+            &mut f,
+            r0.id,
+            json!({"blocks":[{"blockType":"ANNOUNCEMENT","announcementName":"ok"},
+                             {"blockType":"COLLECT_DIGITS","announcementName":"a","variableName":"p","maxDigits":40}]}),
+            t,
+        );
+        let r = cc_request(&a);
+        let errors = r.validation_errors.clone().expect("VALIDATION_ERRORS");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("block 1") && e.contains("maxDigits")),
+            "{errors:?}"
+        );
+        // Nothing of the list ran; the plan went on after the block.
+        assert!(!plays(&a, "ok"), "{a:?}");
+        assert!(plays(&a, AFTER), "{a:?}");
+        // The answer to the VALIDATION_ERRORS request is not waited for nor used.
+        let a = answer(
+            &mut f,
+            r.id,
+            json!({"blocks":[{"blockType":"HANGUP","hangupCause":"USER_BUSY"}]}),
+            t,
+        );
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn a_body_without_blocks_is_a_validation_error() {
+        let t = Instant::now();
+        let mut f = plan_with_cc(json!({}));
+        f.start(t);
+        let r0 = cc_request(&drain(&mut f));
+        let a = answer(&mut f, r0.id, json!({"hello":"world"}), t);
+        assert!(cc_request(&a).validation_errors.is_some());
+    }
+
+    #[test]
+    fn failures_and_timeouts_go_to_the_fallback_plan_or_on() {
+        let t = Instant::now();
+        // A failed request with a fallback plan loads it.
+        let mut f = plan_with_cc(json!({"fallbackPlan":"fallback"}));
+        f.start(t);
+        let r0 = cc_request(&drain(&mut f));
+        f.handle(
+            Input::CallControlAnswered {
+                id: r0.id,
+                result: Err("HTTP status 500".into()),
+            },
+            t,
+        );
+        assert_eq!(
+            drain(&mut f),
+            vec![Action::LoadPlan {
+                name: "fallback".into()
+            }]
+        );
+        // A timeout without a fallback continues after the block; a late answer is ignored.
+        let mut f = plan_with_cc(json!({}));
+        f.start(t);
+        let r0 = cc_request(&drain(&mut f));
+        f.handle_timeout(t + Duration::from_millis(1999));
+        assert!(drain(&mut f).is_empty());
+        f.handle_timeout(t + Duration::from_millis(2000));
+        let a = drain(&mut f);
+        assert!(plays(&a, AFTER), "{a:?}");
+        let late = answer(
+            &mut f,
+            r0.id,
+            json!({"blocks":[{"blockType":"HANGUP","hangupCause":"USER_BUSY"}]}),
+            t,
+        );
+        assert!(late.is_empty(), "{late:?}");
+    }
+
+    #[test]
+    fn the_loop_limit_stops_a_server_that_never_returns_an_empty_list() {
+        let t = Instant::now();
+        let mut f = plan_with_cc(json!({"fallbackPlan":"fallback"})).with_max_call_control_loops(3);
+        f.start(t);
+        let mut loops = Vec::new();
+        let mut a = drain(&mut f);
+        for _ in 0..3 {
+            let r = cc_request(&a);
+            loops.push(r.loop_count);
+            a = answer(
+                &mut f,
+                r.id,
+                json!({"blocks":[{"blockType":"CALL_SETTINGS","forwardAni":true}]}),
+                t,
+            );
+        }
+        assert_eq!(loops, vec![0, 1, 2]);
+        assert_eq!(
+            a,
+            vec![Action::LoadPlan {
+                name: "fallback".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn routingplan_in_returned_blocks_replaces_everything() {
+        let t = Instant::now();
+        let mut f = plan_with_cc(json!({}));
+        f.start(t);
+        let r0 = cc_request(&drain(&mut f));
+        let a = answer(
+            &mut f,
+            r0.id,
+            json!({"blocks":[{"blockType":"ROUTINGPLAN","routingplanName":"other"}]}),
+            t,
+        );
+        assert_eq!(
+            a,
+            vec![Action::LoadPlan {
+                name: "other".into()
+            }]
+        );
+        let other = parse_blocks(&json!([{"blockType":"HANGUP","hangupCause":"CALL_REJECTED"}]))
+            .expect("valid");
+        f.handle(
+            Input::PlanLoaded {
+                name: "other".into(),
+                blocks: Some(other),
+            },
+            t,
+        );
+        assert_eq!(
+            drain(&mut f),
+            vec![Action::Hangup {
+                cause: HangupCause::CallRejected
+            }]
+        );
+    }
+
+    #[test]
+    fn interrupt_stops_the_block_and_asks_the_webhook_at_once() {
+        let t = Instant::now();
+        let mut f = plan_with_cc(json!({}));
+        f.start(t);
+        let r0 = cc_request(&drain(&mut f));
+        answer(
+            &mut f,
+            r0.id,
+            json!({"blocks":[{"blockType":"ANNOUNCEMENT","announcementName":"long"},
+                             {"blockType":"ANNOUNCEMENT","announcementName":"never"}]}),
+            t,
+        );
+        f.handle(Input::Interrupt, t);
+        let a = drain(&mut f);
+        assert_eq!(a[0], Action::StopPlay);
+        let r1 = cc_request(&a);
+        assert_eq!(r1.loop_count, 1);
+        assert!(!plays(&a, "never"));
+        // Interrupting while the request is out changes nothing.
+        f.handle(Input::Interrupt, t);
+        assert!(drain(&mut f).is_empty());
+    }
+
+    #[test]
+    fn interrupt_outside_call_control_moves_to_the_next_block() {
+        let t = Instant::now();
+        let mut f = flow(json!([
+            {"blockType":"BRIDGE","bridgeMode":"SEQUENTIAL","destinations":[{"destinationType":"SIP_USER","destination":"bob","timeout":30}]},
+            {"blockType":"ANNOUNCEMENT","announcementName":"next"}
+        ]));
+        f.start(t);
+        drain(&mut f);
+        f.handle(Input::Interrupt, t);
+        let a = drain(&mut f);
+        assert_eq!(a[0], Action::StopBridge);
+        assert!(plays(&a, "next"), "{a:?}");
+        // A late bridge outcome of the abandoned bridge is ignored.
+        f.handle(Input::BridgeFailed(BridgeResult::Busy), t);
+        assert_eq!(f.variables().get("bridge_result"), None);
+    }
+
+    // ---- ASK_URL ----
+
+    fn ask(extra: serde_json::Value) -> CallFlow {
+        let mut b = json!({"blockType":"ASK_URL","url":"http://hook/ask","timeout":3,
+                           "answerUrl":"http://hook/answer"});
+        if let (Some(o), serde_json::Value::Object(e)) = (b.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        flow(json!([collect(1, 3, 1), b, {"blockType":"ANNOUNCEMENT","announcementName":AFTER}]))
+    }
+
+    fn ask_request(actions: &[Action]) -> AskUrlRequest {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::AskUrl(r) => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("an AskUrl action in {actions:?}"))
+    }
+
+    fn start_ask(f: &mut CallFlow, t: Instant) -> AskUrlRequest {
+        f.start(t);
+        drain(f);
+        f.handle(Input::Digit('7'), t);
+        f.handle(Input::Digit('#'), t);
+        ask_request(&drain(f))
+    }
+
+    #[test]
+    fn ask_url_reply_bridges_with_leg_urls_and_digits_are_sent() {
+        let t = Instant::now();
+        let mut f = ask(json!({}));
+        let r = start_ask(&mut f, t);
+        assert_eq!(r.digits.as_deref(), Some("7"));
+        assert_eq!(r.timeout, Duration::from_secs(3));
+        let reply = crate::askurl::parse_reply(
+            "dtype: phone\r\ndnumber: bob\r\nhangup_url: http://hook/h\r\n",
+        )
+        .expect("reply");
+        f.handle(
+            Input::AskUrlAnswered {
+                id: r.id,
+                result: Ok(reply),
+            },
+            t,
+        );
+        let a = drain(&mut f);
+        let [Action::Bridge {
+            block, leg_urls, ..
+        }] = &a[..]
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            block.destinations[0].destination_type,
+            DestinationType::SipUser
+        );
+        assert_eq!(block.destinations[0].destination, "bob");
+        assert_eq!(
+            block.destinations[0].timeout,
+            Some(DEFAULT_ASK_URL_RING_SECONDS)
+        );
+        assert_eq!(
+            leg_urls,
+            &Some(LegUrls {
+                answer_url: Some("http://hook/answer".into()),
+                hangup_url: Some("http://hook/h".into())
+            })
+        );
+        // The destination not answering continues the plan.
+        f.handle(Input::BridgeFailed(BridgeResult::NoAnswer), t);
+        assert!(plays(&drain(&mut f), AFTER));
+    }
+
+    #[test]
+    fn ask_url_timeout_routes_to_the_timeout_destination() {
+        let t = Instant::now();
+        let mut f = ask(json!({"timeoutDestination":{"dtype":"external","dnumber":"+4930123"}}));
+        let r = start_ask(&mut f, t);
+        f.handle_timeout(t + Duration::from_secs(3));
+        let a = drain(&mut f);
+        assert!(
+            matches!(&a[..], [Action::Bridge { block, .. }] if block.destinations[0].destination_type == DestinationType::ExternalNumber
+                && block.destinations[0].destination == "+4930123"),
+            "{a:?}"
+        );
+        // The late reply is ignored.
+        f.handle(
+            Input::AskUrlAnswered {
+                id: r.id,
+                result: Err("late".into()),
+            },
+            t,
+        );
+        assert!(drain(&mut f).is_empty());
+        // An error answer routes the same way; a plan destination loads the plan.
+        let mut f = ask(json!({"timeoutDestination":"night"}));
+        let r = start_ask(&mut f, t);
+        f.handle(
+            Input::AskUrlAnswered {
+                id: r.id,
+                result: Err("HTTP status 500".into()),
+            },
+            t,
+        );
+        assert_eq!(
+            drain(&mut f),
+            vec![Action::LoadPlan {
+                name: "night".into()
+            }]
+        );
+        // No timeout destination: on after the block.
+        let mut f = ask(json!({}));
+        start_ask(&mut f, t);
+        f.handle_timeout(t + Duration::from_secs(3));
+        assert!(plays(&drain(&mut f), AFTER));
+    }
+
+    #[test]
+    fn ask_url_hangup_and_plan_replies() {
+        let t = Instant::now();
+        let mut f = ask(json!({}));
+        let r = start_ask(&mut f, t);
+        let reply = crate::askurl::parse_reply("dtype: hangup\n").expect("reply");
+        f.handle(
+            Input::AskUrlAnswered {
+                id: r.id,
+                result: Ok(reply),
+            },
+            t,
+        );
+        assert_eq!(
+            drain(&mut f),
+            vec![Action::Hangup {
+                cause: HangupCause::NormalClearing
+            }]
+        );
+        let mut f = ask(json!({}));
+        let r = start_ask(&mut f, t);
+        let reply = crate::askurl::parse_reply("dtype: plan\ndnumber: sales\n").expect("reply");
+        f.handle(
+            Input::AskUrlAnswered {
+                id: r.id,
+                result: Ok(reply),
+            },
+            t,
+        );
+        assert_eq!(
+            drain(&mut f),
+            vec![Action::LoadPlan {
+                name: "sales".into()
+            }]
         );
     }
 }

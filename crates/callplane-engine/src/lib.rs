@@ -2,12 +2,16 @@
 //! interpreter (`flow`, sans-IO), the Call actor that drives legs and media (`call`), prompts,
 //! and the `Engine` that accepts inbound calls.
 
+pub mod askurl;
 pub mod blocks;
 pub mod call;
+pub mod callstate;
 pub mod engine;
 pub mod flow;
 pub mod hangup;
 pub mod prompts;
+pub mod registry;
 pub mod variables;
+pub mod webhook;
 
 pub use engine::{Engine, EngineConfig};

@@ -1,7 +1,8 @@
 //! Turns a `Prompt` into 8 kHz audio: tenant announcements (files named in the store),
 //! standard prompts (the shipped prompt set), digit prompts and espeak-ng text to speech.
-//! Decoded audio is cached by file path, TTS output by text and voice, so a busy prompt is
-//! read from disk once.
+//! Decoded audio is cached by file path (and the file's modification time and size, so an
+//! announcement replaced through the API is heard at the next call), TTS output by text and
+//! voice, so a busy prompt is read from disk once.
 
 use crate::flow::Prompt;
 use callplane_store::Store;
@@ -41,7 +42,20 @@ pub enum PromptError {
 pub struct PromptLibrary {
     cfg: PromptConfig,
     store: Store,
-    cache: Mutex<HashMap<PathBuf, Arc<[i16]>>>,
+    cache: Mutex<HashMap<PathBuf, Cached>>,
+}
+
+/// Decoded audio with the stamp of the file it was read from.
+type Cached = (FileStamp, Arc<[i16]>);
+
+/// What tells one version of a file from the next: modification time and size.
+type FileStamp = (Option<std::time::SystemTime>, u64);
+
+fn stamp(path: &Path) -> FileStamp {
+    match std::fs::metadata(path) {
+        Ok(m) => (m.modified().ok(), m.len()),
+        Err(_) => (None, 0),
+    }
 }
 
 /// A standard prompt name is a relative path inside the prompt set (`digits/1`,
@@ -69,9 +83,12 @@ impl PromptLibrary {
     }
 
     fn load(&self, path: &Path) -> Result<Arc<[i16]>, PromptError> {
+        let stamp = stamp(path);
         if let Ok(cache) = self.cache.lock() {
-            if let Some(a) = cache.get(path) {
-                return Ok(a.clone());
+            if let Some((s, a)) = cache.get(path) {
+                if *s == stamp {
+                    return Ok(a.clone());
+                }
             }
         }
         let samples =
@@ -81,7 +98,7 @@ impl PromptLibrary {
             })?;
         let audio: Arc<[i16]> = samples.into();
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(path.to_path_buf(), audio.clone());
+            cache.insert(path.to_path_buf(), (stamp, audio.clone()));
         }
         Ok(audio)
     }
@@ -227,5 +244,55 @@ mod tests {
         assert!(!safe_relative("/etc/passwd"));
         assert!(!safe_relative("a//b"));
         assert!(!safe_relative(""));
+    }
+
+    #[test]
+    fn a_replaced_announcement_file_is_read_again() {
+        use callplane_store::{Announcement, Provisioning, Tenant};
+        let dir = std::env::temp_dir().join(format!(
+            "callplane-prompts-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("hello.wav");
+        let write = |n: usize| {
+            let mut w = callplane_media::wav::WavWriter::create(&file).unwrap();
+            w.write_samples(&vec![1000i16; n]).unwrap();
+            w.finalize().unwrap();
+        };
+        let store = Store::open_in_memory().unwrap();
+        let tenant: Tenant =
+            serde_json::from_value(serde_json::json!({"name": "t", "customerNumber": 1})).unwrap();
+        store
+            .apply_provisioning(&Provisioning {
+                tenants: vec![tenant],
+                announcements: vec![Announcement {
+                    tenant: "t".into(),
+                    name: "hello".into(),
+                    file: file.to_string_lossy().into_owned(),
+                }],
+                ..Provisioning::default()
+            })
+            .unwrap();
+        let lib = PromptLibrary::new(
+            PromptConfig {
+                sounds_dir: dir.clone(),
+                prompts_dir: dir.clone(),
+                tts_cache_dir: dir.clone(),
+                espeak: None,
+            },
+            store,
+        );
+        let prompt = Prompt::Announcement {
+            name: "hello".into(),
+            standard: false,
+        };
+        write(800);
+        assert_eq!(lib.resolve_blocking("t", &prompt).unwrap().len(), 800);
+        assert_eq!(lib.resolve_blocking("t", &prompt).unwrap().len(), 800);
+        write(1600);
+        assert_eq!(lib.resolve_blocking("t", &prompt).unwrap().len(), 1600);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

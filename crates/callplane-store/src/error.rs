@@ -22,6 +22,9 @@ pub enum StoreError {
     },
     #[error("invalid provisioning: {}", join_errors(.0))]
     Invalid(Vec<FieldError>),
+    /// A create found the object already there; `object` is its label (`number 100`).
+    #[error("{object} already exists")]
+    Exists { object: String },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }

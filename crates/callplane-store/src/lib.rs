@@ -1,11 +1,13 @@
 //! Persistence for Callplane: the provisioned objects (tenants, numbers, SIP users, trunks,
-//! routing plans, announcements) and call detail records, in an embedded SQLite file with
-//! schema migrations compiled in. No call state lives here.
+//! routing plans, announcements), API keys and call detail records, in an embedded SQLite file
+//! with schema migrations compiled in. No call state lives here.
 
+mod api_keys;
 mod cdr;
 mod error;
 mod migrations;
 pub mod model;
+mod objects;
 mod sql;
 mod store;
 mod writer;
@@ -13,9 +15,10 @@ mod writer;
 pub use error::StoreError;
 pub use migrations::SCHEMA_VERSION;
 pub use model::{
-    Announcement, Cdr, CdrLeg, FieldError, Number, Provisioning, RoutingPlan, SipUser, Tenant,
-    Transport, Trunk,
+    Announcement, ApiKey, ApiRealm, Cdr, CdrLeg, FieldError, Number, Provisioning, RoutingPlan,
+    SipUser, Tenant, Transport, Trunk,
 };
+pub use objects::TenantUsage;
 pub use store::Store;
 pub use writer::CdrWriter;
 

@@ -117,6 +117,24 @@ CREATE TABLE cdr_variables (
     PRIMARY KEY (call_id, name)
 );
 "#,
+    // 3: resellers own tenants; API keys (only the SHA-256 of the secret is kept). A key goes
+    // away with its tenant or SIP user, so a name reused later never inherits an old key.
+    r#"
+ALTER TABLE tenants ADD COLUMN reseller TEXT;
+CREATE INDEX tenants_by_reseller ON tenants (reseller);
+
+CREATE TABLE api_keys (
+    name       TEXT PRIMARY KEY NOT NULL,
+    key_sha256 TEXT NOT NULL UNIQUE,
+    realm      TEXT NOT NULL CHECK (realm IN ('admin', 'reseller', 'customer', 'account')),
+    tenant     TEXT REFERENCES tenants (name) ON DELETE CASCADE,
+    reseller   TEXT,
+    sip_user   TEXT REFERENCES sip_users (username) ON DELETE CASCADE,
+    created    TEXT NOT NULL
+);
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant);
+CREATE INDEX api_keys_by_sip_user ON api_keys (sip_user);
+"#,
 ];
 
 /// The schema version this build creates and understands.

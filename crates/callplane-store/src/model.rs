@@ -23,6 +23,8 @@ pub struct Tenant {
     /// Trunk (of this tenant) used for `EXTERNALNUMBER` destinations.
     pub default_trunk: Option<String>,
     pub callstate_info_url: Option<String>,
+    /// The reseller this tenant belongs to: keys of realm `reseller` with this name manage it.
+    pub reseller: Option<String>,
 }
 
 /// A called number (DNIS): E.164 like `+4922155400300` or a short code like `100`.
@@ -139,6 +141,68 @@ pub struct Provisioning {
     pub routing_plans: Vec<RoutingPlan>,
     #[serde(default)]
     pub announcements: Vec<Announcement>,
+}
+
+/// What an API key may do: `admin` everything, `reseller` the tenants whose `reseller` is the
+/// key's, `customer` one tenant, `account` one SIP user. Ordered from least to most powerful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiRealm {
+    Account,
+    Customer,
+    Reseller,
+    Admin,
+}
+
+impl ApiRealm {
+    /// The lowercase name used in JSON, the config file and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiRealm::Account => "account",
+            ApiRealm::Customer => "customer",
+            ApiRealm::Reseller => "reseller",
+            ApiRealm::Admin => "admin",
+        }
+    }
+
+    /// Parses the lowercase name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<ApiRealm> {
+        match s {
+            "account" => Some(ApiRealm::Account),
+            "customer" => Some(ApiRealm::Customer),
+            "reseller" => Some(ApiRealm::Reseller),
+            "admin" => Some(ApiRealm::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ApiRealm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An API key's identity and scope. The secret itself is never stored: the database keeps
+/// only its SHA-256, so nothing here is a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKey {
+    pub name: String,
+    pub realm: ApiRealm,
+    /// The tenant of a `customer` key, and (filled from the SIP user) of an `account` key.
+    pub tenant: Option<String>,
+    /// The reseller name of a `reseller` key.
+    pub reseller: Option<String>,
+    /// The SIP user (username) of an `account` key.
+    pub sip_user: Option<String>,
+    /// When the key was created; set by the store, ignored on input.
+    #[serde(
+        default,
+        with = "opt_time_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub created: Option<DateTime<Utc>>,
 }
 
 /// One validation problem: which object (`numbers[2]`, `number 100`), which field
@@ -267,6 +331,7 @@ impl fmt::Debug for Tenant {
             .field("signing_secret", &redact(&self.signing_secret))
             .field("default_trunk", &self.default_trunk)
             .field("callstate_info_url", &self.callstate_info_url)
+            .field("reseller", &self.reseller)
             .finish()
     }
 }

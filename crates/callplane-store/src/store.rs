@@ -250,27 +250,29 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-const TENANT_COLS: &str =
-    "name, customer_number, signing_secret, default_trunk, callstate_info_url";
-const TENANT_COLS_T: &str =
-    "t.name, t.customer_number, t.signing_secret, t.default_trunk, t.callstate_info_url";
-const NUMBER_COLS: &str = "n.number, n.tenant, n.routing_plan, n.callstate_info_url";
-const SIP_USER_COLS: &str = "tenant, username, password, display_name";
-const TRUNK_COLS: &str = "tenant, name, host, port, transport, username, password, caller_id";
-const PLAN_COLS: &str = "tenant, name, blocks, callstate_info_url";
-const ANNOUNCEMENT_COLS: &str = "tenant, name, file";
+pub(crate) const TENANT_COLS: &str =
+    "name, customer_number, signing_secret, default_trunk, callstate_info_url, reseller";
+const TENANT_COLS_T: &str = "t.name, t.customer_number, t.signing_secret, t.default_trunk, \
+     t.callstate_info_url, t.reseller";
+pub(crate) const NUMBER_COLS: &str = "n.number, n.tenant, n.routing_plan, n.callstate_info_url";
+pub(crate) const SIP_USER_COLS: &str = "tenant, username, password, display_name";
+pub(crate) const TRUNK_COLS: &str =
+    "tenant, name, host, port, transport, username, password, caller_id";
+pub(crate) const PLAN_COLS: &str = "tenant, name, blocks, callstate_info_url";
+pub(crate) const ANNOUNCEMENT_COLS: &str = "tenant, name, file";
 
-fn tenant_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Tenant> {
+pub(crate) fn tenant_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Tenant> {
     Ok(Tenant {
         name: row.get(at)?,
         customer_number: row.get(at + 1)?,
         signing_secret: row.get(at + 2)?,
         default_trunk: row.get(at + 3)?,
         callstate_info_url: row.get(at + 4)?,
+        reseller: row.get(at + 5)?,
     })
 }
 
-fn number_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Number> {
+pub(crate) fn number_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Number> {
     Ok(Number {
         number: row.get(at)?,
         tenant: row.get(at + 1)?,
@@ -279,7 +281,7 @@ fn number_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Number> {
     })
 }
 
-fn sip_user_from_row(row: &Row<'_>) -> rusqlite::Result<SipUser> {
+pub(crate) fn sip_user_from_row(row: &Row<'_>) -> rusqlite::Result<SipUser> {
     Ok(SipUser {
         tenant: row.get(0)?,
         username: row.get(1)?,
@@ -289,7 +291,7 @@ fn sip_user_from_row(row: &Row<'_>) -> rusqlite::Result<SipUser> {
 }
 
 /// A trunk row without its inbound addresses (filled in by [`with_addresses`]).
-fn trunk_from_row(row: &Row<'_>) -> rusqlite::Result<Trunk> {
+pub(crate) fn trunk_from_row(row: &Row<'_>) -> rusqlite::Result<Trunk> {
     Ok(Trunk {
         tenant: row.get(0)?,
         name: row.get(1)?,
@@ -303,7 +305,7 @@ fn trunk_from_row(row: &Row<'_>) -> rusqlite::Result<Trunk> {
     })
 }
 
-fn plan_from_row(row: &Row<'_>) -> rusqlite::Result<RoutingPlan> {
+pub(crate) fn plan_from_row(row: &Row<'_>) -> rusqlite::Result<RoutingPlan> {
     let SqlJson(blocks) = row.get(2)?;
     Ok(RoutingPlan {
         tenant: row.get(0)?,
@@ -313,7 +315,7 @@ fn plan_from_row(row: &Row<'_>) -> rusqlite::Result<RoutingPlan> {
     })
 }
 
-fn announcement_from_row(row: &Row<'_>) -> rusqlite::Result<Announcement> {
+pub(crate) fn announcement_from_row(row: &Row<'_>) -> rusqlite::Result<Announcement> {
     Ok(Announcement {
         tenant: row.get(0)?,
         name: row.get(1)?,
@@ -321,7 +323,7 @@ fn announcement_from_row(row: &Row<'_>) -> rusqlite::Result<Announcement> {
     })
 }
 
-fn with_addresses(conn: &Connection, mut trunk: Trunk) -> Result<Trunk, StoreError> {
+pub(crate) fn with_addresses(conn: &Connection, mut trunk: Trunk) -> Result<Trunk, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT address FROM trunk_inbound_addresses WHERE tenant = ?1 AND trunk = ?2 \
          ORDER BY position",
@@ -332,7 +334,11 @@ fn with_addresses(conn: &Connection, mut trunk: Trunk) -> Result<Trunk, StoreErr
     Ok(trunk)
 }
 
-fn load_trunk(conn: &Connection, tenant: &str, name: &str) -> Result<Option<Trunk>, StoreError> {
+pub(crate) fn load_trunk(
+    conn: &Connection,
+    tenant: &str,
+    name: &str,
+) -> Result<Option<Trunk>, StoreError> {
     let trunk = conn
         .prepare_cached(&format!(
             "SELECT {TRUNK_COLS} FROM trunks WHERE tenant = ?1 AND name = ?2"
@@ -397,25 +403,26 @@ fn list_announcements(conn: &Connection) -> Result<Vec<Announcement>, StoreError
 // Upserts use ON CONFLICT DO UPDATE rather than INSERT OR REPLACE: REPLACE deletes the old
 // row first, which would break (or cascade through) the foreign keys pointing at it.
 
-fn upsert_tenant(conn: &Connection, t: &Tenant) -> Result<(), StoreError> {
+pub(crate) fn upsert_tenant(conn: &Connection, t: &Tenant) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO tenants (name, customer_number, signing_secret, default_trunk, \
-         callstate_info_url) VALUES (?1, ?2, ?3, ?4, ?5) \
+         callstate_info_url, reseller) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
          ON CONFLICT (name) DO UPDATE SET customer_number = excluded.customer_number, \
          signing_secret = excluded.signing_secret, default_trunk = excluded.default_trunk, \
-         callstate_info_url = excluded.callstate_info_url",
+         callstate_info_url = excluded.callstate_info_url, reseller = excluded.reseller",
     )?
     .execute(params![
         t.name,
         t.customer_number,
         t.signing_secret,
         t.default_trunk,
-        t.callstate_info_url
+        t.callstate_info_url,
+        t.reseller
     ])?;
     Ok(())
 }
 
-fn upsert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
+pub(crate) fn upsert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO trunks (tenant, name, host, port, transport, username, password, caller_id) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
@@ -448,7 +455,7 @@ fn upsert_trunk(conn: &Connection, t: &Trunk) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn upsert_routing_plan(conn: &Connection, r: &RoutingPlan) -> Result<(), StoreError> {
+pub(crate) fn upsert_routing_plan(conn: &Connection, r: &RoutingPlan) -> Result<(), StoreError> {
     let blocks = serde_json::Value::Array(r.blocks.clone()).to_string();
     conn.prepare_cached(
         "INSERT INTO routing_plans (tenant, name, blocks, callstate_info_url) \
@@ -460,7 +467,7 @@ fn upsert_routing_plan(conn: &Connection, r: &RoutingPlan) -> Result<(), StoreEr
     Ok(())
 }
 
-fn upsert_announcement(conn: &Connection, a: &Announcement) -> Result<(), StoreError> {
+pub(crate) fn upsert_announcement(conn: &Connection, a: &Announcement) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO announcements (tenant, name, file) VALUES (?1, ?2, ?3) \
          ON CONFLICT (tenant, name) DO UPDATE SET file = excluded.file",
@@ -469,7 +476,7 @@ fn upsert_announcement(conn: &Connection, a: &Announcement) -> Result<(), StoreE
     Ok(())
 }
 
-fn upsert_sip_user(conn: &Connection, u: &SipUser) -> Result<(), StoreError> {
+pub(crate) fn upsert_sip_user(conn: &Connection, u: &SipUser) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO sip_users (username, tenant, password, display_name) \
          VALUES (?1, ?2, ?3, ?4) \
@@ -480,7 +487,7 @@ fn upsert_sip_user(conn: &Connection, u: &SipUser) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn upsert_number(conn: &Connection, n: &Number) -> Result<(), StoreError> {
+pub(crate) fn upsert_number(conn: &Connection, n: &Number) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO numbers (number, tenant, routing_plan, callstate_info_url) \
          VALUES (?1, ?2, ?3, ?4) \

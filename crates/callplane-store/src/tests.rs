@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::migrations::{self, SCHEMA_VERSION};
 use crate::model::*;
-use crate::{CdrWriter, Store, StoreError};
+use crate::{CdrWriter, Store, StoreError, TenantUsage};
 
 /// A unique directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -49,6 +49,7 @@ fn sample() -> Provisioning {
                 signing_secret: Some("s3cret".into()),
                 default_trunk: Some("carrier".into()),
                 callstate_info_url: Some("https://acme.example/events".into()),
+                reseller: Some("wholesale".into()),
             },
             Tenant {
                 name: "beta".into(),
@@ -56,6 +57,7 @@ fn sample() -> Provisioning {
                 signing_secret: None,
                 default_trunk: None,
                 callstate_info_url: None,
+                reseller: None,
             },
         ],
         numbers: vec![
@@ -532,9 +534,13 @@ fn object_validation_names_object_and_field() {
         signing_secret: Some(String::new()),
         default_trunk: None,
         callstate_info_url: None,
+        reseller: Some("".into()),
     };
     let fields: Vec<_> = tenant.validate().into_iter().map(|e| e.field).collect();
-    assert_eq!(fields, ["name", "customerNumber", "signingSecret"]);
+    assert_eq!(
+        fields,
+        ["name", "customerNumber", "signingSecret", "reseller"]
+    );
 
     let user = SipUser {
         tenant: "acme".into(),
@@ -602,6 +608,7 @@ fn provisioning_validation_checks_references_and_duplicates() {
         signing_secret: None,
         default_trunk: None,
         callstate_info_url: None,
+        reseller: None,
     });
     p.trunks[1].inbound_addresses = vec!["::ffff:192.0.2.10".into()];
     p.announcements[0].tenant = "nobody".into();
@@ -794,4 +801,340 @@ fn cdr_writer_waits_out_another_process_holding_the_write_lock() {
 
     writer.flush();
     assert!(store.get_cdr("while-locked").unwrap().is_some());
+}
+
+fn one(f: impl FnOnce(&mut Provisioning)) -> Provisioning {
+    let mut p = Provisioning::default();
+    f(&mut p);
+    p
+}
+
+#[test]
+fn create_refuses_existing_objects_and_writes_nothing() {
+    let store = Store::open_in_memory().unwrap();
+    let p = sample();
+    store.create_provisioning(&p).unwrap();
+    assert_eq!(store.export_provisioning().unwrap(), sorted(p.clone()));
+
+    // A set with one new object and one existing one: refused as a whole.
+    let mut again = one(|q| q.routing_plans.push(p.routing_plans[0].clone()));
+    again.routing_plans.insert(
+        0,
+        RoutingPlan {
+            tenant: "acme".into(),
+            name: "fresh".into(),
+            blocks: vec![],
+            callstate_info_url: None,
+        },
+    );
+    match store.create_provisioning(&again) {
+        Err(StoreError::Exists { object }) => assert_eq!(object, "routing plan acme/main"),
+        other => panic!("expected Exists, got {other:?}"),
+    }
+    assert_eq!(store.get_routing_plan("acme", "fresh").unwrap(), None);
+
+    for (p, label) in [
+        (one(|q| q.tenants.push(p.tenants[1].clone())), "tenant beta"),
+        (one(|q| q.numbers.push(p.numbers[1].clone())), "number 100"),
+        (
+            one(|q| q.sip_users.push(p.sip_users[0].clone())),
+            "sip user alice",
+        ),
+        (
+            one(|q| q.trunks.push(p.trunks[1].clone())),
+            "trunk beta/pbx",
+        ),
+        (
+            one(|q| q.announcements.push(p.announcements[0].clone())),
+            "announcement acme/welcome",
+        ),
+    ] {
+        match store.create_provisioning(&p) {
+            Err(StoreError::Exists { object }) => assert_eq!(object, label),
+            other => panic!("expected Exists for {label}, got {other:?}"),
+        }
+    }
+    // Field errors come before the existence check.
+    let mut bad = p.numbers[0].clone();
+    bad.number = "12ab".into();
+    assert!(matches!(
+        store.create_provisioning(&one(|q| q.numbers.push(bad))),
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[test]
+fn per_tenant_lists_and_lookups() {
+    let store = Store::open_in_memory().unwrap();
+    let p = sample();
+    store.apply_provisioning(&p).unwrap();
+    let names = |v: Vec<Number>| v.into_iter().map(|n| n.number).collect::<Vec<_>>();
+    assert_eq!(
+        names(store.list_numbers_of("acme").unwrap()),
+        ["+4922155400300"]
+    );
+    assert_eq!(names(store.list_numbers_of("beta").unwrap()), ["100"]);
+    assert!(store.list_numbers_of("nobody").unwrap().is_empty());
+    assert_eq!(
+        store.list_sip_users_of("beta").unwrap(),
+        vec![p.sip_users[1].clone()]
+    );
+    assert_eq!(
+        store.list_trunks_of("acme").unwrap(),
+        vec![p.trunks[0].clone()]
+    );
+    assert_eq!(
+        store.list_routing_plans_of("beta").unwrap(),
+        vec![p.routing_plans[1].clone()]
+    );
+    assert_eq!(
+        store.list_announcements_of("acme").unwrap(),
+        p.announcements.clone()
+    );
+    assert!(store.list_announcements_of("beta").unwrap().is_empty());
+    assert_eq!(
+        store.list_tenants_of_reseller("wholesale").unwrap(),
+        vec![p.tenants[0].clone()]
+    );
+    assert!(store.list_tenants_of_reseller("other").unwrap().is_empty());
+    assert_eq!(store.get_number("100").unwrap(), Some(p.numbers[1].clone()));
+    assert_eq!(store.get_number("101").unwrap(), None);
+    assert_eq!(
+        store
+            .find_tenant_by_customer_number(200003)
+            .unwrap()
+            .map(|t| t.name),
+        Some("beta".to_string())
+    );
+    assert_eq!(store.find_tenant_by_customer_number(1).unwrap(), None);
+    assert_eq!(
+        store.numbers_using_plan("acme", "main").unwrap(),
+        ["+4922155400300"]
+    );
+    assert!(store.numbers_using_plan("beta", "main").unwrap().is_empty());
+}
+
+#[test]
+fn deletes_report_absence_and_are_refused_while_referenced() {
+    let store = Store::open_in_memory().unwrap();
+    let p = sample();
+    store.apply_provisioning(&p).unwrap();
+
+    let usage = store.tenant_usage("acme").unwrap();
+    assert_eq!(
+        usage,
+        TenantUsage {
+            numbers: 1,
+            sip_users: 1,
+            trunks: 1,
+            routing_plans: 1,
+            announcements: 1
+        }
+    );
+    assert_eq!(
+        usage.describe(),
+        "1 number, 1 SIP user, 1 trunk, 1 routing plan, 1 announcement"
+    );
+    // A tenant that still owns objects, a plan a number routes to, a tenant's default trunk.
+    let refused = store.delete_tenant("acme").unwrap_err();
+    assert!(refused.is_constraint_violation(), "{refused}");
+    let refused = store.delete_routing_plan("acme", "main").unwrap_err();
+    assert!(refused.is_constraint_violation(), "{refused}");
+    let refused = store.delete_trunk("acme", "carrier").unwrap_err();
+    assert!(refused.is_constraint_violation(), "{refused}");
+    assert_eq!(store.export_provisioning().unwrap(), sorted(p.clone()));
+
+    // In dependency order everything goes, and a second delete reports absence.
+    assert!(store.delete_number("+4922155400300").unwrap());
+    assert!(!store.delete_number("+4922155400300").unwrap());
+    assert!(store.delete_routing_plan("acme", "main").unwrap());
+    assert!(store.delete_sip_user("alice").unwrap());
+    assert!(store.delete_announcement("acme", "welcome").unwrap());
+    let mut acme = p.tenants[0].clone();
+    acme.default_trunk = None;
+    store
+        .apply_provisioning(&one(|q| q.tenants.push(acme)))
+        .unwrap();
+    assert!(store.delete_trunk("acme", "carrier").unwrap());
+    // The trunk's inbound addresses went with it.
+    assert_eq!(store.find_trunk_by_source_ip("192.0.2.10").unwrap(), None);
+    assert!(store.tenant_usage("acme").unwrap().is_empty());
+    assert!(store.delete_tenant("acme").unwrap());
+    assert!(!store.delete_tenant("acme").unwrap());
+    assert_eq!(store.get_tenant("acme").unwrap(), None);
+    assert!(!store.delete_trunk("acme", "carrier").unwrap());
+    assert!(!store.delete_announcement("acme", "welcome").unwrap());
+}
+
+fn hash(c: char) -> String {
+    std::iter::repeat_n(c, 64).collect()
+}
+
+fn key(name: &str, realm: ApiRealm) -> ApiKey {
+    ApiKey {
+        name: name.into(),
+        realm,
+        tenant: None,
+        reseller: None,
+        sip_user: None,
+        created: None,
+    }
+}
+
+#[test]
+fn api_keys_round_trip_by_hash_and_name() {
+    let store = Store::open_in_memory().unwrap();
+    store.apply_provisioning(&sample()).unwrap();
+    let before = Utc::now() - Duration::seconds(1);
+    let admin = store
+        .create_api_key(&key("ops", ApiRealm::Admin), &hash('a'))
+        .unwrap();
+    assert_eq!(admin.name, "ops");
+    assert!(admin.created.is_some_and(|c| c >= before));
+    let customer = ApiKey {
+        tenant: Some("acme".into()),
+        ..key("acme-app", ApiRealm::Customer)
+    };
+    store.create_api_key(&customer, &hash('b')).unwrap();
+    let account = ApiKey {
+        tenant: Some("acme".into()),
+        sip_user: Some("alice".into()),
+        ..key("alice-phone", ApiRealm::Account)
+    };
+    store.create_api_key(&account, &hash('c')).unwrap();
+    let reseller = ApiKey {
+        reseller: Some("wholesale".into()),
+        ..key("ws", ApiRealm::Reseller)
+    };
+    store.create_api_key(&reseller, &hash('d')).unwrap();
+
+    let found = store.find_api_key(&hash('b')).unwrap().unwrap();
+    assert_eq!(
+        (found.name.as_str(), found.realm),
+        ("acme-app", ApiRealm::Customer)
+    );
+    assert_eq!(found.tenant.as_deref(), Some("acme"));
+    assert_eq!(store.find_api_key(&hash('e')).unwrap(), None);
+    assert_eq!(
+        store
+            .get_api_key("ws")
+            .unwrap()
+            .unwrap()
+            .reseller
+            .as_deref(),
+        Some("wholesale")
+    );
+    let names: Vec<String> = store
+        .list_api_keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["acme-app", "alice-phone", "ops", "ws"]);
+
+    // Names and hashes are unique.
+    match store.create_api_key(&key("ops", ApiRealm::Admin), &hash('f')) {
+        Err(StoreError::Exists { object }) => assert_eq!(object, "api key ops"),
+        other => panic!("expected Exists, got {other:?}"),
+    }
+    let dup = store
+        .create_api_key(&key("other", ApiRealm::Admin), &hash('a'))
+        .unwrap_err();
+    assert!(dup.is_constraint_violation(), "{dup}");
+
+    // Upsert by name replaces the secret and keeps the creation time.
+    let again = store
+        .upsert_api_key(&key("ops", ApiRealm::Admin), &hash('9'))
+        .unwrap();
+    assert_eq!(again.created, admin.created);
+    assert_eq!(store.find_api_key(&hash('a')).unwrap(), None);
+    assert_eq!(store.find_api_key(&hash('9')).unwrap().unwrap().name, "ops");
+
+    assert!(store.delete_api_key("ops").unwrap());
+    assert!(!store.delete_api_key("ops").unwrap());
+}
+
+#[test]
+fn api_keys_are_validated_and_die_with_their_tenant_or_sip_user() {
+    let store = Store::open_in_memory().unwrap();
+    store.apply_provisioning(&sample()).unwrap();
+    // Realm-required fields, fields the realm does not use, and the hash's shape.
+    let errors = match store.create_api_key(&key("c", ApiRealm::Customer), "ABC") {
+        Err(StoreError::Invalid(e)) => e,
+        other => panic!("expected Invalid, got {other:?}"),
+    };
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["tenant", "keySha256"]);
+    let admin_with_tenant = ApiKey {
+        tenant: Some("acme".into()),
+        ..key("a", ApiRealm::Admin)
+    };
+    let fields: Vec<String> = admin_with_tenant
+        .validate()
+        .into_iter()
+        .map(|e| e.field)
+        .collect();
+    assert_eq!(fields, ["tenant"]);
+    assert_eq!(
+        key("r", ApiRealm::Reseller).validate()[0].message,
+        "is required for realm reseller"
+    );
+    assert_eq!(key("u", ApiRealm::Account).validate()[0].field, "sipUser");
+    // A key for a tenant that does not exist is refused by the database.
+    let ghost = ApiKey {
+        tenant: Some("ghost".into()),
+        ..key("g", ApiRealm::Customer)
+    };
+    assert!(store
+        .create_api_key(&ghost, &hash('1'))
+        .unwrap_err()
+        .is_constraint_violation());
+
+    let account = ApiKey {
+        tenant: Some("beta".into()),
+        sip_user: Some("bob.b-2".into()),
+        ..key("bob-phone", ApiRealm::Account)
+    };
+    store.create_api_key(&account, &hash('2')).unwrap();
+    let customer = ApiKey {
+        tenant: Some("beta".into()),
+        ..key("beta-app", ApiRealm::Customer)
+    };
+    store.create_api_key(&customer, &hash('3')).unwrap();
+    assert!(store.delete_sip_user("bob.b-2").unwrap());
+    assert_eq!(store.get_api_key("bob-phone").unwrap(), None);
+    assert!(store.get_api_key("beta-app").unwrap().is_some());
+    assert!(store.delete_number("100").unwrap());
+    assert!(store.delete_routing_plan("beta", "ivr").unwrap());
+    assert!(store.delete_trunk("beta", "pbx").unwrap());
+    assert!(store.delete_tenant("beta").unwrap());
+    assert_eq!(store.get_api_key("beta-app").unwrap(), None);
+}
+
+#[test]
+fn version_two_database_gains_resellers_and_api_keys() {
+    let dir = TempDir::new();
+    {
+        let mut conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        migrations::migrate_to(&mut conn, 2).unwrap();
+        conn.execute(
+            "INSERT INTO tenants (name, customer_number) VALUES ('old', 42)",
+            [],
+        )
+        .unwrap();
+    }
+    let store = Store::open(&dir.db()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let old = store.get_tenant("old").unwrap().unwrap();
+    assert_eq!(old.reseller, None);
+    let mut moved = old.clone();
+    moved.reseller = Some("wholesale".into());
+    store
+        .apply_provisioning(&one(|q| q.tenants.push(moved.clone())))
+        .unwrap();
+    assert_eq!(store.get_tenant("old").unwrap(), Some(moved));
+    store
+        .create_api_key(&key("ops", ApiRealm::Admin), &hash('a'))
+        .unwrap();
 }

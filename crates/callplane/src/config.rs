@@ -3,7 +3,7 @@
 //! field named, before anything starts.
 
 use anyhow::{bail, Context};
-use callplane_store::model::{FieldError, Provisioning};
+use callplane_store::model::{ApiKey, ApiRealm, FieldError, Provisioning, Validate};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -34,6 +34,16 @@ pub struct ServerSection {
     pub espeak_path: String,
     /// Failed digest authentications per source address before it is blocked.
     pub max_auth_failures: u32,
+    /// Requests one CALL_CONTROL block instance may send before it is stopped (its
+    /// `fallbackPlan` then runs): a customer server that never answers `[]` cannot hold a call.
+    pub call_control_max_loops: u32,
+    /// Webhook requests in flight to one customer host at most; more wait for a slot within
+    /// their own timeout.
+    pub webhook_max_per_host: usize,
+    /// Seconds a destination chosen by an ASK_URL answer rings (the protocol has no field).
+    pub ask_url_ring_timeout: u32,
+    /// This node's name (the ask-URL `server` field); default: the machine's host name.
+    pub node_name: Option<String>,
 }
 
 impl Default for ServerSection {
@@ -53,6 +63,10 @@ impl Default for ServerSection {
             prompts_dir: default_prompts_dir(),
             espeak_path: "espeak-ng".into(),
             max_auth_failures: 5,
+            call_control_max_loops: callplane_engine::flow::DEFAULT_MAX_CALL_CONTROL_LOOPS,
+            webhook_max_per_host: callplane_engine::webhook::WebhookConfig::default().max_per_host,
+            node_name: None,
+            ask_url_ring_timeout: callplane_engine::flow::DEFAULT_ASK_URL_RING_SECONDS,
         }
     }
 }
@@ -86,6 +100,43 @@ struct ConfigFile {
     routing_plans: Vec<callplane_store::model::RoutingPlan>,
     #[serde(default)]
     announcements: Vec<callplane_store::model::Announcement>,
+    #[serde(default)]
+    api_keys: Vec<ApiKeyEntry>,
+}
+
+/// An API key as written in the file: the plain secret, hashed as soon as it is read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ApiKeyEntry {
+    name: String,
+    realm: ApiRealm,
+    key: String,
+    tenant: Option<String>,
+    reseller: Option<String>,
+    sip_user: Option<String>,
+}
+
+// By hand so that the secret never reaches a log line.
+impl std::fmt::Debug for ApiKeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyEntry")
+            .field("name", &self.name)
+            .field("realm", &self.realm)
+            .field("key", &"<redacted>")
+            .field("tenant", &self.tenant)
+            .field("reseller", &self.reseller)
+            .field("sip_user", &self.sip_user)
+            .finish()
+    }
+}
+
+/// An API key from the file, applied (upserted by name) at every start. Only the secret's
+/// SHA-256 is kept, with its length for the minimum-length check.
+#[derive(Debug, Clone)]
+pub struct ConfiguredApiKey {
+    pub key: ApiKey,
+    pub key_sha256: String,
+    secret_chars: usize,
 }
 
 /// A loaded and validated configuration.
@@ -93,6 +144,7 @@ struct ConfigFile {
 pub struct Config {
     pub server: ServerSection,
     pub provisioning: Provisioning,
+    pub api_keys: Vec<ConfiguredApiKey>,
 }
 
 /// A parsed CIDR network.
@@ -148,6 +200,22 @@ impl Config {
                 routing_plans: file.routing_plans,
                 announcements: file.announcements,
             },
+            api_keys: file
+                .api_keys
+                .into_iter()
+                .map(|k| ConfiguredApiKey {
+                    key_sha256: callplane_api::hash_key(&k.key),
+                    secret_chars: k.key.chars().count(),
+                    key: ApiKey {
+                        name: k.name,
+                        realm: k.realm,
+                        tenant: k.tenant,
+                        reseller: k.reseller,
+                        sip_user: k.sip_user,
+                        created: None,
+                    },
+                })
+                .collect(),
         };
         // Relative paths in the file are relative to the file.
         let base = path.parent().unwrap_or(Path::new("."));
@@ -171,15 +239,41 @@ impl Config {
     pub fn validate(&self, file: &str) -> anyhow::Result<()> {
         let mut errors: Vec<FieldError> = self.provisioning.validate();
         for (i, plan) in self.provisioning.routing_plans.iter().enumerate() {
-            let blocks = serde_json::Value::Array(plan.blocks.clone());
-            if let Err(errs) = callplane_engine::blocks::parse_blocks(&blocks) {
-                for e in errs {
-                    errors.push(FieldError {
-                        object: format!("routingPlans[{i}] ({})", plan.name),
-                        field: format!("blocks[{}].{}", e.index, e.field),
-                        message: e.to_string(),
-                    });
-                }
+            let object = format!("routingPlans[{i}] ({})", plan.name);
+            errors.extend(callplane_api::validation::block_errors(
+                &object,
+                &plan.blocks,
+            ));
+        }
+        // Whether a key's tenant or SIP user exists is checked against the database at start.
+        let mut names = std::collections::HashSet::new();
+        let mut secrets = std::collections::HashMap::new();
+        for (i, k) in self.api_keys.iter().enumerate() {
+            let object = format!("apiKeys[{i}]");
+            errors.extend(k.key.validate_as(&object));
+            if k.secret_chars < callplane_api::MIN_KEY_CHARS {
+                errors.push(FieldError {
+                    object: object.clone(),
+                    field: "key".into(),
+                    message: format!(
+                        "must be at least {} characters",
+                        callplane_api::MIN_KEY_CHARS
+                    ),
+                });
+            }
+            if !names.insert(k.key.name.as_str()) {
+                errors.push(FieldError {
+                    object: object.clone(),
+                    field: "name".into(),
+                    message: "duplicate API key name".into(),
+                });
+            }
+            if let Some(first) = secrets.insert(k.key_sha256.as_str(), i) {
+                errors.push(FieldError {
+                    object,
+                    field: "key".into(),
+                    message: format!("same key as apiKeys[{first}]"),
+                });
             }
         }
         let s = &self.server;
@@ -199,6 +293,18 @@ impl Config {
                 message: "must be > 0 and below rtpPortMax".into(),
             });
         }
+        let mut range = |field: &str, value: u64, min: u64, max: u64| {
+            if !(min..=max).contains(&value) {
+                errors.push(FieldError {
+                    object: "server".into(),
+                    field: field.into(),
+                    message: format!("must be between {min} and {max} (got {value})"),
+                });
+            }
+        };
+        range("callControlMaxLoops", s.call_control_max_loops.into(), 1, 100_000);
+        range("webhookMaxPerHost", s.webhook_max_per_host as u64, 1, 100_000);
+        range("askUrlRingTimeout", s.ask_url_ring_timeout.into(), 1, 600);
         if s.sip_udp.is_none() && s.sip_tcp.is_none() {
             errors.push(FieldError {
                 object: "server".into(),
@@ -237,6 +343,7 @@ impl Config {
         Config {
             server,
             provisioning,
+            api_keys: Vec::new(),
         }
     }
 }
@@ -394,6 +501,105 @@ routingPlan = "p"
         .unwrap_or_default();
         assert!(err.contains("numbers[0]"), "{err}");
         assert!(err.contains("tenant"), "{err}");
+    }
+
+    #[test]
+    fn api_keys_are_hashed_at_load_and_validated() {
+        let cfg = load_text(
+            r#"
+[[apiKeys]]
+name = "ops"
+realm = "admin"
+key = "0123456789abcdef-ops"
+
+[[apiKeys]]
+name = "acme-app"
+realm = "customer"
+tenant = "acme"
+key = "0123456789abcdef-acme"
+"#,
+        )
+        .expect("valid api keys");
+        assert_eq!(cfg.api_keys.len(), 2);
+        assert_eq!(cfg.api_keys[0].key.realm, ApiRealm::Admin);
+        assert_eq!(
+            cfg.api_keys[0].key_sha256,
+            callplane_api::hash_key("0123456789abcdef-ops")
+        );
+        assert_eq!(cfg.api_keys[1].key.tenant.as_deref(), Some("acme"));
+        // Neither the debug form of the config nor of the file's entry shows the secret.
+        assert!(!format!("{cfg:?}").contains("0123456789abcdef"));
+
+        let err = load_text(
+            r#"
+[[apiKeys]]
+name = "short"
+realm = "admin"
+key = "tooshort"
+
+[[apiKeys]]
+name = "cust"
+realm = "customer"
+key = "0123456789abcdef-cust"
+
+[[apiKeys]]
+name = "short"
+realm = "account"
+key = "0123456789abcdef-cust"
+"#,
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(err.contains("apiKeys[0].key: must be at least 16"), "{err}");
+        assert!(
+            err.contains("apiKeys[1].tenant: is required for realm customer"),
+            "{err}"
+        );
+        assert!(
+            err.contains("apiKeys[2].sipUser: is required for realm account"),
+            "{err}"
+        );
+        assert!(err.contains("apiKeys[2].name: duplicate"), "{err}");
+        assert!(
+            err.contains("apiKeys[2].key: same key as apiKeys[1]"),
+            "{err}"
+        );
+        assert!(!err.contains("0123456789abcdef"), "{err}");
+
+        let err =
+            load_text("[[apiKeys]]\nname = \"x\"\nrealm = \"root\"\nkey = \"0123456789abcdef\"\n")
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+        assert!(err.contains("unknown variant `root`"), "{err}");
+    }
+
+    #[test]
+    fn block_errors_name_the_block_index_and_field() {
+        let err = load_text(
+            r#"
+[[tenants]]
+name = "t"
+customerNumber = 1
+
+[[routingPlans]]
+tenant = "t"
+name = "p"
+blocks = [ { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" }, "not a block", { blockType = "COLLECT_DIGITS", announcementName = "a", variableName = "pin", minDigits = 3, maxDigits = 40 } ]
+"#,
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(
+            err.contains("routingPlans[0] (p).blocks[1]: block 1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("routingPlans[0] (p).blocks[2].maxDigits"),
+            "{err}"
+        );
     }
 
     #[test]

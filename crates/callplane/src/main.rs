@@ -19,6 +19,9 @@ const USAGE: &str = "usage:
   callplane serve [--config FILE] [--data-dir DIR]   run the switch (no config: the loopback demo)
   callplane config check FILE                        validate a config file and exit
   callplane plan validate FILE                       validate a JSON block list and exit
+  callplane apikey create --realm REALM [--name N] [--tenant T] [--reseller R] [--sip-user U]
+                          [--config FILE | --data-dir DIR]
+                                                     create an API key and print it (once)
   callplane version";
 
 fn main() {
@@ -85,12 +88,109 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                 }
             }
         }
+        ["apikey", "create", rest @ ..] => apikey_create(rest),
         ["version"] | ["--version"] => {
             println!("callplane {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
         _ => bail!("{USAGE}"),
     }
+}
+
+/// `callplane apikey create`: a new random key stored (as its hash) in the data directory's
+/// database; the key is printed once, on stdout alone, so a script can capture it.
+fn apikey_create(args: &[&str]) -> anyhow::Result<()> {
+    let mut realm = None;
+    let (mut name, mut tenant, mut reseller, mut sip_user) = (None, None, None, None);
+    let (mut config, mut data_dir) = (None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .map(|v| v.to_string())
+                .with_context(|| format!("{a} needs a value"))
+        };
+        match *a {
+            "--realm" => {
+                let r = value()?;
+                realm = Some(callplane_store::ApiRealm::parse(&r).with_context(|| {
+                    format!("unknown realm {r:?}: admin, reseller, customer or account")
+                })?)
+            }
+            "--name" => name = Some(value()?),
+            "--tenant" => tenant = Some(value()?),
+            "--reseller" => reseller = Some(value()?),
+            "--sip-user" => sip_user = Some(value()?),
+            "--config" => config = Some(PathBuf::from(value()?)),
+            "--data-dir" => data_dir = Some(PathBuf::from(value()?)),
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let realm = realm.context("--realm is required")?;
+    let dir = match (data_dir, config) {
+        (Some(_), Some(_)) => bail!("give either --config or --data-dir, not both"),
+        (Some(d), None) => d,
+        (None, Some(c)) => Config::load(&c)?.server.data_dir,
+        (None, None) => PathBuf::from("callplane-data"),
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let db = dir.join("callplane.db");
+    let store = Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let secret = callplane_api::generate_key();
+    let mut key = callplane_store::ApiKey {
+        // A readable default that does not collide: the realm and a short random tag.
+        name: name.unwrap_or_else(|| format!("{realm}-{}", &secret[3..11])),
+        realm,
+        tenant,
+        reseller,
+        sip_user,
+        created: None,
+    };
+    let errors = callplane_api::resolve_api_key(&store, &mut key, "apikey")?;
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        bail!("{} error(s):\n{}", errors.len(), list.join("\n"));
+    }
+    let stored = store
+        .create_api_key(&key, &callplane_api::hash_key(&secret))
+        .map_err(|e| anyhow::anyhow!("cannot store the key: {e}"))?;
+    eprintln!(
+        "created API key {:?} (realm {}); it is shown only now:",
+        stored.name, stored.realm
+    );
+    println!("{secret}");
+    Ok(())
+}
+
+/// Upserts the config file's API keys (by name), after the provisioning they may refer to.
+fn apply_api_keys(store: &Store, cfg: &Config) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for (i, k) in cfg.api_keys.iter().enumerate() {
+        let mut key = k.key.clone();
+        let errors = callplane_api::resolve_api_key(store, &mut key, &format!("apiKeys[{i}]"))?;
+        if !errors.is_empty() {
+            problems.extend(errors.iter().map(|e| format!("  {e}")));
+            continue;
+        }
+        store
+            .upsert_api_key(&key, &k.key_sha256)
+            .map_err(|e| anyhow::anyhow!("apiKeys[{i}] ({}): {e}", key.name))?;
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{} API key error(s):\n{}",
+            problems.len(),
+            problems.join("\n")
+        );
+    }
+    if !cfg.api_keys.is_empty() {
+        info!(
+            count = cfg.api_keys.len(),
+            "API keys from the config file applied"
+        );
+    }
+    Ok(())
 }
 
 /// The registrar and INVITE policy's view of the store.
@@ -119,6 +219,15 @@ impl SipDirectory for Directory {
     }
 }
 
+/// The kernel's host name, for the ask-URL `server` field.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "callplane".into())
+}
+
 struct Metrics {
     engine: Engine,
     sip: SipServer,
@@ -126,6 +235,10 @@ struct Metrics {
 }
 
 impl callplane_api::MetricsSource for Metrics {
+    fn render_labelled(&self, out: &mut String) {
+        self.engine.render_webhook_metrics(out);
+    }
+
     fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
         let m = self.media.totals();
         vec![
@@ -212,6 +325,7 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
     store
         .apply_provisioning(&cfg.provisioning)
         .map_err(|e| anyhow::anyhow!("cannot store the configuration: {e}"))?;
+    apply_api_keys(&store, &cfg)?;
     let cdrs = CdrWriter::spawn(store.clone());
 
     // Optional system parts: say once, clearly, what is missing and what fails over.
@@ -266,12 +380,20 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
                 tts_cache_dir: s.data_dir.join("tts-cache"),
                 espeak,
             },
+            webhooks: callplane_engine::webhook::WebhookConfig {
+                max_per_host: s.webhook_max_per_host.max(1),
+                ..Default::default()
+            },
+            max_call_control_loops: s.call_control_max_loops,
+            ask_url_ring_seconds: s.ask_url_ring_timeout,
+            node_name: s.node_name.clone().unwrap_or_else(host_name),
         },
         store.clone(),
         cdrs.clone(),
         sip.clone(),
         media.clone(),
-    );
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the webhook client: {e}"))?;
     let runner = engine.clone();
     tokio::spawn(async move { runner.run(calls).await });
 
@@ -282,7 +404,12 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
             sip: sip.clone(),
             media: media.clone(),
         });
-        let (local, server) = callplane_api::bind(addr, source)
+        let api = callplane_api::ApiState::new(
+            store.clone(),
+            s.data_dir.clone(),
+            Arc::new(engine.clone()),
+        );
+        let (local, server) = callplane_api::bind(addr, source, api)
             .await
             .with_context(|| format!("cannot bind HTTP on {addr}"))?;
         http_addr = Some(local);

@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::{Announcement, FieldError, Number, Provisioning, RoutingPlan, SipUser, Tenant, Trunk};
+use super::{
+    Announcement, ApiKey, ApiRealm, FieldError, Number, Provisioning, RoutingPlan, SipUser, Tenant,
+    Trunk,
+};
 
 /// Collects errors for one object.
 struct Errors<'a> {
@@ -143,6 +146,7 @@ impl Validate for Tenant {
         }
         e.opt_name("defaultTrunk", &self.default_trunk);
         e.url("callstateInfoUrl", &self.callstate_info_url);
+        e.opt_name("reseller", &self.reseller);
         e.list
     }
 }
@@ -248,6 +252,57 @@ impl Validate for Announcement {
         e.name("name", &self.name);
         if self.file.trim().is_empty() {
             e.push("file", "must not be empty");
+        }
+        e.list
+    }
+}
+
+impl Validate for ApiKey {
+    /// `api key ops`.
+    fn label(&self) -> String {
+        label("api key", &self.name)
+    }
+
+    /// The name, and exactly the scope fields the realm uses: `reseller` for a reseller key,
+    /// `tenant` for a customer key, `sipUser` for an account key (whose `tenant` may be given
+    /// too; it is the SIP user's). Whether they exist is checked against the database.
+    fn validate_as(&self, object: &str) -> Vec<FieldError> {
+        let mut e = Errors::new(object);
+        e.name("name", &self.name);
+        e.opt_name("tenant", &self.tenant);
+        e.opt_name("reseller", &self.reseller);
+        e.opt_name("sipUser", &self.sip_user);
+        let realm = self.realm;
+        let required = |e: &mut Errors, field: &str, value: &Option<String>| {
+            if value.is_none() {
+                e.push(field, format!("is required for realm {realm}"));
+            }
+        };
+        let forbidden = |e: &mut Errors, field: &str, value: &Option<String>| {
+            if value.is_some() {
+                e.push(field, format!("must not be set for realm {realm}"));
+            }
+        };
+        match realm {
+            ApiRealm::Admin => {
+                forbidden(&mut e, "tenant", &self.tenant);
+                forbidden(&mut e, "reseller", &self.reseller);
+                forbidden(&mut e, "sipUser", &self.sip_user);
+            }
+            ApiRealm::Reseller => {
+                required(&mut e, "reseller", &self.reseller);
+                forbidden(&mut e, "tenant", &self.tenant);
+                forbidden(&mut e, "sipUser", &self.sip_user);
+            }
+            ApiRealm::Customer => {
+                required(&mut e, "tenant", &self.tenant);
+                forbidden(&mut e, "reseller", &self.reseller);
+                forbidden(&mut e, "sipUser", &self.sip_user);
+            }
+            ApiRealm::Account => {
+                required(&mut e, "sipUser", &self.sip_user);
+                forbidden(&mut e, "reseller", &self.reseller);
+            }
         }
         e.list
     }

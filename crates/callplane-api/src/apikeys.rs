@@ -1,0 +1,143 @@
+//! `/v1/apikeys`: keys create keys of their own realm or below, inside their own scope. The
+//! secret is generated here, returned once in the 201 answer, and only its hash is stored.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use callplane_store::model::Validate;
+use callplane_store::{ApiKey, ApiRealm};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::auth::{generate_key, hash_key, resolve_api_key, Caller};
+use crate::body::{decode, object, JsonBody};
+use crate::error::ApiError;
+use crate::resources::{created, location, P};
+use crate::ApiState;
+
+/// The answer to a create: the key's fields and, this once, its secret.
+#[derive(Serialize)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// The secret for `Authorization: Bearer`; not retrievable later.
+    #[serde(rename = "key")]
+    pub secret: String,
+}
+
+pub async fn list(
+    State(st): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<ApiKey>>, ApiError> {
+    caller.require(ApiRealm::Customer, "manage API keys")?;
+    let mut out = Vec::new();
+    for k in st.store.list_api_keys()? {
+        if caller.covers_key(&st.store, &k)? {
+            out.push(k);
+        }
+    }
+    Ok(Json(out))
+}
+
+pub async fn create(
+    State(st): State<ApiState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    caller.require(ApiRealm::Customer, "manage API keys")?;
+    let mut body = object(body)?;
+    // `created` is the store's to set.
+    body.remove("created");
+    let mut key: ApiKey = decode(Value::Object(body))?;
+    if key.realm > caller.realm() {
+        return Err(ApiError::forbidden(format!(
+            "a key of realm {} may not create keys of realm {}",
+            caller.realm(),
+            key.realm
+        ))
+        .with_field("realm"));
+    }
+    let object = key.label();
+    let errors = resolve_api_key(&st.store, &mut key, &object)?;
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    // Inside the caller's scope. A tenant or SIP user outside it reads as absent, with the
+    // same message as one that does not exist.
+    if !caller.covers_key(&st.store, &key)? {
+        let err = match key.realm {
+            ApiRealm::Reseller => ApiError::forbidden(format!(
+                "a reseller key may only create keys of reseller {:?}",
+                caller.0.reseller.as_deref().unwrap_or_default()
+            ))
+            .with_field("reseller"),
+            ApiRealm::Account => ApiError::invalid_field(
+                &object,
+                "sipUser",
+                format!(
+                    "SIP user \"{}\" not found",
+                    key.sip_user.as_deref().unwrap_or_default()
+                ),
+            ),
+            _ => ApiError::invalid_field(
+                &object,
+                "tenant",
+                format!(
+                    "tenant \"{}\" not found",
+                    key.tenant.as_deref().unwrap_or_default()
+                ),
+            ),
+        };
+        return Err(err);
+    }
+    let secret = generate_key();
+    let stored = st
+        .store
+        .create_api_key(&key, &hash_key(&secret))
+        .map_err(|e| match e {
+            callplane_store::StoreError::Exists { object } => {
+                ApiError::conflict(format!("{object} already exists")).with_field("name")
+            }
+            e => e.into(),
+        })?;
+    tracing::info!(name = %stored.name, realm = %stored.realm, "API key created");
+    let loc = location(&["apikeys", &stored.name]);
+    Ok(created(
+        loc,
+        CreatedKey {
+            key: stored,
+            secret,
+        },
+    ))
+}
+
+pub async fn get_one(
+    State(st): State<ApiState>,
+    caller: Caller,
+    P(name): P<String>,
+) -> Result<Json<ApiKey>, ApiError> {
+    caller.require(ApiRealm::Customer, "manage API keys")?;
+    match st.store.get_api_key(&name)? {
+        Some(k) if caller.covers_key(&st.store, &k)? => Ok(Json(k)),
+        _ => Err(ApiError::not_found(format!("API key \"{name}\" not found"))),
+    }
+}
+
+pub async fn delete(
+    State(st): State<ApiState>,
+    caller: Caller,
+    P(name): P<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(ApiRealm::Customer, "manage API keys")?;
+    let not_found = || ApiError::not_found(format!("API key \"{name}\" not found"));
+    let key = st.store.get_api_key(&name)?.ok_or_else(not_found)?;
+    if !caller.covers_key(&st.store, &key)? {
+        return Err(not_found());
+    }
+    if !st.store.delete_api_key(&name)? {
+        return Err(not_found());
+    }
+    tracing::info!(name = %name, "API key deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,206 @@
+//! The one error shape of the API, `{"error":{"code","message","field"?,"errors"?}}`, and the
+//! mapping of store errors and axum's own rejections onto it.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use callplane_store::{FieldError, StoreError};
+use serde::Serialize;
+
+/// An error answered to the client. Client errors carry a stable `code` and, where one field is
+/// to blame, its name as the client spelled it (`blocks[0].maxDigits`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+    /// Every problem, for `validation_failed`.
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Names the field at fault.
+    pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// 400 `invalid_json`: the body is not JSON, or not the object's shape.
+    pub fn invalid_json(message: impl Into<String>, field: Option<String>) -> ApiError {
+        ApiError {
+            field,
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+        }
+    }
+
+    /// 400 `validation_failed`, naming the first error's field and listing all of them.
+    pub fn validation(errors: Vec<FieldError>) -> ApiError {
+        let (message, field) = match errors.first() {
+            Some(first) if errors.len() == 1 => (first.message.clone(), Some(first.field.clone())),
+            Some(first) => (
+                format!("{} (and {} more error(s))", first.message, errors.len() - 1),
+                Some(first.field.clone()),
+            ),
+            None => ("invalid request".to_string(), None),
+        };
+        ApiError {
+            field,
+            errors,
+            ..ApiError::new(StatusCode::BAD_REQUEST, "validation_failed", message)
+        }
+    }
+
+    /// 400 `validation_failed` for one field of one object.
+    pub fn invalid_field(object: &str, field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::validation(vec![FieldError {
+            object: object.to_string(),
+            field: field.to_string(),
+            message: message.into(),
+        }])
+    }
+
+    /// 401: no key, or one we do not know. Answered with `WWW-Authenticate: Bearer`.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403: the key's realm may never do this.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404: absent, or outside the key's scope (the two are not told apart).
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 409: the request contradicts what is stored (exists already, still referenced).
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn payload_too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .with_field("body")
+    }
+
+    pub fn unsupported_media_type(expected: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type must be {expected}"),
+        )
+    }
+
+    /// 500 without details for the client; the cause goes to the log.
+    pub fn internal(context: &str, cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(error = %cause, "{context}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; see the server log",
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Invalid(errors) => ApiError::validation(errors),
+            StoreError::Exists { object } => ApiError::conflict(format!("{object} already exists")),
+            e if e.is_constraint_violation() => {
+                // Normally caught by the handlers' own checks first, with a better message.
+                ApiError::conflict(format!("refused by a database constraint: {e}"))
+            }
+            e if e.is_busy() => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the database is busy; retry",
+            ),
+            e => ApiError::internal("store error", &e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+                errors: &self.errors,
+            },
+        };
+        let mut res = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// Axum's path rejections (bad percent-encoding, a segment of the wrong type) in our shape.
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(r: axum::extract::rejection::PathRejection) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text())
+    }
+}
+
+/// Axum's body rejections: a body over the route's limit is 413, anything else 400.
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(r: axum::extract::rejection::BytesRejection) -> ApiError {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                r.body_text(),
+            )
+            .with_field("body")
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", r.body_text()).with_field("body")
+        }
+    }
+}
+
+/// Axum's JSON extractor rejections, for any handler that uses `axum::Json` directly.
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> ApiError {
+        use axum::extract::rejection::JsonRejection as J;
+        match r {
+            J::MissingJsonContentType(_) => ApiError::unsupported_media_type("application/json"),
+            J::BytesRejection(b) => b.into(),
+            other => ApiError::invalid_json(other.body_text(), None),
+        }
+    }
+}
