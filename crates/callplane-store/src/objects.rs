@@ -10,9 +10,8 @@ use crate::model::{
 };
 use crate::store::{
     announcement_from_row, number_from_row, plan_from_row, sip_user_from_row, tenant_from_row,
-    trunk_from_row, upsert_announcement, upsert_number, upsert_routing_plan, upsert_sip_user,
-    upsert_tenant, upsert_trunk, with_addresses, ANNOUNCEMENT_COLS, NUMBER_COLS, PLAN_COLS,
-    SIP_USER_COLS, TENANT_COLS, TRUNK_COLS,
+    trunk_from_row, with_addresses, ANNOUNCEMENT_COLS, NUMBER_COLS, PLAN_COLS, SIP_USER_COLS,
+    TENANT_COLS, TRUNK_COLS,
 };
 use crate::Store;
 
@@ -104,34 +103,8 @@ impl Store {
     /// Inserts every object of `p` in one transaction, failing with [`StoreError::Exists`]
     /// (and writing nothing) when any of them is already stored under its natural key.
     pub fn create_provisioning(&self, p: &Provisioning) -> Result<(), StoreError> {
-        let errors = p.validate_fields();
-        if !errors.is_empty() {
-            return Err(StoreError::Invalid(errors));
-        }
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Checked inside the write transaction, so two racing creates cannot both succeed.
-        refuse_existing(&tx, p)?;
-        for t in &p.tenants {
-            upsert_tenant(&tx, t)?;
-        }
-        for t in &p.trunks {
-            upsert_trunk(&tx, t)?;
-        }
-        for r in &p.routing_plans {
-            upsert_routing_plan(&tx, r)?;
-        }
-        for a in &p.announcements {
-            upsert_announcement(&tx, a)?;
-        }
-        for u in &p.sip_users {
-            upsert_sip_user(&tx, u)?;
-        }
-        for n in &p.numbers {
-            upsert_number(&tx, n)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.write_provisioning(p, |tx| refuse_existing(tx, p))
     }
 
     /// A number without its tenant (see [`Store::find_number`] for call routing).

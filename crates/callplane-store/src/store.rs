@@ -77,12 +77,23 @@ impl Store {
     /// [`Provisioning::validate`] beforehand for readable errors about them). Objects in the
     /// database but absent from `p` are left alone.
     pub fn apply_provisioning(&self, p: &Provisioning) -> Result<(), StoreError> {
+        self.write_provisioning(p, |_| Ok(()))
+    }
+
+    /// Validates `p`'s fields, then in one write transaction runs `precheck` and upserts
+    /// every object of `p`.
+    pub(crate) fn write_provisioning(
+        &self,
+        p: &Provisioning,
+        precheck: impl FnOnce(&Connection) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let errors = p.validate_fields();
         if !errors.is_empty() {
             return Err(StoreError::Invalid(errors));
         }
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        precheck(&tx)?;
         // Owners before the objects that reference them; the tenant -> default trunk
         // reference is deferred to commit.
         for t in &p.tenants {
