@@ -278,27 +278,8 @@ fn timeouts_and_errors_go_to_the_timeout_destination() {
     // 810: hangs → plan night (486); 811: 503 → night (486); 812: `\n` answer naming plan
     // night (486); 813: hangs → hang up (NORMAL_CLEARING before answer: 480).
     for (number, expected) in [("810", 486), ("811", 486), ("812", 486), ("813", 480)] {
-        let rtp = RtpPeer::new();
-        let caller = Sipp::uac("uac_expect_status.xml", server.sip_addr())
-            .service(number)
-            .set("rtp_port", rtp.port())
-            .run();
-        caller.assert_success(&server.log_tail());
-        let sent = caller
-            .sent()
-            .find(|m| m.method() == Some("INVITE"))
-            .and_then(|m| m.time)
-            .expect("INVITE time");
-        let finals = caller.final_responses("INVITE");
-        let fin = finals.first().expect("final response");
-        assert_eq!(
-            fin.status(),
-            Some(expected),
-            "number {number}\n{}\n{}",
-            caller.report(),
-            server.log_tail()
-        );
-        let waited = fin.time.expect("time") - sent;
+        let (status, waited) = call_refused(&server, number);
+        assert_eq!(status, expected, "number {number}\n{}", server.log_tail());
         assert!(
             waited < 1.5,
             "number {number}: routed after {waited:.3} s; the timeout is 1 s (DNS included)"

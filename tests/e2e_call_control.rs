@@ -299,27 +299,13 @@ fn broken_webhooks_land_on_the_fallback_within_the_timeout() {
         ("604", 486),
         ("605", 603),
     ] {
-        let rtp = RtpPeer::new();
-        let caller = Sipp::uac("uac_expect_status.xml", server.sip_addr())
-            .service(number)
-            .set("rtp_port", rtp.port())
-            .run();
-        caller.assert_success(&server.log_tail());
-        let invite = caller
-            .sent()
-            .find(|m| m.method() == Some("INVITE"))
-            .and_then(|m| m.time)
-            .expect("INVITE sent");
-        let finals = caller.final_responses("INVITE");
-        let last = finals.first().expect("a final response");
+        let (status, waited) = call_refused(&server, number);
         assert_eq!(
-            last.status(),
-            Some(expected),
-            "number {number}: the webhook failure should lead to {expected}\n{}\n{}",
-            caller.report(),
+            status,
+            expected,
+            "number {number}: the webhook failure should lead to {expected}\n{}",
             server.log_tail()
         );
-        let waited = last.time.expect("timestamp") - invite;
         assert!(
             waited < (timeout_ms as f64 / 1000.0) + 0.5,
             "number {number}: the caller waited {waited:.3} s for a decision; the timeout is {timeout_ms} ms"

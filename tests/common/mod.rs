@@ -1779,6 +1779,26 @@ pub fn first_packet_after(packets: &[RtpPacket], t: Instant) -> usize {
         .unwrap_or(packets.len())
 }
 
+/// Calls `number` with `uac_expect_status.xml` (the server must refuse it) and returns the final
+/// status and the seconds from our INVITE to it.
+pub fn call_refused(server: &Server, number: &str) -> (u16, f64) {
+    let rtp = RtpPeer::new();
+    let caller = Sipp::uac("uac_expect_status.xml", server.sip_addr())
+        .service(number)
+        .set("rtp_port", rtp.port())
+        .run();
+    caller.assert_success(&server.log_tail());
+    let invite = caller
+        .sent()
+        .find(|m| m.method() == Some("INVITE"))
+        .and_then(|m| m.time)
+        .expect("INVITE sent");
+    let finals = caller.final_responses("INVITE");
+    let last = finals.first().expect("a final response");
+    let status = last.status().expect("a status line");
+    (status, last.time.expect("timestamp") - invite)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Provisioning helpers
 // ---------------------------------------------------------------------------------------------

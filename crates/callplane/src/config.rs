@@ -302,8 +302,18 @@ impl Config {
                 });
             }
         };
-        range("callControlMaxLoops", s.call_control_max_loops.into(), 1, 100_000);
-        range("webhookMaxPerHost", s.webhook_max_per_host as u64, 1, 100_000);
+        range(
+            "callControlMaxLoops",
+            s.call_control_max_loops.into(),
+            1,
+            100_000,
+        );
+        range(
+            "webhookMaxPerHost",
+            s.webhook_max_per_host as u64,
+            1,
+            100_000,
+        );
         range("askUrlRingTimeout", s.ask_url_ring_timeout.into(), 1, 600);
         if s.sip_udp.is_none() && s.sip_tcp.is_none() {
             errors.push(FieldError {
