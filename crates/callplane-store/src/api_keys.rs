@@ -66,42 +66,38 @@ impl Store {
     /// Stores a new key; [`StoreError::Exists`] when the name is taken. Returns the row as
     /// stored (with `created`). The tenant and SIP user must exist (database references).
     pub fn create_api_key(&self, key: &ApiKey, key_sha256: &str) -> Result<ApiKey, StoreError> {
-        check(key, key_sha256)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        if load(&tx, &key.name)?.is_some() {
-            return Err(StoreError::Exists {
-                object: key.label(),
-            });
-        }
-        tx.prepare_cached(&format!(
-            "INSERT INTO api_keys (key_sha256, {API_KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-        ))?
-        .execute(params![
-            key_sha256,
-            key.name,
-            key.realm.as_str(),
-            key.tenant,
-            key.reseller,
-            key.sip_user,
-            time_text(&Utc::now())
-        ])?;
-        let stored = load(&tx, &key.name)?;
-        tx.commit()?;
-        stored.ok_or_else(|| StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+        self.write_api_key(key, key_sha256, false)
     }
 
     /// Inserts or replaces (by name) a key, keeping the original `created` time; used for
     /// keys declared in the config file, applied at every start.
     pub fn upsert_api_key(&self, key: &ApiKey, key_sha256: &str) -> Result<ApiKey, StoreError> {
+        self.write_api_key(key, key_sha256, true)
+    }
+
+    fn write_api_key(
+        &self,
+        key: &ApiKey,
+        key_sha256: &str,
+        replace: bool,
+    ) -> Result<ApiKey, StoreError> {
         check(key, key_sha256)?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.prepare_cached(&format!(
-            "INSERT INTO api_keys (key_sha256, {API_KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-             ON CONFLICT (name) DO UPDATE SET key_sha256 = excluded.key_sha256, \
+        if !replace && load(&tx, &key.name)?.is_some() {
+            return Err(StoreError::Exists {
+                object: key.label(),
+            });
+        }
+        let on_conflict = if replace {
+            " ON CONFLICT (name) DO UPDATE SET key_sha256 = excluded.key_sha256, \
              realm = excluded.realm, tenant = excluded.tenant, reseller = excluded.reseller, \
              sip_user = excluded.sip_user"
+        } else {
+            ""
+        };
+        tx.prepare_cached(&format!(
+            "INSERT INTO api_keys (key_sha256, {API_KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7){on_conflict}"
         ))?
         .execute(params![
             key_sha256,
