@@ -111,7 +111,7 @@ promptsDir = "{ROOT}/prompts"
         out = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):
-                k, v = line.split()
+                k, v = line.rsplit(" ", 1)
                 out[k] = float(v)
         return out
 
@@ -150,18 +150,263 @@ def percentile(values, p):
     return v[k]
 
 
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def machine():
-    return {"cpus": os.cpu_count(), "machine": platform.machine(), "kernel": platform.release()}
+    return {"cpus": os.cpu_count(), "model": cpu_model(), "machine": platform.machine(),
+            "kernel": platform.release()}
 
 
-def report(name, rows, data):
+def machine_row():
+    """The table row naming the machine."""
+    return ("machine", f"{os.cpu_count()} cores ({cpu_model()}), Linux {platform.release()}")
+
+
+def report(name, rows, data, stamp=False):
+    """Prints the table and writes the JSON to bench/results/NAME.json, or with `stamp` to
+    bench/results/NAME-YYYYmmdd-HHMMSS.json so that runs are kept side by side."""
     os.makedirs(RESULTS, exist_ok=True)
     width = max(len(r[0]) for r in rows)
     print(f"\n{name}")
     for k, v in rows:
         print(f"  {k.ljust(width)}  {v}")
     data = dict(data, benchmark=name, machine=machine(), time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    path = os.path.join(RESULTS, name + ".json")
+    fname = name + (time.strftime("-%Y%m%d-%H%M%S") if stamp else "") + ".json"
+    path = os.path.join(RESULTS, fname)
     with open(path, "w") as f:
         json.dump(data, f, indent=2)
     print(f"  (written to {os.path.relpath(path, ROOT)})")
+
+
+# ----- CALL_CONTROL benchmarks: webhookd, SIPp call-setup runs, webhook metrics --------------
+
+WEBHOOKD = os.path.join(ROOT, "target", "release", "webhookd")
+
+
+def build_package(package):
+    subprocess.run(["cargo", "build", "--release", "-p", package], cwd=ROOT, check=True)
+
+
+def proc_cpu_seconds(pid):
+    """utime+stime of a whole process, seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy():
+    """(busy, total) jiffies of all cores from /proc/stat; two readings give how busy the whole
+    machine was (the benchmark and everything else running on it)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]  # user .. steal (guest is inside user)
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return sum(v) - idle, sum(v)
+
+
+def busy_pct(before, after):
+    db, dt = after[0] - before[0], after[1] - before[1]
+    return 100.0 * db / dt if dt else float("nan")
+
+
+class Webhookd:
+    """bench/webhookd, the customer's Call Control server, on a free loopback port."""
+
+    def __init__(self, mode, work, announcement=None):
+        args = [WEBHOOKD, "--listen", "127.0.0.1:0", "--mode", mode]
+        if announcement:
+            args += ["--announcement", announcement]
+        self.out_path = os.path.join(work, f"webhookd-{mode}.out")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.out_path + ".err", "w"),
+                                     text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"webhookd did not start: {line!r} "
+                               + open(self.out_path + ".err").read())
+        self.addr = line.split()[-1]
+        self.url = f"http://{self.addr}/cc"
+
+    def stats(self):
+        import urllib.request
+        return json.loads(urllib.request.urlopen(f"http://{self.addr}/stats", timeout=5).read())
+
+    def cpu_seconds(self):
+        return proc_cpu_seconds(self.proc.pid)
+
+    def stop(self):
+        """SIGTERM; returns webhookd's own summary."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            out = self.proc.communicate(timeout=10)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out = self.proc.communicate()[0]
+        with open(self.out_path, "w") as f:
+            f.write(out)
+        return out.strip()
+
+
+def run_sipp_setup(work, server, service, rate, calls, timeout_s, limit=None):
+    """bench/sipp/uac_setup.xml against `server` at `rate` calls/s for `calls` calls to number
+    `service`, in its own directory under `work`. Returns successful / failed calls,
+    retransmissions, SIPp's exit code and the wall time; `sipp` (the process result) and `dir`
+    for diagnosis; and INVITE->200 samples (ms) twice:
+
+      setup_ms  from SIPp's message trace (-trace_shortmsg), whose timestamps are taken with
+                microseconds when SIPp sends the first INVITE and reads the 200
+      rtts      SIPp's response-time trace (rtd "setup", as call_setup.py), which counts on a
+                coarse clock: whole milliseconds, in steps of the kernel tick (4 ms here)"""
+    import glob
+    d = tempfile.mkdtemp(prefix=f"sipp-{service}-", dir=work)
+    scenario = os.path.join(ROOT, "bench", "sipp", "uac_setup.xml")
+    t0 = time.time()
+    sipp = subprocess.run(
+        ["sipp", "-sf", scenario, "-s", str(service), f"127.0.0.1:{server.sip_port}", "-i", "127.0.0.1",
+         "-p", str(free_port()), "-mp", str(free_port()),
+         "-r", str(rate), "-rp", "1000", "-m", str(calls), "-l", str(limit or rate * 10),
+         "-max_socket", "10000", "-trace_rtt", "-rtt_freq", "100", "-trace_stat", "-fd", "1",
+         "-trace_shortmsg", "-trace_err", "-nostdin", "-timeout", f"{int(timeout_s)}s"],
+        cwd=d, capture_output=True, text=True)
+    elapsed = time.time() - t0
+    out = {"successful": None, "failed": None, "retransmissions": None, "rtts": [], "setup_ms": [],
+           "exit": sipp.returncode, "elapsed_s": elapsed, "sipp": sipp, "dir": d}
+    stat_files = glob.glob(os.path.join(d, "*_.csv"))
+    if stat_files:
+        lines = open(stat_files[0]).read().strip().splitlines()
+        col = {h: i for i, h in enumerate(lines[0].split(";"))}
+        last = lines[-1].split(";")
+        out["successful"] = int(last[col["SuccessfulCall(C)"]])
+        out["failed"] = int(last[col["FailedCall(C)"]])
+        if "Retransmissions(C)" in col:
+            out["retransmissions"] = int(last[col["Retransmissions(C)"]])
+    for f in glob.glob(os.path.join(d, "*_rtt.csv")):
+        for line in open(f).read().splitlines()[1:]:
+            parts = line.split(";")
+            if len(parts) >= 2:
+                try:
+                    out["rtts"].append(float(parts[1]))
+                except ValueError:
+                    pass
+    for f in glob.glob(os.path.join(d, "*_shortmessages.log")):
+        out["setup_ms"] = invite_to_200_from_shortmsg(f)
+    return out
+
+
+def invite_to_200_from_shortmsg(path):
+    """INVITE->200 per call (ms) from a SIPp -trace_shortmsg log: tab-separated date, time,
+    epoch seconds with microseconds, S(ent)/R(eceived), Call-ID, CSeq, first line. From the first
+    INVITE sent (not its retransmissions) to the first 200 received for it."""
+    sent, out = {}, []
+    with open(path, errors="replace") as f:
+        for line in f:
+            p = line.rstrip("\n").split("\t")
+            if len(p) < 7 or not p[5].endswith(" INVITE"):
+                continue
+            if p[3] == "S" and p[6].startswith("INVITE ") and p[4] not in sent:
+                sent[p[4]] = float(p[2])
+            elif p[3] == "R" and p[6].startswith("SIP/2.0 200") and p[4] in sent:
+                out.append(1000 * (float(p[2]) - sent.pop(p[4])))
+    return out
+
+
+def sipp_failure_details(run):
+    """SIPp's output tail and error log, for a run that did not exit 0."""
+    import glob
+    text = run["sipp"].stdout[-3000:] + run["sipp"].stderr[-3000:]
+    errs = glob.glob(os.path.join(run["dir"], "*_errors.log"))
+    if errs:
+        text += open(errs[0]).read()[-3000:]
+    return text
+
+
+def rtt_summary(rtts):
+    """p50 / p99 / max of INVITE->200 samples (ms), and their resolution when it is coarse:
+    SIPp's response-time trace counts whole milliseconds of a clock that moves in kernel ticks,
+    which shows as samples that are all multiples of one step."""
+    step = None
+    if rtts and all(float(r).is_integer() for r in rtts):
+        step = 0
+        for r in rtts:
+            step = math.gcd(step, int(r))
+        step = float(step or 1)
+    return {"p50": percentile(rtts, 50), "p99": percentile(rtts, 99),
+            "max": max(rtts) if rtts else None, "samples": len(rtts),
+            "resolution_ms": step}
+
+
+def fmt_rtt(s):
+    mx = s["max"] if s["max"] is not None else float("nan")
+    return f"{s['p50']:.2f} / {s['p99']:.2f} / {mx:.2f} ms ({s['samples']} samples)"
+
+
+_LABELS = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def webhook_series(metrics, kind):
+    """Callplane's webhook counters for one `kind` (e.g. "call_control"), summed over tenants:
+    {"outcomes": {outcome: n}, "buckets": [(le seconds, cumulative n)], "count": n, "sum": s}."""
+    outcomes, buckets, count, total = {}, {}, 0, 0.0
+    for key, value in metrics.items():
+        name, _, rest = key.partition("{")
+        labels = dict(_LABELS.findall(rest))
+        if labels.get("kind") != kind:
+            continue
+        if name == "callplane_webhook_requests_total":
+            outcomes[labels["outcome"]] = outcomes.get(labels["outcome"], 0) + int(value)
+        elif name == "callplane_webhook_duration_seconds_bucket":
+            le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+            buckets[le] = buckets.get(le, 0) + int(value)
+        elif name == "callplane_webhook_duration_seconds_count":
+            count += int(value)
+        elif name == "callplane_webhook_duration_seconds_sum":
+            total += value
+    return {"outcomes": outcomes, "buckets": sorted(buckets.items()), "count": count, "sum": total}
+
+
+def histogram_quantile(buckets, q):
+    """Prometheus-style estimate of quantile q (0..1) from cumulative (le, n) buckets: linear
+    inside the bucket where it falls, so it is only as fine as the buckets around it. Returns
+    (estimate, lower bound, upper bound) in seconds."""
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan"), float("nan"), float("nan")
+    rank = q * buckets[-1][1]
+    prev_le, prev_n = 0.0, 0
+    for le, n in buckets:
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le, prev_le, le
+            if n == prev_n:
+                return le, prev_le, le
+            return prev_le + (le - prev_le) * (rank - prev_n) / (n - prev_n), prev_le, le
+        prev_le, prev_n = le, n
+    return prev_le, prev_le, float("inf")
+
+
+def webhook_latency(series):
+    """Mean (exact, from sum/count) and bucket-estimated p50 / p99 of the webhook round trip
+    as Callplane measures it, milliseconds."""
+    out = {"count": series["count"],
+           "mean_ms": 1000 * series["sum"] / series["count"] if series["count"] else float("nan")}
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        est, lo, hi = histogram_quantile(series["buckets"], q)
+        out[name + "_ms"] = 1000 * est
+        out[name + "_bucket_ms"] = [1000 * lo, 1000 * hi]
+    return out
+
+
+def fmt_webhook_latency(w):
+    if not w["count"]:
+        return "no requests"
+    return (f"mean {w['mean_ms']:.3f} ms; p50 ~{w['p50_ms']:.2f} ms (bucket {w['p50_bucket_ms'][0]:g}-"
+            f"{w['p50_bucket_ms'][1]:g}), p99 ~{w['p99_ms']:.2f} ms (bucket {w['p99_bucket_ms'][0]:g}-"
+            f"{w['p99_bucket_ms'][1]:g}) over {w['count']} requests")
+
+
+def fmt_outcomes(outcomes):
+    return ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items(), key=lambda kv: -kv[1]) if v) or "none"
