@@ -111,6 +111,9 @@ impl LegRecord {
     }
 }
 
+/// Turns a judged webhook answer into the flow input that reports it.
+type Reply<T> = Box<dyn FnOnce(Result<T, String>) -> Input + Send>;
+
 /// How long an ASK_URL leg callback may take; its answer is ignored anyway.
 const LEG_CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -857,29 +860,44 @@ impl Call {
             serde_json::to_vec(&body).unwrap_or_default(),
             req.timeout,
         );
-        let client = self.svc.webhooks.clone();
-        let reply_to = req
+        let id = req.id;
+        let reply = req
             .validation_errors
             .is_none()
-            .then(|| self.inputs_tx.clone());
-        let id = req.id;
+            .then(|| Box::new(move |result| Input::CallControlAnswered { id, result }) as Reply<_>);
+        self.spawn_webhook(
+            wreq,
+            |body| match serde_json::from_slice::<serde_json::Value>(body) {
+                Ok(v) if v.is_object() => Ok(v),
+                Ok(_) => Err("answer is not a JSON object".into()),
+                Err(e) => Err(format!("answer is not JSON: {e}")),
+            },
+            reply,
+        );
+    }
+
+    /// Sends `wreq` in the background, judges a 2xx body with `judge`, counts the outcome,
+    /// and, with `reply`, hands the result to the flow as the input `reply` makes of it.
+    fn spawn_webhook<T: Send + 'static>(
+        &self,
+        wreq: WebhookRequest,
+        judge: fn(&[u8]) -> Result<T, String>,
+        reply: Option<Reply<T>>,
+    ) {
+        let client = self.svc.webhooks.clone();
+        let inputs = self.inputs_tx.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let result = match client.send(&wreq).await {
-                Ok(body) => match serde_json::from_slice::<serde_json::Value>(&body) {
-                    Ok(v) if v.is_object() => Ok(v),
-                    Ok(_) => Err((Outcome::InvalidAnswer, "answer is not a JSON object".into())),
-                    Err(e) => Err((Outcome::InvalidAnswer, format!("answer is not JSON: {e}"))),
-                },
+                Ok(body) => judge(&body).map_err(|why| (Outcome::InvalidAnswer, why)),
                 Err(e) => Err((e.outcome(), e.to_string())),
             };
             let outcome = result.as_ref().map_or_else(|(o, _)| *o, |_| Outcome::Ok);
             client
                 .metrics()
                 .record(&wreq.tenant, wreq.kind, outcome, started.elapsed());
-            if let Some(tx) = reply_to {
-                let result = result.map_err(|(_, why)| why);
-                let _ = tx.send(Input::CallControlAnswered { id, result });
+            if let Some(reply) = reply {
+                let _ = inputs.send(reply(result.map_err(|(_, why)| why)));
             }
         });
     }
@@ -921,25 +939,12 @@ impl Call {
             body.into_bytes(),
             req.timeout,
         );
-        let client = self.svc.webhooks.clone();
-        let tx = self.inputs_tx.clone();
         let id = req.id;
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let result = match client.send(&wreq).await {
-                Ok(body) => parse_reply(&String::from_utf8_lossy(&body))
-                    .map_err(|why| (Outcome::InvalidAnswer, why)),
-                Err(e) => Err((e.outcome(), e.to_string())),
-            };
-            let outcome = result.as_ref().map_or_else(|(o, _)| *o, |_| Outcome::Ok);
-            client
-                .metrics()
-                .record(&wreq.tenant, wreq.kind, outcome, started.elapsed());
-            let _ = tx.send(Input::AskUrlAnswered {
-                id,
-                result: result.map_err(|(_, why)| why),
-            });
-        });
+        self.spawn_webhook(
+            wreq,
+            |body| parse_reply(&String::from_utf8_lossy(body)),
+            Some(Box::new(move |result| Input::AskUrlAnswered { id, result })),
+        );
     }
 
     /// POSTs an ASK_URL leg's `answer_url` or `hangup_url`; the answer is ignored.
