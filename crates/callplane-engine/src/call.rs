@@ -948,8 +948,12 @@ impl Call {
     }
 
     /// POSTs an ASK_URL leg's `answer_url` or `hangup_url`; the answer is ignored.
-    fn post_leg_callback(&self, url: &str, extra: Vec<(&'static str, String)>) {
-        let state = if extra.is_empty() { "answer" } else { "hangup" };
+    fn post_leg_callback(
+        &self,
+        url: &str,
+        state: &'static str,
+        extra: Vec<(&'static str, String)>,
+    ) {
         let mut fields = self.ask_url_fields(state);
         fields.extend(extra);
         let body = encode_form(fields.iter().map(|(k, v)| (*k, v.as_str())));
@@ -995,6 +999,7 @@ impl Call {
         };
         self.post_leg_callback(
             &url,
+            "hangup",
             vec![
                 ("totaltime", whole_seconds(total).to_string()),
                 ("talktime", whole_seconds(talk).to_string()),
@@ -1337,7 +1342,7 @@ impl Call {
                     self.leg_ended(i, LegStatus::Cancel);
                 }
                 if let Some(url) = answer_url {
-                    self.post_leg_callback(&url, Vec::new());
+                    self.post_leg_callback(&url, "answer", Vec::new());
                 }
                 self.answer();
                 self.emit(

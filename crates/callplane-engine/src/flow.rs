@@ -185,6 +185,27 @@ struct Control {
     next_loop: u32,
 }
 
+impl Control {
+    /// This instance's next request: REQUESTING_BLOCKS, or VALIDATION_ERRORS with `errors`.
+    fn request(
+        &self,
+        id: u64,
+        validation_errors: Option<Vec<String>>,
+        variables: BTreeMap<String, String>,
+    ) -> CallControlRequest {
+        CallControlRequest {
+            id,
+            url: self.block.url.clone(),
+            access_key: self.block.access_key.clone(),
+            call_control_uuid: self.uuid.clone(),
+            loop_count: self.next_loop,
+            validation_errors,
+            variables,
+            timeout: Duration::from_millis(self.block.timeout.into()),
+        }
+    }
+}
+
 /// A block list being run: the routing plan (`control == None`, always the bottom frame) or
 /// the blocks a Call Control webhook returned.
 #[derive(Debug)]
@@ -345,7 +366,7 @@ impl CallFlow {
                 self.advance(now);
             }
             Input::CallControlAnswered { id, result } => {
-                if self.step_is(|s| matches!(s, Step::Webhook(w) if *w == id)) {
+                if matches!(self.step, Step::Webhook(w) if w == id) {
                     self.timer = None;
                     self.step = Step::Idle;
                     match result {
@@ -379,10 +400,6 @@ impl CallFlow {
             }
             Input::Interrupt => self.interrupt(now),
         }
-    }
-
-    fn step_is(&self, f: impl Fn(&Step) -> bool) -> bool {
-        f(&self.step)
     }
 
     fn next_id(&mut self) -> u64 {
@@ -428,22 +445,11 @@ impl CallFlow {
             self.call_control_failed(&why, now);
             return;
         }
-        let loop_count = control.next_loop;
+        let req = control.request(id, None, variables);
         control.next_loop += 1;
-        let timeout = Duration::from_millis(control.block.timeout.into());
-        self.actions
-            .push_back(Action::CallControl(CallControlRequest {
-                id,
-                url: control.block.url.clone(),
-                access_key: control.block.access_key.clone(),
-                call_control_uuid: control.uuid.clone(),
-                loop_count,
-                validation_errors: None,
-                variables,
-                timeout,
-            }));
-        self.timer = Some(now + timeout);
+        self.timer = Some(now + req.timeout);
         self.step = Step::Webhook(id);
+        self.actions.push_back(Action::CallControl(req));
     }
 
     fn on_call_control_answer(&mut self, body: serde_json::Value, now: Instant) {
@@ -475,19 +481,12 @@ impl CallFlow {
                         errors = errors.len(),
                         "Call Control answer has invalid blocks"
                     );
-                    self.actions
-                        .push_back(Action::CallControl(CallControlRequest {
-                            id,
-                            url: control.block.url.clone(),
-                            access_key: control.block.access_key.clone(),
-                            call_control_uuid: control.uuid.clone(),
-                            loop_count: control.next_loop,
-                            validation_errors: Some(
-                                errors.iter().map(ToString::to_string).collect(),
-                            ),
-                            variables,
-                            timeout: Duration::from_millis(control.block.timeout.into()),
-                        }));
+                    let messages = errors.iter().map(ToString::to_string).collect();
+                    self.actions.push_back(Action::CallControl(control.request(
+                        id,
+                        Some(messages),
+                        variables,
+                    )));
                 }
                 self.advance(now);
             }

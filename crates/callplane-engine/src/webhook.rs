@@ -71,8 +71,9 @@ impl Outcome {
         }
     }
 
+    /// Its slot in [`OUTCOMES`] (declared in the same order).
     fn index(self) -> usize {
-        OUTCOMES.iter().position(|o| *o == self).unwrap_or(0)
+        self as usize
     }
 }
 
@@ -416,6 +417,13 @@ mod tests {
         assert!(out.contains(
             "callplane_webhook_duration_seconds_count{tenant=\"acme\",kind=\"call_control\"} 2"
         ));
+    }
+
+    #[test]
+    fn outcomes_are_listed_in_declaration_order() {
+        for (i, o) in OUTCOMES.iter().enumerate() {
+            assert_eq!(o.index(), i, "{o:?}");
+        }
     }
 
     #[test]
