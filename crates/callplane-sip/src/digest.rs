@@ -29,6 +29,11 @@ impl Algorithm {
         }
     }
 
+    /// `H(username:realm:password)`: what a server needs to keep to verify responses.
+    pub fn ha1(self, username: &str, realm: &str, password: &str) -> String {
+        self.hash_hex(&format!("{username}:{realm}:{password}"))
+    }
+
     fn hash_hex(self, input: &str) -> String {
         match self {
             Algorithm::Md5 => hex(&Md5::digest(input.as_bytes())),
@@ -176,8 +181,13 @@ impl DigestCredentials {
 
     /// The response a client knowing `password` would send for `method`.
     pub fn expected_response(&self, method: &str, password: &str) -> String {
+        let ha1 = self.algorithm.ha1(&self.username, &self.realm, password);
+        self.expected_response_from_ha1(method, &ha1)
+    }
+
+    /// The response for `method` computed from the stored HA1 (no password needed).
+    pub fn expected_response_from_ha1(&self, method: &str, ha1: &str) -> String {
         let alg = self.algorithm;
-        let ha1 = alg.hash_hex(&format!("{}:{}:{}", self.username, self.realm, password));
         let ha2 = alg.hash_hex(&format!("{}:{}", method, self.uri));
         match (&self.qop, &self.nc, &self.cnonce) {
             (Some(qop), Some(nc), Some(cnonce)) => {
@@ -187,9 +197,15 @@ impl DigestCredentials {
         }
     }
 
-    /// Constant-time comparison of the client's response with the expected one.
+    /// Whether the client's response matches `password`.
     pub fn verify(&self, method: &str, password: &str) -> bool {
-        let expected = self.expected_response(method, password);
+        let ha1 = self.algorithm.ha1(&self.username, &self.realm, password);
+        self.verify_ha1(method, &ha1)
+    }
+
+    /// Constant-time comparison of the client's response with the one the stored HA1 gives.
+    pub fn verify_ha1(&self, method: &str, ha1: &str) -> bool {
+        let expected = self.expected_response_from_ha1(method, &ha1.to_ascii_lowercase());
         let got = self.response.to_ascii_lowercase();
         if expected.len() != got.len() {
             return false;

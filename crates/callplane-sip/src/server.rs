@@ -72,8 +72,10 @@ impl Default for SipConfig {
 /// What the SIP layer needs to know about users and trusted peers; implemented by the binary
 /// over the store, so the SIP crate never sees routing data.
 pub trait SipDirectory: Send + Sync + 'static {
-    /// The digest password of a SIP user, if the user exists.
-    fn sip_user_password(&self, username: &str) -> Option<String>;
+    /// The digest HA1 of a SIP user, `H(username:realm:password)` in lower-case hex, for the
+    /// server's realm and `algorithm`, if the user exists. The store keeps HA1 values rather
+    /// than passwords, so a copy of the database does not hand out the passwords themselves.
+    fn sip_user_ha1(&self, username: &str, algorithm: Algorithm) -> Option<String>;
     /// Whether INVITEs from this address are accepted without digest auth (trunks, trusted
     /// networks).
     fn is_trusted_source(&self, ip: IpAddr) -> bool;
@@ -733,8 +735,8 @@ impl SipServer {
         let ok = self
             .inner
             .directory
-            .sip_user_password(&creds.username)
-            .is_some_and(|pw| creds.verify(&method, &pw));
+            .sip_user_ha1(&creds.username, creds.algorithm)
+            .is_some_and(|ha1| creds.verify_ha1(&method, &ha1));
         let mut limiter = self
             .inner
             .limiter

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use callplane_engine::prompts::{find_program, PromptConfig};
 use callplane_engine::{Engine, EngineConfig};
 use callplane_media::{MediaConfig, MediaEngine};
+use callplane_sip::digest::Algorithm;
 use callplane_sip::{SipConfig, SipDirectory, SipServer};
 use callplane_store::{CdrWriter, Store};
 use config::{Config, Network};
@@ -197,15 +198,16 @@ fn apply_api_keys(store: &Store, cfg: &Config) -> anyhow::Result<()> {
 struct Directory {
     store: Store,
     trusted: Vec<Network>,
+    realm: String,
 }
 
 impl SipDirectory for Directory {
-    fn sip_user_password(&self, username: &str) -> Option<String> {
+    fn sip_user_ha1(&self, username: &str, algorithm: Algorithm) -> Option<String> {
         self.store
             .get_sip_user(username)
             .ok()
             .flatten()
-            .map(|u| u.password)
+            .map(|u| algorithm.ha1(username, &self.realm, &u.password))
     }
 
     fn is_trusted_source(&self, ip: IpAddr) -> bool {
@@ -357,6 +359,7 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
     let directory = Arc::new(Directory {
         store: store.clone(),
         trusted,
+        realm: s.realm.clone(),
     });
     let sip_cfg = SipConfig {
         udp: s.sip_udp,
