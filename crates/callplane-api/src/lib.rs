@@ -9,6 +9,7 @@ mod body;
 mod calls;
 pub mod error;
 mod resources;
+mod serve;
 pub mod validation;
 
 #[cfg(test)]
@@ -28,6 +29,7 @@ pub use auth::{generate_key, hash_key, resolve_api_key, MIN_KEY_CHARS};
 pub use body::{JSON_BODY_LIMIT, WAV_BODY_LIMIT};
 pub use calls::CallControl;
 pub use error::ApiError;
+pub use serve::{HttpLimits, HttpServer};
 
 /// Where the server reads the figures it reports.
 pub trait MetricsSource: Send + Sync + 'static {
@@ -175,17 +177,12 @@ async fn metrics(State(source): State<Shared>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-/// Binds the listener; the returned future serves until the process ends.
-pub async fn bind(
+/// Binds the listener (an address in use is an error now) and returns it with the app.
+pub fn bind(
     addr: SocketAddr,
+    limits: HttpLimits,
     source: Shared,
     api: ApiState,
-) -> std::io::Result<(
-    SocketAddr,
-    impl std::future::Future<Output = std::io::Result<()>>,
-)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let app = app(source, api);
-    Ok((local, async move { axum::serve(listener, app).await }))
+) -> std::io::Result<(HttpServer, Router)> {
+    Ok((HttpServer::bind(addr, limits)?, app(source, api)))
 }

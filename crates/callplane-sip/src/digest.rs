@@ -5,6 +5,7 @@
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 /// A digest algorithm we can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +22,7 @@ impl Algorithm {
         }
     }
 
-    fn parse(s: &str) -> Option<Algorithm> {
+    pub fn parse(s: &str) -> Option<Algorithm> {
         match s.to_ascii_uppercase().as_str() {
             "MD5" => Some(Algorithm::Md5),
             "SHA-256" => Some(Algorithm::Sha256),
@@ -219,7 +220,9 @@ impl DigestCredentials {
 }
 
 /// Issues and checks nonces without server state: `<unix secs hex>.<mac>` where the mac binds the
-/// timestamp to a per-process secret, so a forged or stale nonce is recognised.
+/// timestamp and the client's address to a per-process secret, so a forged or stale nonce is
+/// recognised, and a nonce (with the credentials computed from it) is worth nothing from any
+/// other address than the one it was issued to.
 #[derive(Clone)]
 pub struct NonceIssuer {
     secret: [u8; 32],
@@ -243,32 +246,128 @@ impl NonceIssuer {
         }
     }
 
-    fn mac(&self, ts: u64) -> String {
+    fn mac(&self, ts: u64, client: IpAddr) -> String {
         let mut h = Sha256::new();
         h.update(self.secret);
         h.update(ts.to_be_bytes());
+        match client {
+            IpAddr::V4(a) => h.update(a.octets()),
+            IpAddr::V6(a) => h.update(a.octets()),
+        }
         let d = h.finalize();
         hex(d.get(..12).unwrap_or(&[]))
     }
 
-    pub fn issue(&self, now_unix: u64) -> String {
-        format!("{:x}.{}", now_unix, self.mac(now_unix))
+    pub fn issue(&self, now_unix: u64, client: IpAddr) -> String {
+        format!("{:x}.{}", now_unix, self.mac(now_unix, client))
     }
 
-    pub fn check(&self, nonce: &str, now_unix: u64) -> NonceStatus {
+    pub fn lifetime_secs(&self) -> u64 {
+        self.lifetime_secs
+    }
+
+    /// Whether `nonce` was issued by us to `client`, and is still fresh.
+    pub fn check(&self, nonce: &str, now_unix: u64, client: IpAddr) -> NonceStatus {
         let Some((ts_hex, mac)) = nonce.split_once('.') else {
             return NonceStatus::Invalid;
         };
         let Ok(ts) = u64::from_str_radix(ts_hex, 16) else {
             return NonceStatus::Invalid;
         };
-        if self.mac(ts) != mac {
+        if self.mac(ts, client) != mac {
             return NonceStatus::Invalid;
         }
         if now_unix.saturating_sub(ts) > self.lifetime_secs || ts > now_unix + 5 {
             return NonceStatus::Stale;
         }
         NonceStatus::Valid
+    }
+}
+
+/// Nonce counts already used, per nonce, so that a captured request cannot be replayed even
+/// from the address its nonce was issued to (RFC 7616 §3.3: the server tracks `nc`).
+/// Responses without `qop` carry no count: their nonce is good for one request. Entries live
+/// as long as their nonce can be valid; the table is bounded.
+pub struct ReplayGuard {
+    lifetime_secs: u64,
+    max_entries: usize,
+    used: HashMap<String, NonceUse>,
+}
+
+struct NonceUse {
+    issued: u64,
+    /// Highest count seen and a window of the 64 counts below it, as a bitmap, so requests
+    /// sent in parallel on one nonce may arrive out of order.
+    highest: u64,
+    window: u64,
+}
+
+/// What the replay guard found for a verified request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    Fresh,
+    Replayed,
+}
+
+impl ReplayGuard {
+    pub fn new(lifetime_secs: u64, max_entries: usize) -> Self {
+        ReplayGuard {
+            lifetime_secs,
+            max_entries,
+            used: HashMap::new(),
+        }
+    }
+
+    /// Records the use of (`nonce`, `nc`) for a request whose response verified. `nc` is the
+    /// hex count (`None` without qop, counted as 1 and allowed once).
+    pub fn check_and_record(&mut self, nonce: &str, nc: Option<&str>, now_unix: u64) -> Replay {
+        let count = match nc {
+            None => 1,
+            Some(h) => match u64::from_str_radix(h, 16) {
+                Ok(n) if n > 0 => n,
+                _ => return Replay::Replayed,
+            },
+        };
+        if !self.used.contains_key(nonce) && self.used.len() >= self.max_entries {
+            let lifetime = self.lifetime_secs;
+            self.used
+                .retain(|_, u| now_unix.saturating_sub(u.issued) <= lifetime + 5);
+            if self.used.len() >= self.max_entries {
+                // Still full of live nonces: refuse new ones rather than forget used counts;
+                // the client gets a fresh challenge and succeeds once entries age out.
+                return Replay::Replayed;
+            }
+        }
+        let issued = nonce
+            .split_once('.')
+            .and_then(|(ts, _)| u64::from_str_radix(ts, 16).ok())
+            .unwrap_or(now_unix);
+        let u = self.used.entry(nonce.to_string()).or_insert(NonceUse {
+            issued,
+            highest: 0,
+            window: 0,
+        });
+        if count > u.highest {
+            let shift = count - u.highest;
+            u.window = if shift >= 64 { 0 } else { u.window << shift };
+            u.window |= 1;
+            u.highest = count;
+            return Replay::Fresh;
+        }
+        let back = u.highest - count;
+        if back >= 64 || u.window & (1 << back) != 0 {
+            return Replay::Replayed;
+        }
+        u.window |= 1 << back;
+        Replay::Fresh
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
     }
 }
 
@@ -342,14 +441,97 @@ mod tests {
     }
 
     #[test]
-    fn nonces_expire_and_cannot_be_forged() {
+    fn nonces_expire_cannot_be_forged_and_are_bound_to_the_client() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let n = NonceIssuer::new([7; 32], 300);
-        let nonce = n.issue(1_000_000);
-        assert_eq!(n.check(&nonce, 1_000_100), NonceStatus::Valid);
-        assert_eq!(n.check(&nonce, 1_000_400), NonceStatus::Stale);
+        let nonce = n.issue(1_000_000, ip);
+        assert_eq!(n.check(&nonce, 1_000_100, ip), NonceStatus::Valid);
+        assert_eq!(n.check(&nonce, 1_000_400, ip), NonceStatus::Stale);
+        let elsewhere: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(n.check(&nonce, 1_000_100, elsewhere), NonceStatus::Invalid);
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(n.check(&nonce, 1_000_100, v6), NonceStatus::Invalid);
         let other = NonceIssuer::new([8; 32], 300);
-        assert_eq!(other.check(&nonce, 1_000_100), NonceStatus::Invalid);
-        assert_eq!(n.check("zz.zz", 1), NonceStatus::Invalid);
-        assert_eq!(n.check("nodot", 1), NonceStatus::Invalid);
+        assert_eq!(other.check(&nonce, 1_000_100, ip), NonceStatus::Invalid);
+        assert_eq!(n.check("zz.zz", 1, ip), NonceStatus::Invalid);
+        assert_eq!(n.check("nodot", 1, ip), NonceStatus::Invalid);
+    }
+
+    #[test]
+    fn replay_guard_refuses_a_used_count_and_allows_out_of_order_ones() {
+        let mut g = ReplayGuard::new(300, 1000);
+        let nonce = "f4240.abc";
+        assert_eq!(
+            g.check_and_record(nonce, Some("00000001"), 1_000_000),
+            Replay::Fresh
+        );
+        assert_eq!(
+            g.check_and_record(nonce, Some("00000001"), 1_000_001),
+            Replay::Replayed
+        );
+        assert_eq!(
+            g.check_and_record(nonce, Some("00000003"), 1_000_001),
+            Replay::Fresh
+        );
+        // 2 arrives after 3: still fresh once, then used.
+        assert_eq!(
+            g.check_and_record(nonce, Some("00000002"), 1_000_001),
+            Replay::Fresh
+        );
+        assert_eq!(
+            g.check_and_record(nonce, Some("00000002"), 1_000_001),
+            Replay::Replayed
+        );
+        // Far behind the window, zero, or not hex: refused.
+        assert_eq!(
+            g.check_and_record(nonce, Some("00000100"), 1_000_001),
+            Replay::Fresh
+        );
+        assert_eq!(
+            g.check_and_record(nonce, Some("00000004"), 1_000_001),
+            Replay::Replayed
+        );
+        assert_eq!(
+            g.check_and_record(nonce, Some("00000000"), 1_000_001),
+            Replay::Replayed
+        );
+        assert_eq!(
+            g.check_and_record(nonce, Some("zz"), 1_000_001),
+            Replay::Replayed
+        );
+        // Without qop a nonce is good once.
+        assert_eq!(
+            g.check_and_record("f4240.def", None, 1_000_001),
+            Replay::Fresh
+        );
+        assert_eq!(
+            g.check_and_record("f4240.def", None, 1_000_002),
+            Replay::Replayed
+        );
+        assert_eq!(g.len(), 2);
+    }
+
+    #[test]
+    fn replay_guard_is_bounded_and_forgets_expired_nonces() {
+        let mut g = ReplayGuard::new(300, 2);
+        assert_eq!(
+            g.check_and_record("f4240.a", Some("1"), 1_000_000),
+            Replay::Fresh
+        );
+        assert_eq!(
+            g.check_and_record("f4240.b", Some("1"), 1_000_000),
+            Replay::Fresh
+        );
+        // Full of live nonces: a new one is refused (a fresh challenge follows).
+        assert_eq!(
+            g.check_and_record("f4241.c", Some("1"), 1_000_010),
+            Replay::Replayed
+        );
+        // Once the first two have expired they are dropped to make room.
+        assert_eq!(
+            g.check_and_record("f4241.c", Some("1"), 1_000_400),
+            Replay::Fresh
+        );
+        assert_eq!(g.len(), 1);
     }
 }

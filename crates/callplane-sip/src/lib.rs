@@ -5,6 +5,7 @@
 
 pub mod digest;
 pub mod info_dtmf;
+pub mod listen;
 pub mod parse;
 pub mod registrar;
 pub mod screen;

@@ -58,13 +58,17 @@ impl Location {
     }
 }
 
-/// Counts failed authentications per source address; too many in a window blocks the source
-/// for a while so a password cannot be guessed at line rate.
-pub struct FailureLimiter {
+/// What failures are counted against: a source address, or a (source, user) pair.
+pub type LockoutKey = (IpAddr, Option<String>);
+
+/// Counts failed authentications per key (see `LockoutKey`); too many in a window block the
+/// key for a while so a password cannot be guessed at line rate. `max_failures == 0` turns
+/// the lock-out off.
+pub struct FailureLimiter<K = IpAddr> {
     max_failures: u32,
     window: Duration,
     block_for: Duration,
-    sources: HashMap<IpAddr, FailureState>,
+    sources: HashMap<K, FailureState>,
 }
 
 struct FailureState {
@@ -73,7 +77,7 @@ struct FailureState {
     blocked_until: Option<Instant>,
 }
 
-impl FailureLimiter {
+impl<K: std::hash::Hash + Eq + Clone> FailureLimiter<K> {
     pub fn new(max_failures: u32, window: Duration, block_for: Duration) -> Self {
         FailureLimiter {
             max_failures,
@@ -83,14 +87,17 @@ impl FailureLimiter {
         }
     }
 
-    pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
+    pub fn is_blocked(&self, key: &K, now: Instant) -> bool {
         self.sources
-            .get(&ip)
+            .get(key)
             .and_then(|s| s.blocked_until)
             .is_some_and(|until| until > now)
     }
 
-    pub fn record_failure(&mut self, ip: IpAddr, now: Instant) {
+    pub fn record_failure(&mut self, key: K, now: Instant) {
+        if self.max_failures == 0 {
+            return;
+        }
         // Bound the table: forget idle sources when it grows large.
         if self.sources.len() > 100_000 {
             let window = self.window;
@@ -99,7 +106,7 @@ impl FailureLimiter {
                     || s.blocked_until.is_some_and(|u| u > now)
             });
         }
-        let s = self.sources.entry(ip).or_insert(FailureState {
+        let s = self.sources.entry(key).or_insert(FailureState {
             window_start: now,
             failures: 0,
             blocked_until: None,
@@ -114,10 +121,10 @@ impl FailureLimiter {
         }
     }
 
-    pub fn record_success(&mut self, ip: IpAddr) {
-        if let Some(s) = self.sources.get(&ip) {
+    pub fn record_success(&mut self, key: &K) {
+        if let Some(s) = self.sources.get(key) {
             if s.blocked_until.is_none() {
-                self.sources.remove(&ip);
+                self.sources.remove(key);
             }
         }
     }
@@ -159,16 +166,40 @@ mod tests {
         let mut l = FailureLimiter::new(3, Duration::from_secs(60), Duration::from_secs(300));
         l.record_failure(ip, now);
         l.record_failure(ip, now);
-        assert!(!l.is_blocked(ip, now));
+        assert!(!l.is_blocked(&ip, now));
         l.record_failure(ip, now);
-        assert!(l.is_blocked(ip, now));
-        assert!(!l.is_blocked("10.0.0.2".parse().unwrap(), now));
-        assert!(!l.is_blocked(ip, now + Duration::from_secs(301)));
+        assert!(l.is_blocked(&ip, now));
+        assert!(!l.is_blocked(&"10.0.0.2".parse().unwrap(), now));
+        assert!(!l.is_blocked(&ip, now + Duration::from_secs(301)));
         // Failures spread beyond the window do not add up.
         let ip2: IpAddr = "10.0.0.3".parse().unwrap();
         l.record_failure(ip2, now);
         l.record_failure(ip2, now + Duration::from_secs(61));
         l.record_failure(ip2, now + Duration::from_secs(62));
-        assert!(!l.is_blocked(ip2, now + Duration::from_secs(62)));
+        assert!(!l.is_blocked(&ip2, now + Duration::from_secs(62)));
+    }
+
+    #[test]
+    fn zero_max_failures_never_locks_out() {
+        let now = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut l = FailureLimiter::new(0, Duration::from_secs(60), Duration::from_secs(300));
+        for _ in 0..100 {
+            l.record_failure(ip, now);
+        }
+        assert!(!l.is_blocked(&ip, now));
+    }
+
+    #[test]
+    fn per_user_keys_keep_other_users_of_a_locked_source_working() {
+        let now = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut l: FailureLimiter<LockoutKey> =
+            FailureLimiter::new(2, Duration::from_secs(60), Duration::from_secs(300));
+        let mallory = (ip, Some("alice".to_string()));
+        l.record_failure(mallory.clone(), now);
+        l.record_failure(mallory.clone(), now);
+        assert!(l.is_blocked(&mallory, now));
+        assert!(!l.is_blocked(&(ip, Some("bob".to_string())), now));
     }
 }

@@ -3,9 +3,12 @@
 //! requests → their dialog), and places outbound INVITEs. rsipstack's types stay inside this
 //! module; the engine sees only ours.
 
-use crate::digest::{self, Algorithm, DigestCredentials, NonceIssuer, NonceStatus};
+use crate::digest::{
+    self, Algorithm, DigestCredentials, NonceIssuer, NonceStatus, Replay, ReplayGuard,
+};
 use crate::info_dtmf::parse_info_dtmf;
-use crate::registrar::{Binding, FailureLimiter, Location};
+use crate::listen::{first_message_within, ConnectionLimits, Listener};
+use crate::registrar::{Binding, FailureLimiter, Location, LockoutKey};
 use crate::screen::ScreenedUdp;
 use crate::validate::validate_request;
 use crate::{SipError, Transport};
@@ -23,8 +26,9 @@ use rsipstack::sip::{Header, Method, Request, StatusCode};
 use rsipstack::transaction::endpoint::EndpointInnerRef;
 use rsipstack::transaction::endpoint::MessageInspector;
 use rsipstack::transaction::transaction::Transaction;
+use rsipstack::transport::tcp::TcpConnection;
 use rsipstack::transport::udp::UdpConnection;
-use rsipstack::transport::{SipAddr, TcpListenerConnection, TransportLayer};
+use rsipstack::transport::{SipAddr, SipConnection, TcpListenerConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +39,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// How long a nonce we issued stays good (then `stale=true`).
+const NONCE_LIFETIME_SECS: u64 = 300;
+
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER";
 
 /// Listening addresses and policies of the SIP server.
@@ -44,12 +51,25 @@ pub struct SipConfig {
     pub tcp: Option<SocketAddr>,
     /// Digest realm presented in challenges.
     pub realm: String,
-    pub user_agent: String,
+    /// The `User-Agent`/`Server` banner; `None` sends none.
+    pub user_agent: Option<String>,
+    /// Digest algorithms offered in challenges, in order (phones often read only the first).
+    pub digest_algorithms: Vec<Algorithm>,
+    /// Open SIP/TCP connections accepted, in total and per source address.
+    pub tcp_limits: ConnectionLimits,
+    /// A new TCP connection that has not delivered a complete message within this is closed.
+    pub tcp_first_message_timeout: Duration,
+    /// A TCP connection with no bytes received for this long is closed (CRLF keep-alives
+    /// count); TCP registrations are granted less than this so phones refresh in time.
+    pub tcp_idle_timeout: Duration,
     /// Failed authentications from one source address within `auth_failure_window`
     /// before that source is refused for `auth_block_time`.
     pub max_auth_failures: u32,
     pub auth_failure_window: Duration,
     pub auth_block_time: Duration,
+    /// Count failures per (source, user) instead of per source: a locked-out address can still
+    /// be used by other users who authenticate correctly (an office behind one NAT).
+    pub lockout_per_user: bool,
     /// Maximum registration lifetime granted.
     pub max_expires: u32,
 }
@@ -60,10 +80,18 @@ impl Default for SipConfig {
             udp: None,
             tcp: None,
             realm: "callplane".into(),
-            user_agent: concat!("Callplane/", env!("CARGO_PKG_VERSION")).into(),
+            user_agent: Some(concat!("Callplane/", env!("CARGO_PKG_VERSION")).into()),
+            digest_algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            tcp_limits: ConnectionLimits {
+                max_total: 4096,
+                max_per_source: 64,
+            },
+            tcp_first_message_timeout: Duration::from_secs(10),
+            tcp_idle_timeout: Duration::from_secs(300),
             max_auth_failures: 5,
             auth_failure_window: Duration::from_secs(60),
             auth_block_time: Duration::from_secs(300),
+            lockout_per_user: false,
             max_expires: 3600,
         }
     }
@@ -430,6 +458,74 @@ impl Drop for OutboundLeg {
     }
 }
 
+/// Accepts SIP/TCP connections within the listener's limits; each is handed to the stack only
+/// once it has sent a complete message, so silent or trickling connections cost no reader and
+/// no buffers, and are closed after `first_message_timeout`.
+async fn accept_sip_tcp(
+    mut listener: Listener,
+    endpoint: EndpointInnerRef,
+    cancel: CancellationToken,
+    first_message_timeout: Duration,
+) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    let local = SipAddr::new(rsipstack::sip::Transport::Tcp, local.into());
+    loop {
+        let (stream, peer, permit) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let endpoint = endpoint.clone();
+        let local = local.clone();
+        let token = cancel.child_token();
+        tokio::spawn(async move {
+            if !first_message_within(&stream, first_message_timeout).await {
+                debug!(%peer, "TCP connection closed: no complete message in time");
+                return;
+            }
+            let conn = match TcpConnection::from_stream(stream, local, Some(token.clone())) {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(%peer, error = %e, "TCP connection dropped");
+                    return;
+                }
+            };
+            endpoint
+                .transport_layer
+                .add_connection(SipConnection::Tcp(conn));
+            // The stack cancels the connection's token when its reader ends (peer closed,
+            // idle timeout, shutdown): then its place in the table is free again.
+            token.cancelled().await;
+            drop(permit);
+        });
+    }
+}
+
+/// Adjusts what we send: Reason on our CANCELs, and no version banner when it is turned off.
+struct Outgoing {
+    cancel_reasons: CancelReasons,
+    banner: bool,
+}
+
+impl MessageInspector for Outgoing {
+    fn before_send(&self, msg: SipMessage, dest: Option<&SipAddr>) -> SipMessage {
+        let mut msg = self.cancel_reasons.before_send(msg, dest);
+        if !self.banner {
+            let headers = match &mut msg {
+                SipMessage::Request(r) => &mut r.headers,
+                SipMessage::Response(r) => &mut r.headers,
+            };
+            headers.retain(|h| !matches!(h, Header::UserAgent(_) | Header::Server(_)));
+        }
+        msg
+    }
+
+    fn after_received(&self, msg: SipMessage, _from: Option<&SipAddr>) -> SipMessage {
+        msg
+    }
+}
+
 /// Reason headers to put on the CANCEL of an outbound INVITE, by Call-ID. rsipstack sends
 /// CANCEL itself without extra headers; its message inspector is the seam to add one.
 #[derive(Default, Clone)]
@@ -463,8 +559,9 @@ struct Inner {
     layer: Arc<DialogLayer>,
     directory: Arc<dyn SipDirectory>,
     location: Mutex<Location>,
-    limiter: Mutex<FailureLimiter>,
+    limiter: Mutex<FailureLimiter<LockoutKey>>,
     nonces: NonceIssuer,
+    replays: Mutex<ReplayGuard>,
     cfg: SipConfig,
     cancel: CancellationToken,
     local_udp: Option<SocketAddr>,
@@ -557,24 +654,31 @@ impl SipServer {
             local_udp = conn.get_addr().get_socketaddr().ok();
             transport_layer.add_transport(conn.into());
         }
+        // Our own TCP listener (limits, first-message gate), bound now so that an address in
+        // use stops the start; rsipstack's would bind only once the endpoint runs.
+        let mut tcp_listener = None;
         if let Some(addr) = cfg.tcp {
-            let listener =
-                TcpListenerConnection::new(addr, None)
-                    .await
-                    .map_err(|e| SipError::Bind {
-                        transport: "tcp",
-                        addr,
-                        reason: e.to_string(),
-                    })?;
-            local_tcp = listener.get_addr().get_socketaddr().ok();
-            transport_layer.add_transport(listener.into());
+            let l =
+                Listener::bind("sip-tcp", addr, cfg.tcp_limits).map_err(|e| SipError::Bind {
+                    transport: "tcp",
+                    addr,
+                    reason: e.to_string(),
+                })?;
+            local_tcp = l.local_addr().ok();
+            tcp_listener = Some(l);
         }
+        transport_layer.set_stream_idle_timeout(cfg.tcp_idle_timeout);
+        let first_message_timeout = cfg.tcp_first_message_timeout;
+        let tcp_cancel = cancel.child_token();
         let cancel_reasons = CancelReasons::default();
         let endpoint = EndpointBuilder::new()
-            .with_user_agent(&cfg.user_agent)
+            .with_user_agent(cfg.user_agent.as_deref().unwrap_or(""))
             .with_transport_layer(transport_layer)
             .with_cancel_token(cancel.child_token())
-            .with_inspector(Box::new(cancel_reasons.clone()))
+            .with_inspector(Box::new(Outgoing {
+                cancel_reasons: cancel_reasons.clone(),
+                banner: cfg.user_agent.is_some(),
+            }))
             .build();
         let mut incoming = endpoint.incoming_transactions()?;
         let layer = Arc::new(DialogLayer::new(endpoint.inner.clone()));
@@ -591,18 +695,38 @@ impl SipServer {
                 cfg.auth_failure_window,
                 cfg.auth_block_time,
             )),
-            nonces: NonceIssuer::new(secret, 300),
+            nonces: NonceIssuer::new(secret, NONCE_LIFETIME_SECS),
+            replays: Mutex::new(ReplayGuard::new(NONCE_LIFETIME_SECS, 200_000)),
             cfg,
             cancel,
             local_udp,
             local_tcp,
         });
         let ep = endpoint.inner.clone();
-        tokio::spawn(async move {
+        let mut serving = Box::pin(async move {
             if let Err(e) = ep.serve().await {
                 warn!(error = %e, "SIP endpoint stopped");
             }
         });
+        // The first poll starts the stack's listeners (UDP) and parks on its event queue; only
+        // then is our TCP address registered with it, as a listener address for Via/Contact
+        // that the stack must not bind itself.
+        tokio::select! {
+            biased;
+            _ = &mut serving => {}
+            _ = std::future::ready(()) => {}
+        }
+        tokio::spawn(serving);
+        if let (Some(listener), Some(local)) = (tcp_listener, local_tcp) {
+            let entry = TcpListenerConnection::new(local, None).await?;
+            endpoint.inner.transport_layer.add_transport(entry.into());
+            tokio::spawn(accept_sip_tcp(
+                listener,
+                endpoint.inner.clone(),
+                tcp_cancel,
+                first_message_timeout,
+            ));
+        }
         let (calls_tx, calls_rx) = mpsc::channel(1024);
         let server = SipServer { inner };
         let dispatcher = server.clone();
@@ -708,6 +832,11 @@ impl SipServer {
 
     /// Checks digest credentials in `header` (Authorization or Proxy-Authorization) for
     /// `method`. Ok(username) on success; Err(response to send) otherwise.
+    ///
+    /// Only a nonce issued to this source address is considered at all (another address gets a
+    /// new challenge and nothing is counted), so credentials captured elsewhere are worthless
+    /// and nobody can run up another address's failure count; a verified (nonce, nc) pair is
+    /// accepted once.
     fn authenticate(
         &self,
         tx: &Transaction,
@@ -715,21 +844,38 @@ impl SipServer {
         source: IpAddr,
     ) -> Result<String, AuthOutcome> {
         let now = Instant::now();
-        if let Ok(l) = self.inner.limiter.lock() {
-            if l.is_blocked(source, now) {
-                return Err(AuthOutcome::Forbidden);
-            }
-        }
+        let unix = unix_now();
+        let cfg = &self.inner.cfg;
         let creds = header_values(&tx.original, header)
             .filter_map(|v| DigestCredentials::parse(v).ok())
-            .find(|c| c.realm == self.inner.cfg.realm);
+            .find(|c| c.realm == cfg.realm && cfg.digest_algorithms.contains(&c.algorithm));
+        let lockout_key = |user: Option<&str>| -> LockoutKey {
+            (
+                source,
+                cfg.lockout_per_user.then(|| user.unwrap_or("").to_string()),
+            )
+        };
+        let blocked = |key: &LockoutKey| {
+            self.inner
+                .limiter
+                .lock()
+                .map(|l| l.is_blocked(key, now))
+                .unwrap_or(true)
+        };
         let Some(creds) = creds else {
+            // In per-source mode a locked source gets no new challenge either.
+            if !cfg.lockout_per_user && blocked(&lockout_key(None)) {
+                return Err(AuthOutcome::Forbidden);
+            }
             return Err(AuthOutcome::Challenge { stale: false });
         };
-        match self.inner.nonces.check(&creds.nonce, unix_now()) {
-            NonceStatus::Valid => {}
-            NonceStatus::Stale => return Err(AuthOutcome::Challenge { stale: true }),
-            NonceStatus::Invalid => return Err(AuthOutcome::Challenge { stale: false }),
+        let key = lockout_key(Some(&creds.username));
+        if blocked(&key) {
+            return Err(AuthOutcome::Forbidden);
+        }
+        let nonce = self.inner.nonces.check(&creds.nonce, unix, source);
+        if nonce == NonceStatus::Invalid {
+            return Err(AuthOutcome::Challenge { stale: false });
         }
         let method = tx.original.method.to_string();
         let ok = self
@@ -737,32 +883,49 @@ impl SipServer {
             .directory
             .sip_user_ha1(&creds.username, creds.algorithm)
             .is_some_and(|ha1| creds.verify_ha1(&method, &ha1));
-        let mut limiter = self
-            .inner
-            .limiter
-            .lock()
-            .map_err(|_| AuthOutcome::Forbidden)?;
+        if nonce == NonceStatus::Stale {
+            // stale=true tells a client that knew the password to retry with the new nonce
+            // without asking its user (RFC 7616 §3.3); a wrong answer just gets a challenge.
+            return Err(AuthOutcome::Challenge { stale: ok });
+        }
         if ok {
-            limiter.record_success(source);
+            let replay = self
+                .inner
+                .replays
+                .lock()
+                .map(|mut g| g.check_and_record(&creds.nonce, creds.nc.as_deref(), unix))
+                .unwrap_or(Replay::Replayed);
+            if replay == Replay::Replayed {
+                warn!(%source, "SIP credentials replayed: refused");
+                return Err(AuthOutcome::Challenge { stale: false });
+            }
+            if let Ok(mut l) = self.inner.limiter.lock() {
+                l.record_success(&key);
+            }
             Ok(creds.username)
         } else {
             // Usernames are not logged with the reason, so a scan learns nothing from logs.
             warn!(%source, "SIP authentication failed");
-            limiter.record_failure(source, now);
+            if let Ok(mut l) = self.inner.limiter.lock() {
+                l.record_failure(key, now);
+            }
             Err(AuthOutcome::Forbidden)
         }
     }
 
-    fn challenge_headers(&self, name: &str, stale: bool) -> Vec<Header> {
-        let nonce = self.inner.nonces.issue(unix_now());
+    fn challenge_headers(&self, name: &str, stale: bool, client: IpAddr) -> Vec<Header> {
+        let nonce = self.inner.nonces.issue(unix_now(), client);
         // RFC 8760 lets a client pick the first challenge it supports; many deployed phones
-        // (and SIPp) only read the first one, so MD5 leads and SHA-256 follows.
-        [Algorithm::Md5, Algorithm::Sha256]
-            .into_iter()
+        // (and SIPp) only read the first one, so the configured order matters (MD5 first by
+        // default; some phones give up on a list of several).
+        self.inner
+            .cfg
+            .digest_algorithms
+            .iter()
             .map(|alg| {
                 make_header(
                     name,
-                    digest::challenge(&self.inner.cfg.realm, &nonce, alg, stale),
+                    digest::challenge(&self.inner.cfg.realm, &nonce, *alg, stale),
                 )
             })
             .collect()
@@ -776,7 +939,7 @@ impl SipServer {
         let username = match self.authenticate(&tx, "Authorization", source.ip()) {
             Ok(u) => u,
             Err(AuthOutcome::Challenge { stale }) => {
-                let headers = self.challenge_headers("WWW-Authenticate", stale);
+                let headers = self.challenge_headers("WWW-Authenticate", stale, source.ip());
                 tx.reply_with(StatusCode::Unauthorized, headers, None)
                     .await
                     .ok();
@@ -805,6 +968,14 @@ impl SipServer {
         let contacts: Vec<String> = header_values(&tx.original, "Contact")
             .flat_map(split_contacts)
             .collect();
+        // Over TCP the binding is only as good as the connection, which is closed after
+        // `tcp_idle_timeout` without traffic: grant less, so the phone's refresh keeps it open.
+        let mut max_expires = self.inner.cfg.max_expires;
+        if transport == Transport::Tcp && !self.inner.cfg.tcp_idle_timeout.is_zero() {
+            let idle = self.inner.cfg.tcp_idle_timeout.as_secs();
+            let cap = idle.saturating_sub(30).max(idle / 2).max(1);
+            max_expires = max_expires.min(u32::try_from(cap).unwrap_or(u32::MAX));
+        }
         let now = Instant::now();
         let mut reply_contacts = Vec::new();
         {
@@ -820,7 +991,7 @@ impl SipServer {
                 let expires = contact_param(c, "expires")
                     .and_then(|v| v.parse::<u32>().ok())
                     .unwrap_or(default_expires)
-                    .min(self.inner.cfg.max_expires);
+                    .min(max_expires);
                 let Some(uri) = contact_uri(c) else { continue };
                 loc.update(
                     &username,
@@ -863,7 +1034,7 @@ impl SipServer {
                 Err(outcome) => {
                     let headers = match outcome {
                         AuthOutcome::Challenge { stale } => {
-                            Some(self.challenge_headers("Proxy-Authenticate", stale))
+                            Some(self.challenge_headers("Proxy-Authenticate", stale, source.ip()))
                         }
                         AuthOutcome::Forbidden => None,
                     };

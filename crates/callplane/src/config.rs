@@ -14,8 +14,12 @@ use std::path::{Path, PathBuf};
 pub struct ServerSection {
     /// Where the SQLite file, recordings and the TTS cache live.
     pub data_dir: PathBuf,
+    /// Listening addresses; `false` or `""` turns a listener off.
+    #[serde(deserialize_with = "listen_addr")]
     pub sip_udp: Option<SocketAddr>,
+    #[serde(deserialize_with = "listen_addr")]
     pub sip_tcp: Option<SocketAddr>,
+    #[serde(deserialize_with = "listen_addr")]
     pub http: Option<SocketAddr>,
     /// Address RTP sockets bind to, and the one written into SDP.
     pub rtp_ip: IpAddr,
@@ -32,8 +36,33 @@ pub struct ServerSection {
     pub prompts_dir: PathBuf,
     /// espeak-ng binary for SAY.
     pub espeak_path: String,
-    /// Failed digest authentications per source address before it is blocked.
+    /// Failed digest authentications (per source, or per source and user: `authLockout`)
+    /// within a minute before it is blocked for five; 0 turns the lock-out off.
     pub max_auth_failures: u32,
+    /// What failures are counted against: `"source"` (the address) or `"sourceUser"` (the
+    /// address and the user name, so one user's failures never lock out another).
+    pub auth_lockout: AuthLockout,
+    /// Digest algorithms offered in challenges, in this order: `["MD5", "SHA-256"]`.
+    pub digest_algorithms: Vec<String>,
+    /// The `User-Agent`/`Server` banner on SIP messages; `""` sends none.
+    pub user_agent: String,
+    /// Open SIP/TCP connections at most, in total and per source address.
+    pub sip_tcp_max_connections: usize,
+    pub sip_tcp_max_connections_per_source: usize,
+    /// Seconds a new SIP/TCP connection has to deliver a complete message.
+    pub sip_tcp_first_message_timeout: f64,
+    /// Seconds without a byte received before a SIP/TCP connection is closed.
+    pub sip_tcp_idle_timeout: f64,
+    /// Open HTTP connections at most, in total and per source address.
+    pub http_max_connections: usize,
+    pub http_max_connections_per_source: usize,
+    /// Seconds a client has to send a request's headers (also the keep-alive idle time).
+    pub http_header_read_timeout: f64,
+    /// Seconds without a byte moving before an HTTP connection is closed (stalled bodies).
+    pub http_idle_timeout: f64,
+    /// Descriptors kept free of connections for RTP, the database, webhooks and outbound
+    /// SIP; default: a quarter of the limit, at least 256.
+    pub reserved_descriptors: Option<u64>,
     /// Requests one CALL_CONTROL block instance may send before it is stopped (its
     /// `fallbackPlan` then runs): a customer server that never answers `[]` cannot hold a call.
     pub call_control_max_loops: u32,
@@ -63,11 +92,53 @@ impl Default for ServerSection {
             prompts_dir: default_prompts_dir(),
             espeak_path: "espeak-ng".into(),
             max_auth_failures: 5,
+            auth_lockout: AuthLockout::Source,
+            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
+            user_agent: concat!("Callplane/", env!("CARGO_PKG_VERSION")).into(),
+            sip_tcp_max_connections: 4096,
+            sip_tcp_max_connections_per_source: 64,
+            sip_tcp_first_message_timeout: 10.0,
+            sip_tcp_idle_timeout: 300.0,
+            http_max_connections: 1024,
+            http_max_connections_per_source: 64,
+            http_header_read_timeout: 10.0,
+            http_idle_timeout: 60.0,
+            reserved_descriptors: None,
             call_control_max_loops: callplane_engine::flow::DEFAULT_MAX_CALL_CONTROL_LOOPS,
             webhook_max_per_host: callplane_engine::webhook::WebhookConfig::default().max_per_host,
             node_name: None,
             ask_url_ring_timeout: callplane_engine::flow::DEFAULT_ASK_URL_RING_SECONDS,
         }
+    }
+}
+
+/// What digest failures are counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthLockout {
+    Source,
+    SourceUser,
+}
+
+/// A listening address, or `false` / `""` for none.
+fn listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Off(bool),
+        Addr(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Off(false) => Ok(None),
+        Raw::Off(true) => Err(serde::de::Error::custom(
+            "expected an address such as \"0.0.0.0:5060\", or false / \"\" to turn it off",
+        )),
+        Raw::Addr(a) if a.trim().is_empty() => Ok(None),
+        Raw::Addr(a) => a
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{a:?} is not an address (ip:port)"))),
     }
 }
 
@@ -315,6 +386,60 @@ impl Config {
             100_000,
         );
         range("askUrlRingTimeout", s.ask_url_ring_timeout.into(), 1, 600);
+        range(
+            "sipTcpMaxConnections",
+            s.sip_tcp_max_connections as u64,
+            1,
+            10_000_000,
+        );
+        range(
+            "sipTcpMaxConnectionsPerSource",
+            s.sip_tcp_max_connections_per_source as u64,
+            1,
+            10_000_000,
+        );
+        range(
+            "httpMaxConnections",
+            s.http_max_connections as u64,
+            1,
+            10_000_000,
+        );
+        range(
+            "httpMaxConnectionsPerSource",
+            s.http_max_connections_per_source as u64,
+            1,
+            10_000_000,
+        );
+        for (field, v) in [
+            ("sipTcpFirstMessageTimeout", s.sip_tcp_first_message_timeout),
+            ("sipTcpIdleTimeout", s.sip_tcp_idle_timeout),
+            ("httpHeaderReadTimeout", s.http_header_read_timeout),
+            ("httpIdleTimeout", s.http_idle_timeout),
+        ] {
+            if !(0.05..=86_400.0).contains(&v) {
+                errors.push(FieldError {
+                    object: "server".into(),
+                    field: field.into(),
+                    message: format!("must be between 0.05 and 86400 seconds (got {v})"),
+                });
+            }
+        }
+        if s.digest_algorithms.is_empty() {
+            errors.push(FieldError {
+                object: "server".into(),
+                field: "digestAlgorithms".into(),
+                message: "at least one algorithm is needed (\"MD5\", \"SHA-256\")".into(),
+            });
+        }
+        for (i, a) in s.digest_algorithms.iter().enumerate() {
+            if callplane_sip::digest::Algorithm::parse(a).is_none() {
+                errors.push(FieldError {
+                    object: "server".into(),
+                    field: format!("digestAlgorithms[{i}]"),
+                    message: format!("{a:?} is not one of \"MD5\", \"SHA-256\""),
+                });
+            }
+        }
         if s.sip_udp.is_none() && s.sip_tcp.is_none() {
             errors.push(FieldError {
                 object: "server".into(),

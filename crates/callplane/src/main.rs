@@ -2,12 +2,14 @@
 //! SIP, media, the engine and the HTTP server together. No call logic lives here.
 
 mod config;
+mod logging;
 
 use anyhow::{bail, Context};
 use callplane_engine::prompts::{find_program, PromptConfig};
 use callplane_engine::{Engine, EngineConfig};
 use callplane_media::{MediaConfig, MediaEngine};
 use callplane_sip::digest::Algorithm;
+use callplane_sip::listen::ConnectionLimits;
 use callplane_sip::{SipConfig, SipDirectory, SipServer};
 use callplane_store::{CdrWriter, Store};
 use config::{Config, Network};
@@ -309,7 +311,9 @@ fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rsipstack=warn")),
         )
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        // No colours: escape codes would be escaped like any other control character.
+        .with_ansi(false)
+        .with_writer(|| logging::EscapingStdout)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -361,11 +365,39 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
         trusted,
         realm: s.realm.clone(),
     });
+    let descriptors = raise_descriptor_limit();
+    let budget = ConnectionBudget::new(
+        descriptors,
+        s.reserved_descriptors,
+        s.sip_tcp.map(|_| s.sip_tcp_max_connections),
+        s.http.map(|_| s.http_max_connections),
+    );
+    info!(
+        descriptors,
+        reserved = budget.reserved,
+        sip_tcp_connections = budget.sip_tcp,
+        http_connections = budget.http,
+        "descriptor limit"
+    );
+    let secs = std::time::Duration::from_secs_f64;
     let sip_cfg = SipConfig {
         udp: s.sip_udp,
         tcp: s.sip_tcp,
         realm: s.realm.clone(),
+        user_agent: (!s.user_agent.is_empty()).then(|| s.user_agent.clone()),
+        digest_algorithms: s
+            .digest_algorithms
+            .iter()
+            .filter_map(|a| Algorithm::parse(a))
+            .collect(),
         max_auth_failures: s.max_auth_failures,
+        lockout_per_user: s.auth_lockout == config::AuthLockout::SourceUser,
+        tcp_limits: ConnectionLimits {
+            max_total: budget.sip_tcp,
+            max_per_source: s.sip_tcp_max_connections_per_source,
+        },
+        tcp_first_message_timeout: secs(s.sip_tcp_first_message_timeout),
+        tcp_idle_timeout: secs(s.sip_tcp_idle_timeout),
         ..SipConfig::default()
     };
     let (sip, calls) = SipServer::start(sip_cfg, directory).await?;
@@ -412,15 +444,18 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
             s.data_dir.clone(),
             Arc::new(engine.clone()),
         );
-        let (local, server) = callplane_api::bind(addr, source, api)
-            .await
+        let limits = callplane_api::HttpLimits {
+            connections: ConnectionLimits {
+                max_total: budget.http,
+                max_per_source: s.http_max_connections_per_source,
+            },
+            header_read_timeout: secs(s.http_header_read_timeout),
+            idle_timeout: secs(s.http_idle_timeout),
+        };
+        let (server, app) = callplane_api::bind(addr, limits, source, api)
             .with_context(|| format!("cannot bind HTTP on {addr}"))?;
-        http_addr = Some(local);
-        tokio::spawn(async move {
-            if let Err(e) = server.await {
-                warn!(error = %e, "HTTP server stopped");
-            }
-        });
+        http_addr = server.local_addr().ok();
+        tokio::spawn(server.serve(app));
     }
     let show =
         |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
@@ -454,6 +489,64 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (a server should not stop at
+/// the shell's 1024 when the system allows more) and returns the limit in force.
+fn raise_descriptor_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// How many descriptors the connection listeners may use: the limit less a reserve for RTP,
+/// the database, webhooks and outbound SIP, so that a signalling flood cannot starve calls in
+/// progress. When the configured caps do not fit, both shrink in proportion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConnectionBudget {
+    reserved: u64,
+    sip_tcp: usize,
+    http: usize,
+}
+
+impl ConnectionBudget {
+    fn new(limit: u64, reserved: Option<u64>, sip_tcp: Option<usize>, http: Option<usize>) -> Self {
+        let reserved = reserved.unwrap_or((limit / 4).max(256)).min(limit);
+        let available = limit - reserved;
+        let want_sip = sip_tcp.unwrap_or(0) as u64;
+        let want_http = http.unwrap_or(0) as u64;
+        let wanted = want_sip + want_http;
+        let scale = |w: u64| -> usize {
+            let v = if wanted <= available {
+                w
+            } else {
+                w * available / wanted.max(1)
+            };
+            usize::try_from(v.max(u64::from(w > 0))).unwrap_or(usize::MAX)
+        };
+        ConnectionBudget {
+            reserved,
+            sip_tcp: scale(want_sip),
+            http: scale(want_http),
+        }
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -474,5 +567,28 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionBudget;
+
+    #[test]
+    fn connection_budget_keeps_the_reserve_free() {
+        // 1024 descriptors: 256 reserved, 768 shared in proportion to the wanted caps.
+        let b = ConnectionBudget::new(1024, None, Some(4096), Some(1024));
+        assert_eq!(b.reserved, 256);
+        assert_eq!((b.sip_tcp, b.http), (614, 153));
+        assert!(b.sip_tcp + b.http <= 768);
+        // Plenty of descriptors: the caps as configured.
+        let b = ConnectionBudget::new(1 << 20, None, Some(4096), Some(1024));
+        assert_eq!((b.sip_tcp, b.http), (4096, 1024));
+        // A listener that is off gets nothing; an explicit reserve is honoured.
+        let b = ConnectionBudget::new(1024, Some(900), None, Some(1024));
+        assert_eq!((b.reserved, b.sip_tcp, b.http), (900, 0, 124));
+        // A reserve larger than the limit leaves each listener one connection, never zero.
+        let b = ConnectionBudget::new(100, Some(500), Some(10), Some(10));
+        assert_eq!((b.sip_tcp, b.http), (1, 1));
     }
 }

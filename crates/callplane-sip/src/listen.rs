@@ -1,0 +1,449 @@
+//! Accepting stream connections under limits, for every TCP listener we run (SIP/TCP and HTTP):
+//! caps on open connections in total and per source address (the excess is closed at once),
+//! and accept errors (EMFILE under a flood) paced with a backoff and logged once per interval
+//! with a count instead of spinning. The counting and pacing are sans-IO types; `Listener`
+//! is the thin tokio part around them.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::warn;
+
+/// How many connections a listener keeps open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max_total: usize,
+    pub max_per_source: usize,
+}
+
+/// Why a new connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Total,
+    PerSource,
+}
+
+/// Open connections of one listener, in total and per source address.
+#[derive(Debug)]
+pub struct ConnectionTable {
+    limits: ConnectionLimits,
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+impl ConnectionTable {
+    pub fn new(limits: ConnectionLimits) -> Self {
+        ConnectionTable {
+            limits,
+            total: 0,
+            per_source: HashMap::new(),
+        }
+    }
+
+    pub fn admit(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.total >= self.limits.max_total {
+            return Err(Refusal::Total);
+        }
+        let n = self.per_source.entry(ip).or_insert(0);
+        if *n >= self.limits.max_per_source {
+            return Err(Refusal::PerSource);
+        }
+        *n += 1;
+        self.total += 1;
+        Ok(())
+    }
+
+    pub fn release(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_source.get_mut(&ip) {
+            *n -= 1;
+            self.total = self.total.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&ip);
+            }
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.total
+    }
+}
+
+/// Paces a listener through a run of failures (accept errors, refused connections): the
+/// delay before the next accept doubles from `MIN_BACKOFF` to `MAX_BACKOFF` while accept
+/// errors go on, and each kind of event is reported at most once per `interval`, with how
+/// many happened since the last report.
+#[derive(Debug)]
+pub struct EventPacer {
+    interval: Duration,
+    backoff: Duration,
+    last_report: Option<Instant>,
+    unreported: u64,
+}
+
+pub const MIN_BACKOFF: Duration = Duration::from_millis(5);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+impl EventPacer {
+    pub fn new(interval: Duration) -> Self {
+        EventPacer {
+            interval,
+            backoff: Duration::ZERO,
+            last_report: None,
+            unreported: 0,
+        }
+    }
+
+    /// Records one event; returns the count to report now, if a report is due.
+    pub fn record(&mut self, now: Instant) -> Option<u64> {
+        self.unreported += 1;
+        let due = self
+            .last_report
+            .is_none_or(|t| now.duration_since(t) >= self.interval);
+        if due {
+            self.last_report = Some(now);
+            let n = self.unreported;
+            self.unreported = 0;
+            Some(n)
+        } else {
+            None
+        }
+    }
+
+    /// The wait before the next accept after an accept error.
+    pub fn next_backoff(&mut self) -> Duration {
+        self.backoff = (self.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+        self.backoff
+    }
+
+    pub fn reset_backoff(&mut self) {
+        self.backoff = Duration::ZERO;
+    }
+}
+
+/// Holds one admitted connection's place in its listener's table until dropped.
+#[derive(Debug)]
+pub struct Permit {
+    table: Arc<Mutex<ConnectionTable>>,
+    ip: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.table.lock() {
+            t.release(self.ip);
+        }
+    }
+}
+
+/// A bound TCP listener that hands out only connections within its limits.
+pub struct Listener {
+    name: &'static str,
+    tcp: TcpListener,
+    table: Arc<Mutex<ConnectionTable>>,
+    errors: EventPacer,
+    refused: EventPacer,
+}
+
+impl Listener {
+    /// Binds now (so that an address in use is a start error, not a warning later).
+    pub fn bind(
+        name: &'static str,
+        addr: SocketAddr,
+        limits: ConnectionLimits,
+    ) -> std::io::Result<Listener> {
+        let std = std::net::TcpListener::bind(addr)?;
+        std.set_nonblocking(true)?;
+        let tcp = TcpListener::from_std(std)?;
+        Ok(Listener {
+            name,
+            tcp,
+            table: Arc::new(Mutex::new(ConnectionTable::new(limits))),
+            errors: EventPacer::new(Duration::from_secs(10)),
+            refused: EventPacer::new(Duration::from_secs(10)),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.table.lock().map(|t| t.open()).unwrap_or(0)
+    }
+
+    /// A handle to read the open-connection count after the listener moved into its task.
+    pub fn counter(&self) -> ConnectionCounter {
+        ConnectionCounter(self.table.clone())
+    }
+
+    /// The next connection within the limits. Over-limit connections are closed at once;
+    /// accept errors wait out a growing backoff.
+    pub async fn accept(&mut self) -> (TcpStream, SocketAddr, Permit) {
+        loop {
+            match self.tcp.accept().await {
+                Ok((stream, peer)) => {
+                    self.errors.reset_backoff();
+                    let admitted = self
+                        .table
+                        .lock()
+                        .map_err(|_| Refusal::Total)
+                        .and_then(|mut t| t.admit(peer.ip()));
+                    match admitted {
+                        Ok(()) => {
+                            let permit = Permit {
+                                table: self.table.clone(),
+                                ip: peer.ip(),
+                            };
+                            return (stream, peer, permit);
+                        }
+                        Err(why) => {
+                            // Closing here (dropping `stream`) is the refusal: no bytes read.
+                            if let Some(n) = self.refused.record(Instant::now()) {
+                                warn!(
+                                    listener = self.name,
+                                    source = %peer.ip(),
+                                    refused = n,
+                                    limit = ?why,
+                                    "connections refused over the limit"
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Some(n) = self.errors.record(Instant::now()) {
+                        warn!(listener = self.name, error = %e, count = n, "accept failed");
+                    }
+                    tokio::time::sleep(self.errors.next_backoff()).await;
+                }
+            }
+        }
+    }
+}
+
+/// Reads a listener's open-connection count.
+#[derive(Clone)]
+pub struct ConnectionCounter(Arc<Mutex<ConnectionTable>>);
+
+impl ConnectionCounter {
+    pub fn open(&self) -> usize {
+        self.0.lock().map(|t| t.open()).unwrap_or(0)
+    }
+}
+
+/// Where a complete SIP message ends in `buf`, if it holds one: leading CRLF keep-alives are
+/// skipped, then headers up to the empty line, then `Content-Length` (or `l`) bytes of body.
+/// `Err` when what is there can never become a message (no header end within `max`).
+pub fn complete_message_len(buf: &[u8], max: usize) -> Result<Option<usize>, ()> {
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let rest = buf.get(start..).unwrap_or(&[]);
+    let Some(head_end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() >= max { Err(()) } else { Ok(None) };
+    };
+    let head = String::from_utf8_lossy(rest.get(..head_end).unwrap_or(&[]));
+    let mut body = 0usize;
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
+            body = value.trim().parse().map_err(|_| ())?;
+        }
+    }
+    let total = start + head_end + 4 + body;
+    if total > max {
+        return Err(());
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Waits until the peer has sent one complete SIP message (without reading it: the bytes stay
+/// in the socket for the stack), for at most `timeout`. A connection that sends nothing, or
+/// only part of a message, within that time is not worth a reader: `false`, close it.
+pub async fn first_message_within(stream: &TcpStream, timeout: Duration) -> bool {
+    // One deadline over the whole wait: readiness, peeks and pauses alike.
+    tokio::time::timeout(timeout, wait_for_first_message(stream))
+        .await
+        .unwrap_or(false)
+}
+
+async fn wait_for_first_message(stream: &TcpStream) -> bool {
+    const MAX: usize = 64 * 1024;
+    // Nothing is allocated for a connection until it sends something.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if stream.readable().await.is_err() {
+            return false;
+        }
+        if buf.is_empty() {
+            buf.resize(4096, 0);
+        }
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        match complete_message_len(buf.get(..n).unwrap_or(&[]), MAX) {
+            Ok(Some(_)) => return true,
+            Err(()) => return false,
+            Ok(None) => {}
+        }
+        if n == buf.len() {
+            buf.resize((buf.len() * 2).min(MAX), 0);
+            continue;
+        }
+        // Peeked data keeps the socket readable: wait a little before looking again, so a
+        // peer trickling bytes costs a few peeks, not a spin.
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn table_caps_total_and_per_source_and_releases() {
+        let mut t = ConnectionTable::new(ConnectionLimits {
+            max_total: 3,
+            max_per_source: 2,
+        });
+        assert_eq!(t.admit(ip("10.0.0.1")), Ok(()));
+        assert_eq!(t.admit(ip("10.0.0.1")), Ok(()));
+        assert_eq!(t.admit(ip("10.0.0.1")), Err(Refusal::PerSource));
+        assert_eq!(t.admit(ip("10.0.0.2")), Ok(()));
+        assert_eq!(t.admit(ip("10.0.0.3")), Err(Refusal::Total));
+        t.release(ip("10.0.0.1"));
+        assert_eq!(t.open(), 2);
+        assert_eq!(t.admit(ip("10.0.0.3")), Ok(()));
+        // Releasing a source that holds nothing changes nothing.
+        t.release(ip("10.9.9.9"));
+        assert_eq!(t.open(), 3);
+    }
+
+    #[test]
+    fn pacer_reports_once_per_interval_with_the_count_and_backs_off() {
+        let t0 = Instant::now();
+        let mut p = EventPacer::new(Duration::from_secs(10));
+        assert_eq!(p.record(t0), Some(1));
+        for i in 1..1000 {
+            assert_eq!(p.record(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(p.record(t0 + Duration::from_secs(10)), Some(1000));
+        assert_eq!(p.next_backoff(), MIN_BACKOFF);
+        assert_eq!(p.next_backoff(), MIN_BACKOFF * 2);
+        for _ in 0..20 {
+            p.next_backoff();
+        }
+        assert_eq!(p.next_backoff(), MAX_BACKOFF);
+        p.reset_backoff();
+        assert_eq!(p.next_backoff(), MIN_BACKOFF);
+    }
+
+    #[test]
+    fn complete_message_detection() {
+        let max = 65536;
+        let head = b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP a\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(complete_message_len(head, max), Ok(None));
+        let mut full = head.to_vec();
+        full.extend_from_slice(b"abcd");
+        assert_eq!(complete_message_len(&full, max), Ok(Some(full.len())));
+        let mut ka = b"\r\n\r\n".to_vec();
+        ka.extend_from_slice(&full);
+        assert_eq!(complete_message_len(&ka, max), Ok(Some(ka.len())));
+        assert_eq!(complete_message_len(b"\r\n\r\n", max), Ok(None));
+        let compact = b"OPTIONS sip:x SIP/2.0\r\nl: 0\r\n\r\n";
+        assert_eq!(complete_message_len(compact, max), Ok(Some(compact.len())));
+        assert_eq!(complete_message_len(b"INV", max), Ok(None));
+        assert_eq!(complete_message_len(&[b'a'; 100], 100), Err(()));
+        let bad = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: x\r\n\r\n";
+        assert_eq!(complete_message_len(bad, max), Err(()));
+        let huge = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 99999999\r\n\r\n";
+        assert_eq!(complete_message_len(huge, max), Err(()));
+    }
+
+    #[tokio::test]
+    async fn listener_refuses_over_the_per_source_cap_at_once() {
+        let mut l = Listener::bind(
+            "test",
+            "127.0.0.1:0".parse().unwrap(),
+            ConnectionLimits {
+                max_total: 10,
+                max_per_source: 1,
+            },
+        )
+        .unwrap();
+        let addr = l.local_addr().unwrap();
+        let first = TcpStream::connect(addr).await.unwrap();
+        let (_s, _p, permit) = l.accept().await;
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        // The second is accepted and closed by the listener: the client reads EOF.
+        let server = tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(300), l.accept()).await;
+            l
+        });
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncReadExt::read(&mut second, &mut b),
+        )
+        .await
+        .expect("refused connection was not closed");
+        assert!(matches!(n, Ok(0) | Err(_)));
+        let l = server.await.unwrap();
+        assert_eq!(l.open_connections(), 1);
+        drop(permit);
+        assert_eq!(l.open_connections(), 0);
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn first_message_gate() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        // Silent peer: false after the timeout.
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let t = Instant::now();
+        assert!(!first_message_within(&s, Duration::from_millis(200)).await);
+        assert!(t.elapsed() >= Duration::from_millis(190));
+        // A message in two pieces: true, and the bytes are still there to read.
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let msg = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut c, &msg[..10])
+            .await
+            .unwrap();
+        let w = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::io::AsyncWriteExt::write_all(&mut c, &msg[10..])
+                .await
+                .unwrap();
+            c
+        });
+        assert!(first_message_within(&s, Duration::from_secs(2)).await);
+        let mut got = vec![0u8; msg.len()];
+        let n = s.peek(&mut got).await.unwrap();
+        assert_eq!(&got[..n], &msg[..]);
+        drop(w.await);
+        // Partial message, never completed: false.
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut c, b"INVITE sip:")
+            .await
+            .unwrap();
+        assert!(!first_message_within(&s, Duration::from_millis(300)).await);
+    }
+}
