@@ -480,10 +480,19 @@ async fn accept_sip_tcp(
         let local = local.clone();
         let token = cancel.child_token();
         tokio::spawn(async move {
-            if !first_message_within(&stream, first_message_timeout).await {
-                debug!(%peer, "TCP connection closed: no complete message in time");
-                return;
+            tokio::select! {
+                ok = first_message_within(&stream, first_message_timeout) => {
+                    if !ok {
+                        debug!(%peer, "TCP connection closed: no complete message in time");
+                        return;
+                    }
+                }
+                _ = permit.evicted() => {
+                    debug!(%peer, "idle TCP connection closed to make room");
+                    return;
+                }
             }
+            permit.activate();
             let conn = match TcpConnection::from_stream(stream, local, Some(token.clone())) {
                 Ok(c) => c,
                 Err(e) => {
