@@ -947,3 +947,30 @@ fn kept_alive_connections_are_closed_after_the_idle_timeout() {
         t.elapsed()
     );
 }
+
+#[test]
+fn two_phones_behind_one_address_register_in_the_same_second() {
+    // Each challenge carries its own nonce, so two phones at one address (a NAT) that both
+    // answer with nc=1 are not taken for a replay of each other.
+    let server = server(ServerOptions::default());
+    let mut a = Phone::at(lo(6), server.sip_addr());
+    let mut b = Phone::at(lo(6), server.sip_addr());
+    let ra = a.register("alice", "nat-a", None);
+    let rb = b.register("bob", "nat-b", None);
+    let ca = md5_challenge(&ra, "WWW-Authenticate");
+    let cb = md5_challenge(&rb, "WWW-Authenticate");
+    assert_ne!(ca.nonce, cb.nonce, "two challenges, two nonces");
+    let uri = register_uri(server.sip_addr());
+    let oka = a.register(
+        "alice",
+        "nat-a",
+        Some(&answer(&ca, "alice", "secret", "REGISTER", &uri, 1)),
+    );
+    let okb = b.register(
+        "bob",
+        "nat-b",
+        Some(&answer(&cb, "bob", "hunter2", "REGISTER", &uri, 1)),
+    );
+    assert_eq!(oka.status(), Some(200), "{}", oka.text);
+    assert_eq!(okb.status(), Some(200), "{}", okb.text);
+}
