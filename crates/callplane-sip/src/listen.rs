@@ -338,17 +338,32 @@ impl ConnectionCounter {
     }
 }
 
+/// What the start of a stream holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One complete message of this many bytes (with any leading keep-alive CRLFs).
+    Complete(usize),
+    /// Not yet a whole message.
+    Incomplete,
+    /// Can never become a message: no header end within the maximum, a bad Content-Length,
+    /// or a message longer than the maximum.
+    Invalid,
+}
+
 /// Where a complete SIP message ends in `buf`, if it holds one: leading CRLF keep-alives are
 /// skipped, then headers up to the empty line, then `Content-Length` (or `l`) bytes of body.
-/// `Err` when what is there can never become a message (no header end within `max`).
-pub fn complete_message_len(buf: &[u8], max: usize) -> Result<Option<usize>, ()> {
+pub fn complete_message_len(buf: &[u8], max: usize) -> Framing {
     let start = buf
         .iter()
         .position(|b| *b != b'\r' && *b != b'\n')
         .unwrap_or(buf.len());
     let rest = buf.get(start..).unwrap_or(&[]);
     let Some(head_end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() >= max { Err(()) } else { Ok(None) };
+        return if buf.len() >= max {
+            Framing::Invalid
+        } else {
+            Framing::Incomplete
+        };
     };
     let head = String::from_utf8_lossy(rest.get(..head_end).unwrap_or(&[]));
     let mut body = 0usize;
@@ -358,14 +373,20 @@ pub fn complete_message_len(buf: &[u8], max: usize) -> Result<Option<usize>, ()>
         };
         let name = name.trim();
         if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
-            body = value.trim().parse().map_err(|_| ())?;
+            match value.trim().parse() {
+                Ok(n) => body = n,
+                Err(_) => return Framing::Invalid,
+            }
         }
     }
     let total = start + head_end + 4 + body;
     if total > max {
-        return Err(());
+        Framing::Invalid
+    } else if buf.len() >= total {
+        Framing::Complete(total)
+    } else {
+        Framing::Incomplete
     }
-    Ok((buf.len() >= total).then_some(total))
 }
 
 /// Waits until the peer has sent one complete SIP message (without reading it: the bytes stay
@@ -395,9 +416,9 @@ async fn wait_for_first_message(stream: &TcpStream) -> bool {
             Ok(n) => n,
         };
         match complete_message_len(buf.get(..n).unwrap_or(&[]), MAX) {
-            Ok(Some(_)) => return true,
-            Err(()) => return false,
-            Ok(None) => {}
+            Framing::Complete(_) => return true,
+            Framing::Invalid => return false,
+            Framing::Incomplete => {}
         }
         if n == buf.len() {
             buf.resize((buf.len() * 2).min(MAX), 0);
@@ -500,22 +521,28 @@ mod tests {
     fn complete_message_detection() {
         let max = 65536;
         let head = b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP a\r\nContent-Length: 4\r\n\r\n";
-        assert_eq!(complete_message_len(head, max), Ok(None));
+        assert_eq!(complete_message_len(head, max), Framing::Incomplete);
         let mut full = head.to_vec();
         full.extend_from_slice(b"abcd");
-        assert_eq!(complete_message_len(&full, max), Ok(Some(full.len())));
+        assert_eq!(
+            complete_message_len(&full, max),
+            Framing::Complete(full.len())
+        );
         let mut ka = b"\r\n\r\n".to_vec();
         ka.extend_from_slice(&full);
-        assert_eq!(complete_message_len(&ka, max), Ok(Some(ka.len())));
-        assert_eq!(complete_message_len(b"\r\n\r\n", max), Ok(None));
+        assert_eq!(complete_message_len(&ka, max), Framing::Complete(ka.len()));
+        assert_eq!(complete_message_len(b"\r\n\r\n", max), Framing::Incomplete);
         let compact = b"OPTIONS sip:x SIP/2.0\r\nl: 0\r\n\r\n";
-        assert_eq!(complete_message_len(compact, max), Ok(Some(compact.len())));
-        assert_eq!(complete_message_len(b"INV", max), Ok(None));
-        assert_eq!(complete_message_len(&[b'a'; 100], 100), Err(()));
+        assert_eq!(
+            complete_message_len(compact, max),
+            Framing::Complete(compact.len())
+        );
+        assert_eq!(complete_message_len(b"INV", max), Framing::Incomplete);
+        assert_eq!(complete_message_len(&[b'a'; 100], 100), Framing::Invalid);
         let bad = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: x\r\n\r\n";
-        assert_eq!(complete_message_len(bad, max), Err(()));
+        assert_eq!(complete_message_len(bad, max), Framing::Invalid);
         let huge = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 99999999\r\n\r\n";
-        assert_eq!(complete_message_len(huge, max), Err(()));
+        assert_eq!(complete_message_len(huge, max), Framing::Invalid);
     }
 
     #[tokio::test]
