@@ -33,29 +33,7 @@ def main():
         work = tempfile.mkdtemp(prefix="callplane-setup-")
         prompt = os.path.join(work, "two-seconds.wav")
         common.write_tone_wav(prompt, 2.0)
-        srv = common.Server(f"""
-[[tenants]]
-name = "bench"
-customerNumber = 1
-
-[[announcements]]
-tenant = "bench"
-name = "two-seconds"
-file = "{prompt}"
-
-[[numbers]]
-number = "100"
-tenant = "bench"
-routingPlan = "answer-play-hangup"
-
-[[routingPlans]]
-tenant = "bench"
-name = "answer-play-hangup"
-blocks = [
-  {{ blockType = "ANNOUNCEMENT", announcementName = "two-seconds" }},
-  {{ blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" }},
-]
-""")
+        srv = common.Server(common.answer_play_hangup(prompt))
         time.sleep(2)
         idle_rss = srv.rss_bytes()
         cpu0 = srv.cpu_seconds()

@@ -57,6 +57,34 @@ def write_tone_wav(path, seconds, freq=440.0):
         w.writeframes(bytes(frames))
 
 
+def answer_play_hangup(prompt):
+    """Provisioning TOML: tenant `bench`, number 100 whose plan plays the WAV `prompt` and
+    hangs up."""
+    return f"""
+[[tenants]]
+name = "bench"
+customerNumber = 1
+
+[[announcements]]
+tenant = "bench"
+name = "two-seconds"
+file = "{prompt}"
+
+[[numbers]]
+number = "100"
+tenant = "bench"
+routingPlan = "answer-play-hangup"
+
+[[routingPlans]]
+tenant = "bench"
+name = "answer-play-hangup"
+blocks = [
+  {{ blockType = "ANNOUNCEMENT", announcementName = "two-seconds" }},
+  {{ blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" }},
+]
+"""
+
+
 class Server:
     """The callplane binary with a config written from `provisioning` (TOML text)."""
 

@@ -77,29 +77,7 @@ def main():
     work = tempfile.mkdtemp(prefix="callplane-idle-")
     prompt = os.path.join(work, "two-seconds.wav")
     common.write_tone_wav(prompt, 2.0)
-    srv = common.Server(f"""
-[[tenants]]
-name = "bench"
-customerNumber = 1
-
-[[announcements]]
-tenant = "bench"
-name = "two-seconds"
-file = "{prompt}"
-
-[[numbers]]
-number = "100"
-tenant = "bench"
-routingPlan = "answer-play-hangup"
-
-[[routingPlans]]
-tenant = "bench"
-name = "answer-play-hangup"
-blocks = [
-  {{ blockType = "ANNOUNCEMENT", announcementName = "two-seconds" }},
-  {{ blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" }},
-]
-""", extra_server=f"""
+    srv = common.Server(common.answer_play_hangup(prompt), extra_server=f"""
 sipTcpMaxConnections = {sip_n + 100}
 sipTcpMaxConnectionsPerSource = {sip_n + 100}
 httpMaxConnections = {http_n + 100}

@@ -365,12 +365,28 @@ fn a_captured_invite_proxy_authorization_cannot_be_replayed_from_elsewhere() {
 // Lock-out
 // ---------------------------------------------------------------------------------------------
 
+fn lockout_server(max_auth_failures: u32, extra_server: &str) -> Server {
+    server(ServerOptions {
+        max_auth_failures,
+        extra_server: extra_server.into(),
+        ..ServerOptions::default()
+    })
+}
+
+/// `n` REGISTERs of `user` with wrong passwords, each at a fresh nonce: each must get 403.
+fn fail_logins(phone: &mut Phone, user: &str, n: u32, call_id: &str) {
+    for i in 0..n {
+        assert_eq!(
+            register_fresh(phone, user, &format!("wrong{i}"), call_id),
+            403,
+            "wrong password {i} for {user}"
+        );
+    }
+}
+
 #[test]
 fn a_nonce_fetched_elsewhere_cannot_lock_out_an_address() {
-    let server = server(ServerOptions {
-        max_auth_failures: 3,
-        ..ServerOptions::default()
-    });
+    let server = lockout_server(3, "");
     let uri = register_uri(server.sip_addr());
     // The attacker fetches a nonce at its own address…
     let mut attacker = Phone::at(lo(3), server.sip_addr());
@@ -397,10 +413,7 @@ fn a_nonce_fetched_elsewhere_cannot_lock_out_an_address() {
         server.log_tail()
     );
     // Real failures at one's own nonces still lock out (the policy works).
-    for i in 0..3 {
-        let s = register_fresh(&mut attacker, "alice", &format!("wrong{i}"), "atk2");
-        assert_eq!(s, 403, "wrong password {i}");
-    }
+    fail_logins(&mut attacker, "alice", 3, "atk2");
     let blocked = attacker.register("alice", "atk3", None);
     assert_eq!(blocked.status(), Some(403), "{}", blocked.text);
     assert!(blocked.header("WWW-Authenticate").is_none());
@@ -408,18 +421,9 @@ fn a_nonce_fetched_elsewhere_cannot_lock_out_an_address() {
 
 #[test]
 fn per_source_and_user_lockout_spares_other_users_of_the_address() {
-    let server = server(ServerOptions {
-        max_auth_failures: 3,
-        extra_server: "authLockout = \"sourceUser\"\n".into(),
-        ..ServerOptions::default()
-    });
+    let server = lockout_server(3, "authLockout = \"sourceUser\"\n");
     let mut office = Phone::at(lo(4), server.sip_addr());
-    for i in 0..3 {
-        assert_eq!(
-            register_fresh(&mut office, "alice", &format!("wrong{i}"), "a"),
-            403
-        );
-    }
+    fail_logins(&mut office, "alice", 3, "a");
     // Before credentials the user is unknown, so the challenge comes; alice's right password
     // is refused all the same while she is locked out at this address.
     assert_eq!(
@@ -437,14 +441,9 @@ fn per_source_and_user_lockout_spares_other_users_of_the_address() {
 
 #[test]
 fn per_source_lockout_is_the_default_and_blocks_the_address() {
-    let server = server(ServerOptions {
-        max_auth_failures: 3,
-        ..ServerOptions::default()
-    });
+    let server = lockout_server(3, "");
     let mut office = Phone::at(lo(4), server.sip_addr());
-    for i in 0..3 {
-        register_fresh(&mut office, "alice", &format!("wrong{i}"), "a");
-    }
+    fail_logins(&mut office, "alice", 3, "a");
     let r = office.register("bob", "b", None);
     assert_eq!(
         r.status(),
@@ -455,17 +454,9 @@ fn per_source_lockout_is_the_default_and_blocks_the_address() {
 
 #[test]
 fn max_auth_failures_zero_never_locks_out() {
-    let server = server(ServerOptions {
-        max_auth_failures: 0,
-        ..ServerOptions::default()
-    });
+    let server = lockout_server(0, "");
     let mut phone = Phone::at(lo(1), server.sip_addr());
-    for i in 0..8 {
-        assert_eq!(
-            register_fresh(&mut phone, "alice", &format!("wrong{i}"), "z"),
-            403
-        );
-    }
+    fail_logins(&mut phone, "alice", 8, "z");
     assert_eq!(register_fresh(&mut phone, "alice", "secret", "z"), 200);
 }
 
