@@ -70,7 +70,17 @@ fn schemathesis() -> PathBuf {
 #[test]
 fn openapi_document_matches_the_server_under_schemathesis() {
     let tool = schemathesis();
-    let prov = format!("[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN_KEY}\"\n");
+    // Objects named in tests/schemathesis.toml's dictionaries.
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN_KEY}\"\n\n\
+         [[tenants]]\nname = \"acme\"\ncustomerNumber = 500001\nsigningSecret = \"fuzz-hmac\"\n\n\
+         [[routingPlans]]\ntenant = \"acme\"\nname = \"main\"\n\
+         blocks = [{{ blockType = \"HANGUP\", hangupCause = \"NORMAL_CLEARING\" }}]\n\n\
+         [[numbers]]\nnumber = \"100\"\ntenant = \"acme\"\nroutingPlan = \"main\"\n\n\
+         [[sipUsers]]\ntenant = \"acme\"\nusername = \"alice\"\npassword = \"fuzz-sip\"\n\n\
+         [[trunks]]\ntenant = \"acme\"\nname = \"carrier\"\nhost = \"127.0.0.1\"\n\
+         password = \"fuzz-trunk\"\n"
+    );
     let server = Server::start(&prov, true);
     let url = format!("http://127.0.0.1:{}/v1/openapi.json", server.http_port());
     let config: &Path = &manifest_dir().join("tests").join("schemathesis.toml");
