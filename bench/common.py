@@ -60,7 +60,9 @@ def write_tone_wav(path, seconds, freq=440.0):
 class Server:
     """The callplane binary with a config written from `provisioning` (TOML text)."""
 
-    def __init__(self, provisioning, rtp_range=(20000, 40000)):
+    def __init__(self, provisioning, rtp_range=(20000, 40000), extra_server="", nofile=None):
+        """`extra_server`: more `[server]` lines; `nofile`: the descriptor limit (soft and
+        hard) the binary starts with."""
         self.dir = tempfile.mkdtemp(prefix="callplane-bench-")
         self.sip_port = free_port()
         self.http_port = free_port()
@@ -75,6 +77,7 @@ rtpPortMin = {rtp_range[0]}
 rtpPortMax = {rtp_range[1]}
 trustedNetworks = ["127.0.0.0/8"]
 promptsDir = "{ROOT}/prompts"
+{extra_server}
 {provisioning}
 """
         self.config = os.path.join(self.dir, "callplane.toml")
@@ -82,8 +85,12 @@ promptsDir = "{ROOT}/prompts"
             f.write(cfg)
         self.log = open(os.path.join(self.dir, "callplane.log"), "w")
         env = dict(os.environ, CALLPLANE_LOG=os.environ.get("CALLPLANE_LOG", "warn,callplane=info"))
+        def limits():
+            if nofile:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen([BIN, "serve", "--config", self.config], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env)
+                                     stderr=subprocess.STDOUT, env=env, preexec_fn=limits)
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -114,6 +121,9 @@ promptsDir = "{ROOT}/prompts"
                 k, v = line.rsplit(" ", 1)
                 out[k] = float(v)
         return out
+
+    def open_fds(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def stop(self):
         self.proc.terminate()

@@ -240,6 +240,11 @@ pub struct ServerOptions {
     pub max_auth_failures: u32,
     /// More `[server]` lines (`key = value\n` each).
     pub extra_server: String,
+    /// Whether the SIP UDP / TCP listeners are configured (`false` writes `sipUdp = false`).
+    pub sip_udp: bool,
+    pub sip_tcp: bool,
+    /// Start the binary under `ulimit -n` of this many descriptors (soft and hard).
+    pub nofile: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -248,6 +253,9 @@ impl Default for ServerOptions {
             trusted: true,
             max_auth_failures: 5,
             extra_server: String::new(),
+            sip_udp: true,
+            sip_tcp: true,
+            nofile: None,
         }
     }
 }
@@ -313,8 +321,8 @@ impl Server {
         let config = format!(
             "[server]\n\
              dataDir = {data}\n\
-             sipUdp = \"127.0.0.1:{sip_port}\"\n\
-             sipTcp = \"127.0.0.1:{sip_port}\"\n\
+             sipUdp = {udp}\n\
+             sipTcp = {tcp}\n\
              http = \"127.0.0.1:{http_port}\"\n\
              rtpIp = \"127.0.0.1\"\n\
              rtpPortMin = {rmin}\n\
@@ -331,10 +339,30 @@ impl Server {
             prompts = toml_str(&prompts_dir()),
             maf = opts.max_auth_failures,
             extra = opts.extra_server,
+            udp = if opts.sip_udp {
+                format!("\"127.0.0.1:{sip_port}\"")
+            } else {
+                "false".into()
+            },
+            tcp = if opts.sip_tcp {
+                format!("\"127.0.0.1:{sip_port}\"")
+            } else {
+                "false".into()
+            },
         );
         let config_path = dir.join("callplane.toml");
         std::fs::write(&config_path, &config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_callplane"))
+        let mut cmd = match opts.nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_callplane")),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_callplane"));
+                c
+            }
+        };
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

@@ -4,9 +4,8 @@
 //! for example a stalled upload), so idle or trickling clients cannot hold descriptors.
 
 use axum::Router;
-use callplane_sip::listen::{ConnectionCounter, ConnectionLimits, Listener};
+use callplane_sip::listen::{ConnectionCounter, ConnectionLimits, Listener, Permit};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,15 +67,14 @@ impl HttpServer {
             let app = app.clone();
             let limits = self.limits;
             tokio::spawn(async move {
-                serve_connection(stream, app, limits).await;
+                serve_connection(stream, app, limits, Arc::new(permit)).await;
                 debug!(%peer, "HTTP connection closed");
-                drop(permit);
             });
         }
     }
 }
 
-async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits) {
+async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits, permit: Arc<Permit>) {
     let clock = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(Activity {
@@ -87,11 +85,29 @@ async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits) {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(io, TowerToHyperService::new(app));
+        .serve_connection(io, first_request_activates(app, permit.clone()));
     tokio::select! {
         _ = conn => {}
         _ = idle(clock, last, limits.idle_timeout) => {}
+        // Only a connection that has not sent a request head yet can be evicted.
+        _ = permit.evicted() => {}
     }
+}
+
+/// The app as a hyper service that marks the connection active at its first request head.
+fn first_request_activates(
+    app: Router,
+    permit: Arc<Permit>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone {
+    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        permit.activate();
+        tower::ServiceExt::oneshot(app.clone(), req)
+    })
 }
 
 /// Resolves once no bytes have moved for `timeout`.

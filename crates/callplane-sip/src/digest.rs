@@ -219,14 +219,16 @@ impl DigestCredentials {
     }
 }
 
-/// Issues and checks nonces without server state: `<unix secs hex>.<mac>` where the mac binds the
-/// timestamp and the client's address to a per-process secret, so a forged or stale nonce is
-/// recognised, and a nonce (with the credentials computed from it) is worth nothing from any
-/// other address than the one it was issued to.
-#[derive(Clone)]
+/// Issues and checks nonces without server state: `<unix secs hex>.<serial hex>.<mac>` where
+/// the mac binds the timestamp, the serial and the client's address to a per-process secret,
+/// so a forged or stale nonce is recognised, and a nonce (with the credentials computed from
+/// it) is worth nothing from any other address than the one it was issued to.
 pub struct NonceIssuer {
     secret: [u8; 32],
     lifetime_secs: u64,
+    /// Makes every nonce unique, even two issued to one address in the same second (two
+    /// phones behind one NAT): the replay guard counts `nc` per nonce.
+    serial: std::sync::atomic::AtomicU64,
 }
 
 /// What a nonce check found.
@@ -240,16 +242,24 @@ pub enum NonceStatus {
 
 impl NonceIssuer {
     pub fn new(secret: [u8; 32], lifetime_secs: u64) -> Self {
+        let start = u64::from_le_bytes(
+            secret
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or([0; 8]),
+        );
         NonceIssuer {
             secret,
             lifetime_secs,
+            serial: std::sync::atomic::AtomicU64::new(start),
         }
     }
 
-    fn mac(&self, ts: u64, client: IpAddr) -> String {
+    fn mac(&self, ts: u64, serial: u64, client: IpAddr) -> String {
         let mut h = Sha256::new();
         h.update(self.secret);
         h.update(ts.to_be_bytes());
+        h.update(serial.to_be_bytes());
         match client {
             IpAddr::V4(a) => h.update(a.octets()),
             IpAddr::V6(a) => h.update(a.octets()),
@@ -258,8 +268,17 @@ impl NonceIssuer {
         hex(d.get(..12).unwrap_or(&[]))
     }
 
+    /// `<unix time>.<serial>.<mac of both and the client address>`, all hex.
     pub fn issue(&self, now_unix: u64, client: IpAddr) -> String {
-        format!("{:x}.{}", now_unix, self.mac(now_unix, client))
+        let serial = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "{:x}.{:x}.{}",
+            now_unix,
+            serial,
+            self.mac(now_unix, serial, client)
+        )
     }
 
     pub fn lifetime_secs(&self) -> u64 {
@@ -268,13 +287,19 @@ impl NonceIssuer {
 
     /// Whether `nonce` was issued by us to `client`, and is still fresh.
     pub fn check(&self, nonce: &str, now_unix: u64, client: IpAddr) -> NonceStatus {
-        let Some((ts_hex, mac)) = nonce.split_once('.') else {
+        let mut parts = nonce.splitn(3, '.');
+        let (Some(ts_hex), Some(serial_hex), Some(mac)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
             return NonceStatus::Invalid;
         };
-        let Ok(ts) = u64::from_str_radix(ts_hex, 16) else {
+        let (Ok(ts), Ok(serial)) = (
+            u64::from_str_radix(ts_hex, 16),
+            u64::from_str_radix(serial_hex, 16),
+        ) else {
             return NonceStatus::Invalid;
         };
-        if self.mac(ts, client) != mac {
+        if self.mac(ts, serial, client) != mac {
             return NonceStatus::Invalid;
         }
         if now_unix.saturating_sub(ts) > self.lifetime_secs || ts > now_unix + 5 {
@@ -454,7 +479,18 @@ mod tests {
         let other = NonceIssuer::new([8; 32], 300);
         assert_eq!(other.check(&nonce, 1_000_100, ip), NonceStatus::Invalid);
         assert_eq!(n.check("zz.zz", 1, ip), NonceStatus::Invalid);
+        assert_eq!(n.check("f4240.1.zz", 1_000_001, ip), NonceStatus::Invalid);
         assert_eq!(n.check("nodot", 1, ip), NonceStatus::Invalid);
+        // Two nonces for one address in one second differ (each has its own nc count).
+        let again = n.issue(1_000_000, ip);
+        assert_ne!(nonce, again);
+        assert_eq!(n.check(&again, 1_000_000, ip), NonceStatus::Valid);
+        // The serial is covered by the MAC.
+        let (head, mac) = again.rsplit_once('.').unwrap();
+        let (ts, serial) = head.split_once('.').unwrap();
+        let serial = u64::from_str_radix(serial, 16).unwrap() + 1;
+        let forged = format!("{ts}.{serial:x}.{mac}");
+        assert_eq!(n.check(&forged, 1_000_000, ip), NonceStatus::Invalid);
     }
 
     #[test]

@@ -4,11 +4,12 @@
 //! with a count instead of spinning. The counting and pacing are sans-IO types; `Listener`
 //! is the thin tokio part around them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// How many connections a listener keeps open.
@@ -25,11 +26,37 @@ pub enum Refusal {
     PerSource,
 }
 
+/// One admitted connection, named in admission order.
+pub type ConnId = u64;
+
+/// A connection admitted; `evict` names one that must be closed to make room for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    pub id: ConnId,
+    pub evict: Option<ConnId>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    ip: IpAddr,
+    /// Has not yet delivered a complete first message (SIP) or request head (HTTP).
+    pending: bool,
+}
+
 /// Open connections of one listener, in total and per source address.
+///
+/// When the table is full, a newcomer may take the place of the oldest *pending* connection
+/// (one that has not sent anything useful yet) of the source holding the most connections,
+/// provided that source holds more than the newcomer's would after admission. So a single
+/// address (or a few) filling the listener with idle connections cannot lock out a client
+/// from elsewhere, which sends its request at once; a connection that has delivered a
+/// message is never evicted.
 #[derive(Debug)]
 pub struct ConnectionTable {
     limits: ConnectionLimits,
-    total: usize,
+    next_id: ConnId,
+    /// By id, which is admission order: the first pending entry found is the oldest.
+    entries: BTreeMap<ConnId, Entry>,
     per_source: HashMap<IpAddr, usize>,
 }
 
@@ -37,36 +64,64 @@ impl ConnectionTable {
     pub fn new(limits: ConnectionLimits) -> Self {
         ConnectionTable {
             limits,
-            total: 0,
+            next_id: 0,
+            entries: BTreeMap::new(),
             per_source: HashMap::new(),
         }
     }
 
-    pub fn admit(&mut self, ip: IpAddr) -> Result<(), Refusal> {
-        if self.total >= self.limits.max_total {
-            return Err(Refusal::Total);
-        }
-        let n = self.per_source.entry(ip).or_insert(0);
-        if *n >= self.limits.max_per_source {
+    pub fn admit(&mut self, ip: IpAddr) -> Result<Admission, Refusal> {
+        let have = self.per_source.get(&ip).copied().unwrap_or(0);
+        if have >= self.limits.max_per_source {
             return Err(Refusal::PerSource);
         }
-        *n += 1;
-        self.total += 1;
-        Ok(())
+        let mut evict = None;
+        if self.entries.len() >= self.limits.max_total {
+            let mut best: Option<(ConnId, usize)> = None;
+            for (id, e) in &self.entries {
+                if !e.pending {
+                    continue;
+                }
+                let n = self.per_source.get(&e.ip).copied().unwrap_or(0);
+                if n > have + 1 && best.is_none_or(|(_, b)| n > b) {
+                    best = Some((*id, n));
+                }
+            }
+            let Some((victim, _)) = best else {
+                return Err(Refusal::Total);
+            };
+            self.release(victim);
+            evict = Some(victim);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.entries.insert(id, Entry { ip, pending: true });
+        *self.per_source.entry(ip).or_insert(0) += 1;
+        Ok(Admission { id, evict })
     }
 
-    pub fn release(&mut self, ip: IpAddr) {
-        if let Some(n) = self.per_source.get_mut(&ip) {
-            *n -= 1;
-            self.total = self.total.saturating_sub(1);
+    /// The connection has delivered a message: it is no longer a candidate for eviction.
+    pub fn activate(&mut self, id: ConnId) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.pending = false;
+        }
+    }
+
+    /// Frees the connection's place (a no-op for one already evicted).
+    pub fn release(&mut self, id: ConnId) {
+        let Some(e) = self.entries.remove(&id) else {
+            return;
+        };
+        if let Some(n) = self.per_source.get_mut(&e.ip) {
+            *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_source.remove(&ip);
+                self.per_source.remove(&e.ip);
             }
         }
     }
 
     pub fn open(&self) -> usize {
-        self.total
+        self.entries.len()
     }
 }
 
@@ -122,17 +177,41 @@ impl EventPacer {
     }
 }
 
+/// A listener's table and, for each admitted connection, the token that closes it if evicted.
+#[derive(Debug)]
+struct Shared {
+    table: ConnectionTable,
+    evictors: HashMap<ConnId, CancellationToken>,
+}
+
 /// Holds one admitted connection's place in its listener's table until dropped.
 #[derive(Debug)]
 pub struct Permit {
-    table: Arc<Mutex<ConnectionTable>>,
-    ip: IpAddr,
+    shared: Arc<Mutex<Shared>>,
+    id: ConnId,
+    evicted: CancellationToken,
+}
+
+impl Permit {
+    /// The connection delivered its first message: it keeps its place from now on.
+    pub fn activate(&self) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.table.activate(self.id);
+            s.evictors.remove(&self.id);
+        }
+    }
+
+    /// Resolves when the connection was evicted to make room for another: close it.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Ok(mut t) = self.table.lock() {
-            t.release(self.ip);
+        if let Ok(mut s) = self.shared.lock() {
+            s.table.release(self.id);
+            s.evictors.remove(&self.id);
         }
     }
 }
@@ -141,9 +220,10 @@ impl Drop for Permit {
 pub struct Listener {
     name: &'static str,
     tcp: TcpListener,
-    table: Arc<Mutex<ConnectionTable>>,
+    shared: Arc<Mutex<Shared>>,
     errors: EventPacer,
     refused: EventPacer,
+    evictions: EventPacer,
 }
 
 impl Listener {
@@ -159,9 +239,13 @@ impl Listener {
         Ok(Listener {
             name,
             tcp,
-            table: Arc::new(Mutex::new(ConnectionTable::new(limits))),
+            shared: Arc::new(Mutex::new(Shared {
+                table: ConnectionTable::new(limits),
+                evictors: HashMap::new(),
+            })),
             errors: EventPacer::new(Duration::from_secs(10)),
             refused: EventPacer::new(Duration::from_secs(10)),
+            evictions: EventPacer::new(Duration::from_secs(10)),
         })
     }
 
@@ -171,12 +255,32 @@ impl Listener {
 
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
-        self.table.lock().map(|t| t.open()).unwrap_or(0)
+        self.shared.lock().map(|s| s.table.open()).unwrap_or(0)
     }
 
     /// A handle to read the open-connection count after the listener moved into its task.
     pub fn counter(&self) -> ConnectionCounter {
-        ConnectionCounter(self.table.clone())
+        ConnectionCounter(self.shared.clone())
+    }
+
+    fn admit(&self, ip: IpAddr) -> Result<(Permit, Option<ConnId>), Refusal> {
+        let mut s = self.shared.lock().map_err(|_| Refusal::Total)?;
+        let a = s.table.admit(ip)?;
+        if let Some(victim) = a.evict {
+            if let Some(t) = s.evictors.remove(&victim) {
+                t.cancel();
+            }
+        }
+        let evicted = CancellationToken::new();
+        s.evictors.insert(a.id, evicted.clone());
+        Ok((
+            Permit {
+                shared: self.shared.clone(),
+                id: a.id,
+                evicted,
+            },
+            a.evict,
+        ))
     }
 
     /// The next connection within the limits. Over-limit connections are closed at once;
@@ -186,17 +290,17 @@ impl Listener {
             match self.tcp.accept().await {
                 Ok((stream, peer)) => {
                     self.errors.reset_backoff();
-                    let admitted = self
-                        .table
-                        .lock()
-                        .map_err(|_| Refusal::Total)
-                        .and_then(|mut t| t.admit(peer.ip()));
-                    match admitted {
-                        Ok(()) => {
-                            let permit = Permit {
-                                table: self.table.clone(),
-                                ip: peer.ip(),
-                            };
+                    match self.admit(peer.ip()) {
+                        Ok((permit, evicted)) => {
+                            if evicted.is_some() {
+                                if let Some(n) = self.evictions.record(Instant::now()) {
+                                    warn!(
+                                        listener = self.name,
+                                        evicted = n,
+                                        "listener full: idle connections closed to make room"
+                                    );
+                                }
+                            }
                             return (stream, peer, permit);
                         }
                         Err(why) => {
@@ -226,25 +330,40 @@ impl Listener {
 
 /// Reads a listener's open-connection count.
 #[derive(Clone)]
-pub struct ConnectionCounter(Arc<Mutex<ConnectionTable>>);
+pub struct ConnectionCounter(Arc<Mutex<Shared>>);
 
 impl ConnectionCounter {
     pub fn open(&self) -> usize {
-        self.0.lock().map(|t| t.open()).unwrap_or(0)
+        self.0.lock().map(|s| s.table.open()).unwrap_or(0)
     }
+}
+
+/// What the start of a stream holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One complete message of this many bytes (with any leading keep-alive CRLFs).
+    Complete(usize),
+    /// Not yet a whole message.
+    Incomplete,
+    /// Can never become a message: no header end within the maximum, a bad Content-Length,
+    /// or a message longer than the maximum.
+    Invalid,
 }
 
 /// Where a complete SIP message ends in `buf`, if it holds one: leading CRLF keep-alives are
 /// skipped, then headers up to the empty line, then `Content-Length` (or `l`) bytes of body.
-/// `Err` when what is there can never become a message (no header end within `max`).
-pub fn complete_message_len(buf: &[u8], max: usize) -> Result<Option<usize>, ()> {
+pub fn complete_message_len(buf: &[u8], max: usize) -> Framing {
     let start = buf
         .iter()
         .position(|b| *b != b'\r' && *b != b'\n')
         .unwrap_or(buf.len());
     let rest = buf.get(start..).unwrap_or(&[]);
     let Some(head_end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() >= max { Err(()) } else { Ok(None) };
+        return if buf.len() >= max {
+            Framing::Invalid
+        } else {
+            Framing::Incomplete
+        };
     };
     let head = String::from_utf8_lossy(rest.get(..head_end).unwrap_or(&[]));
     let mut body = 0usize;
@@ -254,14 +373,20 @@ pub fn complete_message_len(buf: &[u8], max: usize) -> Result<Option<usize>, ()>
         };
         let name = name.trim();
         if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
-            body = value.trim().parse().map_err(|_| ())?;
+            match value.trim().parse() {
+                Ok(n) => body = n,
+                Err(_) => return Framing::Invalid,
+            }
         }
     }
     let total = start + head_end + 4 + body;
     if total > max {
-        return Err(());
+        Framing::Invalid
+    } else if buf.len() >= total {
+        Framing::Complete(total)
+    } else {
+        Framing::Incomplete
     }
-    Ok((buf.len() >= total).then_some(total))
 }
 
 /// Waits until the peer has sent one complete SIP message (without reading it: the bytes stay
@@ -291,9 +416,9 @@ async fn wait_for_first_message(stream: &TcpStream) -> bool {
             Ok(n) => n,
         };
         match complete_message_len(buf.get(..n).unwrap_or(&[]), MAX) {
-            Ok(Some(_)) => return true,
-            Err(()) => return false,
-            Ok(None) => {}
+            Framing::Complete(_) => return true,
+            Framing::Invalid => return false,
+            Framing::Incomplete => {}
         }
         if n == buf.len() {
             buf.resize((buf.len() * 2).min(MAX), 0);
@@ -314,23 +439,63 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn admitted(r: Result<Admission, Refusal>) -> ConnId {
+        let a = r.expect("admitted");
+        assert_eq!(a.evict, None, "nothing should be evicted here");
+        a.id
+    }
+
     #[test]
     fn table_caps_total_and_per_source_and_releases() {
         let mut t = ConnectionTable::new(ConnectionLimits {
             max_total: 3,
             max_per_source: 2,
         });
-        assert_eq!(t.admit(ip("10.0.0.1")), Ok(()));
-        assert_eq!(t.admit(ip("10.0.0.1")), Ok(()));
+        let a = admitted(t.admit(ip("10.0.0.1")));
+        let b = admitted(t.admit(ip("10.0.0.1")));
         assert_eq!(t.admit(ip("10.0.0.1")), Err(Refusal::PerSource));
-        assert_eq!(t.admit(ip("10.0.0.2")), Ok(()));
+        let c = admitted(t.admit(ip("10.0.0.2")));
+        for id in [a, b, c] {
+            t.activate(id);
+        }
+        // Full of active connections: nobody is evicted, the newcomer is refused.
         assert_eq!(t.admit(ip("10.0.0.3")), Err(Refusal::Total));
-        t.release(ip("10.0.0.1"));
+        t.release(a);
         assert_eq!(t.open(), 2);
-        assert_eq!(t.admit(ip("10.0.0.3")), Ok(()));
-        // Releasing a source that holds nothing changes nothing.
-        t.release(ip("10.9.9.9"));
+        admitted(t.admit(ip("10.0.0.3")));
+        // Releasing twice (or an evicted one) changes nothing.
+        t.release(a);
         assert_eq!(t.open(), 3);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_idle_connection_of_the_heaviest_source() {
+        let mut t = ConnectionTable::new(ConnectionLimits {
+            max_total: 4,
+            max_per_source: 10,
+        });
+        let x1 = admitted(t.admit(ip("10.0.0.1")));
+        let x2 = admitted(t.admit(ip("10.0.0.1")));
+        let x3 = admitted(t.admit(ip("10.0.0.1")));
+        let y1 = admitted(t.admit(ip("10.0.0.2")));
+        t.activate(x1);
+        // A new source takes the place of 10.0.0.1's oldest pending connection (x2: x1 has
+        // delivered a message and is never evicted).
+        let z = t.admit(ip("10.0.0.3")).unwrap();
+        assert_eq!(z.evict, Some(x2));
+        assert_eq!(t.open(), 4);
+        // The heaviest source itself cannot push out others, nor sources as light as it.
+        assert_eq!(t.admit(ip("10.0.0.1")), Err(Refusal::Total));
+        assert_eq!(t.admit(ip("10.0.0.2")), Err(Refusal::Total));
+        // 10.0.0.1 now holds 2 (x1 active, x3 pending): a newcomer with none evicts x3.
+        let w = t.admit(ip("10.0.0.4")).unwrap();
+        assert_eq!(w.evict, Some(x3));
+        // Everyone holds one now: a full table refuses.
+        assert_eq!(t.admit(ip("10.0.0.5")), Err(Refusal::Total));
+        t.release(y1);
+        admitted(t.admit(ip("10.0.0.5")));
+        t.release(x2);
+        assert_eq!(t.open(), 4);
     }
 
     #[test]
@@ -356,22 +521,28 @@ mod tests {
     fn complete_message_detection() {
         let max = 65536;
         let head = b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP a\r\nContent-Length: 4\r\n\r\n";
-        assert_eq!(complete_message_len(head, max), Ok(None));
+        assert_eq!(complete_message_len(head, max), Framing::Incomplete);
         let mut full = head.to_vec();
         full.extend_from_slice(b"abcd");
-        assert_eq!(complete_message_len(&full, max), Ok(Some(full.len())));
+        assert_eq!(
+            complete_message_len(&full, max),
+            Framing::Complete(full.len())
+        );
         let mut ka = b"\r\n\r\n".to_vec();
         ka.extend_from_slice(&full);
-        assert_eq!(complete_message_len(&ka, max), Ok(Some(ka.len())));
-        assert_eq!(complete_message_len(b"\r\n\r\n", max), Ok(None));
+        assert_eq!(complete_message_len(&ka, max), Framing::Complete(ka.len()));
+        assert_eq!(complete_message_len(b"\r\n\r\n", max), Framing::Incomplete);
         let compact = b"OPTIONS sip:x SIP/2.0\r\nl: 0\r\n\r\n";
-        assert_eq!(complete_message_len(compact, max), Ok(Some(compact.len())));
-        assert_eq!(complete_message_len(b"INV", max), Ok(None));
-        assert_eq!(complete_message_len(&[b'a'; 100], 100), Err(()));
+        assert_eq!(
+            complete_message_len(compact, max),
+            Framing::Complete(compact.len())
+        );
+        assert_eq!(complete_message_len(b"INV", max), Framing::Incomplete);
+        assert_eq!(complete_message_len(&[b'a'; 100], 100), Framing::Invalid);
         let bad = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: x\r\n\r\n";
-        assert_eq!(complete_message_len(bad, max), Err(()));
+        assert_eq!(complete_message_len(bad, max), Framing::Invalid);
         let huge = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 99999999\r\n\r\n";
-        assert_eq!(complete_message_len(huge, max), Err(()));
+        assert_eq!(complete_message_len(huge, max), Framing::Invalid);
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use crate::digest::{
     self, Algorithm, DigestCredentials, NonceIssuer, NonceStatus, Replay, ReplayGuard,
 };
 use crate::info_dtmf::parse_info_dtmf;
-use crate::listen::{first_message_within, ConnectionLimits, Listener};
+use crate::listen::{first_message_within, ConnectionCounter, ConnectionLimits, Listener};
 use crate::registrar::{Binding, FailureLimiter, Location, LockoutKey};
 use crate::screen::ScreenedUdp;
 use crate::validate::validate_request;
@@ -480,10 +480,19 @@ async fn accept_sip_tcp(
         let local = local.clone();
         let token = cancel.child_token();
         tokio::spawn(async move {
-            if !first_message_within(&stream, first_message_timeout).await {
-                debug!(%peer, "TCP connection closed: no complete message in time");
-                return;
+            tokio::select! {
+                ok = first_message_within(&stream, first_message_timeout) => {
+                    if !ok {
+                        debug!(%peer, "TCP connection closed: no complete message in time");
+                        return;
+                    }
+                }
+                _ = permit.evicted() => {
+                    debug!(%peer, "idle TCP connection closed to make room");
+                    return;
+                }
             }
+            permit.activate();
             let conn = match TcpConnection::from_stream(stream, local, Some(token.clone())) {
                 Ok(c) => c,
                 Err(e) => {
@@ -566,6 +575,7 @@ struct Inner {
     cancel: CancellationToken,
     local_udp: Option<SocketAddr>,
     local_tcp: Option<SocketAddr>,
+    tcp_connections: Option<ConnectionCounter>,
 }
 
 /// The running SIP server; cheap to clone.
@@ -657,6 +667,7 @@ impl SipServer {
         // Our own TCP listener (limits, first-message gate), bound now so that an address in
         // use stops the start; rsipstack's would bind only once the endpoint runs.
         let mut tcp_listener = None;
+        let mut tcp_connections = None;
         if let Some(addr) = cfg.tcp {
             let l =
                 Listener::bind("sip-tcp", addr, cfg.tcp_limits).map_err(|e| SipError::Bind {
@@ -665,6 +676,7 @@ impl SipServer {
                     reason: e.to_string(),
                 })?;
             local_tcp = l.local_addr().ok();
+            tcp_connections = Some(l.counter());
             tcp_listener = Some(l);
         }
         transport_layer.set_stream_idle_timeout(cfg.tcp_idle_timeout);
@@ -701,6 +713,7 @@ impl SipServer {
             cancel,
             local_udp,
             local_tcp,
+            tcp_connections,
         });
         let ep = endpoint.inner.clone();
         let mut serving = Box::pin(async move {
@@ -1191,6 +1204,11 @@ impl SipServer {
     /// Number of live dialogs (for metrics and leak checks).
     pub fn dialog_count(&self) -> usize {
         self.inner.layer.len()
+    }
+
+    /// Open SIP/TCP connections (admitted by the listener), for metrics.
+    pub fn tcp_connections(&self) -> usize {
+        self.inner.tcp_connections.as_ref().map_or(0, |c| c.open())
     }
 
     /// The endpoint's running transaction count (for metrics).

@@ -249,6 +249,8 @@ struct Metrics {
     engine: Engine,
     sip: SipServer,
     media: MediaEngine,
+    /// Set once the HTTP listener is bound (it is made after its metrics source).
+    http_connections: std::sync::OnceLock<callplane_sip::listen::ConnectionCounter>,
 }
 
 impl callplane_api::MetricsSource for Metrics {
@@ -276,6 +278,18 @@ impl callplane_api::MetricsSource for Metrics {
                 "Live SIP dialogs",
                 "gauge",
                 self.sip.dialog_count() as f64,
+            ),
+            (
+                "callplane_sip_tcp_connections",
+                "Open SIP/TCP connections",
+                "gauge",
+                self.sip.tcp_connections() as f64,
+            ),
+            (
+                "callplane_http_connections",
+                "Open HTTP connections",
+                "gauge",
+                self.http_connections.get().map_or(0, |c| c.open()) as f64,
             ),
             (
                 "callplane_sip_transactions",
@@ -453,6 +467,7 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
             engine: engine.clone(),
             sip: sip.clone(),
             media: media.clone(),
+            http_connections: std::sync::OnceLock::new(),
         });
         let api = callplane_api::ApiState::new(
             store.clone(),
@@ -467,9 +482,10 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
             header_read_timeout: secs(s.http_header_read_timeout),
             idle_timeout: secs(s.http_idle_timeout),
         };
-        let (server, app) = callplane_api::bind(addr, limits, source, api)
+        let (server, app) = callplane_api::bind(addr, limits, source.clone(), api)
             .with_context(|| format!("cannot bind HTTP on {addr}"))?;
         http_addr = server.local_addr().ok();
+        source.http_connections.set(server.counter()).ok();
         tokio::spawn(server.serve(app));
     }
     let show =
