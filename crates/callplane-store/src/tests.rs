@@ -1059,8 +1059,19 @@ fn api_keys_round_trip_by_hash_and_name() {
     assert_eq!(store.find_api_key(&hash('a')).unwrap(), None);
     assert_eq!(store.find_api_key(&hash('9')).unwrap().unwrap().name, "ops");
 
+    // The last admin key is refused; with another one it may go.
+    match store.delete_api_key("ops") {
+        Err(StoreError::Refused(why)) => assert!(why.contains("last key of realm admin"), "{why}"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert!(store.get_api_key("ops").unwrap().is_some());
+    store
+        .create_api_key(&key("ops2", ApiRealm::Admin), &hash('8'))
+        .unwrap();
     assert!(store.delete_api_key("ops").unwrap());
     assert!(!store.delete_api_key("ops").unwrap());
+    // Non-admin keys may all go.
+    assert!(store.delete_api_key("ws").unwrap());
 }
 
 #[test]
