@@ -135,8 +135,9 @@ pub async fn delete(
     if !caller.covers_key(&st.store, &key)? {
         return Err(not_found());
     }
-    // The last admin key is checked first (by the store, in its transaction): it is the
-    // stronger reason, and the only admin key deleting itself hits both.
+    // The last admin key first: the stronger reason, and the sole admin key deleting itself
+    // hits both. The store checks it again inside its write transaction, which settles two
+    // admin keys deleting each other at once (its `Refused` is a 409 too).
     if key.realm == ApiRealm::Admin
         && st
             .store
