@@ -40,20 +40,30 @@ fn run(cmd: &mut Command, what: &str) -> Output {
 }
 
 /// The venv with the pinned schemathesis, made on first use (python3 -m venv, pip from
-/// PyPI); a marker names the installed pin so a changed pin reinstalls.
+/// PyPI); a marker names the installed pin so a changed pin (or a broken venv) reinstalls.
 fn schemathesis() -> PathBuf {
     let venv = target_dir().join("schemathesis-venv");
     let bin = venv.join("bin").join("schemathesis");
     let marker = venv.join(format!(".installed-{SCHEMATHESIS}"));
-    if bin.exists() && marker.exists() {
+    let works = |bin: &Path| {
+        Command::new(bin)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if marker.exists() && works(&bin) {
         return bin;
     }
-    if !venv.join("bin").join("pip").exists() {
-        run(
-            Command::new("python3").arg("-m").arg("venv").arg(&venv),
-            "python3 -m venv (Debian: apt-get install python3-venv)",
-        );
+    // Half-made, another pin, or its Python is gone: start again.
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .unwrap_or_else(|e| panic!("cannot remove {}: {e}", venv.display()));
     }
+    run(
+        Command::new("python3").arg("-m").arg("venv").arg(&venv),
+        "python3 -m venv (Debian: apt-get install python3-venv)",
+    );
     run(
         Command::new(venv.join("bin").join("pip")).args([
             "install",
