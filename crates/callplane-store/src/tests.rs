@@ -1232,12 +1232,63 @@ fn sip_passwords_are_kept_as_ha1_only() {
         assert!(!bytes.windows(8).any(|w| w == b"pw-alice"));
     }
 
-    // Another realm: the users whose HA1 no longer verifies are named.
-    let store = Store::open(&dir.db(), "other.example").unwrap();
+    // Another realm: the users whose HA1 no longer verifies are named, in a warning at open.
+    let log = CapturedLog::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let store = tracing::subscriber::with_default(subscriber, || {
+        Store::open(&dir.db(), "other.example").unwrap()
+    });
     assert_eq!(
         store.sip_users_of_other_realm().unwrap(),
         ["alice", "bob.b-2"]
     );
+    let text = log.text();
+    assert!(
+        text.contains("WARN")
+            && text.contains("users=alice, bob.b-2")
+            && text.contains("password is set again"),
+        "{text}"
+    );
+    // Setting the password again computes HA1 for the new realm.
+    let mut p = sample();
+    p.sip_users.retain(|u| u.username == "alice");
+    store.apply_provisioning(&p).unwrap();
+    assert_eq!(store.sip_users_of_other_realm().unwrap(), ["bob.b-2"]);
+    let c = store.sip_user_credentials("alice").unwrap().unwrap();
+    assert_eq!(c.ha1_md5, ha1("md5", "alice:other.example:pw-alice"));
+}
+
+/// A tracing writer into memory.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+    fn make_writer(&'a self) -> CapturedLog {
+        self.clone()
+    }
 }
 
 #[test]
