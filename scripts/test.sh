@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Callplane's whole test suite: unit tests and the end-to-end tests that drive the real
-# binary with real SIP peers. Installs the peers (Debian packages) first when they are missing.
+# binary with real SIP peers, and the OpenAPI fuzzer. Installs the peers (Debian packages) first
+# when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +9,9 @@ need=()
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
-[ -d /usr/share/asterisk/sounds/en ] || need+=(asterisk-core-sounds-en-wav)
+[ -d /usr/share/asterisk/sounds/en ] || need+=(asterisk-core-sounds-en-wav asterisk-core-sounds-en)
+# The OpenAPI fuzz test makes a venv (python3 -m venv) and installs schemathesis from PyPI.
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

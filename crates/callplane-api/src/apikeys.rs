@@ -135,6 +135,28 @@ pub async fn delete(
     if !caller.covers_key(&st.store, &key)? {
         return Err(not_found());
     }
+    // The last admin key first: the stronger reason, and the sole admin key deleting itself
+    // hits both. The store checks it again inside its write transaction, which settles two
+    // admin keys deleting each other at once (its `Refused` is a 409 too).
+    if key.realm == ApiRealm::Admin
+        && st
+            .store
+            .list_api_keys()?
+            .iter()
+            .all(|k| k.realm != ApiRealm::Admin || k.name == key.name)
+    {
+        return Err(ApiError::conflict(format!(
+            "API key \"{name}\" is the last key of realm admin; create another admin key \
+             before deleting it"
+        )));
+    }
+    // A key deleting itself would lock its holder out mid-session, by mistake more often
+    // than not; another key of the same scope (or above) may delete it.
+    if key.name == caller.0.name {
+        return Err(ApiError::conflict(format!(
+            "API key \"{name}\" is the key making this request; a key may not delete itself"
+        )));
+    }
     if !st.store.delete_api_key(&name)? {
         return Err(not_found());
     }

@@ -137,6 +137,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Invalid(errors) => ApiError::validation(errors),
             StoreError::Exists { object } => ApiError::conflict(format!("{object} already exists")),
+            StoreError::Refused(message) => ApiError::conflict(message),
             e if e.is_constraint_violation() => {
                 // Normally caught by the handlers' own checks first, with a better message.
                 ApiError::conflict(format!("refused by a database constraint: {e}"))

@@ -94,6 +94,48 @@ pub(crate) fn fill_or_check(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Write-only fields
+
+/// Replaces the secret `field` of an answer by `set_field: true|false`: a secret is taken on
+/// input and never given back (nor is its hash).
+fn write_only(mut v: Value, field: &str, set_field: &str, is_set: bool) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.remove(field);
+        m.insert(set_field.to_string(), Value::Bool(is_set));
+    }
+    v
+}
+
+/// A tenant as answered: `signingSecretSet` instead of `signingSecret`.
+pub(crate) fn tenant_answer(t: &Tenant) -> Value {
+    let v = serde_json::to_value(t).unwrap_or(Value::Null);
+    write_only(
+        v,
+        "signingSecret",
+        "signingSecretSet",
+        t.signing_secret.is_some(),
+    )
+}
+
+/// The output-only fields of a body, dropped on input like `created` of API keys, so that
+/// an answer can be sent back as it came.
+fn drop_read_only(body: &mut Map<String, Value>, fields: &[&str]) {
+    for f in fields {
+        body.remove(*f);
+    }
+}
+
+/// On a replace, a write-only secret that the body leaves out keeps its stored value; an
+/// explicit `null` removes it.
+fn keep_secret(body: &mut Map<String, Value>, field: &str, stored: Option<&String>) {
+    if !body.contains_key(field) {
+        if let Some(secret) = stored {
+            body.insert(field.to_string(), Value::String(secret.clone()));
+        }
+    }
+}
+
 fn invalid(errors: Vec<FieldError>) -> Result<(), ApiError> {
     if errors.is_empty() {
         Ok(())
@@ -150,7 +192,7 @@ fn customer_number_free(store: &Store, t: &Tenant) -> Result<(), ApiError> {
 pub async fn list_tenants(
     State(st): State<ApiState>,
     caller: Caller,
-) -> Result<Json<Vec<Tenant>>, ApiError> {
+) -> Result<Json<Vec<Value>>, ApiError> {
     caller.require(ApiRealm::Customer, "read tenants")?;
     let key = &caller.0;
     let list = match key.realm {
@@ -164,7 +206,7 @@ pub async fn list_tenants(
             None => Vec::new(),
         },
     };
-    Ok(Json(list))
+    Ok(Json(list.iter().map(tenant_answer).collect()))
 }
 
 pub async fn create_tenant(
@@ -174,6 +216,7 @@ pub async fn create_tenant(
 ) -> Result<Response, ApiError> {
     caller.require(ApiRealm::Reseller, "create tenants")?;
     let mut body = object(body)?;
+    drop_read_only(&mut body, &["signingSecretSet"]);
     own_reseller(&caller, &mut body)?;
     let t: Tenant = decode(Value::Object(body))?;
     invalid(validation::check_tenant(&st.store, &t)?)?;
@@ -185,16 +228,19 @@ pub async fn create_tenant(
         })
         .map_err(|e| create_error(e, "name"))?;
     let stored = st.store.get_tenant(&t.name)?.unwrap_or(t);
-    Ok(created(location(&["tenants", &stored.name]), stored))
+    Ok(created(
+        location(&["tenants", &stored.name]),
+        tenant_answer(&stored),
+    ))
 }
 
 pub async fn get_tenant(
     State(st): State<ApiState>,
     caller: Caller,
     P(name): P<String>,
-) -> Result<Json<Tenant>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     caller.require(ApiRealm::Customer, "read tenants")?;
-    Ok(Json(caller.tenant(&st.store, &name)?))
+    Ok(Json(tenant_answer(&caller.tenant(&st.store, &name)?)))
 }
 
 pub async fn put_tenant(
@@ -209,6 +255,12 @@ pub async fn put_tenant(
         return Err(ApiError::not_found(format!("tenant \"{name}\" not found")));
     }
     let mut body = object(body)?;
+    drop_read_only(&mut body, &["signingSecretSet"]);
+    keep_secret(
+        &mut body,
+        "signingSecret",
+        existing.as_ref().and_then(|t| t.signing_secret.as_ref()),
+    );
     fill_or_check(
         &mut body,
         &format!("tenant {name}"),
@@ -224,7 +276,7 @@ pub async fn put_tenant(
         tenants: vec![t.clone()],
         ..Provisioning::default()
     })?;
-    let stored = st.store.get_tenant(&name)?.unwrap_or(t);
+    let stored = tenant_answer(&st.store.get_tenant(&name)?.unwrap_or(t));
     Ok(match existing {
         Some(_) => Json(stored).into_response(),
         None => created(location(&["tenants", &name]), stored),
@@ -284,6 +336,19 @@ pub trait Resource:
     /// Whether an `account` key may read this object (only its own SIP user).
     fn account_may_read(&self, _caller: &Caller) -> bool {
         false
+    }
+    /// The object as answered; write-only secrets become `…Set: true|false`.
+    fn answer(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+    /// Prepares a write's body: drops output-only fields, and on a replace of `existing`
+    /// keeps write-only secrets that the body leaves out.
+    fn prepare_body(
+        _body: &mut Map<String, Value>,
+        _object: &str,
+        _existing: Option<&Self>,
+    ) -> Result<(), ApiError> {
+        Ok(())
     }
 }
 
@@ -350,6 +415,27 @@ impl Resource for SipUser {
     fn account_may_read(&self, caller: &Caller) -> bool {
         caller.0.sip_user.as_deref() == Some(self.username.as_str())
     }
+    fn answer(&self) -> Value {
+        let v = serde_json::to_value(self).unwrap_or(Value::Null);
+        write_only(v, "password", "passwordSet", self.password_set)
+    }
+    fn prepare_body(
+        body: &mut Map<String, Value>,
+        object: &str,
+        _existing: Option<&Self>,
+    ) -> Result<(), ApiError> {
+        drop_read_only(body, &["passwordSet"]);
+        // Left out keeps the stored HA1 values (the store's rule); a SIP user cannot be
+        // without credentials, so `null` is refused rather than read as "left out".
+        if body.get("password") == Some(&Value::Null) {
+            return Err(ApiError::invalid_field(
+                object,
+                "password",
+                "must be a string; leave it out to keep the current password",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Resource for Trunk {
@@ -380,6 +466,19 @@ impl Resource for Trunk {
     }
     fn check(&self, store: &Store) -> Result<Vec<FieldError>, StoreError> {
         validation::check_trunk(store, self)
+    }
+    fn answer(&self) -> Value {
+        let v = serde_json::to_value(self).unwrap_or(Value::Null);
+        write_only(v, "password", "passwordSet", self.password.is_some())
+    }
+    fn prepare_body(
+        body: &mut Map<String, Value>,
+        _object: &str,
+        existing: Option<&Self>,
+    ) -> Result<(), ApiError> {
+        drop_read_only(body, &["passwordSet"]);
+        keep_secret(body, "password", existing.and_then(|t| t.password.as_ref()));
+        Ok(())
     }
     fn blockers(&self, store: &Store) -> Result<Option<String>, StoreError> {
         let default = store
@@ -489,20 +588,22 @@ pub async fn list<R: Resource>(
     State(st): State<ApiState>,
     caller: Caller,
     P(tenant): P<String>,
-) -> Result<Json<Vec<R>>, ApiError> {
+) -> Result<Json<Vec<Value>>, ApiError> {
     let t = managed_tenant::<R>(&st, &caller, &tenant)?;
-    Ok(Json(R::list(&st.store, &t.name)?))
+    Ok(Json(
+        R::list(&st.store, &t.name)?.iter().map(R::answer).collect(),
+    ))
 }
 
 pub async fn get_one<R: Resource>(
     State(st): State<ApiState>,
     caller: Caller,
     P((tenant, key)): P<(String, String)>,
-) -> Result<Json<R>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     if caller.realm() == ApiRealm::Account {
         // Only its own SIP user, under its own tenant; everything else is out of its realm.
         return match R::find(&st.store, &tenant, &key)? {
-            Some(o) if o.tenant() == tenant && o.account_may_read(&caller) => Ok(Json(o)),
+            Some(o) if o.tenant() == tenant && o.account_may_read(&caller) => Ok(Json(o.answer())),
             _ => Err(ApiError::forbidden(format!(
                 "a key of realm account may only read its own SIP user, not this {}",
                 R::KIND
@@ -511,7 +612,7 @@ pub async fn get_one<R: Resource>(
     }
     let t = managed_tenant::<R>(&st, &caller, &tenant)?;
     match R::find(&st.store, &t.name, &key)? {
-        Some(o) if o.tenant() == t.name => Ok(Json(o)),
+        Some(o) if o.tenant() == t.name => Ok(Json(o.answer())),
         _ => Err(not_found::<R>(&key)),
     }
 }
@@ -525,6 +626,7 @@ pub async fn create<R: Resource>(
     let t = managed_tenant::<R>(&st, &caller, &tenant)?;
     let mut body = object(body)?;
     let object_name = format!("{} (new)", R::KIND);
+    R::prepare_body(&mut body, &object_name, None)?;
     fill_or_check(&mut body, &object_name, "tenant", &t.name, "tenant")?;
     let o: R = decode(Value::Object(body))?;
     invalid(o.check(&st.store)?)?;
@@ -535,7 +637,7 @@ pub async fn create<R: Resource>(
     let stored = R::find(&st.store, &t.name, &key)?.unwrap_or(o);
     Ok(created(
         location(&["tenants", &t.name, R::PATH, &key]),
-        stored,
+        stored.answer(),
     ))
 }
 
@@ -548,10 +650,15 @@ pub async fn put<R: Resource>(
     let t = managed_tenant::<R>(&st, &caller, &tenant)?;
     let mut body = object(body)?;
     let object_name = format!("{} {key}", R::KIND);
+    let existing = R::find(&st.store, &t.name, &key)?;
+    R::prepare_body(
+        &mut body,
+        &object_name,
+        existing.as_ref().filter(|e| e.tenant() == t.name),
+    )?;
     fill_or_check(&mut body, &object_name, "tenant", &t.name, "tenant")?;
     fill_or_check(&mut body, &object_name, R::KEY, &key, R::KIND)?;
     let o: R = decode(Value::Object(body))?;
-    let existing = R::find(&st.store, &t.name, &key)?;
     if matches!(&existing, Some(e) if e.tenant() != t.name) {
         // Numbers and usernames are global; another tenant's is not ours to take over.
         return Err(
@@ -561,7 +668,7 @@ pub async fn put<R: Resource>(
     }
     invalid(o.check(&st.store)?)?;
     st.store.apply_provisioning(&o.clone().provisioning())?;
-    let stored = R::find(&st.store, &t.name, &key)?.unwrap_or(o);
+    let stored = R::find(&st.store, &t.name, &key)?.unwrap_or(o).answer();
     Ok(match existing {
         Some(_) => Json(stored).into_response(),
         None => created(location(&["tenants", &t.name, R::PATH, &key]), stored),

@@ -1372,3 +1372,228 @@ fn block_errors_are_named_by_index_and_field() {
     assert!(errors.iter().all(|e| e.object == "routing plan t/p"));
     assert!(block_errors("x", &blocks[..1]).is_empty());
 }
+
+/// Every string anywhere in an answer, to look for a secret whatever field it hides in.
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        Value::Object(m) => m.values().for_each(|x| strings(x, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn secrets_are_write_only() {
+    let f = fixture();
+    let a = f
+        .call(
+            "PUT",
+            "/v1/tenants/acme",
+            Some(ADMIN),
+            Some(json!({"customerNumber": 1001, "reseller": "ws", "signingSecret": "tenant-hmac-secret"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["signingSecretSet"], true);
+    let a = f
+        .call(
+            "POST",
+            "/v1/tenants/acme/trunks",
+            Some(CUSTOMER),
+            Some(json!({"name": "carrier", "host": "sip.example", "username": "u", "password": "trunk-pw-secret"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["passwordSet"], true);
+    let a = f
+        .call(
+            "POST",
+            "/v1/tenants/acme/sipusers",
+            Some(CUSTOMER),
+            Some(json!({"username": "dave", "password": "sip-pw-secret"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["passwordSet"], true);
+
+    let secrets = [
+        "tenant-hmac-secret",
+        "trunk-pw-secret",
+        "sip-pw-secret",
+        "pw-alice",
+    ];
+    for (key, path) in [
+        (RESELLER, "/v1/tenants"),
+        (CUSTOMER, "/v1/tenants/acme"),
+        (CUSTOMER, "/v1/tenants/acme/trunks"),
+        (CUSTOMER, "/v1/tenants/acme/trunks/carrier"),
+        (CUSTOMER, "/v1/tenants/acme/sipusers"),
+        (CUSTOMER, "/v1/tenants/acme/sipusers/dave"),
+        (ACCOUNT, "/v1/tenants/acme/sipusers/alice"),
+        (ADMIN, "/v1/tenants/acme/sipusers/alice"),
+    ] {
+        let a = f.call("GET", path, Some(key), None).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.body);
+        let mut found = Vec::new();
+        strings(&a.body, &mut found);
+        for s in secrets {
+            assert!(
+                !found.iter().any(|x| x.contains(s)),
+                "{path} gives {s} away: {}",
+                a.body
+            );
+        }
+        let text = a.body.to_string();
+        assert!(
+            !text.contains("\"password\"") && !text.contains("\"signingSecret\""),
+            "{text}"
+        );
+    }
+    let t = f.call("GET", "/v1/tenants/beta", Some(ADMIN), None).await;
+    assert_eq!(t.body["signingSecretSet"], false);
+
+    // A replace that leaves the secret out keeps it; null removes it; the answer's
+    // output-only field may be sent back as it came.
+    let a = f
+        .call(
+            "PUT",
+            "/v1/tenants/acme/trunks/carrier",
+            Some(CUSTOMER),
+            Some(json!({"host": "sip2.example", "passwordSet": true})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["passwordSet"], true);
+    let stored = f.store.get_trunk("acme", "carrier").unwrap().unwrap();
+    assert_eq!(stored.password.as_deref(), Some("trunk-pw-secret"));
+    assert_eq!(stored.host, "sip2.example");
+    let a = f
+        .call(
+            "PUT",
+            "/v1/tenants/acme/trunks/carrier",
+            Some(CUSTOMER),
+            Some(json!({"host": "sip2.example", "password": null})),
+        )
+        .await;
+    assert_eq!(a.body["passwordSet"], false, "{}", a.body);
+    assert_eq!(
+        f.store
+            .get_trunk("acme", "carrier")
+            .unwrap()
+            .unwrap()
+            .password,
+        None
+    );
+
+    let a = f
+        .call(
+            "PUT",
+            "/v1/tenants/acme",
+            Some(ADMIN),
+            Some(json!({"customerNumber": 1001, "reseller": "ws", "signingSecretSet": true})),
+        )
+        .await;
+    assert_eq!(a.body["signingSecretSet"], true, "{}", a.body);
+    let a = f
+        .call(
+            "PUT",
+            "/v1/tenants/acme",
+            Some(ADMIN),
+            Some(json!({"customerNumber": 1001, "reseller": "ws", "signingSecret": null})),
+        )
+        .await;
+    assert_eq!(a.body["signingSecretSet"], false, "{}", a.body);
+
+    // A SIP user's password left out keeps the HA1 values; null is refused; a new user
+    // needs one.
+    let before = f.store.sip_user_credentials("dave").unwrap().unwrap();
+    let a = f
+        .call(
+            "PUT",
+            "/v1/tenants/acme/sipusers/dave",
+            Some(CUSTOMER),
+            Some(json!({"displayName": "Dave"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(f.store.sip_user_credentials("dave").unwrap(), Some(before));
+    f.call(
+        "PUT",
+        "/v1/tenants/acme/sipusers/dave",
+        Some(CUSTOMER),
+        Some(json!({"password": null})),
+    )
+    .await
+    .expect(400, "validation_failed", Some("password"));
+    let a = f
+        .call(
+            "PUT",
+            "/v1/tenants/acme/sipusers/erin",
+            Some(CUSTOMER),
+            Some(json!({"displayName": "Erin"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(a.body["error"]["field"], "password", "{}", a.body);
+}
+
+#[tokio::test]
+async fn api_keys_may_not_delete_themselves_nor_the_last_admin() {
+    let f = fixture();
+    let a = f
+        .call("DELETE", "/v1/apikeys/acme-app", Some(CUSTOMER), None)
+        .await;
+    a.expect(409, "conflict", None);
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("may not delete itself"),
+        "{}",
+        a.body
+    );
+    assert!(f.store.get_api_key("acme-app").unwrap().is_some());
+    // The only admin key: refused as the last one.
+    let a = f
+        .call("DELETE", "/v1/apikeys/admin", Some(ADMIN), None)
+        .await;
+    a.expect(409, "conflict", None);
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("last key of realm admin"),
+        "{}",
+        a.body
+    );
+    // With a second admin key, either may delete the other, but not the last one left.
+    let a = f
+        .call(
+            "POST",
+            "/v1/apikeys",
+            Some(ADMIN),
+            Some(json!({"name": "admin2", "realm": "admin"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let second = a.body["key"].as_str().unwrap_or_default().to_string();
+    let a = f
+        .call("DELETE", "/v1/apikeys/admin", Some(&second), None)
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
+    let a = f
+        .call("DELETE", "/v1/apikeys/admin2", Some(&second), None)
+        .await;
+    a.expect(409, "conflict", None);
+    // The store refuses the last admin key on its own too (whoever asks).
+    assert!(matches!(
+        f.store.delete_api_key("admin2"),
+        Err(callplane_store::StoreError::Refused(_))
+    ));
+    // Another key of the scope may delete a customer key.
+    let a = f
+        .call("DELETE", "/v1/apikeys/acme-app", Some(RESELLER), None)
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
+}

@@ -139,12 +139,30 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Deletes a key; false when absent.
+    /// Deletes a key; false when absent. The last key of realm `admin` is refused
+    /// ([`StoreError::Refused`]): without it nobody could manage admin-only objects. Checked
+    /// in the write transaction, so two admins deleting each other cannot both succeed.
     pub fn delete_api_key(&self, name: &str) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let n = conn
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let Some(key) = load(&tx, name)? else {
+            return Ok(false);
+        };
+        if key.realm == ApiRealm::Admin {
+            let admins: i64 = tx
+                .prepare_cached("SELECT count(*) FROM api_keys WHERE realm = 'admin'")?
+                .query_row([], |row| row.get(0))?;
+            if admins <= 1 {
+                return Err(StoreError::Refused(format!(
+                    "API key \"{name}\" is the last key of realm admin; create another admin \
+                     key before deleting it"
+                )));
+            }
+        }
+        let n = tx
             .prepare_cached("DELETE FROM api_keys WHERE name = ?1")?
             .execute([name])?;
+        tx.commit()?;
         Ok(n > 0)
     }
 }

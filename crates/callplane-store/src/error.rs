@@ -25,6 +25,14 @@ pub enum StoreError {
     /// A create found the object already there; `object` is its label (`number 100`).
     #[error("{object} already exists")]
     Exists { object: String },
+    #[error("cannot set up {path}: {source}")]
+    Files {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A delete that would leave the system without a way in (the last admin API key).
+    #[error("{0}")]
+    Refused(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }

@@ -8,6 +8,7 @@ mod error;
 mod migrations;
 pub mod model;
 mod objects;
+mod private_fs;
 mod sql;
 mod store;
 mod writer;
@@ -19,7 +20,8 @@ pub use model::{
     SipUser, Tenant, Transport, Trunk,
 };
 pub use objects::TenantUsage;
-pub use store::Store;
+pub use private_fs::{create_private_dir, DIR_MODE, FILE_MODE};
+pub use store::{SipCredentials, Store, DEFAULT_REALM};
 pub use writer::CdrWriter;
 
 #[cfg(test)]

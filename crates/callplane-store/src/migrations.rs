@@ -135,7 +135,46 @@ CREATE TABLE api_keys (
 CREATE INDEX api_keys_by_tenant ON api_keys (tenant);
 CREATE INDEX api_keys_by_sip_user ON api_keys (sip_user);
 "#,
+    // 4: SIP users keep digest HA1 values (MD5 and SHA-256) and the realm they were computed
+    // for, not the clear password. [`hash_sip_passwords`] fills them from the clear column,
+    // then drops it. (DROP COLUMN keeps the table, so api_keys' references stay untouched.)
+    r#"
+ALTER TABLE sip_users ADD COLUMN ha1_md5 TEXT;
+ALTER TABLE sip_users ADD COLUMN ha1_sha256 TEXT;
+ALTER TABLE sip_users ADD COLUMN ha1_realm TEXT;
+"#,
 ];
+
+/// Steps written in Rust that run after a version's SQL, in the same transaction.
+type RustStep = fn(&Connection, &str) -> rusqlite::Result<()>;
+
+/// `(version, step)`: what SQL alone cannot do (hashing).
+const RUST_STEPS: &[(i64, RustStep)] = &[(4, hash_sip_passwords)];
+
+/// Migration 4: HA1 of every clear password for `realm`, then the clear column goes.
+fn hash_sip_passwords(tx: &Connection, realm: &str) -> rusqlite::Result<()> {
+    let users: Vec<(String, String)> = tx
+        .prepare("SELECT username, password FROM sip_users")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut update = tx.prepare(
+        "UPDATE sip_users SET ha1_md5 = ?2, ha1_sha256 = ?3, ha1_realm = ?4 WHERE username = ?1",
+    )?;
+    for (username, password) in &users {
+        let (md5, sha256) = crate::store::ha1_pair(username, realm, password);
+        update.execute([username, &md5, &sha256, realm])?;
+    }
+    drop(update);
+    tx.execute_batch("ALTER TABLE sip_users DROP COLUMN password")?;
+    if !users.is_empty() {
+        tracing::info!(
+            count = users.len(),
+            realm,
+            "SIP passwords replaced by their digest HA1 values"
+        );
+    }
+    Ok(())
+}
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -147,7 +186,8 @@ pub fn current_version(conn: &Connection) -> Result<i64, StoreError> {
 
 /// Applies the migrations after the current version up to `target`, each in its own
 /// transaction together with the version bump, so a failure leaves a consistent older schema.
-pub fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
+/// `realm` is the SIP digest realm, for migrations that compute HA1 values.
+pub fn migrate_to(conn: &mut Connection, target: i64, realm: &str) -> Result<(), StoreError> {
     let found = current_version(conn)?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew {
@@ -171,7 +211,12 @@ pub fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> 
         if now >= version {
             continue;
         }
+        let step = RUST_STEPS
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, f)| f);
         tx.execute_batch(sql)
+            .and_then(|()| step.map_or(Ok(()), |f| f(&tx, realm)))
             .and_then(|()| tx.pragma_update(None, "user_version", version))
             .and_then(|()| tx.commit())
             .map_err(|source| StoreError::Migration { version, source })?;
@@ -181,6 +226,6 @@ pub fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> 
 }
 
 /// Brings the schema to [`SCHEMA_VERSION`].
-pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    migrate_to(conn, SCHEMA_VERSION)
+pub fn migrate(conn: &mut Connection, realm: &str) -> Result<(), StoreError> {
+    migrate_to(conn, SCHEMA_VERSION, realm)
 }

@@ -43,8 +43,14 @@ pub struct Number {
 pub struct SipUser {
     pub tenant: String,
     pub username: String,
-    pub password: String,
+    /// Write-only. On input the clear password, which the store turns into digest HA1 values
+    /// and forgets; left out, the stored HA1 values are kept. Always `None` when read back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
     pub display_name: Option<String>,
+    /// Read from the store: whether HA1 values are stored (`passwordSet` in API answers).
+    #[serde(skip)]
+    pub password_set: bool,
 }
 
 /// SIP transport towards a trunk.
@@ -341,8 +347,9 @@ impl fmt::Debug for SipUser {
         f.debug_struct("SipUser")
             .field("tenant", &self.tenant)
             .field("username", &self.username)
-            .field("password", &REDACTED)
+            .field("password", &self.password.as_ref().map(|_| REDACTED))
             .field("display_name", &self.display_name)
+            .field("password_set", &self.password_set)
             .finish()
     }
 }

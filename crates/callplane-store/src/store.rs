@@ -5,17 +5,53 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use md5::Md5;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use sha2::{Digest, Sha256};
 
 use crate::error::StoreError;
 use crate::migrations;
 use crate::model::{
     canonical_ip, Announcement, Number, Provisioning, RoutingPlan, SipUser, Tenant, Trunk,
 };
+use crate::private_fs;
 use crate::sql::SqlJson;
 
 /// How long a statement waits for another process's write lock before failing with BUSY.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The realm [`Store::open_in_memory`] computes HA1 values for (the config's default).
+pub const DEFAULT_REALM: &str = "callplane";
+
+/// `(HA1 MD5, HA1 SHA-256)` in lowercase hex of `username:realm:password` (RFC 7616 §3.4.2).
+pub(crate) fn ha1_pair(username: &str, realm: &str, password: &str) -> (String, String) {
+    let input = format!("{username}:{realm}:{password}");
+    (
+        hex(&Md5::digest(input.as_bytes())),
+        hex(&Sha256::digest(input.as_bytes())),
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the registrar checks a SIP user's digest response against: never the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SipCredentials {
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+    /// The realm the HA1 values were computed for; they only verify in that realm.
+    pub realm: String,
+}
+
+impl std::fmt::Debug for SipCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipCredentials")
+            .field("realm", &self.realm)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Handle to the database. Cheap to clone; all clones share one connection.
 #[derive(Debug, Clone)]
@@ -23,16 +59,25 @@ pub struct Store {
     // One connection behind a mutex: SQLite serializes writers anyway, and the per-call
     // lookups are indexed point queries, so contention stays negligible at this scale.
     conn: Arc<Mutex<Connection>>,
+    /// The SIP digest realm that new passwords are hashed for.
+    realm: Arc<str>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database file at `path` and migrates it to the
-    /// current schema.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    /// Opens (creating if needed, mode 0600) the database file at `path` and migrates it to
+    /// the current schema. `realm` is the SIP digest realm: SIP passwords are kept as HA1
+    /// values for it, and users whose HA1 was computed for another realm are named in a
+    /// warning (they cannot authenticate until their password is set again).
+    pub fn open(path: &Path, realm: &str) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
         };
+        let files_err = |source| StoreError::Files {
+            path: path.to_path_buf(),
+            source,
+        };
+        private_fs::prepare_db_file(path).map_err(files_err)?;
         let mut conn = Connection::open(path).map_err(open_err)?;
         configure(&conn).map_err(open_err)?;
         // WAL lets readers (API, a CLI) run while the CDR writer writes. The default
@@ -43,22 +88,81 @@ impl Store {
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "database is not in WAL mode");
         }
-        migrations::migrate(&mut conn)?;
-        Ok(Store::from_connection(conn))
+        migrations::migrate(&mut conn, realm)?;
+        // SQLite made the -wal and -shm files now; they get the database's mode, but an
+        // older installation may have left them more open.
+        private_fs::restrict_db_files(path).map_err(files_err)?;
+        let store = Store::from_connection(conn, realm);
+        store.warn_other_realm()?;
+        Ok(store)
     }
 
-    /// A private in-memory database with the current schema, for tests of other crates.
+    /// A private in-memory database with the current schema and [`DEFAULT_REALM`], for tests
+    /// of other crates.
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let mut conn = Connection::open_in_memory()?;
         configure(&conn)?;
-        migrations::migrate(&mut conn)?;
-        Ok(Store::from_connection(conn))
+        migrations::migrate(&mut conn, DEFAULT_REALM)?;
+        Ok(Store::from_connection(conn, DEFAULT_REALM))
     }
 
-    fn from_connection(conn: Connection) -> Store {
+    fn from_connection(conn: Connection, realm: &str) -> Store {
         Store {
             conn: Arc::new(Mutex::new(conn)),
+            realm: realm.into(),
         }
+    }
+
+    /// The SIP digest realm new passwords are hashed for.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
+    /// SIP users whose HA1 values were computed for another realm than the store's.
+    pub fn sip_users_of_other_realm(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT username FROM sip_users WHERE ha1_realm IS NOT ?1 ORDER BY username",
+        )?;
+        let rows = stmt.query_map([&*self.realm], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// HA1 values verify only in the realm they were computed for: when the configured realm
+    /// changed, say which users need their password set again.
+    fn warn_other_realm(&self) -> Result<(), StoreError> {
+        let users = self.sip_users_of_other_realm()?;
+        if !users.is_empty() {
+            tracing::warn!(
+                realm = %self.realm,
+                count = users.len(),
+                users = %users.join(", "),
+                "these SIP users' digest HA1 values were computed for another realm: they \
+                 cannot authenticate until their password is set again"
+            );
+        }
+        Ok(())
+    }
+
+    /// The digest credentials of a SIP user, for the registrar and INVITE authentication.
+    pub fn sip_user_credentials(
+        &self,
+        username: &str,
+    ) -> Result<Option<SipCredentials>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT ha1_md5, ha1_sha256, ha1_realm FROM sip_users WHERE username = ?1 \
+             AND ha1_md5 IS NOT NULL AND ha1_sha256 IS NOT NULL AND ha1_realm IS NOT NULL",
+        )?;
+        Ok(stmt
+            .query_row([username], |row| {
+                Ok(SipCredentials {
+                    ha1_md5: row.get(0)?,
+                    ha1_sha256: row.get(1)?,
+                    realm: row.get(2)?,
+                })
+            })
+            .optional()?)
     }
 
     /// The schema version of the open database (`PRAGMA user_version`).
@@ -109,7 +213,7 @@ impl Store {
             upsert_announcement(&tx, a)?;
         }
         for u in &p.sip_users {
-            upsert_sip_user(&tx, u)?;
+            upsert_sip_user(&tx, u, &self.realm)?;
         }
         for n in &p.numbers {
             upsert_number(&tx, n)?;
@@ -266,7 +370,8 @@ pub(crate) const TENANT_COLS: &str =
 const TENANT_COLS_T: &str = "t.name, t.customer_number, t.signing_secret, t.default_trunk, \
      t.callstate_info_url, t.reseller";
 pub(crate) const NUMBER_COLS: &str = "n.number, n.tenant, n.routing_plan, n.callstate_info_url";
-pub(crate) const SIP_USER_COLS: &str = "tenant, username, password, display_name";
+pub(crate) const SIP_USER_COLS: &str =
+    "tenant, username, display_name, ha1_md5 IS NOT NULL AND ha1_sha256 IS NOT NULL";
 pub(crate) const TRUNK_COLS: &str =
     "tenant, name, host, port, transport, username, password, caller_id";
 pub(crate) const PLAN_COLS: &str = "tenant, name, blocks, callstate_info_url";
@@ -296,8 +401,10 @@ pub(crate) fn sip_user_from_row(row: &Row<'_>) -> rusqlite::Result<SipUser> {
     Ok(SipUser {
         tenant: row.get(0)?,
         username: row.get(1)?,
-        password: row.get(2)?,
-        display_name: row.get(3)?,
+        // Write-only: the store has only the HA1 values.
+        password: None,
+        display_name: row.get(2)?,
+        password_set: row.get(3)?,
     })
 }
 
@@ -487,14 +594,45 @@ pub(crate) fn upsert_announcement(conn: &Connection, a: &Announcement) -> Result
     Ok(())
 }
 
-pub(crate) fn upsert_sip_user(conn: &Connection, u: &SipUser) -> Result<(), StoreError> {
+/// With a password, stores its HA1 values for `realm`; without one, keeps the stored HA1
+/// values (a new user without a password is refused).
+pub(crate) fn upsert_sip_user(
+    conn: &Connection,
+    u: &SipUser,
+    realm: &str,
+) -> Result<(), StoreError> {
+    let Some(password) = &u.password else {
+        let n = conn
+            .prepare_cached(
+                "UPDATE sip_users SET tenant = ?2, display_name = ?3 WHERE username = ?1",
+            )?
+            .execute(params![u.username, u.tenant, u.display_name])?;
+        if n == 0 {
+            use crate::model::Validate;
+            return Err(StoreError::Invalid(vec![crate::FieldError {
+                object: u.label(),
+                field: "password".into(),
+                message: "is required for a new SIP user".into(),
+            }]));
+        }
+        return Ok(());
+    };
+    let (md5, sha256) = ha1_pair(&u.username, realm, password);
     conn.prepare_cached(
-        "INSERT INTO sip_users (username, tenant, password, display_name) \
-         VALUES (?1, ?2, ?3, ?4) \
+        "INSERT INTO sip_users (username, tenant, display_name, ha1_md5, ha1_sha256, ha1_realm) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
          ON CONFLICT (username) DO UPDATE SET tenant = excluded.tenant, \
-         password = excluded.password, display_name = excluded.display_name",
+         display_name = excluded.display_name, ha1_md5 = excluded.ha1_md5, \
+         ha1_sha256 = excluded.ha1_sha256, ha1_realm = excluded.ha1_realm",
     )?
-    .execute(params![u.username, u.tenant, u.password, u.display_name])?;
+    .execute(params![
+        u.username,
+        u.tenant,
+        u.display_name,
+        md5,
+        sha256,
+        realm
+    ])?;
     Ok(())
 }
 

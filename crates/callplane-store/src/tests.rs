@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::migrations::{self, SCHEMA_VERSION};
 use crate::model::*;
-use crate::{CdrWriter, Store, StoreError, TenantUsage};
+use crate::{CdrWriter, Store, StoreError, TenantUsage, DEFAULT_REALM};
 
 /// A unique directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -78,14 +78,16 @@ fn sample() -> Provisioning {
             SipUser {
                 tenant: "acme".into(),
                 username: "alice".into(),
-                password: "pw-alice".into(),
+                password: Some("pw-alice".into()),
                 display_name: Some("Alice A.".into()),
+                password_set: false,
             },
             SipUser {
                 tenant: "beta".into(),
                 username: "bob.b-2".into(),
-                password: "pw-bob".into(),
+                password: Some("pw-bob".into()),
                 display_name: None,
+                password_set: false,
             },
         ],
         trunks: vec![
@@ -189,7 +191,12 @@ fn sample_cdr(call_id: &str, start: DateTime<Utc>) -> Cdr {
     }
 }
 
+/// `p` as the store gives it back: sorted by key, SIP users without their (write-only)
+/// password but with `password_set`.
 fn sorted(mut p: Provisioning) -> Provisioning {
+    for u in &mut p.sip_users {
+        u.password_set = u.password.take().is_some() || u.password_set;
+    }
     p.tenants.sort_by(|a, b| a.name.cmp(&b.name));
     p.numbers.sort_by(|a, b| a.number.cmp(&b.number));
     p.sip_users.sort_by(|a, b| a.username.cmp(&b.username));
@@ -222,11 +229,11 @@ fn provisioning_round_trips_and_survives_reopen() {
     let p = sample();
     assert_eq!(p.validate(), vec![]);
     {
-        let store = Store::open(&dir.db()).unwrap();
+        let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
         store.apply_provisioning(&p).unwrap();
         assert_eq!(store.export_provisioning().unwrap(), sorted(p.clone()));
     }
-    let store = Store::open(&dir.db()).unwrap();
+    let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
     assert_eq!(store.export_provisioning().unwrap(), sorted(p.clone()));
 
     let (number, tenant) = store.find_number("+4922155400300").unwrap().unwrap();
@@ -252,7 +259,7 @@ fn provisioning_round_trips_and_survives_reopen() {
     assert_eq!(store.get_routing_plan("beta", "main").unwrap(), None);
     assert_eq!(
         store.get_sip_user("alice").unwrap(),
-        Some(p.sip_users[0].clone())
+        Some(sorted(p.clone()).sip_users[0].clone())
     );
     assert_eq!(store.get_sip_user("carol").unwrap(), None);
     assert_eq!(
@@ -284,7 +291,7 @@ fn apply_provisioning_updates_by_natural_key() {
     p.numbers[1].routing_plan = "ivr".into();
     p.numbers[1].callstate_info_url = Some("https://beta.example/n".into());
     p.trunks[0].inbound_addresses = vec!["203.0.113.5".into()];
-    p.sip_users[0].password = "new".into();
+    p.sip_users[0].password = Some("new".into());
     p.tenants[0].default_trunk = None;
     store.apply_provisioning(&p).unwrap();
 
@@ -347,7 +354,7 @@ fn cdr_round_trips_with_legs_and_variables() {
     let first = sample_cdr("6f1c0e1e-0000-4000-8000-000000000001", t(10, 0, 0, 123));
     let second = sample_cdr("6f1c0e1e-0000-4000-8000-000000000002", t(11, 30, 5, 7));
     {
-        let store = Store::open(&dir.db()).unwrap();
+        let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
         store.insert_cdr(&first).unwrap();
         store.insert_cdr(&second).unwrap();
         assert_eq!(store.get_cdr(&first.call_id).unwrap(), Some(first.clone()));
@@ -355,7 +362,7 @@ fn cdr_round_trips_with_legs_and_variables() {
         let dup = store.insert_cdr(&first).unwrap_err();
         assert!(dup.is_constraint_violation(), "{dup}");
     }
-    let store = Store::open(&dir.db()).unwrap();
+    let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
     let got = store.get_cdr(&first.call_id).unwrap().unwrap();
     assert_eq!(got, first);
     assert_eq!(got.legs.len(), 2);
@@ -411,7 +418,7 @@ fn cdr_json_uses_camel_case_and_millisecond_times() {
 #[test]
 fn fresh_database_is_wal_with_current_schema_and_reopen_is_a_no_op() {
     let dir = TempDir::new();
-    let store = Store::open(&dir.db()).unwrap();
+    let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     store.apply_provisioning(&sample()).unwrap();
     drop(store);
@@ -431,7 +438,7 @@ fn fresh_database_is_wal_with_current_schema_and_reopen_is_a_no_op() {
     drop(conn);
 
     // Re-running a migration would fail on CREATE TABLE; reopening must change nothing.
-    let store = Store::open(&dir.db()).unwrap();
+    let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(store.list_tenants().unwrap().len(), 2);
     drop(store);
@@ -452,7 +459,7 @@ fn older_schema_is_upgraded_keeping_data() {
     {
         let mut conn = rusqlite::Connection::open(dir.db()).unwrap();
         conn.pragma_update(None, "foreign_keys", true).unwrap();
-        migrations::migrate_to(&mut conn, 1).unwrap();
+        migrations::migrate_to(&mut conn, 1, DEFAULT_REALM).unwrap();
         assert_eq!(migrations::current_version(&conn).unwrap(), 1);
         conn.execute(
             "INSERT INTO tenants (name, customer_number) VALUES ('old', 42)",
@@ -468,7 +475,7 @@ fn older_schema_is_upgraded_keeping_data() {
             .unwrap();
         assert_eq!(cdr_tables, 0);
     }
-    let store = Store::open(&dir.db()).unwrap();
+    let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(
         store.get_tenant("old").unwrap().map(|t| t.customer_number),
@@ -488,7 +495,7 @@ fn newer_schema_is_refused() {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
     }
-    match Store::open(&dir.db()) {
+    match Store::open(&dir.db(), DEFAULT_REALM) {
         Err(StoreError::SchemaTooNew { found, supported }) => {
             assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
         }
@@ -545,8 +552,9 @@ fn object_validation_names_object_and_field() {
     let user = SipUser {
         tenant: "acme".into(),
         username: "bad user".into(),
-        password: "".into(),
+        password: Some("".into()),
         display_name: Some("Evil\r\nVia: x".into()),
+        password_set: false,
     };
     let fields: Vec<_> = user.validate().into_iter().map(|e| e.field).collect();
     assert_eq!(fields, ["username", "password", "displayName"]);
@@ -592,8 +600,9 @@ fn provisioning_validation_checks_references_and_duplicates() {
     p.sip_users.push(SipUser {
         tenant: "beta".into(),
         username: "alice".into(),
-        password: "x".into(),
+        password: Some("x".into()),
         display_name: None,
+        password_set: false,
     });
     p.routing_plans.push(RoutingPlan {
         tenant: "acme".into(),
@@ -736,7 +745,7 @@ fn debug_output_hides_secrets() {
 #[test]
 fn cdr_writer_writes_everything_before_flush_and_shutdown() {
     let dir = TempDir::new();
-    let store = Store::open(&dir.db()).unwrap();
+    let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
     let writer = CdrWriter::spawn(store.clone());
 
     let threads: Vec<_> = (0..4)
@@ -788,7 +797,7 @@ fn dropping_the_last_writer_handle_writes_the_queue() {
 #[test]
 fn cdr_writer_waits_out_another_process_holding_the_write_lock() {
     let dir = TempDir::new();
-    let store = Store::open(&dir.db()).unwrap();
+    let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
     let writer = CdrWriter::spawn(store.clone());
 
     let other = rusqlite::Connection::open(dir.db()).unwrap();
@@ -877,7 +886,7 @@ fn per_tenant_lists_and_lookups() {
     assert!(store.list_numbers_of("nobody").unwrap().is_empty());
     assert_eq!(
         store.list_sip_users_of("beta").unwrap(),
-        vec![p.sip_users[1].clone()]
+        vec![sorted(p.clone()).sip_users[1].clone()]
     );
     assert_eq!(
         store.list_trunks_of("acme").unwrap(),
@@ -1050,8 +1059,19 @@ fn api_keys_round_trip_by_hash_and_name() {
     assert_eq!(store.find_api_key(&hash('a')).unwrap(), None);
     assert_eq!(store.find_api_key(&hash('9')).unwrap().unwrap().name, "ops");
 
+    // The last admin key is refused; with another one it may go.
+    match store.delete_api_key("ops") {
+        Err(StoreError::Refused(why)) => assert!(why.contains("last key of realm admin"), "{why}"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert!(store.get_api_key("ops").unwrap().is_some());
+    store
+        .create_api_key(&key("ops2", ApiRealm::Admin), &hash('8'))
+        .unwrap();
     assert!(store.delete_api_key("ops").unwrap());
     assert!(!store.delete_api_key("ops").unwrap());
+    // Non-admin keys may all go.
+    assert!(store.delete_api_key("ws").unwrap());
 }
 
 #[test]
@@ -1117,14 +1137,14 @@ fn version_two_database_gains_resellers_and_api_keys() {
     {
         let mut conn = rusqlite::Connection::open(dir.db()).unwrap();
         conn.pragma_update(None, "foreign_keys", true).unwrap();
-        migrations::migrate_to(&mut conn, 2).unwrap();
+        migrations::migrate_to(&mut conn, 2, DEFAULT_REALM).unwrap();
         conn.execute(
             "INSERT INTO tenants (name, customer_number) VALUES ('old', 42)",
             [],
         )
         .unwrap();
     }
-    let store = Store::open(&dir.db()).unwrap();
+    let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     let old = store.get_tenant("old").unwrap().unwrap();
     assert_eq!(old.reseller, None);
@@ -1137,4 +1157,169 @@ fn version_two_database_gains_resellers_and_api_keys() {
     store
         .create_api_key(&key("ops", ApiRealm::Admin), &hash('a'))
         .unwrap();
+}
+
+#[test]
+fn data_directory_and_database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = TempDir::new();
+    let data = dir.0.join("data").join("nested");
+    crate::create_private_dir(&data).unwrap();
+    assert_eq!(mode(&data), 0o700);
+    let db = data.join("callplane.db");
+    let store = Store::open(&db, DEFAULT_REALM).unwrap();
+    store.apply_provisioning(&sample()).unwrap();
+    assert_eq!(mode(&db), 0o600);
+    let wal = data.join("callplane.db-wal");
+    let shm = data.join("callplane.db-shm");
+    assert!(wal.exists() && shm.exists(), "WAL mode makes -wal and -shm");
+    assert_eq!(mode(&wal), 0o600);
+    assert_eq!(mode(&shm), 0o600);
+    drop(store);
+
+    // An older installation's world-readable files are narrowed at open.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    crate::create_private_dir(&data).unwrap();
+    let _store = Store::open(&db, DEFAULT_REALM).unwrap();
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(&wal), 0o600);
+}
+
+/// HA1 of `user:realm:password`, as the registrar computes it (RFC 7616).
+fn ha1(algo: &str, input: &str) -> String {
+    use sha2::Digest;
+    let bytes: Vec<u8> = match algo {
+        "md5" => md5::Md5::digest(input.as_bytes()).to_vec(),
+        _ => sha2::Sha256::digest(input.as_bytes()).to_vec(),
+    };
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn sip_passwords_are_kept_as_ha1_only() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.db(), "example.org").unwrap();
+    store.apply_provisioning(&sample()).unwrap();
+    let c = store.sip_user_credentials("alice").unwrap().unwrap();
+    assert_eq!(c.ha1_md5, ha1("md5", "alice:example.org:pw-alice"));
+    assert_eq!(c.ha1_sha256, ha1("sha256", "alice:example.org:pw-alice"));
+    assert_eq!(c.realm, "example.org");
+    let u = store.get_sip_user("alice").unwrap().unwrap();
+    assert_eq!((u.password, u.password_set), (None, true));
+
+    // Without a password, an update keeps the stored HA1; a new user needs one.
+    let mut p = sample();
+    p.sip_users[0].password = None;
+    p.sip_users[0].display_name = Some("Alice B.".into());
+    store.apply_provisioning(&p).unwrap();
+    assert_eq!(store.sip_user_credentials("alice").unwrap(), Some(c));
+    let u = store.get_sip_user("alice").unwrap().unwrap();
+    assert_eq!(u.display_name.as_deref(), Some("Alice B."));
+    p.sip_users[0].username = "newbie".into();
+    match store.apply_provisioning(&p) {
+        Err(StoreError::Invalid(e)) => assert_eq!(e[0].field, "password"),
+        other => panic!("a new user without password must be refused: {other:?}"),
+    }
+    drop(store);
+
+    // The clear password is nowhere in the file.
+    let raw = std::fs::read(dir.db()).unwrap();
+    let wal = std::fs::read(dir.0.join("callplane.db-wal")).unwrap_or_default();
+    for bytes in [&raw, &wal] {
+        assert!(!bytes.windows(8).any(|w| w == b"pw-alice"));
+    }
+
+    // Another realm: the users whose HA1 no longer verifies are named, in a warning at open.
+    let log = CapturedLog::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let store = tracing::subscriber::with_default(subscriber, || {
+        Store::open(&dir.db(), "other.example").unwrap()
+    });
+    assert_eq!(
+        store.sip_users_of_other_realm().unwrap(),
+        ["alice", "bob.b-2"]
+    );
+    let text = log.text();
+    assert!(
+        text.contains("WARN")
+            && text.contains("users=alice, bob.b-2")
+            && text.contains("password is set again"),
+        "{text}"
+    );
+    // Setting the password again computes HA1 for the new realm.
+    let mut p = sample();
+    p.sip_users.retain(|u| u.username == "alice");
+    store.apply_provisioning(&p).unwrap();
+    assert_eq!(store.sip_users_of_other_realm().unwrap(), ["bob.b-2"]);
+    let c = store.sip_user_credentials("alice").unwrap().unwrap();
+    assert_eq!(c.ha1_md5, ha1("md5", "alice:other.example:pw-alice"));
+}
+
+/// A tracing writer into memory.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+    fn make_writer(&'a self) -> CapturedLog {
+        self.clone()
+    }
+}
+
+#[test]
+fn migration_4_hashes_clear_sip_passwords_and_drops_them() {
+    let dir = TempDir::new();
+    {
+        let mut conn = rusqlite::Connection::open(dir.db()).unwrap();
+        migrations::migrate_to(&mut conn, 3, DEFAULT_REALM).unwrap();
+        conn.execute_batch(
+            "INSERT INTO tenants (name, customer_number) VALUES ('acme', 1);
+             INSERT INTO sip_users (username, tenant, password) VALUES ('alice', 'acme', 's3cret');
+             INSERT INTO api_keys (name, key_sha256, realm, sip_user, created)
+               VALUES ('k', '0000000000000000000000000000000000000000000000000000000000000000',
+                       'account', 'alice', '2026-01-01T00:00:00Z');",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&dir.db(), "pbx.example").unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let c = store.sip_user_credentials("alice").unwrap().unwrap();
+    assert_eq!(c.ha1_md5, ha1("md5", "alice:pbx.example:s3cret"));
+    assert_eq!(c.ha1_sha256, ha1("sha256", "alice:pbx.example:s3cret"));
+    // The account key of the user survived the column drop.
+    assert!(store.get_api_key("k").unwrap().is_some());
+    let cols: Vec<String> = store
+        .conn()
+        .prepare("SELECT name FROM pragma_table_info('sip_users')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!cols.iter().any(|c| c == "password"), "{cols:?}");
 }

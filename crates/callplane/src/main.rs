@@ -130,16 +130,25 @@ fn apikey_create(args: &[&str]) -> anyhow::Result<()> {
         }
     }
     let realm = realm.context("--realm is required")?;
-    let dir = match (data_dir, config) {
+    // The SIP realm matters only if this is the first open of an older database (its SIP
+    // passwords are then hashed for it): the config's, or the default one.
+    let (dir, sip_realm) = match (data_dir, config) {
         (Some(_), Some(_)) => bail!("give either --config or --data-dir, not both"),
-        (Some(d), None) => d,
-        (None, Some(c)) => Config::load(&c)?.server.data_dir,
-        (None, None) => PathBuf::from("callplane-data"),
+        (Some(d), None) => (d, callplane_store::DEFAULT_REALM.to_string()),
+        (None, Some(c)) => {
+            let cfg = Config::load(&c)?;
+            (cfg.server.data_dir, cfg.server.realm)
+        }
+        (None, None) => (
+            PathBuf::from("callplane-data"),
+            callplane_store::DEFAULT_REALM.to_string(),
+        ),
     };
-    std::fs::create_dir_all(&dir)
+    callplane_store::create_private_dir(&dir)
         .with_context(|| format!("cannot create data dir {}", dir.display()))?;
     let db = dir.join("callplane.db");
-    let store = Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let store =
+        Store::open(&db, &sip_realm).with_context(|| format!("cannot open {}", db.display()))?;
     let secret = callplane_api::generate_key();
     let mut key = callplane_store::ApiKey {
         // A readable default that does not collide: the realm and a short random tag.
@@ -205,11 +214,15 @@ struct Directory {
 
 impl SipDirectory for Directory {
     fn sip_user_ha1(&self, username: &str, algorithm: Algorithm) -> Option<String> {
-        self.store
-            .get_sip_user(username)
-            .ok()
-            .flatten()
-            .map(|u| algorithm.ha1(username, &self.realm, &u.password))
+        let c = self.store.sip_user_credentials(username).ok().flatten()?;
+        // HA1 computed for another realm cannot verify here (warned about at start).
+        if c.realm != self.realm {
+            return None;
+        }
+        Some(match algorithm {
+            Algorithm::Md5 => c.ha1_md5,
+            Algorithm::Sha256 => c.ha1_sha256,
+        })
     }
 
     fn is_trusted_source(&self, ip: IpAddr) -> bool {
@@ -338,10 +351,12 @@ fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
 
 async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
     let s = &cfg.server;
-    std::fs::create_dir_all(&s.data_dir)
+    // 0700 / 0600: the database holds trunk passwords, signing secrets and HA1 values.
+    callplane_store::create_private_dir(&s.data_dir)
         .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
     let db = s.data_dir.join("callplane.db");
-    let store = Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let store =
+        Store::open(&db, &s.realm).with_context(|| format!("cannot open {}", db.display()))?;
     store
         .apply_provisioning(&cfg.provisioning)
         .map_err(|e| anyhow::anyhow!("cannot store the configuration: {e}"))?;

@@ -179,7 +179,7 @@ impl Validate for SipUser {
         if !is_valid_username(&self.username) {
             e.push("username", "must be 1 to 64 of A-Z a-z 0-9 . _ -");
         }
-        if self.password.is_empty() {
+        if matches!(&self.password, Some(p) if p.is_empty()) {
             e.push("password", "must not be empty");
         }
         // The display name ends up in From headers; a CR/LF there would inject header lines.
