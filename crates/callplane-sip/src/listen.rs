@@ -216,6 +216,9 @@ impl Drop for Permit {
     }
 }
 
+/// The accept queue asked of the kernel.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// A bound TCP listener that hands out only connections within its limits.
 pub struct Listener {
     name: &'static str,
@@ -233,9 +236,16 @@ impl Listener {
         addr: SocketAddr,
         limits: ConnectionLimits,
     ) -> std::io::Result<Listener> {
-        let std = std::net::TcpListener::bind(addr)?;
-        std.set_nonblocking(true)?;
-        let tcp = TcpListener::from_std(std)?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A deep accept queue (the kernel caps it at net.core.somaxconn): a burst of connects
+        // waits for the accept loop instead of having SYNs dropped and retried a second later.
+        let tcp = socket.listen(LISTEN_BACKLOG)?;
         Ok(Listener {
             name,
             tcp,
