@@ -75,6 +75,16 @@ impl HttpServer {
 }
 
 async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits, permit: Arc<Permit>) {
+    // hyper allots its read buffer when it takes the connection: until the client sends
+    // something, an idle connection costs only its socket and this wait.
+    tokio::select! {
+        r = tokio::time::timeout(limits.header_read_timeout, stream.readable()) => {
+            if !matches!(r, Ok(Ok(()))) {
+                return;
+            }
+        }
+        _ = permit.evicted() => return,
+    }
     let clock = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(Activity {
@@ -84,6 +94,8 @@ async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits, pe
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        // Applies to every request head on the connection (so a client that sent its first
+        // byte late may take up to twice the timeout for its first head: still bounded).
         .header_read_timeout(limits.header_read_timeout)
         .serve_connection(io, first_request_activates(app, permit.clone()));
     tokio::select! {
