@@ -19,53 +19,33 @@ impl Store {
     pub fn insert_cdr(&self, cdr: &Cdr) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.prepare_cached(&format!(
-            "INSERT INTO cdrs ({CDR_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-        ))?
-        .execute(params![
-            cdr.call_id,
-            cdr.sip_call_id,
-            cdr.tenant,
-            cdr.number,
-            cdr.caller,
-            time_text(&cdr.start_time),
-            opt_time_text(&cdr.answer_time),
-            time_text(&cdr.end_time),
-            cdr.talk_time_ms,
-            cdr.hangup_cause,
-            cdr.hangup_by,
-            cdr.sip_status,
-            cdr.recording_path
-        ])?;
-        {
-            let mut insert_leg = tx.prepare_cached(
-                "INSERT INTO cdr_legs (call_id, leg_index, direction, destination_type, \
-                 destination, start_time, answer_time, end_time, sip_status, hangup_cause) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for leg in &cdr.legs {
-                insert_leg.execute(params![
-                    cdr.call_id,
-                    leg.leg_index,
-                    leg.direction,
-                    leg.destination_type,
-                    leg.destination,
-                    time_text(&leg.start_time),
-                    opt_time_text(&leg.answer_time),
-                    time_text(&leg.end_time),
-                    leg.sip_status,
-                    leg.hangup_cause
-                ])?;
-            }
-            let mut insert_var = tx.prepare_cached(
-                "INSERT INTO cdr_variables (call_id, name, value) VALUES (?1, ?2, ?3)",
-            )?;
-            for (name, value) in &cdr.variables {
-                insert_var.execute(params![cdr.call_id, name, value])?;
+        insert_one(&tx, cdr)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes several finished calls in one transaction (one commit, so one sync to disk,
+    /// for the whole batch) and returns one result per CDR, in order. Each CDR goes in under
+    /// its own savepoint: one that fails (a duplicate `call_id`) is rolled back alone and the
+    /// others are kept. An error of the transaction itself (busy, disk) is returned as `Err`
+    /// and nothing of the batch is written.
+    pub fn insert_cdrs(&self, cdrs: &[&Cdr]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut conn = self.conn();
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(cdrs.len());
+        for cdr in cdrs {
+            let sp = tx.savepoint()?;
+            match insert_one(&sp, cdr) {
+                Ok(()) => {
+                    sp.commit()?;
+                    results.push(Ok(()));
+                }
+                // Dropping the savepoint rolls it back.
+                Err(e) => results.push(Err(e)),
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(results)
     }
 
     /// One CDR with its legs (by index) and variables.
@@ -156,4 +136,54 @@ fn with_details(conn: &Connection, mut cdr: Cdr) -> Result<Cdr, StoreError> {
         .query_map([&cdr.call_id], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(cdr)
+}
+
+/// The inserts of one CDR, inside the caller's transaction or savepoint.
+fn insert_one(tx: &Connection, cdr: &Cdr) -> Result<(), StoreError> {
+        tx.prepare_cached(&format!(
+            "INSERT INTO cdrs ({CDR_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ))?
+        .execute(params![
+            cdr.call_id,
+            cdr.sip_call_id,
+            cdr.tenant,
+            cdr.number,
+            cdr.caller,
+            time_text(&cdr.start_time),
+            opt_time_text(&cdr.answer_time),
+            time_text(&cdr.end_time),
+            cdr.talk_time_ms,
+            cdr.hangup_cause,
+            cdr.hangup_by,
+            cdr.sip_status,
+            cdr.recording_path
+        ])?;
+        {
+            let mut insert_leg = tx.prepare_cached(
+                "INSERT INTO cdr_legs (call_id, leg_index, direction, destination_type, \
+                 destination, start_time, answer_time, end_time, sip_status, hangup_cause) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for leg in &cdr.legs {
+                insert_leg.execute(params![
+                    cdr.call_id,
+                    leg.leg_index,
+                    leg.direction,
+                    leg.destination_type,
+                    leg.destination,
+                    time_text(&leg.start_time),
+                    opt_time_text(&leg.answer_time),
+                    time_text(&leg.end_time),
+                    leg.sip_status,
+                    leg.hangup_cause
+                ])?;
+            }
+            let mut insert_var = tx.prepare_cached(
+                "INSERT INTO cdr_variables (call_id, name, value) VALUES (?1, ?2, ?3)",
+            )?;
+            for (name, value) in &cdr.variables {
+                insert_var.execute(params![cdr.call_id, name, value])?;
+            }
+        }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! The CDR writer: a dedicated thread that takes finished calls off a channel and inserts
-//! them, so call tasks never wait on disk. `flush`/`shutdown` let the process exit without
+//! them, so call tasks never wait on disk. What queued up during one commit is written in the
+//! next, as one transaction: a flood of short calls costs one sync to disk per batch, not per call. `flush`/`shutdown` let the process exit without
 //! losing queued CDRs; if the thread is gone, `write` falls back to a synchronous insert.
 
 use std::fmt;
@@ -16,6 +17,8 @@ use crate::store::Store;
 /// connection's busy timeout).
 const BUSY_ATTEMPTS: u32 = 5;
 const BUSY_BACKOFF: Duration = Duration::from_millis(100);
+/// The most CDRs written in one transaction.
+const MAX_BATCH: usize = 1000;
 
 enum Msg {
     Write(Box<Cdr>),
@@ -136,17 +139,71 @@ impl Drop for Inner {
 }
 
 fn run(store: &Store, rx: Receiver<Msg>) {
-    for msg in rx {
-        match msg {
-            Msg::Write(cdr) => {
-                // Errors are logged inside; the thread keeps serving the next CDR.
-                let _ = write_with_retry(store, &cdr);
+    let mut batch: Vec<Box<Cdr>> = Vec::new();
+    let mut acks = Vec::new();
+    while let Ok(first) = rx.recv() {
+        // Whatever queued up while the last batch was being committed goes into the next one:
+        // no added latency when calls are few, one commit (one sync) per batch under a flood.
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Write(cdr) => batch.push(cdr),
+                Msg::Flush(ack) => acks.push(ack),
             }
-            Msg::Flush(ack) => {
-                let _ = ack.send(());
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            write_batch(store, &batch);
+            batch.clear();
+        }
+        // Every CDR queued before a flush was taken into this batch or an earlier one.
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+/// Writes `batch` in one transaction, retrying while the database is busy. If the
+/// transaction cannot be made at all, each CDR is tried on its own so that one problem
+/// loses as little as possible. Errors are logged inside (see [`write_with_retry`]).
+fn write_batch(store: &Store, batch: &[Box<Cdr>]) {
+    if batch.len() == 1 {
+        let _ = write_with_retry(store, &batch[0]);
+        return;
+    }
+    let refs: Vec<&Cdr> = batch.iter().map(|c| &**c).collect();
+    let mut attempt = 1;
+    loop {
+        match store.insert_cdrs(&refs) {
+            Ok(results) => {
+                for (cdr, r) in batch.iter().zip(results) {
+                    if let Err(e) = r {
+                        log_lost(cdr, &e);
+                    }
+                }
+                return;
+            }
+            Err(e) if e.is_busy() && attempt < BUSY_ATTEMPTS => {
+                tracing::warn!(cdrs = batch.len(), attempt, "database busy writing CDRs; retrying");
+                thread::sleep(BUSY_BACKOFF * attempt);
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::warn!(cdrs = batch.len(), error = %e, "CDR batch failed; writing one by one");
+                for cdr in batch {
+                    let _ = write_with_retry(store, cdr);
+                }
+                return;
             }
         }
     }
+}
+
+fn log_lost(cdr: &Cdr, e: &StoreError) {
+    let json = serde_json::to_string(cdr).unwrap_or_else(|_| format!("{cdr:?}"));
+    tracing::error!(call_id = %cdr.call_id, error = %e, cdr = %json, "CDR could not be written");
 }
 
 /// Inserts `cdr`, retrying while the database is busy. A CDR that cannot be written is
@@ -162,8 +219,7 @@ fn write_with_retry(store: &Store, cdr: &Cdr) -> Result<(), StoreError> {
                 attempt += 1;
             }
             Err(e) => {
-                let json = serde_json::to_string(cdr).unwrap_or_else(|_| format!("{cdr:?}"));
-                tracing::error!(call_id = %cdr.call_id, error = %e, cdr = %json, "CDR could not be written");
+                log_lost(cdr, &e);
                 return Err(e);
             }
         }
