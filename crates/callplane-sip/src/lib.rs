@@ -4,6 +4,7 @@
 //! places `OutboundCall`s.
 
 pub mod digest;
+pub mod flood;
 pub mod info_dtmf;
 pub mod listen;
 pub mod parse;

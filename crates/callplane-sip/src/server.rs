@@ -6,6 +6,7 @@
 use crate::digest::{
     self, Algorithm, DigestCredentials, NonceIssuer, NonceStatus, Replay, ReplayGuard,
 };
+use crate::flood::{self, FailedInvites, Held};
 use crate::info_dtmf::parse_info_dtmf;
 use crate::listen::{first_message_within, ConnectionCounter, ConnectionLimits, Listener};
 use crate::registrar::{Binding, FailureLimiter, Location, LockoutKey};
@@ -72,6 +73,8 @@ pub struct SipConfig {
     pub lockout_per_user: bool,
     /// Maximum registration lifetime granted.
     pub max_expires: u32,
+    /// Limits on INVITEs that fail (see `flood`).
+    pub failed_invites: flood::Limits,
 }
 
 impl Default for SipConfig {
@@ -93,6 +96,10 @@ impl Default for SipConfig {
             auth_block_time: Duration::from_secs(300),
             lockout_per_user: false,
             max_expires: 3600,
+            failed_invites: flood::Limits {
+                per_source: 50,
+                held: 1000,
+            },
         }
     }
 }
@@ -107,6 +114,9 @@ pub trait SipDirectory: Send + Sync + 'static {
     /// Whether INVITEs from this address are accepted without digest auth (trunks, trusted
     /// networks).
     fn is_trusted_source(&self, ip: IpAddr) -> bool;
+    /// Whether calls to this number can be routed at all. Asked only for INVITEs from a
+    /// source over its failed-INVITE limit, to drop those that would fail (unknown numbers).
+    fn number_exists(&self, number: &str) -> bool;
 }
 
 /// A new call offered to us.
@@ -216,6 +226,17 @@ pub struct InboundLeg {
     layer: Arc<DialogLayer>,
     confirmed: bool,
     ended: bool,
+    /// Where a refusal is counted (see `flood`), and the INVITE transaction's slot for the
+    /// guard that then counts it as held until the transaction ends.
+    failures: FailureReport,
+}
+
+/// How an inbound leg reports a failed INVITE: counted against its source, and held until its
+/// transaction (the task that runs it) is gone.
+struct FailureReport {
+    server: Arc<Inner>,
+    source: IpAddr,
+    slot: Arc<Mutex<Option<Held>>>,
 }
 
 impl InboundLeg {
@@ -239,6 +260,11 @@ impl InboundLeg {
 
     /// A final non-2xx response, with an optional Reason header value (RFC 3326).
     pub fn reject(&mut self, status: u16, reason: Option<String>) {
+        if !self.ended && !self.confirmed && flood::counts_as_failure(status) {
+            let f = &self.failures;
+            let held = lock(&f.server.failed_invites).record_failure(f.source, Instant::now());
+            *lock(&f.slot) = Some(held);
+        }
         self.ended = true;
         if let Err(e) = self.dialog.reject(Some(StatusCode::from(status)), reason) {
             debug!(error = %e, "reject on a finished transaction");
@@ -569,6 +595,7 @@ struct Inner {
     directory: Arc<dyn SipDirectory>,
     location: Mutex<Location>,
     limiter: Mutex<FailureLimiter<LockoutKey>>,
+    failed_invites: Mutex<FailedInvites>,
     nonces: NonceIssuer,
     replays: Mutex<ReplayGuard>,
     cfg: SipConfig,
@@ -582,6 +609,11 @@ struct Inner {
 #[derive(Clone)]
 pub struct SipServer {
     inner: Arc<Inner>,
+}
+
+/// A lock that survives a panicked holder (the guarded tables stay consistent per call).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn unix_now() -> u64 {
@@ -707,6 +739,7 @@ impl SipServer {
                 cfg.auth_failure_window,
                 cfg.auth_block_time,
             )),
+            failed_invites: Mutex::new(FailedInvites::new(cfg.failed_invites)),
             nonces: NonceIssuer::new(secret, NONCE_LIFETIME_SECS),
             replays: Mutex::new(ReplayGuard::new(NONCE_LIFETIME_SECS, 200_000)),
             cfg,
@@ -776,6 +809,20 @@ impl SipServer {
             let reliable = tx.connection.as_ref().is_some_and(|c| c.is_reliable());
             if let Err(refusal) = validate_request(&tx.original, reliable) {
                 debug!(status = refusal.status, reason = %refusal.reason, "request refused");
+                // A malformed INVITE counts against its source like any failed INVITE (its
+                // transaction is not kept: the answer is sent once, the ACK finds none).
+                if tx.original.method == Method::Invite {
+                    if let Some((source, _)) = source_of(&tx) {
+                        let now = Instant::now();
+                        let mut f = lock(&self.inner.failed_invites);
+                        if f.over_limit(source.ip(), now) {
+                            drop(f);
+                            self.drop_failing_invite(source.ip());
+                            return;
+                        }
+                        drop(f.record_failure(source.ip(), now));
+                    }
+                }
                 tokio::spawn(async move {
                     // Answer in our own version (a 505 to SIP/7.0 is still SIP/2.0);
                     // `reply_with` copies the request's version and adds the To tag.
@@ -1039,12 +1086,22 @@ impl SipServer {
             tokio::spawn(async move { tx.reply(StatusCode::BadRequest).await.ok() });
             return;
         };
+        let now = Instant::now();
+        let over_limit = lock(&self.inner.failed_invites).over_limit(source.ip(), now);
         let authenticated_user = if self.inner.directory.is_trusted_source(source.ip()) {
             None
         } else {
             match self.authenticate(&tx, "Proxy-Authorization", source.ip()) {
-                Ok(u) => Some(u),
+                Ok(u) => {
+                    lock(&self.inner.failed_invites).record_success(source.ip(), now);
+                    Some(u)
+                }
+                Err(_) if over_limit => {
+                    self.drop_failing_invite(source.ip());
+                    return;
+                }
                 Err(outcome) => {
+                    let held = lock(&self.inner.failed_invites).record_failure(source.ip(), now);
                     let headers = match outcome {
                         AuthOutcome::Challenge { stale } => {
                             Some(self.challenge_headers("Proxy-Authenticate", stale, source.ip()))
@@ -1063,6 +1120,7 @@ impl SipServer {
                             // Keep the transaction alive to absorb the ACK and retransmissions.
                             while tx.receive().await.is_some() {}
                         }
+                        drop(held);
                     });
                     return;
                 }
@@ -1090,6 +1148,10 @@ impl SipServer {
                     .and_then(|u| u.user().map(str::to_string))
             })
             .unwrap_or_default();
+        if over_limit && !self.inner.directory.number_exists(&called) {
+            self.drop_failing_invite(source.ip());
+            return;
+        }
         let offer = body_text(req);
         let (state_tx, state_rx) = self.inner.layer.new_dialog_state_channel();
         let dialog = match self
@@ -1104,6 +1166,8 @@ impl SipServer {
                 return;
             }
         };
+        // Filled by `InboundLeg::reject` if the call is refused; lives as long as the transaction.
+        let held_slot = Arc::new(Mutex::new(None));
         let call = InboundCall {
             sip_call_id,
             caller,
@@ -1119,6 +1183,11 @@ impl SipServer {
                 layer: self.inner.layer.clone(),
                 confirmed: false,
                 ended: false,
+                failures: FailureReport {
+                    server: self.inner.clone(),
+                    source: source.ip(),
+                    slot: held_slot.clone(),
+                },
             },
         };
         if let Err(e) = calls.try_send(call) {
@@ -1133,7 +1202,26 @@ impl SipServer {
             if let Err(e) = dialog.handle(&mut tx).await {
                 debug!(error = %e, "INVITE transaction ended with error");
             }
+            drop(held_slot);
         });
+    }
+
+    /// Drops an INVITE that would fail from a source over its failed-INVITE limit: no answer,
+    /// no dialog, no call (see `flood`); logged once per interval with the count.
+    fn drop_failing_invite(&self, source: IpAddr) {
+        let (to_log, held) = {
+            let mut f = lock(&self.inner.failed_invites);
+            (f.record_drop(Instant::now()), f.held())
+        };
+        if let Some(n) = to_log {
+            warn!(%source, dropped = n, held, "INVITEs that would fail dropped (failed-INVITE limit)");
+        }
+    }
+
+    /// INVITEs that would fail dropped since start, and failed INVITE transactions held now.
+    pub fn failed_invites(&self) -> (u64, usize) {
+        let f = lock(&self.inner.failed_invites);
+        (f.dropped(), f.held())
     }
 
     /// Places an outbound call. Events come from the returned leg.
