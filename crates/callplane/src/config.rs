@@ -44,6 +44,13 @@ pub struct ServerSection {
     pub auth_lockout: AuthLockout,
     /// Digest algorithms offered in challenges, in this order: `["MD5", "SHA-256"]`.
     pub digest_algorithms: Vec<String>,
+    /// INVITEs from one source address that may fail (unknown number, no or wrong
+    /// credentials, malformed) per 10 seconds; over it, its INVITEs that would fail are
+    /// dropped unanswered. 0 turns the per-source limit off.
+    pub failed_invite_limit: u32,
+    /// Failed INVITE transactions (waiting for the caller's ACK, or Timer H) held at once
+    /// over all sources; at the cap, INVITEs that would fail are dropped. 0: no cap.
+    pub failed_invites_held: usize,
     /// The `User-Agent`/`Server` banner on SIP messages; `""` sends none.
     pub user_agent: String,
     /// Open SIP/TCP connections at most, in total and per source address.
@@ -94,6 +101,8 @@ impl Default for ServerSection {
             max_auth_failures: 5,
             auth_lockout: AuthLockout::Source,
             digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
+            failed_invite_limit: 50,
+            failed_invites_held: 1000,
             user_agent: concat!("Callplane/", env!("CARGO_PKG_VERSION")).into(),
             sip_tcp_max_connections: 4096,
             sip_tcp_max_connections_per_source: 64,

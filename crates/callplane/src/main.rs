@@ -234,6 +234,11 @@ impl SipDirectory for Directory {
                 .flatten()
                 .is_some()
     }
+
+    fn number_exists(&self, number: &str) -> bool {
+        // A failing store answers "exists": the call then goes on to the engine's own answer.
+        !matches!(self.store.find_number(number), Ok(None))
+    }
 }
 
 /// The kernel's host name, for the ask-URL `server` field.
@@ -290,6 +295,18 @@ impl callplane_api::MetricsSource for Metrics {
                 "Open HTTP connections",
                 "gauge",
                 self.http_connections.get().map_or(0, |c| c.open()) as f64,
+            ),
+            (
+                "callplane_sip_failed_invites_dropped_total",
+                "INVITEs that would fail dropped unanswered (failed-INVITE limits)",
+                "counter",
+                self.sip.failed_invites().0 as f64,
+            ),
+            (
+                "callplane_sip_failed_invites_held",
+                "Failed INVITE transactions held (waiting for ACK or Timer H)",
+                "gauge",
+                self.sip.failed_invites().1 as f64,
             ),
             (
                 "callplane_sip_transactions",
@@ -395,6 +412,7 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
         realm: s.realm.clone(),
     });
     let descriptors = raise_descriptor_limit();
+    start_heap_trimmer();
     let budget = ConnectionBudget::new(
         descriptors,
         s.reserved_descriptors,
@@ -427,6 +445,10 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
         },
         tcp_first_message_timeout: secs(s.sip_tcp_first_message_timeout),
         tcp_idle_timeout: secs(s.sip_tcp_idle_timeout),
+        failed_invites: callplane_sip::flood::Limits {
+            per_source: s.failed_invite_limit,
+            held: s.failed_invites_held,
+        },
         ..SipConfig::default()
     };
     let (sip, calls) = SipServer::start(sip_cfg, directory).await?;
@@ -543,6 +565,52 @@ fn raise_descriptor_limit() -> u64 {
         }
     }
     lim.rlim_cur
+}
+
+/// Growth of the free heap since the last check above which the trimmer hands memory back.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_ABOVE_FREE_BYTES: usize = 2 << 20;
+
+/// glibc keeps freed memory in its arenas, so after a burst (a flood of rejected INVITEs, a
+/// peak of calls) RSS would stay at the peak for good. Every few seconds the trimmer reads the
+/// heap's free bytes (`mallinfo2`, cheap); when they grew by more than a threshold since the
+/// last trim, `malloc_trim` returns the free pages to the system (a millisecond or so on a
+/// heap of tens of MB), and again every 30 s while much is free. Free bytes stay counted after
+/// a trim (the pages are only unmapped), so growth is measured from the last check.
+fn start_heap_trimmer() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new()
+            .name("heap-trim".into())
+            .spawn(|| {
+                let mut baseline = 0usize;
+                let mut last_trim = std::time::Instant::now();
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    // SAFETY: mallinfo2 and malloc_trim take no pointers and are thread-safe.
+                    let free = unsafe { libc::mallinfo2() }.fordblks;
+                    // Also every 30 s while much is free: pages next to memory still in use at
+                    // the last trim may have come free since without the total growing much.
+                    let grew = free > baseline + TRIM_ABOVE_FREE_BYTES;
+                    let due = free > TRIM_ABOVE_FREE_BYTES
+                        && last_trim.elapsed() >= std::time::Duration::from_secs(30);
+                    if grew || due {
+                        let started = std::time::Instant::now();
+                        unsafe { libc::malloc_trim(0) };
+                        last_trim = std::time::Instant::now();
+                        tracing::debug!(
+                            free_mb = free >> 20,
+                            took_us = started.elapsed().as_micros() as u64,
+                            "heap trimmed"
+                        );
+                    }
+                    baseline = free;
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the heap trimmer; memory freed after bursts stays with the process");
+        }
+    }
 }
 
 /// How many descriptors the connection listeners may use: the limit less a reserve for RTP,
