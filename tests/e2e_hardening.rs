@@ -111,7 +111,13 @@ impl Phone {
 
     /// The next final response (1xx skipped), within 5 s.
     fn final_response(&self) -> TracedMessage {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        self.try_final_response(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no final response within 5 s at {}", self.local))
+    }
+
+    /// The next final response (1xx skipped) if one comes within `within`.
+    fn try_final_response(&self, within: Duration) -> Option<TracedMessage> {
+        let deadline = Instant::now() + within;
         let mut buf = vec![0u8; 65536];
         while Instant::now() < deadline {
             let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
@@ -124,10 +130,59 @@ impl Phone {
                 text,
             };
             if m.status().is_some_and(|s| s >= 200) {
-                return m;
+                return Some(m);
             }
         }
-        panic!("no final response within 5 s at {}", self.local);
+        None
+    }
+
+    /// Sends an INVITE to `target` (with a Proxy-Authorization if given), and ACKs the final
+    /// answer if one comes within `within` (a non-2xx one: same branch, the answer's To).
+    fn invite(
+        &mut self,
+        target: &str,
+        call_id: &str,
+        auth: Option<&str>,
+        within: Duration,
+    ) -> Option<TracedMessage> {
+        let n = self.next();
+        let local = self.local;
+        let auth = auth
+            .map(|a| format!("Proxy-Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+             m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+            ip = local.ip()
+        );
+        let branch = format!("z9hG4bK-inv-{call_id}-{n}");
+        self.send(&format!(
+            "INVITE {target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:alice@{local}>;tag=a{call_id}\r\n\
+             To: <{target}>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {n} INVITE\r\n\
+             Contact: <sip:alice@{local}>\r\n\
+             {auth}\
+             Content-Type: application/sdp\r\n\
+             Content-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        ));
+        let r = self.try_final_response(within)?;
+        let to = r.header("To").unwrap_or_default();
+        self.send(&format!(
+            "ACK {target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:alice@{local}>;tag=a{call_id}\r\n\
+             To: {to}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {n} ACK\r\n\
+             Content-Length: 0\r\n\r\n"
+        ));
+        Some(r)
     }
 
     /// Sends a REGISTER for `user` (binding this phone's address) and returns the final answer.
@@ -296,45 +351,9 @@ fn a_captured_invite_proxy_authorization_cannot_be_replayed_from_elsewhere() {
     });
     let target = format!("sip:300@{}", server.sip_addr());
     let invite = |phone: &mut Phone, call_id: &str, auth: Option<&str>| -> TracedMessage {
-        let n = phone.next();
-        let local = phone.local;
-        let auth = auth
-            .map(|a| format!("Proxy-Authorization: {a}\r\n"))
-            .unwrap_or_default();
-        let sdp = format!(
-            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
-             m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
-            ip = local.ip()
-        );
-        let branch = format!("z9hG4bK-inv-{call_id}-{n}");
-        phone.send(&format!(
-            "INVITE {target} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {local};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:alice@{local}>;tag=a{call_id}\r\n\
-             To: <{target}>\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: {n} INVITE\r\n\
-             Contact: <sip:alice@{local}>\r\n\
-             {auth}\
-             Content-Type: application/sdp\r\n\
-             Content-Length: {}\r\n\r\n{sdp}",
-            sdp.len()
-        ));
-        let r = phone.final_response();
-        // ACK the non-2xx final response (same branch, the response's To).
-        let to = r.header("To").unwrap_or_default();
-        phone.send(&format!(
-            "ACK {target} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {local};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:alice@{local}>;tag=a{call_id}\r\n\
-             To: {to}\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: {n} ACK\r\n\
-             Content-Length: 0\r\n\r\n"
-        ));
-        r
+        phone
+            .invite(&target, call_id, auth, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no final answer to INVITE {call_id}"))
     };
 
     let mut alice = Phone::at(lo(1), server.sip_addr());
@@ -358,6 +377,142 @@ fn a_captured_invite_proxy_authorization_cannot_be_replayed_from_elsewhere() {
         Some(407),
         "the captured Proxy-Authorization from another address must be challenged\n{}",
         stolen.text
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failed-INVITE limit (the memory side of a flood is in e2e_flood.rs)
+// ---------------------------------------------------------------------------------------------
+
+const WITHIN: Duration = Duration::from_millis(1500);
+
+#[test]
+fn a_source_over_its_failed_invite_limit_is_dropped_but_calls_that_work_go_on() {
+    let server = server(ServerOptions {
+        extra_server: "failedInviteLimit = 5\nfailedInvitesHeld = 0\n".into(),
+        ..ServerOptions::default()
+    });
+    let unknown = format!("sip:999@{}", server.sip_addr());
+    let busy = format!("sip:300@{}", server.sip_addr());
+    let mut scanner = Phone::at(lo(60), server.sip_addr());
+    for i in 0..5 {
+        let r = scanner.invite(&unknown, &format!("scan-{i}"), None, WITHIN);
+        assert_eq!(
+            r.as_ref().and_then(TracedMessage::status),
+            Some(404),
+            "failed INVITE {i} of 5 is answered\n{}",
+            server.log_tail()
+        );
+    }
+    // The sixth that would fail is dropped: no answer at all, not even a 100 Trying.
+    assert!(
+        scanner.invite(&unknown, "scan-5", None, WITHIN).is_none(),
+        "an INVITE over the limit must go unanswered"
+    );
+    // The same source calling a number that exists still gets its call run.
+    let r = scanner.invite(&busy, "scan-busy", None, Duration::from_secs(5));
+    assert_eq!(
+        r.as_ref().and_then(TracedMessage::status),
+        Some(486),
+        "an INVITE that would succeed is not dropped\n{}",
+        server.log_tail()
+    );
+    // Another source is not affected.
+    let mut other = Phone::at(lo(61), server.sip_addr());
+    let r = other.invite(&unknown, "other-0", None, WITHIN);
+    assert_eq!(r.as_ref().and_then(TracedMessage::status), Some(404));
+
+    assert_eq!(
+        server.metric("callplane_sip_failed_invites_dropped_total"),
+        1.0
+    );
+    let logged = server
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("INVITEs that would fail dropped"))
+        .count();
+    assert_eq!(logged, 1, "the drop is logged once\n{}", server.log_tail());
+    // No CDR for the dropped INVITE; one for each answered one.
+    let cdrs = read_cdrs(&server.db()).unwrap();
+    assert!(
+        !cdrs.iter().any(|c| c.sip_call_id == "scan-5"),
+        "{}",
+        format_cdrs(&cdrs)
+    );
+    for id in ["scan-0", "scan-4", "scan-busy", "other-0"] {
+        server.cdr_for_call_id(id);
+    }
+}
+
+#[test]
+fn a_phone_that_authenticates_every_call_never_reaches_the_failed_invite_limit() {
+    let server = server(ServerOptions {
+        trusted: false,
+        extra_server: "failedInviteLimit = 3\nfailedInvitesHeld = 0\n".into(),
+        ..ServerOptions::default()
+    });
+    let busy = format!("sip:300@{}", server.sip_addr());
+    let mut alice = Phone::at(lo(62), server.sip_addr());
+    // Each call is challenged (a failure) and then authenticated (its token given back).
+    for i in 0..8 {
+        let id = format!("alice-{i}");
+        let r = alice
+            .invite(&busy, &id, None, WITHIN)
+            .unwrap_or_else(|| panic!("call {i} is challenged\n{}", server.log_tail()));
+        assert_eq!(r.status(), Some(407), "{}", r.text);
+        let c = md5_challenge(&r, "Proxy-Authenticate");
+        let a = answer(&c, "alice", "secret", "INVITE", &busy, 1);
+        let r = alice.invite(&busy, &id, Some(&a), WITHIN);
+        assert_eq!(
+            r.as_ref().and_then(TracedMessage::status),
+            Some(486),
+            "authenticated call {i}\n{}",
+            server.log_tail()
+        );
+    }
+    // A scanner without credentials is stopped after 3; a nonce it was given earlier, answered
+    // with the right password, still gets its call through (it would not fail).
+    let mut scanner = Phone::at(lo(63), server.sip_addr());
+    let mut nonce = None;
+    for i in 0..3 {
+        let r = scanner.invite(&busy, &format!("scan-{i}"), None, WITHIN);
+        assert_eq!(r.as_ref().and_then(TracedMessage::status), Some(407));
+        nonce = r.map(|r| md5_challenge(&r, "Proxy-Authenticate"));
+    }
+    assert!(scanner.invite(&busy, "scan-3", None, WITHIN).is_none());
+    let a = answer(&nonce.unwrap(), "alice", "secret", "INVITE", &busy, 1);
+    let r = scanner.invite(&busy, "scan-auth", Some(&a), WITHIN);
+    assert_eq!(
+        r.as_ref().and_then(TracedMessage::status),
+        Some(486),
+        "an authenticated INVITE from a source over its limit is not dropped\n{}",
+        server.log_tail()
+    );
+    assert_eq!(
+        server.metric("callplane_sip_failed_invites_dropped_total"),
+        1.0
+    );
+}
+
+#[test]
+fn failed_invite_limit_zero_never_drops() {
+    let server = server(ServerOptions {
+        extra_server: "failedInviteLimit = 0\nfailedInvitesHeld = 0\n".into(),
+        ..ServerOptions::default()
+    });
+    let unknown = format!("sip:999@{}", server.sip_addr());
+    let mut scanner = Phone::at(lo(64), server.sip_addr());
+    for i in 0..30 {
+        let r = scanner.invite(&unknown, &format!("scan-{i}"), None, WITHIN);
+        assert_eq!(
+            r.as_ref().and_then(TracedMessage::status),
+            Some(404),
+            "INVITE {i}"
+        );
+    }
+    assert_eq!(
+        server.metric("callplane_sip_failed_invites_dropped_total"),
+        0.0
     );
 }
 

@@ -460,6 +460,26 @@ impl Server {
         self.logs.wait_for(2, timeout, |l| l.contains(needle))
     }
 
+    /// The process's resident memory now, from `/proc/<pid>/status`.
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("server running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// One unlabelled value from `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = http::request(self.http_port, "GET", "/metrics", &[], b"").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    }
+
     /// Whether the process is still running.
     pub fn is_alive(&mut self) -> bool {
         match self.child.as_mut() {
