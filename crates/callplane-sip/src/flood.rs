@@ -47,6 +47,9 @@ pub struct Limits {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Until when the source counts as failing although its bucket may be full again: it
+    /// was dropped within the last [`WINDOW`] (a flood keeps refilling while it is dropped).
+    dropped_until: Option<Instant>,
 }
 
 /// The limits' state; one per SIP server, behind a mutex.
@@ -89,31 +92,51 @@ impl FailedInvites {
         let cap = f64::from(self.limits.per_source);
         match self.sources.get(&source) {
             None => cap,
-            Some(b) => {
-                let refill = now.duration_since(b.at).as_secs_f64() / WINDOW.as_secs_f64() * cap;
-                (b.tokens + refill).min(cap)
-            }
+            Some(b) => Self::refilled(b, now, cap),
         }
+    }
+
+    fn refilled(b: &Bucket, now: Instant, cap: f64) -> f64 {
+        let refill = now.duration_since(b.at).as_secs_f64() / WINDOW.as_secs_f64() * cap;
+        (b.tokens + refill).min(cap)
+    }
+
+    /// Whether `source` failed or was dropped within the last [`WINDOW`] or so.
+    fn failing(&self, source: IpAddr, now: Instant) -> bool {
+        self.sources.get(&source).is_some_and(|b| {
+            Self::refilled(b, now, f64::from(self.limits.per_source))
+                < f64::from(self.limits.per_source)
+                || b.dropped_until.is_some_and(|t| now < t)
+        })
     }
 
     /// Whether an INVITE from `source` that would fail is to be dropped now.
     ///
-    /// At the `held` cap, only sources that failed recently (a partly used bucket) are
-    /// dropped, so a phone whose every call starts with a challenge it then answers keeps
-    /// being challenged during a flood from elsewhere; at twice the cap every source is
-    /// (many forged sources failing once each). With the per-source limit off, sources are
-    /// not told apart and the cap applies to all.
+    /// At the `held` cap, only sources that failed or were dropped recently are dropped, so
+    /// a phone whose every call starts with a challenge it then answers keeps being
+    /// challenged during a flood from elsewhere; at twice the cap every source is (many
+    /// forged sources failing once each). With the per-source limit off, sources are not
+    /// told apart and the cap applies to all.
     pub fn over_limit(&self, source: IpAddr, now: Instant) -> bool {
         let cap = self.limits.held;
         let held = self.held();
         if self.limits.per_source == 0 {
             return cap > 0 && held >= cap;
         }
-        let tokens = self.tokens(source, now);
-        tokens < 1.0
+        self.tokens(source, now) < 1.0
             || (cap > 0
-                && (held >= cap.saturating_mul(2)
-                    || (held >= cap && tokens < f64::from(self.limits.per_source))))
+                && (held >= cap.saturating_mul(2) || (held >= cap && self.failing(source, now))))
+    }
+
+    /// Makes room for one more source if the table is full: those with nothing to remember
+    /// (a full bucket, no recent drop) are forgotten.
+    fn make_room(&mut self, source: IpAddr, now: Instant) {
+        if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&source) {
+            let cap = f64::from(self.limits.per_source);
+            self.sources.retain(|_, b| {
+                Self::refilled(b, now, cap) < cap || b.dropped_until.is_some_and(|t| now < t)
+            });
+        }
     }
 
     /// An INVITE from `source` is answered with a failure: takes a token and returns the
@@ -121,17 +144,14 @@ impl FailedInvites {
     pub fn record_failure(&mut self, source: IpAddr, now: Instant) -> Held {
         if self.limits.per_source > 0 {
             let tokens = self.tokens(source, now);
-            if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&source) {
-                let cap = f64::from(self.limits.per_source);
-                let per_s = cap / WINDOW.as_secs_f64();
-                self.sources
-                    .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_s < cap);
-            }
+            self.make_room(source, now);
+            let dropped_until = self.sources.get(&source).and_then(|b| b.dropped_until);
             self.sources.insert(
                 source,
                 Bucket {
                     tokens: (tokens - 1.0).max(0.0),
                     at: now,
+                    dropped_until,
                 },
             );
         }
@@ -141,19 +161,32 @@ impl FailedInvites {
 
     /// A request from `source` authenticated: the token its challenge took is given back.
     pub fn record_success(&mut self, source: IpAddr, now: Instant) {
-        if self.sources.contains_key(&source) {
-            let tokens = self.tokens(source, now) + 1.0;
-            if tokens >= f64::from(self.limits.per_source) {
+        let cap = f64::from(self.limits.per_source);
+        if let Some(b) = self.sources.get_mut(&source) {
+            let tokens = (Self::refilled(b, now, cap) + 1.0).min(cap);
+            b.tokens = tokens;
+            b.at = now;
+            if tokens >= cap && !b.dropped_until.is_some_and(|t| now < t) {
                 self.sources.remove(&source);
-            } else {
-                self.sources.insert(source, Bucket { tokens, at: now });
             }
         }
     }
 
     /// An INVITE that would have failed was dropped. Returns the number of drops to log now
     /// (this one and those since the last line), at most once per [`LOG_INTERVAL`].
-    pub fn record_drop(&mut self, now: Instant) -> Option<u64> {
+    pub fn record_drop(&mut self, source: IpAddr, now: Instant) -> Option<u64> {
+        if self.limits.per_source > 0 {
+            let tokens = self.tokens(source, now);
+            self.make_room(source, now);
+            self.sources.insert(
+                source,
+                Bucket {
+                    tokens,
+                    at: now,
+                    dropped_until: Some(now + WINDOW),
+                },
+            );
+        }
         self.dropped += 1;
         self.unlogged += 1;
         if self
@@ -264,9 +297,14 @@ mod tests {
         }
         assert_eq!(f.held(), 8);
         assert!(f.over_limit(ip(100), t0));
-        // A window later the flooding source's bucket is full again: fresh, below 2x.
+        // A window later the flooding source's bucket is full again: fresh, below 2x…
         held.truncate(6);
         assert!(!f.over_limit(ip(1), t0 + WINDOW));
+        // …unless it was dropped meanwhile: a flood that goes on stays a failing source.
+        assert!(f.over_limit(ip(2), t0));
+        f.record_drop(ip(2), t0 + WINDOW / 2);
+        assert!(f.over_limit(ip(2), t0 + WINDOW));
+        assert!(!f.over_limit(ip(2), t0 + WINDOW + WINDOW / 2));
     }
 
     #[test]
@@ -304,11 +342,11 @@ mod tests {
             held: 0,
         });
         let t0 = Instant::now();
-        assert_eq!(f.record_drop(t0), Some(1));
+        assert_eq!(f.record_drop(ip(1), t0), Some(1));
         for i in 1..1000 {
-            assert_eq!(f.record_drop(t0 + Duration::from_millis(i)), None);
+            assert_eq!(f.record_drop(ip(1), t0 + Duration::from_millis(i)), None);
         }
-        assert_eq!(f.record_drop(t0 + LOG_INTERVAL), Some(1000));
+        assert_eq!(f.record_drop(ip(1), t0 + LOG_INTERVAL), Some(1000));
         assert_eq!(f.dropped(), 1001);
     }
 
