@@ -189,16 +189,17 @@ fn an_invite_flood_is_bounded_and_its_memory_returned() {
         "unexpected answers: {:?}",
         answers.other
     );
-    // The held cap (1000 by default) bounds what is answered while the flood's answers live;
+    // The held cap (500 by default) bounds what is answered while the flood's answers live;
     // the slack covers INVITEs dispatched before the first refusals were counted.
     assert!(
-        (900..=1200).contains(&answered),
-        "{answered} of {FLOOD} flood INVITEs answered; the held cap is 1000"
+        (450..=700).contains(&answered),
+        "{answered} of {FLOOD} flood INVITEs answered; the held cap is 500"
     );
-    assert_eq!(
-        dropped as usize,
-        FLOOD - answered,
-        "every INVITE not answered is counted as dropped"
+    // Loopback UDP may lose a few datagrams under the burst: those are neither.
+    let unanswered = FLOOD - answered;
+    assert!(
+        dropped as usize <= unanswered && dropped as usize >= unanswered * 99 / 100,
+        "every INVITE not answered is counted as dropped ({dropped} of {unanswered})"
     );
     // Every answered INVITE is a call with a CDR; a dropped one is not.
     let legit_calls = 4 + 10;

@@ -98,7 +98,7 @@ impl Default for SipConfig {
             max_expires: 3600,
             failed_invites: flood::Limits {
                 per_source: 50,
-                held: 1000,
+                held: 500,
             },
         }
     }
@@ -1116,9 +1116,16 @@ impl SipServer {
                             }
                             None => tx.reply(StatusCode::Forbidden).await,
                         };
+                        let mut held = Some(held);
                         if r.is_ok() {
                             // Keep the transaction alive to absorb the ACK and retransmissions.
-                            while tx.receive().await.is_some() {}
+                            // A caller that ACKs is no scanner: its transaction only waits
+                            // out Timer I (5 s) and no longer counts as held.
+                            while let Some(m) = tx.receive().await {
+                                if matches!(&m, SipMessage::Request(r) if r.method == Method::Ack) {
+                                    held = None;
+                                }
+                            }
                         }
                         drop(held);
                     });
@@ -1211,7 +1218,7 @@ impl SipServer {
     fn drop_failing_invite(&self, source: IpAddr) {
         let (to_log, held) = {
             let mut f = lock(&self.inner.failed_invites);
-            (f.record_drop(Instant::now()), f.held())
+            (f.record_drop(source, Instant::now()), f.held())
         };
         if let Some(n) = to_log {
             warn!(%source, dropped = n, held, "INVITEs that would fail dropped (failed-INVITE limit)");

@@ -102,7 +102,7 @@ impl Default for ServerSection {
             auth_lockout: AuthLockout::Source,
             digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
             failed_invite_limit: 50,
-            failed_invites_held: 1000,
+            failed_invites_held: 500,
             user_agent: concat!("Callplane/", env!("CARGO_PKG_VERSION")).into(),
             sip_tcp_max_connections: 4096,
             sip_tcp_max_connections_per_source: 64,
