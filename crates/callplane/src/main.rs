@@ -573,10 +573,11 @@ const TRIM_ABOVE_FREE_BYTES: usize = 2 << 20;
 
 /// glibc keeps freed memory in its arenas, so after a burst (a flood of rejected INVITEs, a
 /// peak of calls) RSS would stay at the peak for good. Every few seconds the trimmer reads the
-/// heap's free bytes (`mallinfo2`, cheap); when they grew by more than a threshold since the
-/// last trim, `malloc_trim` returns the free pages to the system (a millisecond or so on a
-/// heap of tens of MB), and again every 30 s while much is free. Free bytes stay counted after
-/// a trim (the pages are only unmapped), so growth is measured from the last check.
+/// heap's free bytes (`mallinfo2`, cheap); when they grew by more than a threshold over their
+/// lowest since the last trim, `malloc_trim` returns the free pages to the system (a few
+/// milliseconds on a heap of tens of MB, on this thread), and again every 30 s while much is
+/// free (pages next to memory still in use at the last trim may have come free since). Free
+/// bytes stay counted after a trim (the pages are only unmapped), hence the growth measure.
 fn start_heap_trimmer() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -588,9 +589,9 @@ fn start_heap_trimmer() {
                 loop {
                     std::thread::sleep(std::time::Duration::from_secs(5));
                     // SAFETY: mallinfo2 and malloc_trim take no pointers and are thread-safe.
-                    let free = unsafe { libc::mallinfo2() }.fordblks;
-                    // Also every 30 s while much is free: pages next to memory still in use at
-                    // the last trim may have come free since without the total growing much.
+                    let info = unsafe { libc::mallinfo2() };
+                    let free = info.fordblks;
+                    baseline = baseline.min(free);
                     let grew = free > baseline + TRIM_ABOVE_FREE_BYTES;
                     let due = free > TRIM_ABOVE_FREE_BYTES
                         && last_trim.elapsed() >= std::time::Duration::from_secs(30);
@@ -598,13 +599,14 @@ fn start_heap_trimmer() {
                         let started = std::time::Instant::now();
                         unsafe { libc::malloc_trim(0) };
                         last_trim = std::time::Instant::now();
+                        baseline = free;
                         tracing::debug!(
                             free_mb = free >> 20,
+                            in_use_mb = info.uordblks >> 20,
                             took_us = started.elapsed().as_micros() as u64,
                             "heap trimmed"
                         );
                     }
-                    baseline = free;
                 }
             });
         if let Err(e) = spawned {
