@@ -140,7 +140,7 @@ fn with_details(conn: &Connection, mut cdr: Cdr) -> Result<Cdr, StoreError> {
 
 /// The inserts of one CDR, inside the caller's transaction or savepoint.
 fn insert_one(tx: &Connection, cdr: &Cdr) -> Result<(), StoreError> {
-        tx.prepare_cached(&format!(
+    tx.prepare_cached(&format!(
             "INSERT INTO cdrs ({CDR_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ))?
         .execute(params![
@@ -158,32 +158,32 @@ fn insert_one(tx: &Connection, cdr: &Cdr) -> Result<(), StoreError> {
             cdr.sip_status,
             cdr.recording_path
         ])?;
-        {
-            let mut insert_leg = tx.prepare_cached(
-                "INSERT INTO cdr_legs (call_id, leg_index, direction, destination_type, \
+    {
+        let mut insert_leg = tx.prepare_cached(
+            "INSERT INTO cdr_legs (call_id, leg_index, direction, destination_type, \
                  destination, start_time, answer_time, end_time, sip_status, hangup_cause) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for leg in &cdr.legs {
-                insert_leg.execute(params![
-                    cdr.call_id,
-                    leg.leg_index,
-                    leg.direction,
-                    leg.destination_type,
-                    leg.destination,
-                    time_text(&leg.start_time),
-                    opt_time_text(&leg.answer_time),
-                    time_text(&leg.end_time),
-                    leg.sip_status,
-                    leg.hangup_cause
-                ])?;
-            }
-            let mut insert_var = tx.prepare_cached(
-                "INSERT INTO cdr_variables (call_id, name, value) VALUES (?1, ?2, ?3)",
-            )?;
-            for (name, value) in &cdr.variables {
-                insert_var.execute(params![cdr.call_id, name, value])?;
-            }
+        )?;
+        for leg in &cdr.legs {
+            insert_leg.execute(params![
+                cdr.call_id,
+                leg.leg_index,
+                leg.direction,
+                leg.destination_type,
+                leg.destination,
+                time_text(&leg.start_time),
+                opt_time_text(&leg.answer_time),
+                time_text(&leg.end_time),
+                leg.sip_status,
+                leg.hangup_cause
+            ])?;
         }
+        let mut insert_var = tx.prepare_cached(
+            "INSERT INTO cdr_variables (call_id, name, value) VALUES (?1, ?2, ?3)",
+        )?;
+        for (name, value) in &cdr.variables {
+            insert_var.execute(params![cdr.call_id, name, value])?;
+        }
+    }
     Ok(())
 }

@@ -796,7 +796,10 @@ fn a_batch_of_cdrs_keeps_the_good_ones_when_one_fails() {
     let kept = store.get_cdr("b-1").unwrap().unwrap();
     assert_eq!(kept.start_time, t(9, 0, 0, 0));
     assert_eq!(kept.legs.len(), sample_cdr("x", t(9, 0, 0, 0)).legs.len());
-    assert_eq!(store.get_cdr("b-2").unwrap().unwrap().legs.len(), kept.legs.len());
+    assert_eq!(
+        store.get_cdr("b-2").unwrap().unwrap().legs.len(),
+        kept.legs.len()
+    );
 }
 
 #[test]
@@ -807,7 +810,10 @@ fn a_flood_of_cdrs_is_written_in_few_commits_and_whole() {
     let started = std::time::Instant::now();
     for i in 0..5000u32 {
         writer
-            .write(sample_cdr(&format!("flood-{i}"), t(16, (i / 60) % 60, i % 60, 0)))
+            .write(sample_cdr(
+                &format!("flood-{i}"),
+                t(16, (i / 60) % 60, i % 60, 0),
+            ))
             .unwrap();
     }
     writer.flush();

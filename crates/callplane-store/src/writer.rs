@@ -186,7 +186,11 @@ fn write_batch(store: &Store, batch: &[Box<Cdr>]) {
                 return;
             }
             Err(e) if e.is_busy() && attempt < BUSY_ATTEMPTS => {
-                tracing::warn!(cdrs = batch.len(), attempt, "database busy writing CDRs; retrying");
+                tracing::warn!(
+                    cdrs = batch.len(),
+                    attempt,
+                    "database busy writing CDRs; retrying"
+                );
                 thread::sleep(BUSY_BACKOFF * attempt);
                 attempt += 1;
             }
