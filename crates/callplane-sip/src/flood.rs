@@ -166,7 +166,7 @@ impl FailedInvites {
             let tokens = (Self::refilled(b, now, cap) + 1.0).min(cap);
             b.tokens = tokens;
             b.at = now;
-            if tokens >= cap && !b.dropped_until.is_some_and(|t| now < t) {
+            if tokens >= cap && b.dropped_until.is_none_or(|t| now >= t) {
                 self.sources.remove(&source);
             }
         }
