@@ -47,9 +47,10 @@ pub struct Limits {
 struct Bucket {
     tokens: f64,
     at: Instant,
-    /// Until when the source counts as failing although its bucket may be full again: it
-    /// was dropped within the last [`WINDOW`] (a flood keeps refilling while it is dropped).
-    dropped_until: Option<Instant>,
+    /// Until when the source counts as failing: it failed or was dropped within the last
+    /// [`WINDOW`], and has not authenticated since. (Its bucket says too little: a slow
+    /// flood, or one that is being dropped, keeps it full.)
+    failing_until: Option<Instant>,
 }
 
 /// The limits' state; one per SIP server, behind a mutex.
@@ -101,20 +102,18 @@ impl FailedInvites {
         (b.tokens + refill).min(cap)
     }
 
-    /// Whether `source` failed or was dropped within the last [`WINDOW`] or so.
+    /// Whether `source` failed or was dropped within the last [`WINDOW`] (see `Bucket`).
     fn failing(&self, source: IpAddr, now: Instant) -> bool {
-        self.sources.get(&source).is_some_and(|b| {
-            Self::refilled(b, now, f64::from(self.limits.per_source))
-                < f64::from(self.limits.per_source)
-                || b.dropped_until.is_some_and(|t| now < t)
-        })
+        self.sources
+            .get(&source)
+            .is_some_and(|b| b.failing_until.is_some_and(|t| now < t))
     }
 
     /// Whether an INVITE from `source` that would fail is to be dropped now.
     ///
-    /// At the `held` cap, only sources that failed or were dropped recently are dropped, so
-    /// a phone whose every call starts with a challenge it then answers keeps being
-    /// challenged during a flood from elsewhere; at twice the cap every source is (many
+    /// At the `held` cap, only sources that failed or were dropped in the last [`WINDOW`]
+    /// (and have not authenticated since) are dropped, so a phone whose every call starts
+    /// with a challenge it then answers keeps being challenged during a flood from elsewhere; at twice the cap every source is (many
     /// forged sources failing once each). With the per-source limit off, sources are not
     /// told apart and the cap applies to all.
     pub fn over_limit(&self, source: IpAddr, now: Instant) -> bool {
@@ -134,7 +133,7 @@ impl FailedInvites {
         if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&source) {
             let cap = f64::from(self.limits.per_source);
             self.sources.retain(|_, b| {
-                Self::refilled(b, now, cap) < cap || b.dropped_until.is_some_and(|t| now < t)
+                Self::refilled(b, now, cap) < cap || b.failing_until.is_some_and(|t| now < t)
             });
         }
     }
@@ -145,13 +144,12 @@ impl FailedInvites {
         if self.limits.per_source > 0 {
             let tokens = self.tokens(source, now);
             self.make_room(source, now);
-            let dropped_until = self.sources.get(&source).and_then(|b| b.dropped_until);
             self.sources.insert(
                 source,
                 Bucket {
                     tokens: (tokens - 1.0).max(0.0),
                     at: now,
-                    dropped_until,
+                    failing_until: Some(now + WINDOW),
                 },
             );
         }
@@ -166,7 +164,8 @@ impl FailedInvites {
             let tokens = (Self::refilled(b, now, cap) + 1.0).min(cap);
             b.tokens = tokens;
             b.at = now;
-            if tokens >= cap && b.dropped_until.is_none_or(|t| now >= t) {
+            b.failing_until = None;
+            if tokens >= cap {
                 self.sources.remove(&source);
             }
         }
@@ -183,7 +182,7 @@ impl FailedInvites {
                 Bucket {
                     tokens,
                     at: now,
-                    dropped_until: Some(now + WINDOW),
+                    failing_until: Some(now + WINDOW),
                 },
             );
         }
@@ -305,6 +304,25 @@ mod tests {
         f.record_drop(ip(2), t0 + WINDOW / 2);
         assert!(f.over_limit(ip(2), t0 + WINDOW));
         assert!(!f.over_limit(ip(2), t0 + WINDOW + WINDOW / 2));
+    }
+
+    #[test]
+    fn a_slow_flood_whose_bucket_stays_full_still_counts_as_failing_at_the_cap() {
+        let mut f = FailedInvites::new(Limits {
+            per_source: 10,
+            held: 2,
+        });
+        let t0 = Instant::now();
+        let _a = f.record_failure(ip(1), t0);
+        let _b = f.record_failure(ip(2), t0);
+        // One failure per 2 s refills faster than it drains (1 token/s): the bucket is full,
+        // yet the source failed within the window and is stopped at the cap.
+        let t = t0 + Duration::from_secs(2);
+        assert!(f.tokens(ip(1), t) >= 10.0);
+        assert!(f.over_limit(ip(1), t));
+        // Authenticating clears it: a phone challenged call after call is not failing.
+        f.record_success(ip(2), t);
+        assert!(!f.over_limit(ip(2), t));
     }
 
     #[test]

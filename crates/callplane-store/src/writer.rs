@@ -1,7 +1,8 @@
 //! The CDR writer: a dedicated thread that takes finished calls off a channel and inserts
 //! them, so call tasks never wait on disk. What queued up during one commit is written in the
-//! next, as one transaction: a flood of short calls costs one sync to disk per batch, not per call. `flush`/`shutdown` let the process exit without
-//! losing queued CDRs; if the thread is gone, `write` falls back to a synchronous insert.
+//! next, as one transaction: a flood of short calls costs one sync to disk per batch, not per
+//! call. `flush`/`shutdown` let the process exit without losing queued CDRs; if the thread is
+//! gone, `write` falls back to a synchronous insert.
 
 use std::fmt;
 use std::sync::mpsc::{self, Receiver, Sender};
