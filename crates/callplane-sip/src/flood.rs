@@ -53,6 +53,12 @@ struct Bucket {
     failing_until: Option<Instant>,
 }
 
+impl Bucket {
+    fn failing(&self, now: Instant) -> bool {
+        self.failing_until.is_some_and(|t| now < t)
+    }
+}
+
 /// The limits' state; one per SIP server, behind a mutex.
 pub struct FailedInvites {
     limits: Limits,
@@ -104,17 +110,15 @@ impl FailedInvites {
 
     /// Whether `source` failed or was dropped within the last [`WINDOW`] (see `Bucket`).
     fn failing(&self, source: IpAddr, now: Instant) -> bool {
-        self.sources
-            .get(&source)
-            .is_some_and(|b| b.failing_until.is_some_and(|t| now < t))
+        self.sources.get(&source).is_some_and(|b| b.failing(now))
     }
 
     /// Whether an INVITE from `source` that would fail is to be dropped now.
     ///
     /// At the `held` cap, only sources that failed or were dropped in the last [`WINDOW`]
     /// (and have not authenticated since) are dropped, so a phone whose every call starts
-    /// with a challenge it then answers keeps being challenged during a flood from elsewhere; at twice the cap every source is (many
-    /// forged sources failing once each). With the per-source limit off, sources are not
+    /// with a challenge it then answers keeps being challenged during a flood from elsewhere;
+    /// at twice the cap every source is (many forged sources failing once each). With the per-source limit off, sources are not
     /// told apart and the cap applies to all.
     pub fn over_limit(&self, source: IpAddr, now: Instant) -> bool {
         let cap = self.limits.held;
@@ -127,32 +131,33 @@ impl FailedInvites {
                 && (held >= cap.saturating_mul(2) || (held >= cap && self.failing(source, now))))
     }
 
-    /// Makes room for one more source if the table is full: those with nothing to remember
-    /// (a full bucket, no recent drop) are forgotten.
-    fn make_room(&mut self, source: IpAddr, now: Instant) {
-        if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&source) {
-            let cap = f64::from(self.limits.per_source);
-            self.sources.retain(|_, b| {
-                Self::refilled(b, now, cap) < cap || b.failing_until.is_some_and(|t| now < t)
-            });
+    /// Marks `source` as failing for a [`WINDOW`] and takes `cost` tokens from its bucket
+    /// (1 for an answered failure, 0 for a drop). When the table is full, the sources with
+    /// nothing to remember (a full bucket, not failing) are forgotten first.
+    fn mark_failing(&mut self, source: IpAddr, now: Instant, cost: f64) {
+        if self.limits.per_source == 0 {
+            return;
         }
+        let cap = f64::from(self.limits.per_source);
+        let tokens = self.tokens(source, now);
+        if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&source) {
+            self.sources
+                .retain(|_, b| Self::refilled(b, now, cap) < cap || b.failing(now));
+        }
+        self.sources.insert(
+            source,
+            Bucket {
+                tokens: (tokens - cost).max(0.0),
+                at: now,
+                failing_until: Some(now + WINDOW),
+            },
+        );
     }
 
     /// An INVITE from `source` is answered with a failure: takes a token and returns the
     /// guard to keep for as long as its transaction lives.
     pub fn record_failure(&mut self, source: IpAddr, now: Instant) -> Held {
-        if self.limits.per_source > 0 {
-            let tokens = self.tokens(source, now);
-            self.make_room(source, now);
-            self.sources.insert(
-                source,
-                Bucket {
-                    tokens: (tokens - 1.0).max(0.0),
-                    at: now,
-                    failing_until: Some(now + WINDOW),
-                },
-            );
-        }
+        self.mark_failing(source, now, 1.0);
         self.held.fetch_add(1, Ordering::Relaxed);
         Held(self.held.clone())
     }
@@ -174,18 +179,7 @@ impl FailedInvites {
     /// An INVITE that would have failed was dropped. Returns the number of drops to log now
     /// (this one and those since the last line), at most once per [`LOG_INTERVAL`].
     pub fn record_drop(&mut self, source: IpAddr, now: Instant) -> Option<u64> {
-        if self.limits.per_source > 0 {
-            let tokens = self.tokens(source, now);
-            self.make_room(source, now);
-            self.sources.insert(
-                source,
-                Bucket {
-                    tokens,
-                    at: now,
-                    failing_until: Some(now + WINDOW),
-                },
-            );
-        }
+        self.mark_failing(source, now, 0.0);
         self.dropped += 1;
         self.unlogged += 1;
         if self

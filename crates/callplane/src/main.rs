@@ -265,6 +265,7 @@ impl callplane_api::MetricsSource for Metrics {
 
     fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
         let m = self.media.totals();
+        let (invites_dropped, invites_held) = self.sip.failed_invites();
         vec![
             (
                 "callplane_calls_active",
@@ -300,13 +301,13 @@ impl callplane_api::MetricsSource for Metrics {
                 "callplane_sip_failed_invites_dropped_total",
                 "INVITEs that would fail dropped unanswered (failed-INVITE limits)",
                 "counter",
-                self.sip.failed_invites().0 as f64,
+                invites_dropped as f64,
             ),
             (
                 "callplane_sip_failed_invites_held",
                 "Failed INVITE transactions held (waiting for ACK or Timer H)",
                 "gauge",
-                self.sip.failed_invites().1 as f64,
+                invites_held as f64,
             ),
             (
                 "callplane_sip_transactions",
