@@ -10,9 +10,6 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-const WELCOME_THEN_CLEARING: &str = r##"  { blockType = "ANNOUNCEMENT", announcementName = "welcome" },
-  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##;
-
 fn server_with(plans: &[(&str, &str, &str)]) -> Server {
     let mut prov = tenant_with_prompts();
     for (number, plan, blocks) in plans {

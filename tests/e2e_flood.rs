@@ -47,16 +47,6 @@ fn invite(server: SocketAddr, local: SocketAddr, n: usize) -> String {
     )
 }
 
-/// The Call-ID and status of a SIP response, if `text` is one.
-fn response(text: &str) -> Option<(String, u16)> {
-    let status = text.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()?;
-    let call_id = text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim().eq_ignore_ascii_case("Call-ID") || k.trim() == "i").then(|| v.trim().to_string())
-    })?;
-    Some((call_id, status))
-}
-
 /// Final answers the flood received, by Call-ID (a UDP 404 is retransmitted until Timer H, so
 /// each counts once), and anything that was not a 404.
 #[derive(Default)]
@@ -70,12 +60,7 @@ fn an_invite_flood_is_bounded_and_its_memory_returned() {
     let prov = format!(
         "{}{}",
         tenant_with_prompts(),
-        number_with_plan(
-            "100",
-            "main",
-            r##"  { blockType = "ANNOUNCEMENT", announcementName = "welcome" },
-  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
-        )
+        number_with_plan("100", "main", WELCOME_THEN_CLEARING)
     );
     let server = Server::start(&prov, true);
     let rtp = RtpPeer::new();
@@ -115,14 +100,18 @@ fn an_invite_flood_is_bounded_and_its_memory_returned() {
                 let mut buf = vec![0u8; 65536];
                 while !done.load(Ordering::Relaxed) {
                     let Ok(n) = s.recv(&mut buf) else { continue };
-                    let text = String::from_utf8_lossy(&buf[..n]);
+                    let m = TracedMessage {
+                        sent: false,
+                        time: None,
+                        text: String::from_utf8_lossy(&buf[..n]).replace("\r\n", "\n"),
+                    };
                     let mut a = answers.lock().unwrap();
-                    match response(&text) {
-                        Some((id, 404)) => {
+                    match (m.status(), m.header("Call-ID")) {
+                        (Some(404), Some(id)) => {
                             a.not_found.insert(id);
                         }
-                        Some((_, 100)) => {}
-                        _ => a.other.push(text.lines().next().unwrap_or("").to_string()),
+                        (Some(100), _) => {}
+                        _ => a.other.push(m.first_line().to_string()),
                     }
                 }
             })

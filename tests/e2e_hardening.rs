@@ -34,12 +34,7 @@ fn provisioning() -> String {
         "{}{}{}{}",
         tenant_with_prompts(),
         users(),
-        number_with_plan(
-            "100",
-            "main",
-            r##"  { blockType = "ANNOUNCEMENT", announcementName = "welcome" },
-  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
-        ),
+        number_with_plan("100", "main", WELCOME_THEN_CLEARING),
         number_with_plan(
             "300",
             "busy",

@@ -14,12 +14,7 @@ fn user_server(opts: ServerOptions) -> Server {
     let prov = format!(
         "{}{ALICE}{}",
         tenant_with_prompts(),
-        number_with_plan(
-            "100",
-            "main",
-            r##"  { blockType = "ANNOUNCEMENT", announcementName = "welcome" },
-  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
-        )
+        number_with_plan("100", "main", WELCOME_THEN_CLEARING)
     );
     Server::start_with(&prov, opts)
 }

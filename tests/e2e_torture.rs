@@ -337,12 +337,7 @@ fn rfc4475_torture_messages_do_not_break_the_server() {
     let prov = format!(
         "{}[[sipUsers]]\ntenant = \"t1\"\nusername = \"alice\"\npassword = \"secret\"\n\n{}",
         tenant_with_prompts(),
-        number_with_plan(
-            "100",
-            "main",
-            r##"  { blockType = "ANNOUNCEMENT", announcementName = "welcome" },
-  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
-        )
+        number_with_plan("100", "main", WELCOME_THEN_CLEARING)
     );
     let mut server = Server::start(&prov, true);
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");

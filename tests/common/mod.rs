@@ -1871,6 +1871,10 @@ pub fn tenant_with_prompts() -> String {
     s
 }
 
+/// Plan blocks (for `number_with_plan`): the welcome announcement, then a normal hangup.
+pub const WELCOME_THEN_CLEARING: &str = r##"  { blockType = "ANNOUNCEMENT", announcementName = "welcome" },
+  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##;
+
 /// A `[[numbers]]` + `[[routingPlans]]` pair: number → plan with these blocks (TOML inline).
 pub fn number_with_plan(number: &str, plan: &str, blocks: &str) -> String {
     format!(
