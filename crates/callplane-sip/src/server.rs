@@ -33,6 +33,7 @@ use rsipstack::transport::{SipAddr, SipConnection, TcpListenerConnection, Transp
 use rsipstack::EndpointBuilder;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -219,16 +220,66 @@ async fn answer_in_dialog(state: DialogState) -> InDialog {
     }
 }
 
-/// The server side of an inbound call's dialog.
+/// The server side of an inbound call's dialog. Its dialog states are read by a forwarding
+/// task of its own (see [`forward_inbound`]), so an event is never lost when the owner's
+/// `select!` picks another branch: `next_event` only takes from a channel.
 pub struct InboundLeg {
     dialog: InviteDialog,
-    states: DialogStateReceiver,
+    events: mpsc::UnboundedReceiver<InboundEvent>,
     layer: Arc<DialogLayer>,
-    confirmed: bool,
-    ended: bool,
+    flags: Arc<LegFlags>,
     /// Where a refusal is counted (see `flood`), and the INVITE transaction's slot for the
     /// guard that then counts it as held until the transaction ends.
     failures: FailureReport,
+}
+
+/// What a leg and its forwarding task both know: whether the ACK came, and whether we ended
+/// the dialog ourselves (then its termination is no news to the owner).
+#[derive(Default)]
+struct LegFlags {
+    confirmed: AtomicBool,
+    ended: AtomicBool,
+}
+
+/// Reads an inbound dialog's states until the dialog is gone: answers in-dialog requests
+/// (INFO, OPTIONS, UPDATE…) and hands the leg's owner what it must know.
+async fn forward_inbound(
+    mut states: DialogStateReceiver,
+    layer: Arc<DialogLayer>,
+    id: rsipstack::dialog::DialogId,
+    flags: Arc<LegFlags>,
+    events: mpsc::UnboundedSender<InboundEvent>,
+) {
+    while let Some(state) = states.recv().await {
+        let event = match state {
+            DialogState::Confirmed(..) => {
+                if flags.confirmed.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                InboundEvent::Confirmed
+            }
+            DialogState::Terminated(_, reason) => {
+                layer.remove_dialog(&id);
+                if flags.ended.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                match reason {
+                    TerminatedReason::UacCancel => InboundEvent::Cancelled,
+                    TerminatedReason::UacBye => InboundEvent::RemoteBye,
+                    other => InboundEvent::Failed(format!("{other:?}")),
+                }
+            }
+            other => match answer_in_dialog(other).await {
+                InDialog::Dtmf(d) => InboundEvent::Dtmf(d),
+                InDialog::Reinvite { sdp, responder } => InboundEvent::Reinvite { sdp, responder },
+                InDialog::Done => continue,
+            },
+        };
+        if events.send(event).is_err() {
+            // The leg is gone; its dialog is being torn down.
+            return;
+        }
+    }
 }
 
 /// How an inbound leg reports a failed INVITE: counted against its source, and held until its
@@ -240,6 +291,30 @@ struct FailureReport {
 }
 
 impl InboundLeg {
+    fn new(
+        dialog: InviteDialog,
+        states: DialogStateReceiver,
+        layer: Arc<DialogLayer>,
+        failures: FailureReport,
+    ) -> Self {
+        let flags = Arc::new(LegFlags::default());
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(forward_inbound(
+            states,
+            layer.clone(),
+            dialog.id(),
+            flags.clone(),
+            tx,
+        ));
+        InboundLeg {
+            dialog,
+            events,
+            layer,
+            flags,
+            failures,
+        }
+    }
+
     /// 180 Ringing, or 183 Session Progress with early media when `sdp` is given.
     pub fn ringing(&self, sdp: Option<String>) {
         let headers = sdp
@@ -260,12 +335,15 @@ impl InboundLeg {
 
     /// A final non-2xx response, with an optional Reason header value (RFC 3326).
     pub fn reject(&mut self, status: u16, reason: Option<String>) {
-        if !self.ended && !self.confirmed && flood::counts_as_failure(status) {
+        let was_ended = self.flags.ended.swap(true, Ordering::AcqRel);
+        if !was_ended
+            && !self.flags.confirmed.load(Ordering::Acquire)
+            && flood::counts_as_failure(status)
+        {
             let f = &self.failures;
             let held = lock(&f.server.failed_invites).record_failure(f.source, Instant::now());
             *lock(&f.slot) = Some(held);
         }
-        self.ended = true;
         if let Err(e) = self.dialog.reject(Some(StatusCode::from(status)), reason) {
             debug!(error = %e, "reject on a finished transaction");
         }
@@ -274,10 +352,9 @@ impl InboundLeg {
 
     /// BYE with a Reason header, after answer.
     pub async fn hangup(&mut self, reason: Option<String>) {
-        if self.ended {
+        if self.flags.ended.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.ended = true;
         let r = match reason {
             Some(r) => self.dialog.bye_with_reason(r).await,
             None => self.dialog.bye().await,
@@ -288,36 +365,9 @@ impl InboundLeg {
         self.layer.remove_dialog(&self.dialog.id());
     }
 
-    /// The next event; None once the dialog is gone.
+    /// The next event; None once the dialog is gone. Cancel-safe.
     pub async fn next_event(&mut self) -> Option<InboundEvent> {
-        loop {
-            let state = self.states.recv().await?;
-            match state {
-                DialogState::Confirmed(..) if !self.confirmed => {
-                    self.confirmed = true;
-                    return Some(InboundEvent::Confirmed);
-                }
-                DialogState::Terminated(_, reason) => {
-                    self.layer.remove_dialog(&self.dialog.id());
-                    if self.ended {
-                        continue;
-                    }
-                    self.ended = true;
-                    return Some(match reason {
-                        TerminatedReason::UacCancel => InboundEvent::Cancelled,
-                        TerminatedReason::UacBye => InboundEvent::RemoteBye,
-                        other => InboundEvent::Failed(format!("{other:?}")),
-                    });
-                }
-                other => match answer_in_dialog(other).await {
-                    InDialog::Dtmf(d) => return Some(InboundEvent::Dtmf(d)),
-                    InDialog::Reinvite { sdp, responder } => {
-                        return Some(InboundEvent::Reinvite { sdp, responder })
-                    }
-                    InDialog::Done => {}
-                },
-            }
-        }
+        self.events.recv().await
     }
 }
 
@@ -367,92 +417,116 @@ pub enum OutboundEvent {
     },
 }
 
+/// The client side of a call we placed. Like [`InboundLeg`], its dialog states and the
+/// INVITE's final outcome are read by a forwarding task of its own ([`forward_outbound`]).
 pub struct OutboundLeg {
     call_id: String,
     cancel_reasons: CancelReasons,
     dialog: InviteDialog,
-    states: DialogStateReceiver,
-    outcome: Option<JoinHandle<InviteAsyncResult>>,
+    events: mpsc::UnboundedReceiver<OutboundEvent>,
     layer: Arc<DialogLayer>,
-    confirmed_id: Option<rsipstack::dialog::DialogId>,
-    ended: bool,
+    /// The confirmed dialog's id (its remote tag known), set by the forwarding task on 2xx.
+    confirmed_id: Arc<Mutex<Option<rsipstack::dialog::DialogId>>>,
+    flags: Arc<LegFlags>,
+}
+
+/// The event an outbound INVITE's final outcome means.
+fn outcome_event(
+    result: Result<InviteAsyncResult, tokio::task::JoinError>,
+    confirmed_id: &Mutex<Option<rsipstack::dialog::DialogId>>,
+) -> OutboundEvent {
+    match result {
+        Ok(Ok((id, Some(resp)))) => {
+            let code = resp.status_code.code();
+            if (200..300).contains(&code) {
+                *lock(confirmed_id) = Some(id);
+                let sdp = (!resp.body.is_empty())
+                    .then(|| String::from_utf8_lossy(&resp.body).into_owned());
+                return OutboundEvent::Answered { sdp };
+            }
+            OutboundEvent::Failed { status: code }
+        }
+        Ok(Ok((_, None))) => OutboundEvent::Failed { status: 408 },
+        Ok(Err(e)) => {
+            debug!(error = %e, "outbound INVITE failed");
+            let status = if e.to_string().to_ascii_lowercase().contains("timeout") {
+                408
+            } else {
+                503
+            };
+            OutboundEvent::Failed { status }
+        }
+        Err(_) => OutboundEvent::Failed { status: 500 },
+    }
+}
+
+/// Reads an outbound dialog's states and its INVITE's outcome until the dialog is gone.
+async fn forward_outbound(
+    mut states: DialogStateReceiver,
+    mut outcome: Option<JoinHandle<InviteAsyncResult>>,
+    layer: Arc<DialogLayer>,
+    confirmed_id: Arc<Mutex<Option<rsipstack::dialog::DialogId>>>,
+    flags: Arc<LegFlags>,
+    events: mpsc::UnboundedSender<OutboundEvent>,
+) {
+    loop {
+        let event = tokio::select! {
+            result = async { outcome.as_mut().expect("guarded").await }, if outcome.is_some() => {
+                outcome = None;
+                let ev = outcome_event(result, &confirmed_id);
+                if !matches!(ev, OutboundEvent::Answered { .. }) {
+                    flags.ended.store(true, Ordering::Release);
+                }
+                ev
+            }
+            state = states.recv() => {
+                let Some(state) = state else { return };
+                match state {
+                    DialogState::Early(_, resp) => {
+                        let sdp = (!resp.body.is_empty())
+                            .then(|| String::from_utf8_lossy(&resp.body).into_owned());
+                        OutboundEvent::Ringing { status: resp.status_code.code(), sdp }
+                    }
+                    DialogState::Terminated(..) => {
+                        if outcome.is_some() {
+                            // The final response arrives through `outcome`.
+                            continue;
+                        }
+                        if let Some(id) = lock(&confirmed_id).take() {
+                            layer.remove_dialog(&id);
+                        }
+                        if flags.ended.swap(true, Ordering::AcqRel) {
+                            continue;
+                        }
+                        // After answer the only way the dialog ends on its own is the
+                        // callee's BYE (or its transport failing, treated alike).
+                        OutboundEvent::RemoteBye
+                    }
+                    other => match answer_in_dialog(other).await {
+                        InDialog::Dtmf(d) => OutboundEvent::Dtmf(d),
+                        InDialog::Reinvite { sdp, responder } => OutboundEvent::Reinvite { sdp, responder },
+                        InDialog::Done => continue,
+                    },
+                }
+            }
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
 }
 
 impl OutboundLeg {
+    /// The next event; None once the dialog is gone. Cancel-safe.
     pub async fn next_event(&mut self) -> Option<OutboundEvent> {
-        loop {
-            tokio::select! {
-                result = async { self.outcome.as_mut().expect("guarded").await }, if self.outcome.is_some() => {
-                    self.outcome = None;
-                    match result {
-                        Ok(Ok((id, Some(resp)))) => {
-                            let code = resp.status_code.code();
-                            if (200..300).contains(&code) {
-                                self.confirmed_id = Some(id);
-                                let sdp = (!resp.body.is_empty())
-                                    .then(|| String::from_utf8_lossy(&resp.body).into_owned());
-                                return Some(OutboundEvent::Answered { sdp });
-                            }
-                            self.ended = true;
-                            return Some(OutboundEvent::Failed { status: code });
-                        }
-                        Ok(Ok((_, None))) => {
-                            self.ended = true;
-                            return Some(OutboundEvent::Failed { status: 408 });
-                        }
-                        Ok(Err(e)) => {
-                            self.ended = true;
-                            debug!(error = %e, "outbound INVITE failed");
-                            let status = if e.to_string().to_ascii_lowercase().contains("timeout") { 408 } else { 503 };
-                            return Some(OutboundEvent::Failed { status });
-                        }
-                        Err(_) => {
-                            self.ended = true;
-                            return Some(OutboundEvent::Failed { status: 500 });
-                        }
-                    }
-                }
-                state = self.states.recv() => {
-                    let state = state?;
-                    match state {
-                        DialogState::Early(_, resp) => {
-                            let sdp = (!resp.body.is_empty())
-                                .then(|| String::from_utf8_lossy(&resp.body).into_owned());
-                            return Some(OutboundEvent::Ringing { status: resp.status_code.code(), sdp });
-                        }
-                        DialogState::Terminated(..) => {
-                            if self.outcome.is_some() {
-                                // The final response arrives through `outcome`.
-                                continue;
-                            }
-                            self.remove();
-                            if self.ended {
-                                continue;
-                            }
-                            self.ended = true;
-                            // After answer the only way the dialog ends on its own is the
-                            // callee's BYE (or its transport failing, treated alike).
-                            return Some(OutboundEvent::RemoteBye);
-                        }
-                        other => match answer_in_dialog(other).await {
-                            InDialog::Dtmf(d) => return Some(OutboundEvent::Dtmf(d)),
-                            InDialog::Reinvite { sdp, responder } => {
-                                return Some(OutboundEvent::Reinvite { sdp, responder })
-                            }
-                            InDialog::Done => {}
-                        },
-                    }
-                }
-            }
-        }
+        self.events.recv().await
     }
 
     /// CANCEL before answer, BYE after; `reason` is a Reason header value.
     pub async fn hangup(&mut self, reason: Option<String>) {
-        if self.ended {
+        if self.flags.ended.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.ended = true;
         if let Some(r) = &reason {
             if let Ok(mut m) = self.cancel_reasons.0.lock() {
                 m.insert(self.call_id.clone(), r.clone());
@@ -469,7 +543,7 @@ impl OutboundLeg {
     }
 
     fn remove(&mut self) {
-        if let Some(id) = self.confirmed_id.take() {
+        if let Some(id) = lock(&self.confirmed_id).take() {
             self.layer.remove_dialog(&id);
         }
     }
@@ -1161,10 +1235,13 @@ impl SipServer {
         }
         let offer = body_text(req);
         let (state_tx, state_rx) = self.inner.layer.new_dialog_state_channel();
+        // The stack's default Contact is its first (UDP) address: a phone that reached us over
+        // TCP must be told to send its ACK and BYE over TCP too.
+        let contact = self.local_contact(None, transport);
         let dialog = match self
             .inner
             .layer
-            .get_or_create_server_invite(&tx, state_tx, None, None)
+            .get_or_create_server_invite(&tx, state_tx, None, contact)
         {
             Ok(d) => d,
             Err(e) => {
@@ -1184,18 +1261,16 @@ impl SipServer {
             transport,
             authenticated_user,
             offer,
-            leg: InboundLeg {
-                dialog: dialog.clone(),
-                states: state_rx,
-                layer: self.inner.layer.clone(),
-                confirmed: false,
-                ended: false,
-                failures: FailureReport {
+            leg: InboundLeg::new(
+                dialog.clone(),
+                state_rx,
+                self.inner.layer.clone(),
+                FailureReport {
                     server: self.inner.clone(),
                     source: source.ip(),
                     slot: held_slot.clone(),
                 },
-            },
+            ),
         };
         if let Err(e) = calls.try_send(call) {
             warn!("engine not accepting calls: {e}");
@@ -1231,6 +1306,24 @@ impl SipServer {
         (f.dropped(), f.held())
     }
 
+    /// Our Contact URI for a dialog over `transport`: its listener's address, with
+    /// `;transport=tcp` for TCP (RFC 3261 §8.1.1.8: the peer sends in-dialog requests there).
+    fn local_contact(
+        &self,
+        user: Option<&str>,
+        transport: Transport,
+    ) -> Option<rsipstack::sip::Uri> {
+        let (addr, param) = match transport {
+            Transport::Tcp => (self.inner.local_tcp?, ";transport=tcp"),
+            Transport::Udp => (self.inner.local_udp?, ""),
+        };
+        let user = user
+            .filter(|u| !u.is_empty())
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        format!("sip:{user}{addr}{param}").as_str().try_into().ok()
+    }
+
     /// Places an outbound call. Events come from the returned leg.
     pub fn invite(&self, call: OutboundCall) -> Result<OutboundLeg, SipError> {
         let callee: rsipstack::sip::Uri = call
@@ -1253,7 +1346,9 @@ impl SipServer {
             .as_str()
             .try_into()
             .map_err(|_| SipError::BadUri(caller_str.clone()))?;
-        let contact = caller.clone();
+        let contact = self
+            .local_contact(Some(&call.from_user), call.transport)
+            .unwrap_or_else(|| caller.clone());
         let sip_transport = match call.transport {
             Transport::Udp => rsipstack::sip::Transport::Udp,
             Transport::Tcp => rsipstack::sip::Transport::Tcp,
@@ -1284,15 +1379,25 @@ impl SipServer {
         };
         let (state_tx, state_rx) = self.inner.layer.new_dialog_state_channel();
         let (dialog, outcome) = self.inner.layer.do_invite_async(opt, state_tx)?;
+        let confirmed_id = Arc::new(Mutex::new(None));
+        let flags = Arc::new(LegFlags::default());
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(forward_outbound(
+            state_rx,
+            Some(outcome),
+            self.inner.layer.clone(),
+            confirmed_id.clone(),
+            flags.clone(),
+            tx,
+        ));
         Ok(OutboundLeg {
             call_id,
             cancel_reasons: self.inner.cancel_reasons.clone(),
             dialog,
-            states: state_rx,
-            outcome: Some(outcome),
+            events,
             layer: self.inner.layer.clone(),
-            confirmed_id: None,
-            ended: false,
+            confirmed_id,
+            flags,
         })
     }
 
