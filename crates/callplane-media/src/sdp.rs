@@ -574,6 +574,115 @@ pub fn build_sdp(p: SdpParams<'_>) -> String {
     s
 }
 
+/// Our side of one leg's session description for the whole dialog (RFC 3264 §5, §8): one
+/// `o=` session id, a version that grows by one whenever what we describe changes (and only
+/// then), and the codec and telephone-event payload type agreed with the peer, so every answer
+/// and re-offer on the leg is consistent with the last.
+#[derive(Debug, Clone)]
+pub struct LocalSdp {
+    session_id: u64,
+    version: u64,
+    addr: SocketAddr,
+    codecs: Vec<Codec>,
+    telephone_event_pt: Option<u8>,
+    direction: Direction,
+    /// What the last description said (codecs, telephone-event, direction); `None` before
+    /// the first, which gets version 1 whatever it holds.
+    sent: Option<(Vec<Codec>, Option<u8>, Direction)>,
+}
+
+/// The payload type we offer for RFC 4733 telephone-event when the peer has not chosen one.
+pub const DEFAULT_TELEPHONE_EVENT_PT: u8 = 101;
+
+impl LocalSdp {
+    /// A leg receiving media on `addr`; `session_id` should be random (RFC 4566 §5.2).
+    pub fn new(session_id: u64, addr: SocketAddr) -> Self {
+        LocalSdp {
+            session_id,
+            version: 1,
+            addr,
+            codecs: Codec::ALL.to_vec(),
+            telephone_event_pt: Some(DEFAULT_TELEPHONE_EVENT_PT),
+            direction: Direction::SendRecv,
+            sent: None,
+        }
+    }
+
+    /// An offer with every codec we support and our telephone-event type.
+    pub fn offer(&mut self, direction: Direction) -> String {
+        self.describe(
+            Codec::ALL.to_vec(),
+            Some(DEFAULT_TELEPHONE_EVENT_PT),
+            direction,
+        )
+    }
+
+    /// The answer to `offer` (initial or re-INVITE): its chosen codec, its telephone-event
+    /// payload type (none when it offered none at 8000 Hz), and the direction that mirrors its
+    /// own (sendonly → recvonly, inactive → inactive).
+    pub fn answer(&mut self, offer: &Negotiated) -> String {
+        self.describe(
+            vec![offer.codec],
+            offer.telephone_event_pt,
+            offer.direction.reversed(),
+        )
+    }
+
+    /// Takes note of the peer's answer to our offer: later descriptions carry only what was
+    /// agreed (the codec it chose, its telephone-event type or none).
+    pub fn agreed(&mut self, answer: &Negotiated) {
+        self.codecs = vec![answer.codec];
+        self.telephone_event_pt = answer.telephone_event_pt;
+    }
+
+    /// What we last described, again (a re-INVITE without an offer asks for our offer): the
+    /// same version, since nothing changed.
+    pub fn current(&mut self) -> String {
+        self.describe(self.codecs.clone(), self.telephone_event_pt, self.direction)
+    }
+
+    /// The same description with a new direction (we hold or resume the peer).
+    pub fn with_direction(&mut self, direction: Direction) -> String {
+        self.describe(self.codecs.clone(), self.telephone_event_pt, direction)
+    }
+
+    /// The `o=` session id, fixed for the dialog.
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// The `o=` version of the last description.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn describe(
+        &mut self,
+        codecs: Vec<Codec>,
+        telephone_event_pt: Option<u8>,
+        direction: Direction,
+    ) -> String {
+        if let Some((c, te, d)) = &self.sent {
+            if *c != codecs || *te != telephone_event_pt || *d != direction {
+                self.version += 1;
+            }
+        }
+        self.sent = Some((codecs.clone(), telephone_event_pt, direction));
+        self.codecs = codecs;
+        self.telephone_event_pt = telephone_event_pt;
+        self.direction = direction;
+        build_sdp(SdpParams {
+            session_id: self.session_id,
+            session_version: self.version,
+            ip: self.addr.ip(),
+            port: self.addr.port(),
+            codecs: &self.codecs,
+            telephone_event_pt: self.telephone_event_pt,
+            direction: self.direction,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -894,5 +1003,67 @@ a=sendrecv\r\n"
         }
         // Multibyte characters around '=' and ':'.
         let _ = SessionDescription::parse("v=0\né=ü\na=rtpmap:ü\nm=é 1 x\n");
+    }
+
+    fn negotiated(text: &str) -> Negotiated {
+        negotiate(&SessionDescription::parse(text).unwrap()).unwrap()
+    }
+
+    fn origin(text: &str) -> (String, String) {
+        let o = SessionDescription::parse(text).unwrap().origin.unwrap();
+        (o.session_id, o.session_version)
+    }
+
+    const PHONE_TE_16K: &str = "v=0\r\n\
+o=- 7 7 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+c=IN IP4 127.0.0.1\r\n\
+t=0 0\r\n\
+m=audio 4000 RTP/AVP 8 0 101 100\r\n\
+a=rtpmap:101 telephone-event/16000\r\n\
+a=rtpmap:100 telephone-event/8000\r\n\
+a=sendrecv\r\n";
+
+    #[test]
+    fn local_sdp_keeps_session_id_and_grows_version_on_change_only() {
+        let addr: SocketAddr = "127.0.0.1:20000".parse().unwrap();
+        let mut l = LocalSdp::new(4242, addr);
+        let offer = negotiated(PHONE_TE_16K);
+        let a1 = l.answer(&offer);
+        assert_eq!(origin(&a1), ("4242".into(), "1".into()));
+        // The offer's 8000 Hz telephone-event type, not 101 (which it mapped to 16 kHz).
+        assert!(a1.contains("m=audio 20000 RTP/AVP 8 100\r\n"), "{a1}");
+        assert!(a1.contains("a=rtpmap:100 telephone-event/8000"), "{a1}");
+        assert!(!a1.contains("101"), "{a1}");
+        // Same offer again (session refresh): same version.
+        let a2 = l.answer(&offer);
+        assert_eq!(origin(&a2), ("4242".into(), "1".into()));
+        // Hold: sendonly → recvonly, version + 1, same session id.
+        let hold = negotiated(&PHONE_TE_16K.replace("a=sendrecv", "a=sendonly"));
+        let a3 = l.answer(&hold);
+        assert!(a3.contains("a=recvonly"), "{a3}");
+        assert_eq!(origin(&a3), ("4242".into(), "2".into()));
+        // An offerless re-INVITE gets what we said last, unchanged.
+        assert_eq!(l.current(), a3);
+        let resume = l.answer(&offer);
+        assert!(resume.contains("a=sendrecv"));
+        assert_eq!(origin(&resume), ("4242".into(), "3".into()));
+    }
+
+    #[test]
+    fn local_sdp_offer_then_agreed_answer() {
+        let addr: SocketAddr = "127.0.0.1:20002".parse().unwrap();
+        let mut l = LocalSdp::new(9, addr);
+        let offer = l.offer(Direction::SendRecv);
+        assert!(offer.contains("RTP/AVP 0 8 101"), "{offer}");
+        let answer = negotiated(&SIPP.replace("6000", "6002"));
+        l.agreed(&answer);
+        // The callee's answer had no telephone-event: later descriptions carry none.
+        let again = l.with_direction(Direction::SendOnly);
+        assert!(
+            again.contains("RTP/AVP 0\r\n") && again.contains("a=sendonly"),
+            "{again}"
+        );
+        assert_eq!(origin(&again), ("9".into(), "2".into()));
     }
 }
