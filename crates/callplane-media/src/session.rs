@@ -49,6 +49,10 @@ const MAX_MISORDER: i32 = 100;
 /// In-band DTMF we send: 100 ms of tone then 60 ms of silence.
 const INBAND_TONE_SAMPLES: usize = 800;
 const INBAND_GAP_SAMPLES: usize = 480;
+/// How long a leg that fills silence may send nothing before silence starts. Short gaps (a
+/// prompt being rendered, a webhook answering) stay gaps, so a plan's audio is not preceded by
+/// a variable run of silence; once started, silence keeps the stream continuous for good.
+const SILENCE_FILL_AFTER_US: u64 = 500_000;
 
 /// Where legs get their sockets.
 #[derive(Debug, Clone)]
@@ -497,6 +501,8 @@ impl MediaEngine {
             tx_epoch: 0,
             talkspurt: false,
             busy: false,
+            fill_silence: None,
+            filling: false,
         };
         tokio::spawn(task.run());
         let ip = if cfg.advertise_ip.is_unspecified() {
@@ -597,6 +603,13 @@ impl MediaLeg {
         self.send(Command::StopRecording);
     }
 
+    /// Keep the outgoing stream continuous: while nothing is played and the leg is not
+    /// bridged, send a silence frame every 20 ms (an answered phone with an RTP timeout,
+    /// such as linphone's 30 s, would otherwise hang up while a plan waits for digits).
+    pub fn set_fill_silence(&self, on: bool) {
+        self.send(Command::SetFillSilence(on));
+    }
+
     /// Change the RTP inactivity timeout (`None` disables it). It is never armed before
     /// the first packet nor while the remote is on hold.
     pub fn set_rtp_timeout(&self, timeout: Option<Duration>) {
@@ -686,6 +699,7 @@ enum Command {
     StartRecording(PathBuf),
     StopRecording,
     SetRtpTimeout(Option<Duration>),
+    SetFillSilence(bool),
     /// From the handle: this leg should bridge with `peer_id`.
     BridgeWith {
         peer_id: u64,
@@ -916,6 +930,11 @@ struct LegTask {
     tx_epoch: u32,
     talkspurt: bool,
     busy: bool,
+    /// Send silence when there is nothing else to send (see `MediaLeg::set_fill_silence`):
+    /// the `now_us` it was turned on at.
+    fill_silence: Option<u64>,
+    /// Silence has started: every idle tick sends a frame from now on.
+    filling: bool,
 }
 
 impl LegTask {
@@ -937,7 +956,7 @@ impl LegTask {
         let mut timeout_armed = false;
 
         loop {
-            let pacing = self.has_tx_work();
+            let pacing = self.paced();
             tokio::select! {
                 cmd = self.cmd_rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -949,7 +968,7 @@ impl LegTask {
                     }
                     let was_idle = !pacing;
                     self.handle(cmd);
-                    if was_idle && self.has_tx_work() {
+                    if was_idle && self.paced() {
                         pace.reset_immediately();
                     }
                 }
@@ -988,7 +1007,8 @@ impl LegTask {
             if busy != self.busy {
                 self.busy = busy;
                 self.shared.busy.store(busy, Relaxed);
-                if !busy {
+                if !busy && !self.filling {
+                    // Silence fill keeps the same talkspurt: the stream stays continuous.
                     self.talkspurt = false;
                 }
             }
@@ -1173,6 +1193,10 @@ impl LegTask {
                 self.rtp_timeout = t;
                 self.restart_timeout_clock();
             }
+            Command::SetFillSilence(on) => {
+                self.fill_silence = on.then(|| self.shared.now_us(Instant::now()));
+                self.filling &= on;
+            }
             Command::BridgeWith { peer_id, peer_cmd } => {
                 if self.peer.as_ref().is_some_and(|p| p.id != peer_id) {
                     self.detach_peer();
@@ -1254,6 +1278,14 @@ impl LegTask {
 
     fn has_tx_work(&self) -> bool {
         !self.queue.is_empty() || self.dtmf_tx.is_some() || !self.dtmf_queue.is_empty()
+    }
+
+    /// Whether the 20 ms clock runs: something to send, or silence to keep the stream going.
+    /// Silence does not make the leg `busy`: a bridge peer's relayed audio is never held back
+    /// for it (and a bridged leg sends none).
+    fn paced(&self) -> bool {
+        self.has_tx_work()
+            || (self.fill_silence.is_some() && self.peer.is_none() && self.target().is_some())
     }
 
     // --- receive path -------------------------------------------------------
@@ -1478,7 +1510,17 @@ impl LegTask {
                 }
             }
         }
-        if filled > 0 {
+        let silence = filled == 0 && self.paced() && {
+            let quiet_since = self
+                .shared
+                .out
+                .last_send_us
+                .load(Relaxed)
+                .max(self.fill_silence.unwrap_or(now_us));
+            self.filling || now_us.saturating_sub(quiet_since) >= SILENCE_FILL_AFTER_US
+        };
+        self.filling |= silence;
+        if filled > 0 || silence {
             scratch.frame[filled..].fill(0);
             let marker = self.ensure_talkspurt(now_us);
             let (seq, ts) = self.shared.out.next(FRAME_SAMPLES as u32, now_us);
