@@ -4,21 +4,18 @@
 //! touches a call's state.
 
 use crate::askurl::{encode_form, parse_reply, LegStatus};
-use crate::blocks::{parse_blocks, BridgeBlock, BridgeMode, DestinationType};
+use crate::blocks::{parse_blocks, BridgeBlock, DestinationType};
 use crate::callstate::{CallStateSender, CallStateTarget};
-use crate::flow::{
-    Action, AskUrlRequest, BridgeResult, CallControlRequest, CallFlow, Input, LegUrls, Prompt,
-};
+use crate::dial::{AttemptEnd, AttemptId, Dial, DialInput, DialOutput};
+use crate::flow::{Action, AskUrlRequest, CallControlRequest, CallFlow, Input, LegUrls, Prompt};
 use crate::hangup::HangupCause;
 use crate::prompts::PromptLibrary;
 use crate::registry::{CallCommand, CallHandle};
 use crate::variables::CallVariables;
 use crate::webhook::{Outcome, WebhookClient, WebhookKind, WebhookRequest};
 use bytes::Bytes;
-use callplane_media::sdp::{
-    build_sdp, negotiate, Direction, Negotiated, SdpParams, SessionDescription,
-};
-use callplane_media::{Codec, MediaEngine, MediaEvent, MediaLeg, RemoteMedia};
+use callplane_media::sdp::{negotiate, Direction, LocalSdp, Negotiated, SessionDescription};
+use callplane_media::{MediaEngine, MediaEvent, MediaLeg, RemoteMedia};
 use callplane_sip::{
     InboundCall, InboundEvent, InboundLeg, OutboundCall, OutboundEvent, OutboundLeg, SipServer,
     Transport,
@@ -33,9 +30,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-
-/// Payload type we offer for RFC 4733 telephone-event.
-const TELEPHONE_EVENT_PT: u8 = 101;
 
 /// What every Call actor shares: handles, not state.
 pub struct CallServices {
@@ -127,36 +121,68 @@ enum AttemptCommand {
     Hangup(Option<String>),
 }
 
-/// One destination being called by a BRIDGE block.
+/// One destination being called by a BRIDGE block, once its INVITE went out.
 struct Attempt {
-    record: usize,
     media: MediaLeg,
+    /// Our session description toward this callee, for the whole dialog.
+    sdp: LocalSdp,
     commands: mpsc::UnboundedSender<AttemptCommand>,
-    deadline: Option<Instant>,
-    done: bool,
-    answered: bool,
-    last_status: Option<u16>,
     started: Instant,
     answered_at: Option<Instant>,
-    /// Its `hangup_url` request has gone out.
-    hangup_reported: bool,
 }
 
-/// A running BRIDGE block.
+/// A destination's slot in a running BRIDGE, by `AttemptId` (= destination index).
+struct AttemptSlot {
+    /// Its CDR leg record.
+    record: usize,
+    /// `None` while its launch task runs (or when the launch failed).
+    live: Option<Attempt>,
+    /// Dial hung it up while it was still launching: the reason to hang up with on arrival.
+    hangup_pending: Option<Option<String>>,
+}
+
+/// What a launch task reports: the attempt's INVITE is out, or why it could not be placed.
+struct Launched {
+    leg: OutboundLeg,
+    media: MediaLeg,
+    sdp: LocalSdp,
+}
+
+/// Results of work a Call actor runs off its task, so that it never awaits IO inline.
+enum TaskDone {
+    Launched {
+        bridge: u64,
+        attempt: AttemptId,
+        result: Result<Launched, (u16, String)>,
+    },
+    Prompts {
+        flow_id: u64,
+        audio: Arc<[i16]>,
+    },
+}
+
+/// A running BRIDGE block: the sans-IO `Dial` and the legs it placed.
 struct BridgeRun {
-    block: BridgeBlock,
+    /// Which BRIDGE of the call this is: late launch results of an earlier one are refused.
+    serial: u64,
+    dial: Dial,
     forward_ani: bool,
-    next_destination: usize,
-    attempts: Vec<Attempt>,
-    events_tx: mpsc::UnboundedSender<(usize, OutboundEvent)>,
-    events: mpsc::UnboundedReceiver<(usize, OutboundEvent)>,
-    /// The attempt bridged to the caller (early media or answered).
-    connected: Option<usize>,
-    statuses: Vec<u16>,
-    ringing_sent: bool,
+    slots: Vec<AttemptSlot>,
+    events_tx: mpsc::UnboundedSender<(AttemptId, OutboundEvent)>,
+    events: mpsc::UnboundedReceiver<(AttemptId, OutboundEvent)>,
+    /// The attempt whose audio the caller's media is bridged to (early media or answered).
+    bridged: Option<AttemptId>,
+    /// The winner; stays set after its callee hung up.
+    connected: Option<AttemptId>,
     ringback_playing: bool,
     /// ASK_URL's `answer_url`/`hangup_url` for every leg of this bridge.
     leg_urls: Option<LegUrls>,
+}
+
+impl BridgeRun {
+    fn live(&self, a: AttemptId) -> Option<&Attempt> {
+        self.slots.get(a.0 as usize).and_then(|s| s.live.as_ref())
+    }
 }
 
 struct Call {
@@ -173,15 +199,20 @@ struct Call {
     media: MediaLeg,
     media_events: mpsc::Receiver<MediaEvent>,
     media_gone: bool,
-    local_sdp_version: u64,
-    session_id: u64,
-    remote_telephone_event: Option<u8>,
-    codec: Codec,
+    /// Our session description toward the caller, for the whole dialog.
+    sdp: LocalSdp,
+    /// The caller's last offer (initial INVITE or re-INVITE), negotiated.
+    offer: Negotiated,
     answered: bool,
     flow: CallFlow,
     /// The flow's play id of what the media leg is playing, keyed by the media's play id.
     playing: Option<(u64, u64)>,
     bridge: Option<BridgeRun>,
+    /// Counts BRIDGE blocks run, for `BridgeRun::serial`.
+    bridges_run: u64,
+    /// Work run off the actor (launches, prompt rendering) reports back here.
+    tasks_tx: mpsc::UnboundedSender<TaskDone>,
+    tasks: mpsc::UnboundedReceiver<TaskDone>,
     legs: Vec<LegRecord>,
     start: DateTime<Utc>,
     answer_time: Option<DateTime<Utc>>,
@@ -346,6 +377,7 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         }
     };
     media.set_remote(RemoteMedia::from(&negotiated));
+    let media_addr = media.local_addr();
     // Peers without RFC 4733 get their keypad tones detected in the audio.
     media.set_inband_detection(negotiated.telephone_event_pt.is_none());
     let Some(media_events) = media.take_events() else {
@@ -402,6 +434,7 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         },
     );
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
+    let (tasks_tx, tasks) = mpsc::unbounded_channel();
     let mut c = Call {
         svc: svc.clone(),
         uuid,
@@ -415,14 +448,15 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         media,
         media_events,
         media_gone: false,
-        local_sdp_version: 1,
-        session_id: rand_u64(),
-        remote_telephone_event: negotiated.telephone_event_pt,
-        codec: negotiated.codec,
+        sdp: LocalSdp::new(rand_u64(), media_addr),
+        offer: negotiated,
         answered: false,
         flow,
         playing: None,
         bridge: None,
+        bridges_run: 0,
+        tasks_tx,
+        tasks,
         legs: vec![LegRecord {
             direction: "inbound",
             destination_type: None,
@@ -473,19 +507,9 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 impl Call {
-    fn local_sdp(&mut self, direction: Direction) -> String {
-        let addr = self.media.local_addr();
-        let sdp = build_sdp(SdpParams {
-            session_id: self.session_id,
-            session_version: self.local_sdp_version,
-            ip: addr.ip(),
-            port: addr.port(),
-            codecs: &[self.codec],
-            telephone_event_pt: self.remote_telephone_event,
-            direction,
-        });
-        self.local_sdp_version += 1;
-        sdp
+    /// Our answer to the caller's current offer.
+    fn local_sdp(&mut self) -> String {
+        self.sdp.answer(&self.offer)
     }
 
     async fn run(&mut self) {
@@ -496,26 +520,21 @@ impl Call {
                 break;
             }
             let timer = self.flow.poll_timeout();
-            let bridge_deadline = self.bridge.as_ref().and_then(|b| {
-                b.attempts
-                    .iter()
-                    .filter(|a| !a.done && !a.answered)
-                    .filter_map(|a| a.deadline)
-                    .min()
-            });
+            let bridge_deadline = self.bridge.as_ref().and_then(|b| b.dial.poll_timeout());
             tokio::select! {
                 ev = self.leg.next_event() => self.on_leg_event(ev).await,
                 ev = self.media_events.recv(), if !self.media_gone => self.on_media_event(ev),
                 ev = recv_bridge(&mut self.bridge) => self.on_bridge_event(ev).await,
                 _ = sleep_until_opt(timer) => self.flow.handle_timeout(Instant::now()),
                 Some(input) = self.inputs.recv() => self.flow.handle(input, Instant::now()),
+                Some(done) = self.tasks.recv() => self.on_task_done(done).await,
                 Some(cmd) = self.commands.recv() => match cmd {
                     CallCommand::Interrupt => {
                         info!(call = %self.uuid, "interrupted");
                         self.flow.handle(Input::Interrupt, Instant::now());
                     }
                 },
-                _ = sleep_until_opt(bridge_deadline) => self.on_bridge_timeout().await,
+                _ = sleep_until_opt(bridge_deadline) => self.on_bridge_timeout(),
                 _ = self.svc.shutdown.cancelled() => {
                     info!(call = %self.uuid, "ending the call: the switch is shutting down");
                     self.flow.stop();
@@ -530,7 +549,7 @@ impl Call {
         while let Some(action) = self.flow.poll_action() {
             match action {
                 Action::Answer => self.answer(),
-                Action::Play { id, prompts } => self.play(id, prompts).await,
+                Action::Play { id, prompts } => self.play(id, prompts),
                 Action::StopPlay => {
                     self.media.stop_play();
                 }
@@ -538,8 +557,8 @@ impl Call {
                     block,
                     forward_ani,
                     leg_urls,
-                } => self.start_bridge(block, forward_ani, leg_urls).await,
-                Action::StopBridge => self.stop_bridge().await,
+                } => self.start_bridge(block, forward_ani, leg_urls),
+                Action::StopBridge => self.stop_bridge(),
                 Action::CallControl(req) => self.send_call_control(req),
                 Action::AskUrl(req) => self.send_ask_url(req),
                 Action::LoadPlan { name } => {
@@ -565,11 +584,13 @@ impl Call {
         if self.answered {
             return;
         }
-        let sdp = self.local_sdp(Direction::SendRecv);
+        let sdp = self.local_sdp();
         if let Err(e) = self.leg.answer(sdp) {
             warn!(call = %self.uuid, error = %e, "answer failed");
             return;
         }
+        // From now on the caller hears a continuous stream whatever the plan does.
+        self.media.set_fill_silence(true);
         self.answered = true;
         self.emit("call.answered", json!({}));
         let now = now_utc();
@@ -581,26 +602,39 @@ impl Call {
         }
     }
 
-    async fn play(&mut self, flow_id: u64, prompts: Vec<Prompt>) {
+    /// Resolves the prompts off the actor (files, espeak-ng for SAY); `TaskDone::Prompts`
+    /// starts the playback, so a CANCEL or BYE is handled at once while they render.
+    fn play(&mut self, flow_id: u64, prompts: Vec<Prompt>) {
         let lib = self.svc.prompts.clone();
         let tenant = self.tenant.name.clone();
-        let resolved = tokio::task::spawn_blocking(move || {
-            let mut out: Vec<Arc<[i16]>> = Vec::new();
-            for p in &prompts {
-                match lib.resolve_blocking(&tenant, p) {
-                    Ok(a) => out.push(a),
-                    Err(e) => warn!(prompt = ?p, error = %e, "prompt unavailable; skipped"),
+        let done = self.tasks_tx.clone();
+        tokio::spawn(async move {
+            let resolved = tokio::task::spawn_blocking(move || {
+                let mut out: Vec<Arc<[i16]>> = Vec::new();
+                for p in &prompts {
+                    match lib.resolve_blocking(&tenant, p) {
+                        Ok(a) => out.push(a),
+                        Err(e) => warn!(prompt = ?p, error = %e, "prompt unavailable; skipped"),
+                    }
                 }
-            }
-            out
-        })
-        .await
-        .unwrap_or_default();
-        let audio: Arc<[i16]> = if resolved.len() == 1 {
-            resolved[0].clone()
-        } else {
-            resolved.iter().flat_map(|a| a.iter().copied()).collect()
-        };
+                out
+            })
+            .await
+            .unwrap_or_default();
+            let audio: Arc<[i16]> = if resolved.len() == 1 {
+                resolved[0].clone()
+            } else {
+                resolved.iter().flat_map(|a| a.iter().copied()).collect()
+            };
+            let _ = done.send(TaskDone::Prompts { flow_id, audio });
+        });
+    }
+
+    /// Prompts are ready: play them, unless the flow moved on meanwhile.
+    fn start_playback(&mut self, flow_id: u64, audio: Arc<[i16]>) {
+        if self.ended.is_some() || !self.flow.is_playing(flow_id) {
+            return;
+        }
         if audio.is_empty() {
             // Nothing playable: the block fails over at once instead of leaving silence.
             self.flow
@@ -609,6 +643,17 @@ impl Call {
         }
         let media_id = self.media.play(audio);
         self.playing = Some((media_id, flow_id));
+    }
+
+    async fn on_task_done(&mut self, done: TaskDone) {
+        match done {
+            TaskDone::Prompts { flow_id, audio } => self.start_playback(flow_id, audio),
+            TaskDone::Launched {
+                bridge,
+                attempt,
+                result,
+            } => self.on_launched(bridge, attempt, result).await,
+        }
     }
 
     fn on_media_event(&mut self, ev: Option<MediaEvent>) {
@@ -667,21 +712,15 @@ impl Call {
                 let parsed = sdp.as_deref().map(negotiate_sdp).transpose();
                 match parsed {
                     Ok(Some(n)) => {
-                        let answer_dir = match n.direction {
-                            Direction::SendOnly => Direction::RecvOnly,
-                            Direction::Inactive => Direction::Inactive,
-                            Direction::RecvOnly => Direction::SendOnly,
-                            Direction::SendRecv => Direction::SendRecv,
-                        };
                         info!(call = %self.uuid, direction = ?n.direction, "re-INVITE");
-                        self.codec = n.codec;
                         self.media.set_remote(RemoteMedia::from(&n));
-                        let sdp = self.local_sdp(answer_dir);
+                        self.offer = n;
+                        let sdp = self.local_sdp();
                         responder.accept(sdp).await;
                     }
                     Ok(None) => {
                         // Offerless re-INVITE: offer our current session again.
-                        let sdp = self.local_sdp(Direction::SendRecv);
+                        let sdp = self.sdp.current();
                         responder.accept(sdp).await;
                     }
                     Err(e) => {
@@ -696,7 +735,7 @@ impl Call {
     /// The caller hung up or cancelled.
     async fn caller_left(&mut self, cause: HangupCause, status: Option<u16>) {
         self.flow.stop();
-        self.end_bridge_attempts(Some(cause)).await;
+        self.end_bridge_attempts(Some(cause));
         if let Some(l) = self.legs.first_mut() {
             l.end = Some(now_utc());
             l.cause = Some(cause);
@@ -716,7 +755,7 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        self.end_bridge_attempts(Some(cause)).await;
+        self.end_bridge_attempts(Some(cause));
         let status;
         if self.answered {
             self.leg.hangup(Some(cause.reason_header())).await;
@@ -972,31 +1011,21 @@ impl Call {
         });
     }
 
-    /// Reports the end of bridge leg `index` to its `hangup_url`, once.
-    fn leg_ended(&mut self, index: usize, status: LegStatus) {
-        let Some(b) = self.bridge.as_mut() else {
+    /// Reports the end of a placed bridge leg to its `hangup_url`.
+    fn report_leg_hangup(&self, attempt: &Attempt, status: LegStatus) {
+        let Some(url) = self
+            .bridge
+            .as_ref()
+            .and_then(|b| b.leg_urls.as_ref())
+            .and_then(|u| u.hangup_url.clone())
+        else {
             return;
         };
-        let Some(url) = b.leg_urls.as_ref().and_then(|u| u.hangup_url.clone()) else {
-            return;
-        };
-        let Some(a) = b.attempts.get_mut(index) else {
-            return;
-        };
-        if a.hangup_reported {
-            return;
-        }
-        a.hangup_reported = true;
         let now = Instant::now();
-        let total = now.duration_since(a.started);
-        let talk = a
+        let total = now.duration_since(attempt.started);
+        let talk = attempt
             .answered_at
             .map_or(Duration::ZERO, |t| now.duration_since(t));
-        let status = if a.answered {
-            LegStatus::Answer
-        } else {
-            status
-        };
         self.post_leg_callback(
             &url,
             "hangup",
@@ -1011,60 +1040,128 @@ impl Call {
 
     // ---- BRIDGE ----
 
-    async fn start_bridge(
-        &mut self,
-        block: BridgeBlock,
-        forward_ani: bool,
-        leg_urls: Option<LegUrls>,
-    ) {
+    fn start_bridge(&mut self, block: BridgeBlock, forward_ani: bool, leg_urls: Option<LegUrls>) {
         let (events_tx, events) = mpsc::unbounded_channel();
+        self.bridges_run += 1;
         self.bridge = Some(BridgeRun {
-            block,
+            serial: self.bridges_run,
+            dial: Dial::new(block, self.answered, Instant::now()),
             forward_ani,
-            next_destination: 0,
-            attempts: Vec::new(),
+            slots: Vec::new(),
             events_tx,
             events,
+            bridged: None,
             connected: None,
-            statuses: Vec::new(),
-            ringing_sent: false,
             ringback_playing: false,
             leg_urls,
         });
-        let parallel = self
-            .bridge
-            .as_ref()
-            .is_some_and(|b| b.block.bridge_mode == BridgeMode::Parallel);
-        if parallel {
-            let n = self
-                .bridge
-                .as_ref()
-                .map_or(0, |b| b.block.destinations.len());
-            let deadline = self
-                .bridge
-                .as_ref()
-                .and_then(|b| b.block.block_timeout)
-                .map(|s| Instant::now() + Duration::from_secs(s.into()));
-            for _ in 0..n {
-                self.launch_next(deadline).await;
-            }
-        } else {
-            self.launch_next(None).await;
-        }
-        self.check_bridge_exhausted().await;
+        self.run_dial();
     }
 
-    /// Starts the next destination; failures to even start are recorded as failed attempts.
-    async fn launch_next(&mut self, shared_deadline: Option<Instant>) {
+    /// Carries out what the Dial machine decided, until it has nothing more to say.
+    fn run_dial(&mut self) {
+        loop {
+            let Some(out) = self.bridge.as_mut().and_then(|b| b.dial.poll_output()) else {
+                return;
+            };
+            match out {
+                DialOutput::Launch {
+                    attempt,
+                    destination,
+                } => self.launch(attempt, destination),
+                DialOutput::Hangup { attempt, reason } => self.hangup_attempt(attempt, reason),
+                DialOutput::ByeLate { attempt } => {
+                    // rsipstack ACKs and BYEs a 2xx that crossed our CANCEL; a 200 that
+                    // arrived before our hang-up reached the leg gets its BYE from there.
+                    debug!(call = %self.uuid, attempt = attempt.0, "late 200 OK: not bridged");
+                    self.hangup_attempt(attempt, None);
+                }
+                DialOutput::Ringing => {
+                    self.leg.ringing(None);
+                    self.emit("call.ringing", json!({ "earlyMedia": false }));
+                }
+                DialOutput::EarlyMedia { attempt, first } => {
+                    let Some(b) = self.bridge.as_mut() else {
+                        return;
+                    };
+                    if let Some(a) = b
+                        .slots
+                        .get(attempt.0 as usize)
+                        .and_then(|s| s.live.as_ref())
+                    {
+                        self.media.bridge(&a.media);
+                        b.bridged = Some(attempt);
+                    }
+                    let sdp = self.local_sdp();
+                    self.leg.ringing(Some(sdp));
+                    if first {
+                        self.emit("call.ringing", json!({ "earlyMedia": true }));
+                    }
+                }
+                DialOutput::Disconnect { attempt } => {
+                    if let Some(b) = self.bridge.as_mut() {
+                        if b.bridged == Some(attempt) {
+                            self.media.unbridge();
+                            b.bridged = None;
+                        }
+                    }
+                }
+                DialOutput::StartRingback => {
+                    if let Some(b) = self.bridge.as_mut() {
+                        b.ringback_playing = true;
+                    }
+                    let id = self.media.play(ringback_tone());
+                    self.playing = Some((id, 0));
+                    self.emit("call.ringing", json!({ "earlyMedia": false }));
+                }
+                DialOutput::StopRingback => self.stop_ringback(),
+                DialOutput::Connected { attempt } => self.bridge_connected(attempt),
+                DialOutput::AttemptEnded {
+                    attempt,
+                    status,
+                    cause,
+                } => self.attempt_ended(attempt, status, cause),
+                DialOutput::Ended => {
+                    self.flow.handle(Input::BridgeEnded, Instant::now());
+                }
+                DialOutput::Failed(result) => {
+                    self.stop_ringback();
+                    self.bridge = None;
+                    info!(call = %self.uuid, result = result.as_str(), "bridge failed");
+                    self.flow
+                        .handle(Input::BridgeFailed(result), Instant::now());
+                }
+            }
+        }
+    }
+
+    fn stop_ringback(&mut self) {
+        if let Some(b) = self.bridge.as_mut() {
+            if b.ringback_playing {
+                b.ringback_playing = false;
+                self.media.stop_play();
+                self.playing = None;
+            }
+        }
+    }
+
+    /// Starts placing destination `destination` as `attempt`: the destination is resolved
+    /// (store, DNS), an RTP port allocated and the INVITE sent by a task; its result comes back
+    /// as `TaskDone::Launched`.
+    fn launch(&mut self, attempt: AttemptId, destination: usize) {
         let Some(b) = self.bridge.as_mut() else {
             return;
         };
-        let Some(dest) = b.block.destinations.get(b.next_destination).cloned() else {
+        let Some(dest) = b.dial.block().destinations.get(destination).cloned() else {
+            b.dial.handle_input(
+                DialInput::LaunchFailed {
+                    attempt,
+                    status: 500,
+                },
+                Instant::now(),
+            );
             return;
         };
-        b.next_destination += 1;
-        let forward_ani = b.forward_ani;
-        let events_tx = b.events_tx.clone();
         let record = self.legs.len();
         self.legs.push(LegRecord {
             direction: "outbound",
@@ -1076,47 +1173,281 @@ impl Call {
             sip_status: None,
             cause: None,
         });
-        let target = self
-            .resolve_destination(dest.destination_type, &dest.destination, forward_ani)
-            .await;
-        let target = match target {
-            Ok(t) => t,
-            Err((status, why)) => {
-                info!(call = %self.uuid, destination = %dest.destination, %why, "destination not reachable");
-                let l = &mut self.legs[record];
-                l.end = Some(now_utc());
-                l.sip_status = Some(status);
-                l.cause = Some(HangupCause::from_sip_status(status));
-                if let Some(b) = self.bridge.as_mut() {
-                    b.statuses.push(status);
-                }
-                return;
-            }
+        let slot = attempt.0 as usize;
+        if b.slots.len() <= slot {
+            b.slots.resize_with(slot + 1, || AttemptSlot {
+                record: usize::MAX,
+                live: None,
+                hangup_pending: None,
+            });
+        }
+        b.slots[slot] = AttemptSlot {
+            record,
+            live: None,
+            hangup_pending: None,
         };
-        let media = match self.svc.media.allocate().await {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "no RTP port for outbound leg");
-                let l = &mut self.legs[record];
-                l.end = Some(now_utc());
-                l.sip_status = Some(503);
-                l.cause = Some(HangupCause::SwitchCongestion);
-                if let Some(b) = self.bridge.as_mut() {
-                    b.statuses.push(503);
-                }
-                return;
-            }
+        let job = LaunchJob {
+            svc: self.svc.clone(),
+            tenant: self.tenant.clone(),
+            caller: self.caller.clone(),
+            called: self.called.clone(),
+            forward_ani: b.forward_ani,
+            kind: dest.destination_type,
+            destination: dest.destination,
         };
-        let addr = media.local_addr();
-        let offer = build_sdp(SdpParams {
-            session_id: rand_u64(),
-            session_version: 1,
-            ip: addr.ip(),
-            port: addr.port(),
-            codecs: &[Codec::Pcmu, Codec::Pcma],
-            telephone_event_pt: Some(TELEPHONE_EVENT_PT),
-            direction: Direction::SendRecv,
+        let done = self.tasks_tx.clone();
+        let bridge = b.serial;
+        tokio::spawn(async move {
+            let result = job.run().await;
+            if let Err(mpsc::error::SendError(TaskDone::Launched {
+                result: Ok(mut l), ..
+            })) = done.send(TaskDone::Launched {
+                bridge,
+                attempt,
+                result,
+            }) {
+                // The call is gone: nobody will bridge this callee.
+                l.leg.hangup(None).await;
+            }
         });
+    }
+
+    /// A launch task finished.
+    async fn on_launched(
+        &mut self,
+        serial: u64,
+        attempt: AttemptId,
+        result: Result<Launched, (u16, String)>,
+    ) {
+        let Some(b) = self.bridge.as_mut().filter(|b| b.serial == serial) else {
+            // Its BRIDGE is over: a placed call is hung up at once.
+            if let Ok(mut l) = result {
+                l.leg.hangup(None).await;
+            }
+            return;
+        };
+        let Some(slot) = b.slots.get_mut(attempt.0 as usize) else {
+            return;
+        };
+        match result {
+            Err((status, why)) => {
+                info!(call = %self.uuid, attempt = attempt.0, %why, "destination not reachable");
+                b.dial
+                    .handle_input(DialInput::LaunchFailed { attempt, status }, Instant::now());
+            }
+            Ok(l) => {
+                let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+                tokio::spawn(drive_attempt(attempt, l.leg, cmd_rx, b.events_tx.clone()));
+                if let Some(reason) = slot.hangup_pending.take() {
+                    // Dial gave it up while it was launching.
+                    cmd_tx.send(AttemptCommand::Hangup(reason)).ok();
+                }
+                slot.live = Some(Attempt {
+                    media: l.media,
+                    sdp: l.sdp,
+                    commands: cmd_tx,
+                    started: Instant::now(),
+                    answered_at: None,
+                });
+                b.dial
+                    .handle_input(DialInput::Launched { attempt }, Instant::now());
+            }
+        }
+        self.run_dial();
+    }
+
+    fn hangup_attempt(&mut self, attempt: AttemptId, reason: Option<String>) {
+        let Some(slot) = self
+            .bridge
+            .as_mut()
+            .and_then(|b| b.slots.get_mut(attempt.0 as usize))
+        else {
+            return;
+        };
+        match &slot.live {
+            Some(a) => {
+                a.commands.send(AttemptCommand::Hangup(reason)).ok();
+            }
+            None => slot.hangup_pending = Some(reason),
+        }
+    }
+
+    fn bridge_connected(&mut self, attempt: AttemptId) {
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        let Some(slot) = b.slots.get_mut(attempt.0 as usize) else {
+            return;
+        };
+        let record = slot.record;
+        if let Some(a) = slot.live.as_mut() {
+            a.answered_at = Some(Instant::now());
+            // Once answered the callee hears a continuous stream too (silence when unbridged).
+            a.media.set_fill_silence(true);
+            if b.bridged != Some(attempt) {
+                self.media.bridge(&a.media);
+            }
+        }
+        b.bridged = Some(attempt);
+        b.connected = Some(attempt);
+        let answer_url = b.leg_urls.as_ref().and_then(|u| u.answer_url.clone());
+        let l = &mut self.legs[record];
+        l.answer = Some(now_utc());
+        l.sip_status = Some(200);
+        let destination = l.destination.clone();
+        let destination_type = l.destination_type.clone();
+        if let Some(url) = answer_url {
+            self.post_leg_callback(&url, "answer", Vec::new());
+        }
+        self.answer();
+        self.emit(
+            "call.bridged",
+            json!({ "destination": destination, "destinationType": destination_type }),
+        );
+        self.flow.handle(Input::BridgeConnected, Instant::now());
+    }
+
+    fn attempt_ended(&mut self, attempt: AttemptId, status: u16, cause: AttemptEnd) {
+        let Some(slot) = self
+            .bridge
+            .as_mut()
+            .and_then(|b| b.slots.get_mut(attempt.0 as usize))
+        else {
+            return;
+        };
+        let record = slot.record;
+        if let Some(l) = self.legs.get_mut(record) {
+            l.end = Some(now_utc());
+            l.cause = Some(cause.hangup_cause());
+            // A cancelled leg keeps the last status it answered; an answered one its 200.
+            if !matches!(cause, AttemptEnd::Answered | AttemptEnd::Cancelled) {
+                l.sip_status = Some(status);
+            }
+        }
+        // Only legs whose INVITE went out are reported to the ask-URL `hangup_url`.
+        if let Some(a) = self.bridge.as_ref().and_then(|b| b.live(attempt)) {
+            self.report_leg_hangup(a, cause.leg_status());
+        }
+    }
+
+    async fn on_bridge_event(&mut self, ev: (AttemptId, OutboundEvent)) {
+        let (attempt, ev) = ev;
+        let now = Instant::now();
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        let Some(slot) = b.slots.get_mut(attempt.0 as usize) else {
+            return;
+        };
+        let record = slot.record;
+        let Some(a) = slot.live.as_mut() else { return };
+        let input = match ev {
+            OutboundEvent::Ringing { status, sdp } => {
+                if let Some(l) = self.legs.get_mut(record) {
+                    if l.sip_status != Some(200) {
+                        l.sip_status = Some(status);
+                    }
+                }
+                let early = sdp.and_then(|s| negotiate_sdp(&s).ok());
+                if let Some(n) = &early {
+                    a.media.set_remote(RemoteMedia::from(n));
+                    a.sdp.agreed(n);
+                }
+                DialInput::Ringing {
+                    attempt,
+                    early_media: early.is_some(),
+                }
+            }
+            OutboundEvent::Answered { sdp } => {
+                if let Some(n) = sdp.and_then(|s| negotiate_sdp(&s).ok()) {
+                    a.media.set_remote(RemoteMedia::from(&n));
+                    a.sdp.agreed(&n);
+                }
+                DialInput::Answered { attempt }
+            }
+            OutboundEvent::Failed { status } => DialInput::Failed { attempt, status },
+            OutboundEvent::RemoteBye => DialInput::RemoteBye { attempt },
+            OutboundEvent::Dtmf(_) => return,
+            OutboundEvent::Reinvite { sdp, responder } => {
+                // The callee's hold, resume or session refresh: answered from its leg's own
+                // description (same o= session id, direction mirrored, its telephone-event).
+                let answer = match sdp.as_deref().map(negotiate_sdp) {
+                    Some(Ok(n)) => {
+                        a.media.set_remote(RemoteMedia::from(&n));
+                        Some(a.sdp.answer(&n))
+                    }
+                    None => Some(a.sdp.current()),
+                    Some(Err(e)) => {
+                        info!(call = %self.uuid, error = %e, "callee re-INVITE rejected");
+                        None
+                    }
+                };
+                match answer {
+                    Some(sdp) => responder.accept(sdp).await,
+                    None => responder.reject(488).await,
+                }
+                return;
+            }
+        };
+        b.dial.handle_input(input, now);
+        self.run_dial();
+    }
+
+    /// A destination's ring time (or the block's) ran out.
+    fn on_bridge_timeout(&mut self) {
+        if let Some(b) = self.bridge.as_mut() {
+            b.dial.handle_timeout(Instant::now());
+        }
+        self.run_dial();
+    }
+
+    /// Hangs up every outbound attempt still alive (caller left or the call ends).
+    fn end_bridge_attempts(&mut self, cause: Option<HangupCause>) {
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        b.dial.stop(cause.map(|c| c.reason_header()));
+        self.run_dial();
+        self.media.unbridge();
+        if let Some(b) = self.bridge.as_mut() {
+            b.bridged = None;
+        }
+    }
+
+    /// Interrupt: the bridge is abandoned (ringing legs cancelled, a connected callee hung up)
+    /// and the caller stays for the next blocks.
+    fn stop_bridge(&mut self) {
+        self.end_bridge_attempts(Some(HangupCause::NormalClearing));
+        self.stop_ringback();
+        self.bridge = None;
+    }
+}
+
+/// What a launch task needs to place one destination, off the Call actor.
+struct LaunchJob {
+    svc: Arc<CallServices>,
+    tenant: Tenant,
+    caller: String,
+    called: String,
+    forward_ani: bool,
+    kind: DestinationType,
+    destination: String,
+}
+
+/// How long a trunk's host name may take to resolve.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl LaunchJob {
+    async fn run(self) -> Result<Launched, (u16, String)> {
+        let target = self.resolve().await?;
+        let media = self
+            .svc
+            .media
+            .allocate()
+            .await
+            .map_err(|e| (503, format!("no RTP port for outbound leg: {e}")))?;
+        let mut sdp = LocalSdp::new(rand_u64(), media.local_addr());
+        let offer = sdp.offer(Direction::SendRecv);
         let out = OutboundCall {
             target_uri: target.uri,
             destination: target.addr,
@@ -1127,70 +1458,39 @@ impl Call {
             credential: target.credential,
             extra_headers: vec![],
         };
-        let leg = match self.svc.sip.invite(out) {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "cannot place outbound call");
-                let l = &mut self.legs[record];
-                l.end = Some(now_utc());
-                l.sip_status = Some(503);
-                l.cause = Some(HangupCause::NormalTemporaryFailure);
-                if let Some(b) = self.bridge.as_mut() {
-                    b.statuses.push(503);
-                }
-                return;
-            }
-        };
-        let deadline = shared_deadline.or_else(|| {
-            dest.timeout
-                .map(|s| Instant::now() + Duration::from_secs(s.into()))
-        });
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let Some(b) = self.bridge.as_mut() else {
-            return;
-        };
-        let index = b.attempts.len();
-        tokio::spawn(drive_attempt(index, leg, cmd_rx, events_tx));
-        b.attempts.push(Attempt {
-            record,
-            media,
-            commands: cmd_tx,
-            deadline,
-            done: false,
-            answered: false,
-            last_status: None,
-            started: Instant::now(),
-            answered_at: None,
-            hangup_reported: false,
-        });
+        let leg = self
+            .svc
+            .sip
+            .invite(out)
+            .map_err(|e| (503, format!("cannot place outbound call: {e}")))?;
+        Ok(Launched { leg, media, sdp })
     }
 
-    async fn resolve_destination(
-        &self,
-        kind: DestinationType,
-        destination: &str,
-        forward_ani: bool,
-    ) -> Result<Target, (u16, String)> {
-        let presented = if forward_ani {
+    async fn resolve(&self) -> Result<Target, (u16, String)> {
+        let presented = if self.forward_ani {
             self.caller.clone()
         } else {
             self.called.clone()
         };
-        match kind {
+        let store = self.svc.store.clone();
+        match self.kind {
             DestinationType::SipUser => {
-                let user = self
-                    .svc
-                    .store
-                    .get_sip_user(destination)
+                let name = self.destination.clone();
+                let user = tokio::task::spawn_blocking(move || store.get_sip_user(&name))
+                    .await
+                    .map_err(|e| (503, e.to_string()))?
                     .map_err(|e| (503, e.to_string()))?
                     .filter(|u| u.tenant == self.tenant.name)
-                    .ok_or((404, format!("no SIP user {destination} in this tenant")))?;
+                    .ok_or((
+                        404,
+                        format!("no SIP user {} in this tenant", self.destination),
+                    ))?;
                 let binding = self
                     .svc
                     .sip
                     .lookup_registration(&user.username)
                     .pop()
-                    .ok_or((480, format!("{destination} is not registered")))?;
+                    .ok_or((480, format!("{} is not registered", self.destination)))?;
                 Ok(Target {
                     uri: binding.contact,
                     addr: binding.source,
@@ -1200,27 +1500,30 @@ impl Call {
                 })
             }
             DestinationType::SipTrunk | DestinationType::ExternalNumber => {
-                let (trunk_name, number) = if kind == DestinationType::SipTrunk {
+                let (trunk_name, number) = if self.kind == DestinationType::SipTrunk {
                     // `trunkname` alone, or `number@trunkname`.
-                    match destination.split_once('@') {
+                    match self.destination.split_once('@') {
                         Some((n, t)) => (t.to_string(), n.to_string()),
-                        None => (destination.to_string(), self.called.clone()),
+                        None => (self.destination.clone(), self.called.clone()),
                     }
                 } else {
                     let t = self.tenant.default_trunk.clone().ok_or((
                         503,
                         "tenant has no defaultTrunk for EXTERNALNUMBER".to_string(),
                     ))?;
-                    (t, destination.to_string())
+                    (t, self.destination.clone())
                 };
-                let trunk = self
-                    .svc
-                    .store
-                    .get_trunk(&self.tenant.name, &trunk_name)
+                let tenant = self.tenant.name.clone();
+                let lookup = trunk_name.clone();
+                let trunk = tokio::task::spawn_blocking(move || store.get_trunk(&tenant, &lookup))
+                    .await
+                    .map_err(|e| (503, e.to_string()))?
                     .map_err(|e| (503, e.to_string()))?
                     .ok_or((404, format!("no trunk {trunk_name}")))?;
-                let addr = tokio::net::lookup_host((trunk.host.as_str(), trunk.port))
+                let lookup = tokio::net::lookup_host((trunk.host.as_str(), trunk.port));
+                let addr = tokio::time::timeout(DNS_TIMEOUT, lookup)
                     .await
+                    .map_err(|_| (503, format!("resolving {} timed out", trunk.host)))?
                     .map_err(|e| (503, format!("cannot resolve {}: {e}", trunk.host)))?
                     .next()
                     .ok_or((503, format!("{} has no address", trunk.host)))?;
@@ -1228,7 +1531,7 @@ impl Call {
                     callplane_store::model::Transport::Tcp => Transport::Tcp,
                     callplane_store::model::Transport::Udp => Transport::Udp,
                 };
-                let from_user = if forward_ani {
+                let from_user = if self.forward_ani {
                     presented
                 } else {
                     trunk.caller_id.clone().unwrap_or(presented)
@@ -1247,277 +1550,6 @@ impl Call {
             }
         }
     }
-
-    async fn on_bridge_event(&mut self, ev: (usize, OutboundEvent)) {
-        let (index, ev) = ev;
-        let Some(b) = self.bridge.as_mut() else {
-            return;
-        };
-        let Some(attempt) = b.attempts.get_mut(index) else {
-            return;
-        };
-        let record = attempt.record;
-        match ev {
-            OutboundEvent::Ringing { status, sdp } => {
-                self.legs[record].sip_status = Some(status);
-                if self.answered {
-                    // Already talking to the caller (an announcement ran first): local ringback.
-                    if !b.ringback_playing && b.connected.is_none() {
-                        b.ringback_playing = true;
-                        let tone = ringback_tone();
-                        let id = self.media.play(tone);
-                        self.playing = Some((id, 0));
-                        self.emit("call.ringing", json!({ "earlyMedia": false }));
-                    }
-                    return;
-                }
-                match sdp.and_then(|s| negotiate_sdp(&s).ok()) {
-                    Some(n) if b.connected.is_none() => {
-                        // Early media: relay the callee's audio (ringback, announcements).
-                        attempt.media.set_remote(RemoteMedia::from(&n));
-                        self.media.bridge(&attempt.media);
-                        b.connected = Some(index);
-                        let first = !b.ringing_sent;
-                        b.ringing_sent = true;
-                        let sdp = self.local_sdp(Direction::SendRecv);
-                        self.leg.ringing(Some(sdp));
-                        if first {
-                            self.emit("call.ringing", json!({ "earlyMedia": true }));
-                        }
-                    }
-                    _ => {
-                        if !b.ringing_sent {
-                            b.ringing_sent = true;
-                            self.leg.ringing(None);
-                            self.emit("call.ringing", json!({ "earlyMedia": false }));
-                        }
-                    }
-                }
-            }
-            OutboundEvent::Answered { sdp } => {
-                attempt.answered = true;
-                attempt.answered_at = Some(Instant::now());
-                attempt.last_status = Some(200);
-                self.legs[record].answer = Some(now_utc());
-                self.legs[record].sip_status = Some(200);
-                if let Some(n) = sdp.and_then(|s| negotiate_sdp(&s).ok()) {
-                    attempt.media.set_remote(RemoteMedia::from(&n));
-                }
-                if b.ringback_playing {
-                    b.ringback_playing = false;
-                    self.media.stop_play();
-                    self.playing = None;
-                }
-                if b.connected != Some(index) {
-                    if let Some(prev) = b.connected {
-                        if let Some(p) = b.attempts.get(prev) {
-                            p.media.unbridge();
-                        }
-                    }
-                    self.media.bridge(&b.attempts[index].media);
-                    b.connected = Some(index);
-                }
-                // Cancel the others: "call completed elsewhere" (RFC 3326).
-                let mut cancelled = Vec::new();
-                for (i, other) in b.attempts.iter_mut().enumerate() {
-                    if i != index && !other.done {
-                        cancelled.push(i);
-                        other.done = true;
-                        other
-                            .commands
-                            .send(AttemptCommand::Hangup(Some(
-                                "SIP;cause=200;text=\"Call completed elsewhere\"".into(),
-                            )))
-                            .ok();
-                        let l = &mut self.legs[other.record];
-                        l.end = Some(now_utc());
-                        l.cause = Some(HangupCause::OriginatorCancel);
-                        l.sip_status = Some(487);
-                    }
-                }
-                let answer_url = b.leg_urls.as_ref().and_then(|u| u.answer_url.clone());
-                let destination = self.legs[record].destination.clone();
-                let destination_type = self.legs[record].destination_type.clone();
-                for i in cancelled {
-                    self.leg_ended(i, LegStatus::Cancel);
-                }
-                if let Some(url) = answer_url {
-                    self.post_leg_callback(&url, "answer", Vec::new());
-                }
-                self.answer();
-                self.emit(
-                    "call.bridged",
-                    json!({ "destination": destination, "destinationType": destination_type }),
-                );
-                self.flow.handle(Input::BridgeConnected, Instant::now());
-            }
-            OutboundEvent::Failed { status } => {
-                if attempt.done {
-                    return;
-                }
-                attempt.done = true;
-                attempt.last_status = Some(status);
-                b.statuses.push(status);
-                let l = &mut self.legs[record];
-                l.end = Some(now_utc());
-                l.sip_status = Some(status);
-                l.cause = Some(HangupCause::from_sip_status(status));
-                if b.connected == Some(index) {
-                    self.media.unbridge();
-                    b.connected = None;
-                }
-                let sequential = b.block.bridge_mode == BridgeMode::Sequential;
-                self.leg_ended(index, LegStatus::from_sip_status(status));
-                if sequential {
-                    self.launch_next(None).await;
-                }
-                self.check_bridge_exhausted().await;
-            }
-            OutboundEvent::RemoteBye => {
-                attempt.done = true;
-                let answered = attempt.answered;
-                let l = &mut self.legs[record];
-                l.end = Some(now_utc());
-                l.cause = Some(HangupCause::NormalClearing);
-                self.leg_ended(index, LegStatus::Answer);
-                if answered {
-                    self.flow.handle(Input::BridgeEnded, Instant::now());
-                }
-            }
-            OutboundEvent::Dtmf(_) => {}
-            OutboundEvent::Reinvite { sdp, responder } => {
-                if let Some(n) = sdp.and_then(|s| negotiate_sdp(&s).ok()) {
-                    attempt.media.set_remote(RemoteMedia::from(&n));
-                }
-                let a = attempt.media.local_addr();
-                let sdp = build_sdp(SdpParams {
-                    session_id: 1,
-                    session_version: rand_u64() & 0xffff,
-                    ip: a.ip(),
-                    port: a.port(),
-                    codecs: &[Codec::Pcmu, Codec::Pcma],
-                    telephone_event_pt: Some(TELEPHONE_EVENT_PT),
-                    direction: Direction::SendRecv,
-                });
-                responder.accept(sdp).await;
-            }
-        }
-    }
-
-    /// A destination's ring time (or the block's) ran out.
-    async fn on_bridge_timeout(&mut self) {
-        let now = Instant::now();
-        let Some(b) = self.bridge.as_mut() else {
-            return;
-        };
-        let mut expired = Vec::new();
-        for (i, a) in b.attempts.iter_mut().enumerate() {
-            if !a.done && !a.answered && a.deadline.is_some_and(|d| d <= now) {
-                a.done = true;
-                a.commands.send(AttemptCommand::Hangup(None)).ok();
-                b.statuses.push(408);
-                expired.push((i, a.record));
-            }
-        }
-        for (i, record) in expired {
-            self.leg_ended(i, LegStatus::NoAnswer);
-            let l = &mut self.legs[record];
-            l.end = Some(now_utc());
-            l.cause = Some(HangupCause::NoAnswer);
-            l.sip_status = Some(487);
-            if let Some(b) = self.bridge.as_mut() {
-                if b.connected == Some(i) {
-                    self.media.unbridge();
-                    b.connected = None;
-                }
-            }
-        }
-        let sequential = self
-            .bridge
-            .as_ref()
-            .is_some_and(|b| b.block.bridge_mode == BridgeMode::Sequential);
-        if sequential {
-            self.launch_next(None).await;
-        }
-        self.check_bridge_exhausted().await;
-    }
-
-    /// When no attempt is left running and none answered, the block failed.
-    async fn check_bridge_exhausted(&mut self) {
-        loop {
-            let Some(b) = self.bridge.as_ref() else {
-                return;
-            };
-            if b.attempts.iter().any(|a| a.answered || !a.done) {
-                return;
-            }
-            // A sequential bridge whose next destination failed to start tries the one after.
-            if b.block.bridge_mode == BridgeMode::Sequential
-                && b.next_destination < b.block.destinations.len()
-            {
-                self.launch_next(None).await;
-                continue;
-            }
-            break;
-        }
-        let Some(b) = self.bridge.take() else { return };
-        if b.ringback_playing {
-            self.media.stop_play();
-            self.playing = None;
-        }
-        let result = if b.statuses.iter().any(|s| matches!(s, 486 | 600)) {
-            BridgeResult::Busy
-        } else if b.statuses.iter().all(|s| matches!(s, 408 | 480 | 487)) {
-            BridgeResult::NoAnswer
-        } else {
-            BridgeResult::Failed
-        };
-        info!(call = %self.uuid, result = result.as_str(), "bridge failed");
-        self.flow
-            .handle(Input::BridgeFailed(result), Instant::now());
-    }
-
-    /// Hangs up every outbound attempt still alive (caller left or the call ends).
-    async fn end_bridge_attempts(&mut self, cause: Option<HangupCause>) {
-        let Some(b) = self.bridge.as_mut() else {
-            return;
-        };
-        let reason = cause.map(|c| c.reason_header());
-        let mut ended = Vec::new();
-        for (i, a) in b.attempts.iter_mut().enumerate() {
-            if !a.done {
-                ended.push(i);
-                a.done = true;
-                a.commands.send(AttemptCommand::Hangup(reason.clone())).ok();
-                let l = &mut self.legs[a.record];
-                l.end = Some(now_utc());
-                if l.cause.is_none() {
-                    l.cause = Some(if a.answered {
-                        HangupCause::NormalClearing
-                    } else {
-                        HangupCause::OriginatorCancel
-                    });
-                }
-            }
-        }
-        for i in ended {
-            self.leg_ended(i, LegStatus::Cancel);
-        }
-        self.media.unbridge();
-    }
-
-    /// Interrupt: the bridge is abandoned (ringing legs cancelled, a connected callee hung up)
-    /// and the caller stays for the next blocks.
-    async fn stop_bridge(&mut self) {
-        self.end_bridge_attempts(Some(HangupCause::NormalClearing))
-            .await;
-        if let Some(b) = self.bridge.take() {
-            if b.ringback_playing {
-                self.media.stop_play();
-                self.playing = None;
-            }
-        }
-    }
 }
 
 struct Target {
@@ -1528,7 +1560,7 @@ struct Target {
     credential: Option<(String, String)>,
 }
 
-async fn recv_bridge(bridge: &mut Option<BridgeRun>) -> (usize, OutboundEvent) {
+async fn recv_bridge(bridge: &mut Option<BridgeRun>) -> (AttemptId, OutboundEvent) {
     match bridge {
         Some(b) => match b.events.recv().await {
             Some(ev) => ev,
@@ -1540,10 +1572,10 @@ async fn recv_bridge(bridge: &mut Option<BridgeRun>) -> (usize, OutboundEvent) {
 
 /// Owns one outbound leg: forwards its events to the Call actor and carries out its hangup.
 async fn drive_attempt(
-    index: usize,
+    index: AttemptId,
     mut leg: OutboundLeg,
     mut commands: mpsc::UnboundedReceiver<AttemptCommand>,
-    events: mpsc::UnboundedSender<(usize, OutboundEvent)>,
+    events: mpsc::UnboundedSender<(AttemptId, OutboundEvent)>,
 ) {
     loop {
         tokio::select! {

@@ -402,6 +402,19 @@ impl CallFlow {
         }
     }
 
+    /// Whether the flow still waits for the end of play `id`: a prompt that finished rendering
+    /// after the flow moved on (a digit, an interrupt) is not played at all.
+    pub fn is_playing(&self, id: u64) -> bool {
+        match &self.step {
+            Step::Playing(p) => *p == id,
+            Step::Collect {
+                phase: CollectPhase::Prompt(p) | CollectPhase::ErrorPrompt(p),
+                ..
+            } => *p == id,
+            _ => false,
+        }
+    }
+
     fn next_id(&mut self) -> u64 {
         let id = self.next_play_id;
         self.next_play_id += 1;

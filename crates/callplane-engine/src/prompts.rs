@@ -206,19 +206,42 @@ impl PromptLibrary {
                     .write_all(text.as_bytes())
                     .map_err(|e| PromptError::TtsFailed(e.to_string()))?;
             }
-            let out = child
-                .wait_with_output()
-                .map_err(|e| PromptError::TtsFailed(e.to_string()))?;
-            if !out.status.success() {
-                return Err(PromptError::TtsFailed(
-                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                ));
+            // A hung synthesiser must not hold the prompt (nor this blocking thread) for ever.
+            let deadline = std::time::Instant::now() + TTS_TIMEOUT;
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break status,
+                    Ok(None) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
+                    Ok(None) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(PromptError::TtsFailed(format!(
+                            "{espeak} did not finish within {} s",
+                            TTS_TIMEOUT.as_secs()
+                        )));
+                    }
+                    Err(e) => return Err(PromptError::TtsFailed(e.to_string())),
+                }
+            };
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(PromptError::TtsFailed(err.trim().to_string()));
             }
             std::fs::rename(&tmp, &path).map_err(|e| PromptError::TtsFailed(e.to_string()))?;
         }
         self.load(&path)
     }
 }
+
+/// How long espeak-ng may take to render one text before it is killed and the SAY fails over.
+const TTS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Finds espeak-ng on PATH (or at the configured path); None when missing.
 pub fn find_program(name: &str) -> Option<String> {
