@@ -561,23 +561,33 @@ impl Call {
                 Action::StopBridge => self.stop_bridge(),
                 Action::CallControl(req) => self.send_call_control(req),
                 Action::AskUrl(req) => self.send_ask_url(req),
-                Action::LoadPlan { name } => {
-                    let blocks = match self.svc.store.get_routing_plan(&self.tenant.name, &name) {
-                        Ok(Some(plan)) => parse_blocks(&serde_json::Value::Array(plan.blocks))
-                            .map_err(|errs| {
-                                warn!(plan = %name, errors = errs.len(), "stored plan is invalid")
-                            })
-                            .ok(),
-                        _ => None,
-                    };
-                    self.flow
-                        .handle(Input::PlanLoaded { name, blocks }, Instant::now());
-                }
+                Action::LoadPlan { name } => self.load_plan(name),
                 Action::Hangup { cause } => {
                     self.hangup(cause, HangupBy::System).await;
                 }
             }
         }
+    }
+
+    /// Reads a stored plan off the actor; `Input::PlanLoaded` comes back through `inputs`.
+    fn load_plan(&mut self, name: String) {
+        let store = self.svc.store.clone();
+        let tenant = self.tenant.name.clone();
+        let inputs = self.inputs_tx.clone();
+        tokio::spawn(async move {
+            let lookup = name.clone();
+            let plan =
+                tokio::task::spawn_blocking(move || store.get_routing_plan(&tenant, &lookup)).await;
+            let blocks = match plan {
+                Ok(Ok(Some(plan))) => parse_blocks(&serde_json::Value::Array(plan.blocks))
+                    .map_err(
+                        |errs| warn!(plan = %name, errors = errs.len(), "stored plan is invalid"),
+                    )
+                    .ok(),
+                _ => None,
+            };
+            let _ = inputs.send(Input::PlanLoaded { name, blocks });
+        });
     }
 
     fn answer(&mut self) {
