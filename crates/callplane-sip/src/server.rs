@@ -239,7 +239,15 @@ pub struct InboundLeg {
 struct LegFlags {
     confirmed: AtomicBool,
     ended: AtomicBool,
+    /// We sent a 2xx (inbound legs): a BYE waits for its ACK.
+    answered: AtomicBool,
+    /// Signalled when the ACK arrives.
+    acked: tokio::sync::Notify,
 }
+
+/// How long a BYE right after our 2xx waits for the caller's ACK (RFC 3261 §15: the callee
+/// should not send BYE before the ACK; Timer H would give up at 32 s, a phone's ACK takes ms).
+const BYE_WAITS_FOR_ACK: Duration = Duration::from_secs(2);
 
 /// Reads an inbound dialog's states until the dialog is gone: answers in-dialog requests
 /// (INFO, OPTIONS, UPDATE…) and hands the leg's owner what it must know.
@@ -256,6 +264,7 @@ async fn forward_inbound(
                 if flags.confirmed.swap(true, Ordering::AcqRel) {
                     continue;
                 }
+                flags.acked.notify_one();
                 InboundEvent::Confirmed
             }
             DialogState::Terminated(_, reason) => {
@@ -330,7 +339,9 @@ impl InboundLeg {
         let headers = vec![Header::ContentType("application/sdp".into())];
         self.dialog
             .accept(Some(headers), Some(sdp.into_bytes()))
-            .map_err(SipError::from)
+            .map_err(SipError::from)?;
+        self.flags.answered.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// A final non-2xx response, with an optional Reason header value (RFC 3326).
@@ -354,6 +365,13 @@ impl InboundLeg {
     pub async fn hangup(&mut self, reason: Option<String>) {
         if self.flags.ended.swap(true, Ordering::AcqRel) {
             return;
+        }
+        if self.flags.answered.load(Ordering::Acquire)
+            && !self.flags.confirmed.load(Ordering::Acquire)
+        {
+            // A BYE sent on the heels of our 200 can overtake it (UDP) and the caller drops
+            // the call as unknown: wait for the ACK first.
+            let _ = tokio::time::timeout(BYE_WAITS_FOR_ACK, self.flags.acked.notified()).await;
         }
         let r = match reason {
             Some(r) => self.dialog.bye_with_reason(r).await,
