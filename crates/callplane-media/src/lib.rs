@@ -27,6 +27,6 @@ pub use sdp::{
 };
 pub use session::{
     DtmfSource, MediaConfig, MediaEngine, MediaError, MediaEvent, MediaLeg, MediaTotals,
-    RemoteMedia, StreamStats,
+    RemoteMedia, Room, RoomEvent, StreamStats,
 };
 pub use wav::{decode_wav_8k, load_wav_8k, WavError, WavWriter};

@@ -72,6 +72,12 @@ pub fn encode_frame(codec: Codec, frame: &Frame, payload: &mut [u8; FRAME_SAMPLE
 pub struct MemberId(u32);
 
 impl MemberId {
+    /// A member id chosen by a driver that allocates ids itself (see
+    /// [`RoomGraph::add_with_id`]).
+    pub const fn from_raw(id: u32) -> Self {
+        MemberId(id)
+    }
+
     /// The raw number (for logs and maps keyed by it).
     pub const fn get(self) -> u32 {
         self.0
@@ -361,6 +367,23 @@ impl RoomGraph {
         ));
         self.changed();
         id
+    }
+
+    /// Add a member under an id the driver allocated (a room handle hands out ids before its
+    /// task has seen the member). Ids must grow: one not above every id used so far is
+    /// refused (`false`).
+    pub fn add_with_id(
+        &mut self,
+        id: MemberId,
+        kind: MemberKind,
+        heard_by: Audience,
+        hears: Audience,
+    ) -> bool {
+        if id.0 < self.next_id {
+            return false;
+        }
+        self.next_id = id.0;
+        self.add_with_rules(kind, heard_by, hears) == id
     }
 
     /// Remove a member (and drop it from every other member's `Only` sets).

@@ -49,9 +49,9 @@ const MAX_MISORDER: i32 = 100;
 /// In-band DTMF we send: 100 ms of tone then 60 ms of silence.
 const INBAND_TONE_SAMPLES: usize = 800;
 const INBAND_GAP_SAMPLES: usize = 480;
-/// How long a leg that fills silence may send nothing before silence starts. Short gaps (a
-/// prompt being rendered, a webhook answering) stay gaps, so a plan's audio is not preceded by
-/// a variable run of silence; once started, silence keeps the stream continuous for good.
+/// How long an answered leg that has sent nothing yet waits before silence starts: the first
+/// prompt (perhaps still being rendered) starts the stream itself rather than after a variable
+/// run of silence. Once anything was sent, silence follows at once whenever nothing else is.
 const SILENCE_FILL_AFTER_US: u64 = 500_000;
 
 /// Where legs get their sockets.
@@ -501,6 +501,7 @@ impl MediaEngine {
             tx_epoch: 0,
             talkspurt: false,
             busy: false,
+            room: None,
             fill_silence: None,
             filling: false,
         };
@@ -722,6 +723,13 @@ enum Command {
         from: u64,
     },
     Unbridge,
+    /// Become a member of a room (see `room_io`).
+    JoinRoom(room_io::RoomLink),
+    /// From the room: hand decoded audio to it (mixer) or not (relay fast path).
+    RoomMix(bool),
+    LeaveRoom {
+        room_id: u64,
+    },
     Close,
 }
 
@@ -930,6 +938,8 @@ struct LegTask {
     tx_epoch: u32,
     talkspurt: bool,
     busy: bool,
+    /// The room this leg is a member of.
+    room: Option<room_io::RoomLink>,
     /// Send silence when there is nothing else to send (see `MediaLeg::set_fill_silence`):
     /// the `now_us` it was turned on at.
     fill_silence: Option<u64>,
@@ -1007,7 +1017,7 @@ impl LegTask {
             if busy != self.busy {
                 self.busy = busy;
                 self.shared.busy.store(busy, Relaxed);
-                if !busy && !self.filling {
+                if !busy && !self.paced() {
                     // Silence fill keeps the same talkspurt: the stream stays continuous.
                     self.talkspurt = false;
                 }
@@ -1024,6 +1034,9 @@ impl LegTask {
 
     fn shutdown(&mut self) {
         self.detach_peer();
+        if let Some(r) = self.room.take() {
+            r.tell(room_io::RoomCmd::LegClosed { member: r.member });
+        }
         self.shared.busy.store(false, Relaxed);
         {
             let mut reg = self.engine.registry();
@@ -1093,6 +1106,12 @@ impl LegTask {
     }
 
     fn notify_peer_target(&self) {
+        if let Some(r) = &self.room {
+            r.tell(room_io::RoomCmd::LegTarget {
+                member: r.member,
+                target: self.target(),
+            });
+        }
         if let Some(p) = &self.peer {
             if let Some(tx) = p.cmd.upgrade() {
                 let _ = tx.send(Command::PeerTarget {
@@ -1263,6 +1282,27 @@ impl LegTask {
                 }
             }
             Command::Unbridge => self.detach_peer(),
+            Command::JoinRoom(link) => {
+                if let Some(old) = self.room.take() {
+                    old.tell(room_io::RoomCmd::LegClosed { member: old.member });
+                }
+                link.tell(room_io::RoomCmd::LegLink {
+                    member: link.member,
+                    link: self.my_link(),
+                    target: self.target(),
+                });
+                self.room = Some(link);
+            }
+            Command::RoomMix(on) => {
+                if let Some(r) = self.room.as_mut() {
+                    r.mixing = on;
+                }
+            }
+            Command::LeaveRoom { room_id } => {
+                if self.room.as_ref().is_some_and(|r| r.room_id == room_id) {
+                    self.room = None;
+                }
+            }
             Command::Close => {}
         }
     }
@@ -1285,7 +1325,10 @@ impl LegTask {
     /// for it (and a bridged leg sends none).
     fn paced(&self) -> bool {
         self.has_tx_work()
-            || (self.fill_silence.is_some() && self.peer.is_none() && self.target().is_some())
+            || (self.fill_silence.is_some()
+                && self.peer.is_none()
+                && self.room.as_ref().is_none_or(|r| !r.mixing)
+                && self.target().is_some())
     }
 
     // --- receive path -------------------------------------------------------
@@ -1399,6 +1442,10 @@ impl LegTask {
 
         if let Some(peer) = self.peer.as_mut() {
             relay(peer, &pkt, kind, &mut scratch.out, now_us).await;
+        } else if let (Some(r), Kind::Audio(codec)) = (&self.room, kind) {
+            if r.mixing {
+                room_io::to_room(r, codec, pkt.payload);
+            }
         }
     }
 
@@ -1511,13 +1558,11 @@ impl LegTask {
             }
         }
         let silence = filled == 0 && self.paced() && {
-            let quiet_since = self
-                .shared
-                .out
-                .last_send_us
-                .load(Relaxed)
-                .max(self.fill_silence.unwrap_or(now_us));
-            self.filling || now_us.saturating_sub(quiet_since) >= SILENCE_FILL_AFTER_US
+            // Once anything went out the stream simply continues; before that, a short wait
+            // lets a plan's first prompt start the stream itself.
+            let sent = self.shared.out.last_send_us.load(Relaxed) != 0;
+            let since = self.fill_silence.unwrap_or(now_us);
+            self.filling || sent || now_us.saturating_sub(since) >= SILENCE_FILL_AFTER_US
         };
         self.filling |= silence;
         if filled > 0 || silence {
@@ -1572,6 +1617,9 @@ async fn relay(peer: &mut Peer, pkt: &RtpPacket<'_>, kind: Kind, out: &mut [u8],
         Err(e) => tracing::debug!(leg = link.shared.id, error = %e, "RTP relay send failed"),
     }
 }
+
+mod room_io;
+pub use room_io::{Room, RoomEvent};
 
 #[cfg(test)]
 mod tests;

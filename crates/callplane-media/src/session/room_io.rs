@@ -1,0 +1,585 @@
+//! The I/O side of a room: one task per room owns its [`RoomGraph`] and [`Mixer`], a 20 ms
+//! clock, each member leg's jitter queue and the players. While the graph allows the fast path
+//! (two full-duplex legs, same codec, nothing else) the two legs relay packets to each other as
+//! a plain bridge and the clock stops; otherwise every leg hands its decoded frames to the room
+//! and each tick sends every listener its own mix on the listener's socket and stream.
+//!
+//! Per packet a leg does one `try_send` of a decoded frame into its bounded queue; the room
+//! drains all queues once per tick (one wake-up per room per 20 ms, however many members).
+
+use super::*;
+use crate::room::{
+    decode_frame, Audience, Frame, MemberId, MemberKind, MixOutput, Mixer, RoomGraph,
+};
+
+/// Frames a member leg may have queued for the room; beyond this the oldest are dropped so a
+/// sender whose clock runs fast cannot build up delay.
+const ROOM_QUEUE: usize = 4;
+/// Frames kept in a member's jitter queue at most after a tick.
+const JITTER_MAX: usize = 2;
+
+/// Commands to a room's task (from its handle and from member legs' tasks).
+#[derive(Debug)]
+pub(super) enum RoomCmd {
+    AddLeg {
+        member: MemberId,
+        leg_id: u64,
+        leg_cmd: mpsc::WeakUnboundedSender<Command>,
+        frames: mpsc::Receiver<Frame>,
+        heard_by: Audience,
+        hears: Audience,
+    },
+    /// From a member leg's task: its socket and stream, and where it sends.
+    LegLink {
+        member: MemberId,
+        link: PeerLink,
+        target: Option<Target>,
+    },
+    /// From a member leg's task: its destination or codec changed (re-INVITE, hold).
+    LegTarget {
+        member: MemberId,
+        target: Option<Target>,
+    },
+    /// From a member leg's task: the leg closed.
+    LegClosed {
+        member: MemberId,
+    },
+    AddPlayer {
+        member: MemberId,
+        samples: Arc<[i16]>,
+        heard_by: Audience,
+    },
+    SetRules {
+        member: MemberId,
+        heard_by: Audience,
+        hears: Audience,
+    },
+    Mute {
+        member: MemberId,
+        muted: bool,
+    },
+    Remove {
+        member: MemberId,
+    },
+}
+
+/// What a room reports to its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// A player finished (or was removed); it is no longer a member.
+    PlayerFinished {
+        /// The player's member id.
+        member: MemberId,
+    },
+    /// A member leg left because its leg closed (its call ended).
+    LegClosed {
+        /// The leg's member id.
+        member: MemberId,
+    },
+}
+
+/// Handle to a room. Dropping it ends the room: member legs leave it (a relayed pair is
+/// unbridged) and players stop.
+#[derive(Debug)]
+pub struct Room {
+    id: u64,
+    cmd: mpsc::UnboundedSender<RoomCmd>,
+    next_member: AtomicU32,
+    events: Option<mpsc::UnboundedReceiver<RoomEvent>>,
+}
+
+impl MediaEngine {
+    /// A new, empty room with its own task.
+    pub fn create_room(&self) -> Room {
+        let id = self.inner.next_leg_id.fetch_add(1, Relaxed);
+        let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let task = RoomTask {
+            id,
+            self_cmd: cmd.downgrade(),
+            cmd_rx,
+            events: ev_tx,
+            graph: RoomGraph::new(),
+            mixer: Mixer::new(),
+            out: MixOutput::new(),
+            members: Vec::new(),
+            relay: None,
+            applied: u64::MAX,
+            base: self.inner.base,
+            payload: [0; RTP_HEADER_LEN + FRAME_SAMPLES],
+        };
+        tokio::spawn(task.run());
+        Room {
+            id,
+            cmd,
+            next_member: AtomicU32::new(1),
+            events: Some(ev_rx),
+        }
+    }
+}
+
+impl Room {
+    fn next_id(&self) -> MemberId {
+        MemberId::from_raw(self.next_member.fetch_add(1, Relaxed))
+    }
+
+    /// Takes the room's event stream (once).
+    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<RoomEvent>> {
+        self.events.take()
+    }
+
+    /// Adds a leg with its audio rules. The leg leaves any bridge it was in; it leaves the
+    /// room with [`Room::remove`], when the room is dropped or when the leg closes.
+    pub fn add_leg(&self, leg: &MediaLeg, heard_by: Audience, hears: Audience) -> MemberId {
+        let member = self.next_id();
+        let (frames_tx, frames) = mpsc::channel(ROOM_QUEUE);
+        let _ = self.cmd.send(RoomCmd::AddLeg {
+            member,
+            leg_id: leg.shared.id,
+            leg_cmd: leg.cmd.downgrade(),
+            frames,
+            heard_by,
+            hears,
+        });
+        leg.send(Command::Unbridge);
+        leg.send(Command::JoinRoom(RoomLink {
+            room_id: self.id,
+            member,
+            frames: frames_tx,
+            room: self.cmd.downgrade(),
+            mixing: false,
+        }));
+        member
+    }
+
+    /// Plays `samples` into the room once, heard by `heard_by`; a
+    /// [`RoomEvent::PlayerFinished`] follows.
+    pub fn play(&self, samples: Arc<[i16]>, heard_by: Audience) -> MemberId {
+        let member = self.next_id();
+        let _ = self.cmd.send(RoomCmd::AddPlayer {
+            member,
+            samples,
+            heard_by,
+        });
+        member
+    }
+
+    /// Changes whom `member` is heard by and whom it hears.
+    pub fn set_rules(&self, member: MemberId, heard_by: Audience, hears: Audience) {
+        let _ = self.cmd.send(RoomCmd::SetRules {
+            member,
+            heard_by,
+            hears,
+        });
+    }
+
+    /// Mutes (heard by nobody, its rules kept) or unmutes a member.
+    pub fn set_muted(&self, member: MemberId, muted: bool) {
+        let _ = self.cmd.send(RoomCmd::Mute { member, muted });
+    }
+
+    /// Removes a member: a leg leaves (and keeps its socket), a player stops.
+    pub fn remove(&self, member: MemberId) {
+        let _ = self.cmd.send(RoomCmd::Remove { member });
+    }
+}
+
+/// A leg's membership, as its own task sees it.
+#[derive(Debug)]
+pub(super) struct RoomLink {
+    pub(super) room_id: u64,
+    pub(super) member: MemberId,
+    pub(super) frames: mpsc::Sender<Frame>,
+    pub(super) room: mpsc::WeakUnboundedSender<RoomCmd>,
+    /// Hand decoded audio to the room (mixer mode) rather than relaying it to a peer.
+    pub(super) mixing: bool,
+}
+
+impl RoomLink {
+    pub(super) fn tell(&self, cmd: RoomCmd) {
+        if let Some(tx) = self.room.upgrade() {
+            let _ = tx.send(cmd);
+        }
+    }
+}
+
+#[derive(Debug)]
+enum MemberIo {
+    Leg {
+        leg_id: u64,
+        cmd: mpsc::WeakUnboundedSender<Command>,
+        frames: mpsc::Receiver<Frame>,
+        link: Option<PeerLink>,
+        target: Option<Target>,
+        /// The leg was told to hand its audio to the room.
+        mixing: bool,
+        queue: VecDeque<Frame>,
+        tx_epoch: u32,
+    },
+    Player {
+        samples: Arc<[i16]>,
+        pos: usize,
+    },
+}
+
+#[derive(Debug)]
+struct MemberState {
+    id: MemberId,
+    io: MemberIo,
+    /// This tick's input frame, when it has one.
+    frame: Frame,
+    speaking: bool,
+}
+
+struct RoomTask {
+    id: u64,
+    self_cmd: mpsc::WeakUnboundedSender<RoomCmd>,
+    cmd_rx: mpsc::UnboundedReceiver<RoomCmd>,
+    events: mpsc::UnboundedSender<RoomEvent>,
+    graph: RoomGraph,
+    mixer: Mixer,
+    out: MixOutput,
+    /// Sorted by id (ids grow).
+    members: Vec<MemberState>,
+    /// The pair relaying to each other on the fast path.
+    relay: Option<(MemberId, MemberId)>,
+    /// The graph generation the legs' modes were set for.
+    applied: u64,
+    base: Instant,
+    payload: [u8; RTP_HEADER_LEN + FRAME_SAMPLES],
+}
+
+fn send_leg(cmd: &mpsc::WeakUnboundedSender<Command>, c: Command) {
+    if let Some(tx) = cmd.upgrade() {
+        let _ = tx.send(c);
+    }
+}
+
+impl RoomTask {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(FRAME);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            let mixing = self.relay.is_none() && !self.members.is_empty();
+            tokio::select! {
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(c) => self.handle(c),
+                    None => break,
+                },
+                _ = tick.tick(), if mixing => self.on_tick(),
+            }
+            if self.graph.generation() != self.applied {
+                self.apply_mode();
+            }
+        }
+        // The handle is gone: every leg leaves.
+        if let Some((a, _)) = self.relay.take() {
+            if let Some(MemberIo::Leg { cmd, .. }) = self.io(a) {
+                send_leg(cmd, Command::Unbridge);
+            }
+        }
+        for m in &self.members {
+            if let MemberIo::Leg { cmd, .. } = &m.io {
+                send_leg(cmd, Command::LeaveRoom { room_id: self.id });
+            }
+        }
+        let _ = self.self_cmd;
+    }
+
+    fn index(&self, id: MemberId) -> Option<usize> {
+        self.members.binary_search_by_key(&id, |m| m.id).ok()
+    }
+
+    fn io(&self, id: MemberId) -> Option<&MemberIo> {
+        self.index(id).map(|i| &self.members[i].io)
+    }
+
+    fn insert(&mut self, id: MemberId, io: MemberIo) {
+        let at = self.members.partition_point(|m| m.id < id);
+        self.members.insert(
+            at,
+            MemberState {
+                id,
+                io,
+                frame: [0; FRAME_SAMPLES],
+                speaking: false,
+            },
+        );
+    }
+
+    fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::AddLeg {
+                member,
+                leg_id,
+                leg_cmd,
+                frames,
+                heard_by,
+                hears,
+            } => {
+                // The codec is corrected when the leg reports its target.
+                if self
+                    .graph
+                    .add_with_id(member, MemberKind::leg(Codec::Pcmu), heard_by, hears)
+                {
+                    self.insert(
+                        member,
+                        MemberIo::Leg {
+                            leg_id,
+                            cmd: leg_cmd,
+                            frames,
+                            link: None,
+                            target: None,
+                            mixing: false,
+                            queue: VecDeque::with_capacity(ROOM_QUEUE + 1),
+                            tx_epoch: 0,
+                        },
+                    );
+                }
+            }
+            RoomCmd::LegLink {
+                member,
+                link,
+                target,
+            } => {
+                if let Some(i) = self.index(member) {
+                    if let MemberIo::Leg {
+                        link: l, target: t, ..
+                    } = &mut self.members[i].io
+                    {
+                        *l = Some(link);
+                        *t = target;
+                    }
+                    self.target_changed(member, target);
+                }
+            }
+            RoomCmd::LegTarget { member, target } => {
+                if let Some(i) = self.index(member) {
+                    if let MemberIo::Leg { target: t, .. } = &mut self.members[i].io {
+                        *t = target;
+                    }
+                    self.target_changed(member, target);
+                }
+            }
+            RoomCmd::LegClosed { member } => {
+                if self.remove(member) {
+                    let _ = self.events.send(RoomEvent::LegClosed { member });
+                }
+            }
+            RoomCmd::AddPlayer {
+                member,
+                samples,
+                heard_by,
+            } => {
+                if self
+                    .graph
+                    .add_with_id(member, MemberKind::Player, heard_by, Audience::None)
+                {
+                    self.insert(member, MemberIo::Player { samples, pos: 0 });
+                }
+            }
+            RoomCmd::SetRules {
+                member,
+                heard_by,
+                hears,
+            } => {
+                self.graph.set_rules(member, heard_by, hears);
+            }
+            RoomCmd::Mute { member, muted } => {
+                if muted {
+                    self.graph.mute(member);
+                } else {
+                    self.graph.unmute(member);
+                }
+            }
+            RoomCmd::Remove { member } => {
+                let was_player = matches!(self.io(member), Some(MemberIo::Player { .. }));
+                if self.remove(member) && was_player {
+                    let _ = self.events.send(RoomEvent::PlayerFinished { member });
+                }
+            }
+        }
+    }
+
+    /// A leg's codec and direction follow its negotiated target (a held leg only listens
+    /// or is silent).
+    fn target_changed(&mut self, member: MemberId, target: Option<Target>) {
+        match target {
+            Some(t) => {
+                self.graph.set_codec(member, t.codec);
+                self.graph
+                    .set_direction(member, crate::sdp::Direction::SendRecv);
+            }
+            // On hold: it sends us nothing useful and must not be sent to.
+            None => {
+                self.graph
+                    .set_direction(member, crate::sdp::Direction::Inactive);
+            }
+        }
+    }
+
+    fn remove(&mut self, member: MemberId) -> bool {
+        let Some(i) = self.index(member) else {
+            return false;
+        };
+        let m = self.members.remove(i);
+        self.graph.remove(member);
+        if let MemberIo::Leg { cmd, .. } = &m.io {
+            if self.relay.is_some_and(|(a, b)| a == member || b == member) {
+                send_leg(cmd, Command::Unbridge);
+                self.relay = None;
+            }
+            send_leg(cmd, Command::LeaveRoom { room_id: self.id });
+        }
+        true
+    }
+
+    /// Puts the legs in relay or mixer mode for the current graph.
+    fn apply_mode(&mut self) {
+        self.applied = self.graph.generation();
+        let fast = self.graph.fast_path();
+        if fast.is_some() && fast == self.relay {
+            return;
+        }
+        if let Some((a, _)) = self.relay.take() {
+            if let Some(MemberIo::Leg { cmd, .. }) = self.io(a) {
+                send_leg(cmd, Command::Unbridge);
+            }
+        }
+        let relay_legs = fast.and_then(|(a, b)| match (self.io(a), self.io(b)) {
+            (
+                Some(MemberIo::Leg {
+                    leg_id: ia,
+                    cmd: ca,
+                    ..
+                }),
+                Some(MemberIo::Leg {
+                    leg_id: ib,
+                    cmd: cb,
+                    ..
+                }),
+            ) => Some(((*ia, ca.clone()), (*ib, cb.clone()))),
+            _ => None,
+        });
+        for m in &mut self.members {
+            if let MemberIo::Leg {
+                cmd, mixing, queue, ..
+            } = &mut m.io
+            {
+                let want = relay_legs.is_none();
+                if *mixing != want {
+                    *mixing = want;
+                    queue.clear();
+                    send_leg(cmd, Command::RoomMix(want));
+                }
+            }
+        }
+        if let Some(((ia, ca), (ib, cb))) = relay_legs {
+            send_leg(
+                &ca,
+                Command::BridgeWith {
+                    peer_id: ib,
+                    peer_cmd: cb.clone(),
+                },
+            );
+            send_leg(
+                &cb,
+                Command::BridgeWith {
+                    peer_id: ia,
+                    peer_cmd: ca,
+                },
+            );
+            self.relay = fast;
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now_us = Instant::now()
+            .saturating_duration_since(self.base)
+            .as_micros() as u64
+            + 1;
+        let mut finished: Vec<MemberId> = Vec::new();
+        for m in &mut self.members {
+            m.speaking = false;
+            match &mut m.io {
+                MemberIo::Leg { frames, queue, .. } => {
+                    while let Ok(f) = frames.try_recv() {
+                        queue.push_back(f);
+                    }
+                    if let Some(f) = queue.pop_front() {
+                        m.frame = f;
+                        m.speaking = true;
+                    }
+                    while queue.len() > JITTER_MAX {
+                        queue.pop_front();
+                    }
+                }
+                MemberIo::Player { samples, pos } => {
+                    let rest = samples.get(*pos..).unwrap_or(&[]);
+                    let n = rest.len().min(FRAME_SAMPLES);
+                    m.frame[..n].copy_from_slice(&rest[..n]);
+                    m.frame[n..].fill(0);
+                    *pos += n;
+                    m.speaking = n > 0;
+                    if *pos >= samples.len() {
+                        finished.push(m.id);
+                    }
+                }
+            }
+        }
+        let inputs = self
+            .members
+            .iter()
+            .filter(|m| m.speaking)
+            .map(|m| (m.id, &m.frame));
+        self.mixer.tick(&self.graph, inputs, &mut self.out);
+        for (listener, mixed) in self.out.iter() {
+            let Some(payload) = mixed.payload() else {
+                continue; // recorders: not yet wired
+            };
+            let Ok(i) = self.members.binary_search_by_key(&listener, |m| m.id) else {
+                continue;
+            };
+            let MemberIo::Leg {
+                link: Some(link),
+                target: Some(t),
+                mixing: true,
+                tx_epoch,
+                ..
+            } = &mut self.members[i].io
+            else {
+                continue;
+            };
+            if link.shared.busy.load(Relaxed) {
+                continue; // the leg plays to itself meanwhile
+            }
+            let out = &link.shared.out;
+            let mut marker = false;
+            if !out.is_current(*tx_epoch) {
+                *tx_epoch = out.begin(now_us);
+                marker = true;
+            }
+            let (seq, ts) = out.next(FRAME_SAMPLES as u32, now_us);
+            let h = write_rtp_header(&mut self.payload, marker, t.pt, seq, ts, out.ssrc);
+            let n = payload.len().min(FRAME_SAMPLES);
+            self.payload[h..h + n].copy_from_slice(&payload[..n]);
+            match link.socket.try_send_to(&self.payload[..h + n], t.addr) {
+                Ok(_) => link.shared.count_sent(n),
+                Err(e) => tracing::debug!(leg = link.shared.id, error = %e, "room send failed"),
+            }
+        }
+        for member in finished {
+            if self.remove(member) {
+                let _ = self.events.send(RoomEvent::PlayerFinished { member });
+            }
+        }
+    }
+}
+
+/// A leg in mixer mode decodes each audio packet into one room frame.
+pub(super) fn to_room(link: &RoomLink, codec: Codec, payload: &[u8]) {
+    let mut frame = [0i16; FRAME_SAMPLES];
+    decode_frame(codec, payload, &mut frame);
+    // Full: the room is behind; this frame is dropped (the queue keeps the room's delay bounded).
+    let _ = link.frames.try_send(frame);
+}
