@@ -1,0 +1,618 @@
+//! A real softphone against the real binary: PJSUA2 2.15.1 (pip package `pjsua2-python`, in a
+//! venv under the target directory) driven by `tests/softphone/pjsua_peer.py`, with SIP over
+//! TCP only (the phone has no UDP SIP transport at all), a null audio device and RTP/UDP media.
+//!
+//! - a call to a plan (announcement, HANGUP): confirmed, the phone's ACK reaches us over TCP
+//!   (our 200's Contact says `;transport=tcp`; without it the phone cannot send the ACK and we
+//!   end the call at Timer H, 32 s, with RECOVERY_ON_TIMER_EXPIRE), the announcement's RTP
+//!   arrives, our BYE ends the call, the CDR says NORMAL_CLEARING;
+//! - a phone registered with digest auth over TCP as a SIP user, reached by BRIDGE, puts the
+//!   call on hold: our 200 answers `a=sendonly` with `a=recvonly`, in the same SDP session
+//!   (o= session id of our INVITE) with a higher version;
+//! - COLLECT_DIGITS waiting 60 s after a short prompt: the phone receives a continuous 50 pps
+//!   stream for 45 s (silence once the prompt has ended).
+//!
+//! The driver reports facts as one `RESULT {json}` line; the assertions are here, and every
+//! failure message carries the SIP flow the phone saw, the driver's log tail and the server's.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Pinned: the phone's behaviour (offers, timers, what it logs) belongs to a version.
+const PJSUA2: &str = "pjsua2-python==2.15.1.post1";
+
+const BOB: &str =
+    "[[sipUsers]]\ntenant = \"t1\"\nusername = \"bob\"\npassword = \"bob-secret-7\"\n\n";
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("target"))
+}
+
+fn run(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The venv's python with the pinned PJSUA2, made on first use (python3 -m venv, pip from
+/// PyPI); a marker names the installed pin so a changed pin (or a broken venv) reinstalls.
+/// Once per test process: the tests run in parallel and must not build it at the same time.
+fn python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    PYTHON
+        .get_or_init(|| {
+            let venv = target_dir().join("pjsua2-venv");
+            let py = venv.join("bin").join("python");
+            let marker = venv.join(format!(".installed-{PJSUA2}"));
+            let works = |py: &Path| {
+                Command::new(py)
+                    .args(["-c", "import pjsua2"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            if marker.exists() && works(&py) {
+                return py;
+            }
+            if venv.exists() {
+                std::fs::remove_dir_all(&venv)
+                    .unwrap_or_else(|e| panic!("cannot remove {}: {e}", venv.display()));
+            }
+            run(
+                Command::new("python3").arg("-m").arg("venv").arg(&venv),
+                "python3 -m venv (Debian: apt-get install python3-venv)",
+            );
+            run(
+                Command::new(venv.join("bin").join("pip")).args([
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    PJSUA2,
+                ]),
+                &format!("pip install {PJSUA2}"),
+            );
+            assert!(works(&py), "{PJSUA2} installed but `import pjsua2` fails");
+            std::fs::write(&marker, b"").expect("write venv marker");
+            py
+        })
+        .clone()
+}
+
+/// One run of the driver: its result line and its log.
+struct Phone {
+    result: Value,
+    stderr: Vec<String>,
+    elapsed: Duration,
+}
+
+impl Phone {
+    /// Runs `pjsua_peer.py args…`, killing it after `limit`. Panics (with its output) when it
+    /// printed no result line.
+    fn run(server: &Server, args: &[&str], limit: Duration) -> Phone {
+        let script = manifest_dir()
+            .join("tests")
+            .join("softphone")
+            .join("pjsua_peer.py");
+        let started = Instant::now();
+        let mut child = Command::new(python())
+            .arg(&script)
+            .args(args)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the PJSUA2 driver");
+        let collect = |r: Box<dyn std::io::Read + Send>| {
+            let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+            let l2 = lines.clone();
+            let t = std::thread::spawn(move || {
+                let mut r = BufReader::new(r);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match r.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => l2
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&buf).trim_end().to_string()),
+                    }
+                }
+            });
+            (lines, t)
+        };
+        let (out, t_out) = collect(Box::new(child.stdout.take().expect("stdout")));
+        let (err, t_err) = collect(Box::new(child.stderr.take().expect("stderr")));
+        let deadline = started + limit;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break Some(st),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        let _ = t_out.join();
+        let _ = t_err.join();
+        let elapsed = started.elapsed();
+        let stdout = out.lock().unwrap().clone();
+        let stderr = err.lock().unwrap().clone();
+        let result = stdout
+            .iter()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .and_then(|j| serde_json::from_str::<Value>(j).ok());
+        let Some(result) = result else {
+            panic!(
+                "the PJSUA2 driver printed no RESULT line ({}, after {elapsed:?}):\nstdout:\n{}\n\
+                 stderr (last 150 lines):\n{}\n{}",
+                match status {
+                    Some(st) => format!("exit {st}"),
+                    None => format!("killed after {limit:?}"),
+                },
+                stdout.join("\n"),
+                tail(&stderr, 150),
+                server.log_tail()
+            );
+        };
+        if let Some(e) = result.get("error") {
+            panic!(
+                "PJSUA2 failed: {e}\nstderr (last 150 lines):\n{}\n{}",
+                tail(&stderr, 150),
+                server.log_tail()
+            );
+        }
+        Phone {
+            result,
+            stderr,
+            elapsed,
+        }
+    }
+
+    /// The SIP flow as the phone saw it, one line per message.
+    fn flow(&self) -> String {
+        let mut s = String::from("SIP flow seen by the phone (seconds, rx/tx):\n");
+        for l in self.result["flow"].as_array().into_iter().flatten() {
+            s.push_str("    ");
+            s.push_str(l.as_str().unwrap_or(""));
+            s.push('\n');
+        }
+        s
+    }
+
+    /// A message the driver reported in full (`invite_200`, `hold_answer`, …).
+    fn message(&self, key: &str) -> Option<TracedMessage> {
+        let m = self.result.get(key)?;
+        Some(TracedMessage {
+            sent: m["dir"].as_str() == Some("tx"),
+            time: m["t"].as_f64(),
+            text: m["text"].as_str()?.to_string(),
+        })
+    }
+
+    /// Everything a failure message needs: the flow, the driver's log tail, the server's.
+    fn context(&self, server: &Server) -> String {
+        format!(
+            "{}driver result: {}\ndriver log (last 120 lines):\n{}\n{}",
+            self.flow(),
+            compact(&self.result),
+            tail(&self.stderr, 120),
+            server.log_tail()
+        )
+    }
+
+    fn check(&self, server: &Server, ok: bool, msg: impl AsRef<str>) {
+        if !ok {
+            self.fail(server, msg);
+        }
+    }
+
+    fn fail(&self, server: &Server, msg: impl AsRef<str>) -> ! {
+        panic!("{}\n{}", msg.as_ref(), self.context(server));
+    }
+}
+
+fn tail(lines: &[String], n: usize) -> String {
+    let start = lines.len().saturating_sub(n);
+    lines[start..]
+        .iter()
+        .map(|l| format!("    | {l}\n"))
+        .collect()
+}
+
+/// The result without the long parts (flow and full messages), for failure messages.
+fn compact(v: &Value) -> String {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        for k in [
+            "flow",
+            "invite_200",
+            "invite_to_bob",
+            "hold_reinvite",
+            "hold_answer",
+        ] {
+            o.remove(k);
+        }
+    }
+    v.to_string()
+}
+
+/// The o= line's session id and session version.
+fn sdp_origin(sdp: &str) -> Option<(String, u64)> {
+    let o = sdp.lines().find_map(|l| l.trim().strip_prefix("o="))?;
+    let f: Vec<&str> = o.split_whitespace().collect();
+    Some((f.get(1)?.to_string(), f.get(2)?.parse().ok()?))
+}
+
+/// The direction attributes of an SDP body.
+fn sdp_directions(sdp: &str) -> Vec<String> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a="))
+        .filter(|a| matches!(*a, "sendrecv" | "sendonly" | "recvonly" | "inactive"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn tcp_only_phone_call_to_a_plan_completes_and_hangs_up_cleanly() {
+    let started = Instant::now();
+    let prov = format!(
+        "{}{}",
+        tenant_with_prompts(),
+        number_with_plan("100", "main", WELCOME_THEN_CLEARING)
+    );
+    let server = Server::start(&prov, true);
+    let port = server.sip_port().to_string();
+    let phone = Phone::run(
+        &server,
+        &[
+            "call",
+            "--sip-port",
+            &port,
+            "--number",
+            "100",
+            "--wait-disconnect",
+            "40",
+        ],
+        Duration::from_secs(120),
+    );
+    let r = &phone.result;
+    let call = &r["call"];
+    eprintln!(
+        "tcp-only phone: confirmed={} by={} confirmed→disconnected={}s last={} {:?} rtp_rx={} \
+         200 Contact={} (scenario {}s, driver process {:.1}s)",
+        r["confirmed"],
+        r["disconnected_by"],
+        call["confirmed_to_disconnected"],
+        call["last_status"],
+        call["last_reason"].as_str().unwrap_or(""),
+        call["rtp_rx_packets"],
+        r["invite_200_contact"],
+        r["elapsed"],
+        phone.elapsed.as_secs_f64()
+    );
+    phone.check(
+        &server,
+        r["confirmed"] == Value::Bool(true),
+        "the phone's call (INVITE over TCP) must reach CONFIRMED",
+    );
+
+    // The Contact of our 200 is where the phone sends its ACK and BYE: a TCP-only phone needs
+    // `;transport=tcp` there (transport parameter values are case-insensitive, RFC 3261 19.1.1).
+    let ok = phone.message("invite_200");
+    let contact = ok
+        .as_ref()
+        .and_then(|m| m.header("Contact"))
+        .unwrap_or_default();
+    phone.check(
+        &server,
+        contact.to_ascii_lowercase().contains("transport=tcp"),
+        format!(
+            "the Contact of our 200 to the INVITE must say transport=tcp, it is {contact:?}:\n{}",
+            ok.map(|m| m.text)
+                .unwrap_or_else(|| "(no 200 to the INVITE)".into())
+        ),
+    );
+
+    phone.check(
+        &server,
+        r["disconnected_by"].as_str() == Some("server"),
+        format!(
+            "the call must end with the server's BYE (after the announcement), ended by {}",
+            r["disconnected_by"]
+        ),
+    );
+    let secs = call["confirmed_to_disconnected"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
+    phone.check(
+        &server,
+        secs < 10.0,
+        format!(
+            "the server's BYE must come right after the 1.3 s announcement, well before Timer H \
+             (32 s, what a phone that cannot send its ACK over TCP sees): it came {secs} s after \
+             CONFIRMED"
+        ),
+    );
+    let rx = call["rtp_rx_packets"].as_u64().unwrap_or(0);
+    phone.check(
+        &server,
+        rx > 50,
+        format!("the phone must receive the announcement's RTP (> 50 packets), got {rx}"),
+    );
+
+    let cid = call["sip_call_id"].as_str().expect("the call's Call-ID");
+    let cdr = server.cdr_for_call_id(cid);
+    phone.check(
+        &server,
+        cdr.hangup_cause == "NORMAL_CLEARING",
+        format!(
+            "the CDR must say NORMAL_CLEARING (RECOVERY_ON_TIMER_EXPIRE means the ACK never \
+             came):\n{}",
+            cdr_text(&cdr)
+        ),
+    );
+    eprintln!(
+        "tcp_only_phone_call_to_a_plan_completes_and_hangs_up_cleanly: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn bridged_softphone_hold_gets_recvonly_with_same_session_and_higher_version() {
+    let started = Instant::now();
+    let prov = format!(
+        "{}{BOB}{}",
+        tenant_with_prompts(),
+        number_with_plan(
+            "200",
+            "tobob",
+            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_USER", destination = "bob", timeout = 20 } ] },
+  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
+        )
+    );
+    let server = Server::start(&prov, true);
+    let port = server.sip_port().to_string();
+    let phone = Phone::run(
+        &server,
+        &[
+            "hold",
+            "--sip-port",
+            &port,
+            "--number",
+            "200",
+            "--user",
+            "bob",
+            "--password",
+            "bob-secret-7",
+        ],
+        Duration::from_secs(120),
+    );
+    let r = &phone.result;
+    eprintln!(
+        "bridged softphone: register={} caller_confirmed={} bob_confirmed={} hold_sent={} \
+         bob media {} (scenario {}s, driver process {:.1}s)",
+        r["register_status"],
+        r["caller_confirmed"],
+        r["bob_confirmed"],
+        r["hold_sent"],
+        r["bob_call"]["media_states"],
+        r["elapsed"],
+        phone.elapsed.as_secs_f64()
+    );
+    phone.check(
+        &server,
+        r["register_status"].as_u64() == Some(200),
+        "bob's REGISTER over TCP (digest auth) must get 200",
+    );
+    phone.check(
+        &server,
+        r["bob_confirmed"] == Value::Bool(true) && r["caller_confirmed"] == Value::Bool(true),
+        "the BRIDGE must reach bob's phone and both legs must be CONFIRMED",
+    );
+
+    let invite = phone.message("invite_to_bob");
+    let answer = phone.message("hold_answer");
+    let (Some(invite), Some(answer)) = (invite, answer) else {
+        phone.fail(
+            &server,
+            "the server's INVITE to bob and its final answer to bob's hold re-INVITE must both \
+             be in the phone's message log",
+        );
+    };
+    phone.check(
+        &server,
+        answer.status() == Some(200),
+        format!(
+            "the hold re-INVITE (a=sendonly) must be answered 200:\n{}",
+            answer.text
+        ),
+    );
+    let offer = invite.body().to_string();
+    let held = answer.body().to_string();
+    let both = format!(
+        "our INVITE to bob:\n{}\nour answer to bob's hold re-INVITE:\n{}",
+        invite.text, answer.text
+    );
+    phone.check(
+        &server,
+        sdp_directions(&held) == ["recvonly"],
+        format!(
+            "a=sendonly must be answered with a=recvonly only, got {:?}\n{both}",
+            sdp_directions(&held)
+        ),
+    );
+    let (Some((sess0, ver0)), Some((sess1, ver1))) = (sdp_origin(&offer), sdp_origin(&held)) else {
+        phone.fail(&server, format!("both SDPs need an o= line\n{both}"));
+    };
+    phone.check(
+        &server,
+        sess1 == sess0,
+        format!("the hold answer must keep our o= session id {sess0}, it has {sess1}\n{both}"),
+    );
+    phone.check(
+        &server,
+        ver1 > ver0,
+        format!(
+            "the hold answer's o= version must be higher than the INVITE's {ver0}, it is \
+             {ver1}\n{both}"
+        ),
+    );
+    eprintln!("hold: INVITE o= {sess0} v{ver0}, 200 to the hold o= {sess1} v{ver1} a=recvonly");
+
+    let cid = r["caller_call"]["sip_call_id"]
+        .as_str()
+        .expect("the caller's Call-ID");
+    let cdr = server.cdr_for_call_id(cid);
+    let leg = cdr.legs.iter().find(|l| l.direction == "outbound").cloned();
+    phone.check(
+        &server,
+        leg.as_ref().is_some_and(|l| {
+            l.destination_type.as_deref() == Some("SIP_USER")
+                && l.destination == "bob"
+                && l.answer_time.is_some()
+        }),
+        format!(
+            "the CDR must have bob's answered SIP_USER leg:\n{}",
+            cdr_text(&cdr)
+        ),
+    );
+    eprintln!(
+        "bridged_softphone_hold_gets_recvonly_with_same_session_and_higher_version: {:.1}s \
+         (CDR cause {} by {})",
+        started.elapsed().as_secs_f64(),
+        cdr.hangup_cause,
+        cdr.hangup_by
+    );
+}
+
+#[test]
+fn collect_digits_wait_of_45s_keeps_receiving_rtp() {
+    const SECONDS: usize = 45;
+    /// A continuous stream is 50 packets a second; allow for the 1 s windows' edges.
+    const MIN_PER_SECOND: u64 = 40;
+    let started = Instant::now();
+    let prov = format!(
+        "{}{}",
+        tenant_with_prompts(),
+        number_with_plan(
+            "300",
+            "pin",
+            r##"  { blockType = "COLLECT_DIGITS", announcementName = "enter-digits", variableName = "pin", minDigits = 4, maxDigits = 4, maxTries = 1, timeout = 60 },
+  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
+        )
+    );
+    let server = Server::start(&prov, true);
+    let port = server.sip_port().to_string();
+    let phone = Phone::run(
+        &server,
+        &[
+            "call",
+            "--sip-port",
+            &port,
+            "--number",
+            "300",
+            "--sample",
+            &SECONDS.to_string(),
+        ],
+        Duration::from_secs(150),
+    );
+    let r = &phone.result;
+    phone.check(
+        &server,
+        r["confirmed"] == Value::Bool(true),
+        "the phone's call to 300 must reach CONFIRMED",
+    );
+    let deltas: Vec<u64> = r["rx_per_second"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    let mut table = String::from("RTP packets received by the phone per second after CONFIRMED:\n");
+    for (i, chunk) in deltas.chunks(15).enumerate() {
+        let row: Vec<String> = chunk.iter().map(|d| format!("{d:3}")).collect();
+        table.push_str(&format!(
+            "    s{:>2}-{:>2}: {}\n",
+            i * 15 + 1,
+            i * 15 + chunk.len(),
+            row.join(" ")
+        ));
+    }
+    eprintln!(
+        "{table}(scenario {}s, driver process {:.1}s)",
+        r["elapsed"],
+        phone.elapsed.as_secs_f64()
+    );
+    phone.check(
+        &server,
+        deltas.len() == SECONDS,
+        format!(
+            "the phone must hold the call for {SECONDS} s (the plan waits 60 s for digits), \
+             it has {} one-second samples\n{table}",
+            deltas.len()
+        ),
+    );
+    let thin: Vec<(usize, u64)> = deltas
+        .iter()
+        .enumerate()
+        .filter(|(_, &d)| d < MIN_PER_SECOND)
+        .map(|(i, &d)| (i + 1, d))
+        .collect();
+    phone.check(
+        &server,
+        thin.is_empty(),
+        format!(
+            "while COLLECT_DIGITS waits the phone must keep receiving RTP (the prompt, then \
+             silence) at 50 packets a second; seconds with fewer than {MIN_PER_SECOND} packets \
+             (second, packets): {thin:?}\n{table}"
+        ),
+    );
+    phone.check(
+        &server,
+        r["disconnected_by"].as_str() == Some("phone"),
+        format!(
+            "the phone hangs up after {SECONDS} s, ended by {}",
+            r["disconnected_by"]
+        ),
+    );
+    let cid = r["call"]["sip_call_id"]
+        .as_str()
+        .expect("the call's Call-ID");
+    let cdr = server.cdr_for_call_id(cid);
+    phone.check(
+        &server,
+        cdr.hangup_cause == "NORMAL_CLEARING" && cdr.hangup_by == "caller",
+        format!(
+            "the CDR must say NORMAL_CLEARING by the caller:\n{}",
+            cdr_text(&cdr)
+        ),
+    );
+    eprintln!(
+        "collect_digits_wait_of_45s_keeps_receiving_rtp: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
