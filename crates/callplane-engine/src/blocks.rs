@@ -35,7 +35,7 @@ pub const MAX_REFER_TARGET_CHARS: usize = 512;
 pub const MAX_ACCESS_KEY_CHARS: usize = 1024;
 
 /// Every `blockType` this vocabulary knows, in the spec's order.
-pub const BLOCK_TYPES: [&str; 12] = [
+pub const BLOCK_TYPES: [&str; 13] = [
     "ANNOUNCEMENT",
     "SAY",
     "SAY_DIGITS",
@@ -48,7 +48,13 @@ pub const BLOCK_TYPES: [&str; 12] = [
     "REFER",
     "CALL_CONTROL",
     "ASK_URL",
+    "CONFERENCE",
 ];
+
+/// Most participants a CONFERENCE may allow.
+pub const MAX_CONFERENCE_PARTICIPANTS: u32 = 1000;
+/// Longest conference name, in characters.
+pub const MAX_CONFERENCE_NAME_CHARS: usize = 64;
 
 /// One step of a routing plan or of a Call Control answer. Serializes as the JSON object it was
 /// parsed from (tagged by `blockType`), with defaults filled in.
@@ -80,6 +86,9 @@ pub enum Block {
     CallControl(CallControlBlock),
     #[serde(rename = "ASK_URL")]
     AskUrl(AskUrlBlock),
+    /// Callplane extension: joins the caller to the tenant's named conference room.
+    #[serde(rename = "CONFERENCE")]
+    Conference(ConferenceBlock),
 }
 
 impl Block {
@@ -98,6 +107,7 @@ impl Block {
             Block::Refer(_) => "REFER",
             Block::CallControl(_) => "CALL_CONTROL",
             Block::AskUrl(_) => "ASK_URL",
+            Block::Conference(_) => "CONFERENCE",
         }
     }
 }
@@ -273,6 +283,32 @@ pub struct BridgeBlock {
     pub block_timeout: Option<u32>,
     /// `destinations`: required, 1–[`MAX_DESTINATIONS`] entries.
     pub destinations: Vec<BridgeDestination>,
+}
+
+/// `CONFERENCE` (a Callplane extension in the TENIOS style): join the tenant's room named
+/// `conferenceName` (created on first join, removed when empty) until the caller leaves or the
+/// conference ends; then the plan goes on with `conference_result` set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConferenceBlock {
+    /// `conferenceName`: required, 1–64 of `[A-Za-z0-9_.-]`.
+    pub conference_name: String,
+    /// `joinMuted`: heard by nobody until unmuted (through the API). Optional, default `false`.
+    pub join_muted: bool,
+    /// `listenOnly`: hears everyone, is never heard. Optional, default `false`.
+    pub listen_only: bool,
+    /// `endConferenceOnExit`: when this member leaves, the conference ends for everyone.
+    /// Optional, default `false`.
+    pub end_conference_on_exit: bool,
+    /// `maxParticipants`: 2–1000, optional, default 50. A caller beyond it is refused
+    /// (`conference_result=full`).
+    pub max_participants: u32,
+    /// `enterAnnouncementName`: played into the room when this caller joins; absent, a beep.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enter_announcement_name: Option<String>,
+    /// `standardEnterAnnouncement`: the name is from the shipped prompt set. Optional, default
+    /// `false`.
+    pub standard_enter_announcement: bool,
 }
 
 /// `HANGUP`: end the call with a cause.
@@ -517,6 +553,7 @@ pub fn parse_block(index: usize, value: &Value) -> Result<Block, Vec<ValidationE
         "REFER" => parse_refer(&fields, e),
         "CALL_CONTROL" => parse_call_control(&fields, e),
         "ASK_URL" => parse_ask_url(&fields, e),
+        "CONFERENCE" => parse_conference(&fields, e),
         _ => None,
     };
     match block {
@@ -741,6 +778,41 @@ fn parse_say_digits(f: &Fields, e: &mut Errors) -> Option<Block> {
     }
     Some(Block::SayDigits(SayDigitsBlock {
         variable_name: name.to_owned(),
+    }))
+}
+
+fn parse_conference(f: &Fields, e: &mut Errors) -> Option<Block> {
+    let name = f
+        .string(e, "conferenceName", true, MAX_CONFERENCE_NAME_CHARS)
+        .flatten();
+    let name = match name {
+        Some(n)
+            if !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) =>
+        {
+            e.push(
+                f.path("conferenceName"),
+                format!("must match ^[A-Za-z0-9_.-]+$ (got {})", quote(n)),
+            );
+            None
+        }
+        n => n,
+    };
+    let join_muted = f.boolean(e, "joinMuted", false);
+    let listen_only = f.boolean(e, "listenOnly", false);
+    let end_on_exit = f.boolean(e, "endConferenceOnExit", false);
+    let max = f.integer_in(e, "maxParticipants", 2, MAX_CONFERENCE_PARTICIPANTS, false);
+    let enter = f.name(e, "enterAnnouncementName", false);
+    let standard_enter = f.boolean(e, "standardEnterAnnouncement", false);
+    Some(Block::Conference(ConferenceBlock {
+        conference_name: name?.to_owned(),
+        join_muted: join_muted?.unwrap_or(false),
+        listen_only: listen_only?.unwrap_or(false),
+        end_conference_on_exit: end_on_exit?.unwrap_or(false),
+        max_participants: max?.unwrap_or(50),
+        enter_announcement_name: enter?.map(str::to_owned),
+        standard_enter_announcement: standard_enter?.unwrap_or(false),
     }))
 }
 
@@ -1606,7 +1678,7 @@ mod tests {
             errors[7].to_string(),
             "block 3: field 'blockType': unknown block type \"NOPE\" (expected one of \
              ANNOUNCEMENT, SAY, SAY_DIGITS, COLLECT_DIGITS, COLLECT_SPEECH, BRIDGE, HANGUP, ROUTINGPLAN, \
-             CALL_SETTINGS, REFER, CALL_CONTROL, ASK_URL)"
+             CALL_SETTINGS, REFER, CALL_CONTROL, ASK_URL, CONFERENCE)"
         );
     }
 
@@ -2455,7 +2527,65 @@ mod tests {
                 answer_url: Some("https://a".into()),
                 hangup_url: None,
             }),
+            Block::Conference(ConferenceBlock {
+                conference_name: "sales".into(),
+                join_muted: true,
+                listen_only: false,
+                end_conference_on_exit: true,
+                max_participants: 10,
+                enter_announcement_name: Some("welcome".into()),
+                standard_enter_announcement: false,
+            }),
         ]
+    }
+
+    #[test]
+    fn conference_defaults_and_errors_name_index_and_field() {
+        let ok = parse_blocks(&json!([{"blockType":"CONFERENCE","conferenceName":"sales"}]));
+        assert_eq!(
+            ok,
+            Ok(vec![Block::Conference(ConferenceBlock {
+                conference_name: "sales".into(),
+                join_muted: false,
+                listen_only: false,
+                end_conference_on_exit: false,
+                max_participants: 50,
+                enter_announcement_name: None,
+                standard_enter_announcement: false,
+            })])
+        );
+        let errors = parse_blocks(&json!([
+            {"blockType":"HANGUP","hangupCause":"NORMAL_CLEARING"},
+            {"blockType":"CONFERENCE","conferenceName":"sales room","maxParticipants":1,
+             "joinMuted":"yes"}
+        ]))
+        .expect_err("invalid");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("block 1 (CONFERENCE): field 'conferenceName': must match")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.starts_with(
+                "block 1 (CONFERENCE): field 'maxParticipants': must be between 2 and 1000"
+            )),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("block 1 (CONFERENCE): field 'joinMuted'")),
+            "{text:?}"
+        );
+        let missing = parse_blocks(&json!([{"blockType":"CONFERENCE"}])).expect_err("no name");
+        assert!(
+            missing[0]
+                .to_string()
+                .starts_with("block 0 (CONFERENCE): field 'conferenceName'"),
+            "{}",
+            missing[0]
+        );
     }
 
     #[test]

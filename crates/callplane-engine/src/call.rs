@@ -4,18 +4,22 @@
 //! touches a call's state.
 
 use crate::askurl::{encode_form, parse_reply, LegStatus};
-use crate::blocks::{parse_blocks, BridgeBlock, DestinationType};
+use crate::blocks::{parse_blocks, BridgeBlock, ConferenceBlock, DestinationType};
 use crate::callstate::{CallStateSender, CallStateTarget};
+use crate::conference::JoinError;
 use crate::dial::{AttemptEnd, AttemptId, Dial, DialInput, DialOutput};
-use crate::flow::{Action, AskUrlRequest, CallControlRequest, CallFlow, Input, LegUrls, Prompt};
+use crate::flow::{
+    Action, AskUrlRequest, CallControlRequest, CallFlow, ConferenceResult, Input, LegUrls, Prompt,
+};
 use crate::hangup::HangupCause;
 use crate::prompts::PromptLibrary;
 use crate::registry::{CallCommand, CallHandle};
 use crate::variables::CallVariables;
 use crate::webhook::{Outcome, WebhookClient, WebhookKind, WebhookRequest};
 use bytes::Bytes;
+use callplane_media::room::{Audience, MemberId};
 use callplane_media::sdp::{negotiate, Direction, LocalSdp, Negotiated, SessionDescription};
-use callplane_media::{MediaEngine, MediaEvent, MediaLeg, RemoteMedia};
+use callplane_media::{DtmfSource, MediaEngine, MediaEvent, MediaLeg, RemoteMedia, Room};
 use callplane_sip::{
     InboundCall, InboundEvent, InboundLeg, OutboundCall, OutboundEvent, OutboundLeg, SipServer,
     Transport,
@@ -34,6 +38,8 @@ use tracing::{debug, info, warn};
 /// What every Call actor shares: handles, not state.
 pub struct CallServices {
     pub store: Store,
+    /// The tenants' live conferences (CONFERENCE blocks).
+    pub conferences: Arc<crate::conference::Conferences>,
     pub cdrs: CdrWriter,
     pub sip: SipServer,
     pub media: MediaEngine,
@@ -129,6 +135,8 @@ struct Attempt {
     commands: mpsc::UnboundedSender<AttemptCommand>,
     started: Instant,
     answered_at: Option<Instant>,
+    /// The callee's telephone-event payload type, once negotiated.
+    remote_te: Option<u8>,
 }
 
 /// A destination's slot in a running BRIDGE, by `AttemptId` (= destination index).
@@ -153,12 +161,18 @@ enum TaskDone {
     Launched {
         bridge: u64,
         attempt: AttemptId,
-        result: Result<Launched, (u16, String)>,
+        result: Result<Box<Launched>, (u16, String)>,
     },
     Prompts {
         flow_id: u64,
         audio: Arc<[i16]>,
     },
+}
+
+/// What an attempt's tasks report: its SIP events, and keypad digits its media detected.
+enum AttemptEvent {
+    Sip(OutboundEvent),
+    Digit { digit: char, source: DtmfSource },
 }
 
 /// A running BRIDGE block: the sans-IO `Dial` and the legs it placed.
@@ -168,8 +182,8 @@ struct BridgeRun {
     dial: Dial,
     forward_ani: bool,
     slots: Vec<AttemptSlot>,
-    events_tx: mpsc::UnboundedSender<(AttemptId, OutboundEvent)>,
-    events: mpsc::UnboundedReceiver<(AttemptId, OutboundEvent)>,
+    events_tx: mpsc::UnboundedSender<(AttemptId, AttemptEvent)>,
+    events: mpsc::UnboundedReceiver<(AttemptId, AttemptEvent)>,
     /// The attempt whose audio the caller's media is bridged to (early media or answered).
     bridged: Option<AttemptId>,
     /// The winner; stays set after its callee hung up.
@@ -208,6 +222,8 @@ struct Call {
     /// The flow's play id of what the media leg is playing, keyed by the media's play id.
     playing: Option<(u64, u64)>,
     bridge: Option<BridgeRun>,
+    /// The conference the caller is in (CONFERENCE block).
+    conference: Option<ConferenceSeat>,
     /// Counts BRIDGE blocks run, for `BridgeRun::serial`.
     bridges_run: u64,
     /// Work run off the actor (launches, prompt rendering) reports back here.
@@ -234,6 +250,20 @@ fn now_utc() -> DateTime<Utc> {
 /// The DTMF digits in a SIP INFO or RTP event that a flow understands.
 fn is_dtmf(d: char) -> bool {
     matches!(d, '0'..='9' | '*' | '#' | 'A'..='D')
+}
+
+/// The variable that collects the digits a bridged callee pressed.
+const CALLEE_DIGITS: &str = "callee_digits";
+
+/// Whether a digit from one bridged party must be sent to the other by us: the relay carries
+/// RFC 4733 events to a party that negotiated telephone-event, and in-band tones as audio; SIP
+/// INFO, and RFC 4733 toward a party without telephone-event (then in band), it cannot.
+fn needs_regeneration(source: Option<DtmfSource>, other_te: Option<u8>) -> bool {
+    match source {
+        None => true,
+        Some(DtmfSource::Rfc4733) => other_te.is_none(),
+        Some(DtmfSource::Inband) => false,
+    }
 }
 
 /// Parses an SDP offer or answer and picks our codec and telephone-event from it.
@@ -454,6 +484,7 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         flow,
         playing: None,
         bridge: None,
+        conference: None,
         bridges_run: 0,
         tasks_tx,
         tasks,
@@ -526,7 +557,13 @@ impl Call {
                 ev = self.media_events.recv(), if !self.media_gone => self.on_media_event(ev),
                 ev = recv_bridge(&mut self.bridge) => self.on_bridge_event(ev).await,
                 _ = sleep_until_opt(timer) => self.flow.handle_timeout(Instant::now()),
-                Some(input) = self.inputs.recv() => self.flow.handle(input, Instant::now()),
+                Some(input) = self.inputs.recv() => {
+                    if matches!(input, Input::ConferenceLeft(_)) {
+                        // The conference ended under us: out of its room first.
+                        self.leave_conference();
+                    }
+                    self.flow.handle(input, Instant::now());
+                }
                 Some(done) = self.tasks.recv() => self.on_task_done(done).await,
                 Some(cmd) = self.commands.recv() => match cmd {
                     CallCommand::Interrupt => {
@@ -565,6 +602,8 @@ impl Call {
                 Action::Hangup { cause } => {
                     self.hangup(cause, HangupBy::System).await;
                 }
+                Action::Conference { block } => self.join_conference(block),
+                Action::LeaveConference => self.leave_conference(),
             }
         }
     }
@@ -677,7 +716,7 @@ impl Call {
             MediaEvent::Dtmf { digit, source } => {
                 debug!(call = %self.uuid, %digit, ?source, "DTMF");
                 if is_dtmf(digit) {
-                    self.on_digit(digit);
+                    self.on_digit(digit, Some(source));
                 }
             }
             MediaEvent::PlayFinished { id, .. } => {
@@ -717,7 +756,7 @@ impl Call {
                 self.caller_left(HangupCause::RecoveryOnTimerExpire, None)
                     .await
             }
-            Some(InboundEvent::Dtmf(d)) => self.on_digit(d),
+            Some(InboundEvent::Dtmf(d)) => self.on_digit(d, None),
             Some(InboundEvent::Reinvite { sdp, responder }) => {
                 let parsed = sdp.as_deref().map(negotiate_sdp).transpose();
                 match parsed {
@@ -794,6 +833,7 @@ impl Call {
     }
 
     async fn finish(&mut self) {
+        self.leave_conference();
         self.media.stop_play();
         let (cause, by, status) =
             self.ended
@@ -860,11 +900,53 @@ impl Call {
         }
     }
 
-    /// A keypad digit from the caller: to the flow, unless the caller talks to a callee.
-    fn on_digit(&mut self, digit: char) {
+    /// A keypad digit from the caller (`source` None: SIP INFO): to the flow, unless the
+    /// caller talks to a callee; then to the callee where the media relay cannot carry it.
+    fn on_digit(&mut self, digit: char, source: Option<DtmfSource>) {
         self.emit("call.dtmf", json!({ "digit": digit.to_string() }));
-        if self.bridge.as_ref().is_none_or(|b| b.connected.is_none()) {
+        let Some(a) = self.bridged_callee() else {
             self.flow.handle(Input::Digit(digit), Instant::now());
+            return;
+        };
+        if needs_regeneration(source, a.remote_te) {
+            a.media.send_dtmf(digit);
+        }
+    }
+
+    /// The connected callee, while the caller's media is bridged to it.
+    fn bridged_callee(&self) -> Option<&Attempt> {
+        let b = self.bridge.as_ref()?;
+        let winner = b.connected?;
+        (b.bridged == Some(winner))
+            .then(|| b.live(winner))
+            .flatten()
+    }
+
+    /// A keypad digit from a bridged callee: an event, the `callee_digits` variable (seen by
+    /// later webhooks and the CDR), and regenerated toward the caller where the relay cannot
+    /// carry it (SIP INFO, or RFC 4733 to a caller without telephone-event: in band).
+    fn on_callee_digit(&mut self, attempt: AttemptId, digit: char, source: Option<DtmfSource>) {
+        if !is_dtmf(digit)
+            || self.bridged_callee().is_none()
+            || self.bridge.as_ref().and_then(|b| b.connected) != Some(attempt)
+        {
+            return;
+        }
+        debug!(call = %self.uuid, %digit, ?source, "callee DTMF");
+        self.emit(
+            "call.dtmf",
+            json!({ "digit": digit.to_string(), "party": "callee" }),
+        );
+        let mut digits = self
+            .flow
+            .variables()
+            .get(CALLEE_DIGITS)
+            .unwrap_or_default()
+            .to_string();
+        digits.push(digit);
+        self.flow.set_variable(CALLEE_DIGITS, digits);
+        if needs_regeneration(source, self.offer.telephone_event_pt) {
+            self.media.send_dtmf(digit);
         }
     }
 
@@ -1208,7 +1290,7 @@ impl Call {
         let done = self.tasks_tx.clone();
         let bridge = b.serial;
         tokio::spawn(async move {
-            let result = job.run().await;
+            let result = job.run().await.map(Box::new);
             if let Err(mpsc::error::SendError(TaskDone::Launched {
                 result: Ok(mut l), ..
             })) = done.send(TaskDone::Launched {
@@ -1227,7 +1309,7 @@ impl Call {
         &mut self,
         serial: u64,
         attempt: AttemptId,
-        result: Result<Launched, (u16, String)>,
+        result: Result<Box<Launched>, (u16, String)>,
     ) {
         let Some(b) = self.bridge.as_mut().filter(|b| b.serial == serial) else {
             // Its BRIDGE is over: a placed call is hung up at once.
@@ -1245,7 +1327,23 @@ impl Call {
                 b.dial
                     .handle_input(DialInput::LaunchFailed { attempt, status }, Instant::now());
             }
-            Ok(l) => {
+            Ok(mut l) => {
+                // The callee's keypad digits (RFC 4733 or in-band) reach the session too.
+                if let Some(mut media_events) = l.media.take_events() {
+                    let tx = b.events_tx.clone();
+                    tokio::spawn(async move {
+                        while let Some(ev) = media_events.recv().await {
+                            if let MediaEvent::Dtmf { digit, source } = ev {
+                                if tx
+                                    .send((attempt, AttemptEvent::Digit { digit, source }))
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
                 let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
                 tokio::spawn(drive_attempt(attempt, l.leg, cmd_rx, b.events_tx.clone()));
                 if let Some(reason) = slot.hangup_pending.take() {
@@ -1258,6 +1356,7 @@ impl Call {
                     commands: cmd_tx,
                     started: Instant::now(),
                     answered_at: None,
+                    remote_te: None,
                 });
                 b.dial
                     .handle_input(DialInput::Launched { attempt }, Instant::now());
@@ -1340,8 +1439,17 @@ impl Call {
         }
     }
 
-    async fn on_bridge_event(&mut self, ev: (AttemptId, OutboundEvent)) {
+    async fn on_bridge_event(&mut self, ev: (AttemptId, AttemptEvent)) {
         let (attempt, ev) = ev;
+        let ev = match ev {
+            AttemptEvent::Sip(OutboundEvent::Dtmf(digit)) => {
+                return self.on_callee_digit(attempt, digit, None)
+            }
+            AttemptEvent::Sip(ev) => ev,
+            AttemptEvent::Digit { digit, source } => {
+                return self.on_callee_digit(attempt, digit, Some(source))
+            }
+        };
         let now = Instant::now();
         let Some(b) = self.bridge.as_mut() else {
             return;
@@ -1361,6 +1469,8 @@ impl Call {
                 let early = sdp.and_then(|s| negotiate_sdp(&s).ok());
                 if let Some(n) = &early {
                     a.media.set_remote(RemoteMedia::from(n));
+                    a.media.set_inband_detection(n.telephone_event_pt.is_none());
+                    a.remote_te = n.telephone_event_pt;
                     a.sdp.agreed(n);
                 }
                 DialInput::Ringing {
@@ -1371,19 +1481,22 @@ impl Call {
             OutboundEvent::Answered { sdp } => {
                 if let Some(n) = sdp.and_then(|s| negotiate_sdp(&s).ok()) {
                     a.media.set_remote(RemoteMedia::from(&n));
+                    a.media.set_inband_detection(n.telephone_event_pt.is_none());
+                    a.remote_te = n.telephone_event_pt;
                     a.sdp.agreed(&n);
                 }
                 DialInput::Answered { attempt }
             }
             OutboundEvent::Failed { status } => DialInput::Failed { attempt, status },
             OutboundEvent::RemoteBye => DialInput::RemoteBye { attempt },
-            OutboundEvent::Dtmf(_) => return,
+            OutboundEvent::Dtmf(_) => return, // taken above
             OutboundEvent::Reinvite { sdp, responder } => {
                 // The callee's hold, resume or session refresh: answered from its leg's own
                 // description (same o= session id, direction mirrored, its telephone-event).
                 let answer = match sdp.as_deref().map(negotiate_sdp) {
                     Some(Ok(n)) => {
                         a.media.set_remote(RemoteMedia::from(&n));
+                        a.remote_te = n.telephone_event_pt;
                         Some(a.sdp.answer(&n))
                     }
                     None => Some(a.sdp.current()),
@@ -1431,6 +1544,107 @@ impl Call {
         self.stop_ringback();
         self.bridge = None;
     }
+}
+
+/// Where a caller sits in a conference.
+struct ConferenceSeat {
+    name: String,
+    room: Arc<Room>,
+    member: MemberId,
+}
+
+impl Call {
+    // ---- CONFERENCE ----
+
+    fn join_conference(&mut self, block: ConferenceBlock) {
+        let name = block.conference_name.clone();
+        let joined = self.svc.conferences.join(
+            &self.tenant.name,
+            &name,
+            &self.uuid,
+            block.max_participants,
+            block.end_conference_on_exit,
+            self.inputs_tx.clone(),
+        );
+        let room = match joined {
+            Ok(room) => room,
+            Err(JoinError::Full) => {
+                info!(call = %self.uuid, conference = %name, "conference full");
+                self.flow.handle(
+                    Input::ConferenceLeft(ConferenceResult::Full),
+                    Instant::now(),
+                );
+                return;
+            }
+        };
+        let heard_by = if block.listen_only {
+            Audience::None
+        } else {
+            Audience::All
+        };
+        let member = room.add_leg(&self.media, heard_by, Audience::All);
+        if block.join_muted {
+            room.set_muted(member, true);
+        }
+        // The others hear someone arrive: the enter announcement, or a beep.
+        match block.enter_announcement_name {
+            Some(announcement) => {
+                let lib = self.svc.prompts.clone();
+                let tenant = self.tenant.name.clone();
+                let room = room.clone();
+                let prompt = Prompt::Announcement {
+                    name: announcement,
+                    standard: block.standard_enter_announcement,
+                };
+                tokio::spawn(async move {
+                    let audio =
+                        tokio::task::spawn_blocking(move || lib.resolve_blocking(&tenant, &prompt))
+                            .await;
+                    match audio {
+                        Ok(Ok(a)) => {
+                            room.play(a, Audience::All);
+                        }
+                        Ok(Err(e)) => warn!(error = %e, "enter announcement unavailable"),
+                        Err(_) => {}
+                    }
+                });
+            }
+            None => {
+                room.play(enter_beep(), Audience::All);
+            }
+        }
+        info!(call = %self.uuid, conference = %name, member = member.get(), "joined conference");
+        self.emit(
+            "conference.joined",
+            json!({ "conference": name, "muted": block.join_muted, "listenOnly": block.listen_only }),
+        );
+        self.conference = Some(ConferenceSeat { name, room, member });
+    }
+
+    fn leave_conference(&mut self) {
+        let Some(seat) = self.conference.take() else {
+            return;
+        };
+        seat.room.remove(seat.member);
+        self.svc
+            .conferences
+            .leave(&self.tenant.name, &seat.name, &self.uuid);
+        self.emit("conference.left", json!({ "conference": seat.name }));
+    }
+}
+
+/// 880 Hz for 200 ms at about -16 dBm0: someone joined the conference.
+fn enter_beep() -> Arc<[i16]> {
+    static BEEP: std::sync::OnceLock<Arc<[i16]>> = std::sync::OnceLock::new();
+    BEEP.get_or_init(|| {
+        (0..1600)
+            .map(|n| {
+                let t = n as f32 / 8000.0;
+                ((2.0 * std::f32::consts::PI * 880.0 * t).sin() * 4000.0) as i16
+            })
+            .collect()
+    })
+    .clone()
 }
 
 /// What a launch task needs to place one destination, off the Call actor.
@@ -1570,7 +1784,7 @@ struct Target {
     credential: Option<(String, String)>,
 }
 
-async fn recv_bridge(bridge: &mut Option<BridgeRun>) -> (AttemptId, OutboundEvent) {
+async fn recv_bridge(bridge: &mut Option<BridgeRun>) -> (AttemptId, AttemptEvent) {
     match bridge {
         Some(b) => match b.events.recv().await {
             Some(ev) => ev,
@@ -1585,7 +1799,7 @@ async fn drive_attempt(
     index: AttemptId,
     mut leg: OutboundLeg,
     mut commands: mpsc::UnboundedReceiver<AttemptCommand>,
-    events: mpsc::UnboundedSender<(AttemptId, OutboundEvent)>,
+    events: mpsc::UnboundedSender<(AttemptId, AttemptEvent)>,
 ) {
     loop {
         tokio::select! {
@@ -1602,7 +1816,7 @@ async fn drive_attempt(
             ev = leg.next_event() => {
                 let Some(ev) = ev else { return };
                 let terminal = matches!(ev, OutboundEvent::Failed { .. } | OutboundEvent::RemoteBye);
-                if events.send((index, ev)).is_err() || terminal {
+                if events.send((index, AttemptEvent::Sip(ev))).is_err() || terminal {
                     return;
                 }
             }

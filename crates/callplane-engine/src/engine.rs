@@ -47,6 +47,7 @@ impl Engine {
                 store,
                 cdrs,
                 sip,
+                conferences: Arc::new(crate::conference::Conferences::new(media.clone())),
                 media,
                 prompts,
                 calls: CallRegistry::default(),

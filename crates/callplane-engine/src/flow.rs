@@ -6,7 +6,8 @@
 use crate::askurl::AskUrlReply;
 use crate::blocks::{
     parse_blocks, AskUrlBlock, AskUrlDestinationType, Block, BridgeBlock, BridgeDestination,
-    BridgeMode, CallControlBlock, CollectDigitsBlock, DestinationType, TimeoutDestination,
+    BridgeMode, CallControlBlock, CollectDigitsBlock, ConferenceBlock, DestinationType,
+    TimeoutDestination,
 };
 use crate::hangup::HangupCause;
 use crate::variables::CallVariables;
@@ -97,6 +98,29 @@ pub enum Action {
     LoadPlan { name: String },
     /// End the call: a final response before answer, BYE with Reason after.
     Hangup { cause: HangupCause },
+    /// Join the caller to the tenant's conference; report `ConferenceLeft` when the
+    /// conference refused it (full) or ended.
+    Conference { block: ConferenceBlock },
+    /// Take the caller out of its conference (interrupt); report nothing back.
+    LeaveConference,
+}
+
+/// Why a CONFERENCE block ended with the caller still there, as stored in `conference_result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConferenceResult {
+    /// `maxParticipants` were present already: the caller never joined.
+    Full,
+    /// A member with `endConferenceOnExit` left: the conference ended for everyone.
+    Ended,
+}
+
+impl ConferenceResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConferenceResult::Full => "full",
+            ConferenceResult::Ended => "ended",
+        }
+    }
 }
 
 /// Why a BRIDGE block ended without connecting, as stored in `bridge_result`.
@@ -128,6 +152,8 @@ pub enum Input {
     BridgeFailed(BridgeResult),
     /// The bridged callee hung up.
     BridgeEnded,
+    /// The caller is out of its CONFERENCE block's conference, and still on the call.
+    ConferenceLeft(ConferenceResult),
     PlanLoaded {
         name: String,
         blocks: Option<Vec<Block>>,
@@ -166,6 +192,8 @@ enum Step {
     },
     Bridging,
     Bridged,
+    /// In a CONFERENCE block.
+    Conference,
     LoadingPlan,
     /// Waiting for the Call Control webhook's answer.
     Webhook(u64),
@@ -273,6 +301,12 @@ impl CallFlow {
         self.advance(now);
     }
 
+    /// Sets a call variable from outside the plan (digits a bridged callee pressed); reserved
+    /// names are refused silently.
+    pub fn set_variable(&mut self, name: &str, value: String) {
+        let _ = self.vars.set(name, value);
+    }
+
     pub fn variables(&self) -> &CallVariables {
         &self.vars
     }
@@ -334,6 +368,13 @@ impl CallFlow {
             Input::BridgeFailed(result) => {
                 if matches!(self.step, Step::Bridging) {
                     let _ = self.vars.set("bridge_result", result.as_str());
+                    self.step = Step::Idle;
+                    self.advance(now);
+                }
+            }
+            Input::ConferenceLeft(result) => {
+                if matches!(self.step, Step::Conference) {
+                    let _ = self.vars.set("conference_result", result.as_str());
                     self.step = Step::Idle;
                     self.advance(now);
                 }
@@ -434,6 +475,7 @@ impl CallFlow {
             Step::Playing(_) => self.actions.push_back(Action::StopPlay),
             Step::Collect { .. } => self.actions.push_back(Action::StopPlay),
             Step::Bridging | Step::Bridged => self.actions.push_back(Action::StopBridge),
+            Step::Conference => self.actions.push_back(Action::LeaveConference),
         }
         self.timer = None;
         self.step = Step::Idle;
@@ -687,6 +729,11 @@ impl CallFlow {
                     self.step = Step::Bridging;
                 }
                 Block::Hangup(b) => self.end(b.hangup_cause),
+                Block::Conference(b) => {
+                    self.ensure_answered();
+                    self.actions.push_back(Action::Conference { block: b });
+                    self.step = Step::Conference;
+                }
                 Block::RoutingPlan(b) => self.load_plan(b.routingplan_name),
                 Block::CallSettings(b) => self.forward_ani = b.forward_ani,
                 Block::CallControl(b) => {
@@ -1027,6 +1074,51 @@ mod tests {
                 cause: HangupCause::NoAnswer
             }]
         );
+    }
+
+    #[test]
+    fn conference_answers_joins_and_goes_on_when_full_ended_or_interrupted() {
+        let t = Instant::now();
+        let plan = json!([
+            {"blockType":"CONFERENCE","conferenceName":"sales","maxParticipants":3},
+            {"blockType":"HANGUP","hangupCause":"NORMAL_CLEARING"}
+        ]);
+        for (input, result) in [
+            (Some(ConferenceResult::Full), Some("full")),
+            (Some(ConferenceResult::Ended), Some("ended")),
+            (None, None),
+        ] {
+            let mut f = flow(plan.clone());
+            f.start(t);
+            let a = drain(&mut f);
+            assert!(
+                matches!(&a[..], [Action::Answer, Action::Conference { block }]
+                    if block.conference_name == "sales" && block.max_participants == 3),
+                "{a:?}"
+            );
+            // Digits and stray play ends do not end the block.
+            f.handle(Input::Digit('5'), t);
+            f.handle(Input::PlayFinished { id: 99 }, t);
+            assert_eq!(drain(&mut f), vec![]);
+            match input {
+                Some(r) => f.handle(Input::ConferenceLeft(r), t),
+                None => f.handle(Input::Interrupt, t),
+            }
+            assert_eq!(f.variables().get("conference_result"), result);
+            let rest = drain(&mut f);
+            assert_eq!(
+                rest.first() == Some(&Action::LeaveConference),
+                input.is_none(),
+                "{rest:?}"
+            );
+            assert_eq!(
+                rest.last(),
+                Some(&Action::Hangup {
+                    cause: HangupCause::NormalClearing
+                }),
+                "{rest:?}"
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod askurl;
 pub mod blocks;
 pub mod call;
 pub mod callstate;
+pub mod conference;
 pub mod dial;
 pub mod engine;
 pub mod flow;
