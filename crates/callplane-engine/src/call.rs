@@ -5,9 +5,10 @@
 
 use crate::askurl::{encode_form, parse_reply, LegStatus};
 use crate::blocks::{parse_blocks, BridgeBlock, ConferenceBlock, DestinationType};
-use crate::callstate::{CallStateSender, CallStateTarget};
+use crate::callstate::{CallStateSender, CallStateSubscriber, CallStateTarget};
 use crate::conference::JoinError;
 use crate::dial::{AttemptEnd, AttemptId, Dial, DialInput, DialOutput};
+use crate::events::{CallEvents, EventBus, EventKind, Party};
 use crate::flow::{
     Action, AskUrlRequest, CallControlRequest, CallFlow, ConferenceResult, Input, LegUrls, Prompt,
 };
@@ -38,6 +39,10 @@ use tracing::{debug, info, warn};
 /// What every Call actor shares: handles, not state.
 pub struct CallServices {
     pub store: Store,
+    /// Where every call publishes its events (call-state callbacks, CDRs and metrics subscribe).
+    pub events: Arc<dyn EventBus>,
+    /// The call-state callback subscriber, where calls register their `callstateInfoUrl`.
+    pub callstate: Arc<CallStateSubscriber>,
     /// The tenants' live conferences (CONFERENCE blocks).
     pub conferences: Arc<crate::conference::Conferences>,
     pub cdrs: CdrWriter,
@@ -239,8 +244,8 @@ struct Call {
     inputs: mpsc::UnboundedReceiver<Input>,
     /// Commands from the API (through the registry).
     commands: mpsc::UnboundedReceiver<CallCommand>,
-    /// Call-state callbacks, when the number, plan or tenant has a `callstateInfoUrl`.
-    callstate: Option<CallStateSender>,
+    /// This call's events, numbered, on the bus.
+    events: CallEvents,
 }
 
 fn now_utc() -> DateTime<Utc> {
@@ -272,11 +277,10 @@ fn negotiate_sdp(sdp: &str) -> Result<Negotiated, String> {
     negotiate(&sd).map_err(|e| e.to_string())
 }
 
-/// Queues a CDR; the writer retries and, if the database stays unwritable, logs the whole CDR.
-fn write_cdr(svc: &CallServices, cdr: Cdr) {
-    if let Err(e) = svc.cdrs.write(cdr) {
-        warn!(error = %e, "CDR could not be queued");
-    }
+/// Publishes a finished call's record: the CDR writer (a bus subscriber) queues it, retries and,
+/// if the database stays unwritable, logs the whole CDR.
+fn write_cdr(events: &mut CallEvents, cdr: Cdr) {
+    events.publish(EventKind::Finished { cdr: Box::new(cdr) });
 }
 
 /// Refuses a call that never reached a Call actor (unknown number, bad SDP…) with the cause's
@@ -294,10 +298,16 @@ fn reject_call(
     let mut variables = std::collections::BTreeMap::new();
     variables.insert("caller_id_number".to_string(), call.caller.clone());
     variables.insert("destination_number".to_string(), call.called.clone());
+    let call_id = uuid::Uuid::new_v4().to_string();
+    let mut events = CallEvents::new(
+        svc.events.clone(),
+        call_id.clone(),
+        tenant.map(str::to_string),
+    );
     write_cdr(
-        svc,
+        &mut events,
         Cdr {
-            call_id: uuid::Uuid::new_v4().to_string(),
+            call_id,
             sip_call_id: call.sip_call_id.clone(),
             tenant: tenant.map(str::to_string),
             number: call.called.clone(),
@@ -438,23 +448,25 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
     } = call;
     info!(call = %uuid, %caller, %called, %source, tenant = %tenant.name, "call started");
     // The most specific callstateInfoUrl wins: number, then plan, then tenant.
-    let callstate = number
+    if let Some(url) = number
         .callstate_info_url
         .clone()
         .or(plan_callstate_url)
         .or_else(|| tenant.callstate_info_url.clone())
-        .map(|url| {
-            CallStateSender::start(
-                svc.webhooks.clone(),
-                CallStateTarget {
-                    url,
-                    tenant: tenant.name.clone(),
-                    customer_number: tenant.customer_number,
-                    signing_secret: tenant.signing_secret.clone(),
-                },
-                uuid.clone(),
-            )
-        });
+    {
+        let sender = CallStateSender::start(
+            svc.webhooks.clone(),
+            CallStateTarget {
+                url,
+                tenant: tenant.name.clone(),
+                customer_number: tenant.customer_number,
+                signing_secret: tenant.signing_secret.clone(),
+            },
+            uuid.clone(),
+        );
+        svc.callstate.register(&uuid, sender);
+    }
+    let events = CallEvents::new(svc.events.clone(), uuid.clone(), Some(tenant.name.clone()));
     let (commands_tx, commands) = mpsc::unbounded_channel();
     svc.calls.insert(
         &uuid,
@@ -505,12 +517,13 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         inputs_tx,
         inputs,
         commands,
-        callstate,
+        events,
     };
-    c.emit(
-        "call.created",
-        json!({"from": c.caller, "to": c.called, "tenant": c.tenant.name}),
-    );
+    c.emit(EventKind::Created {
+        from: c.caller.clone(),
+        to: c.called.clone(),
+        tenant: c.tenant.name.clone(),
+    });
     c.run().await;
     svc.calls.remove(&c.uuid);
 }
@@ -641,7 +654,7 @@ impl Call {
         // From now on the caller hears a continuous stream whatever the plan does.
         self.media.set_fill_silence(true);
         self.answered = true;
-        self.emit("call.answered", json!({}));
+        self.emit(EventKind::Answered);
         let now = now_utc();
         self.answer_time = Some(now);
         self.answered_at = Some(Instant::now());
@@ -849,16 +862,13 @@ impl Call {
             .enumerate()
             .map(|(i, l)| l.to_cdr(i, end, cause))
             .collect();
-        self.emit(
-            "call.hangup",
-            json!({
-                "cause": cause.as_str(),
-                "hangupBy": by.as_str(),
-                "sipStatus": status,
-                "durationMs": (end - self.start).num_milliseconds().max(0),
-                "talkTimeMs": talk_time_ms,
-            }),
-        );
+        self.emit(EventKind::Hangup {
+            cause,
+            hangup_by: by.as_str(),
+            sip_status: status,
+            duration_ms: (end - self.start).num_milliseconds().max(0),
+            talk_time_ms,
+        });
         let stats = self.media.stats();
         info!(
             call = %self.uuid,
@@ -872,7 +882,7 @@ impl Call {
             "call ended"
         );
         write_cdr(
-            &self.svc,
+            &mut self.events,
             Cdr {
                 call_id: self.uuid.clone(),
                 sip_call_id: self.sip_call_id.clone(),
@@ -893,17 +903,18 @@ impl Call {
         );
     }
 
-    /// Queues a call-state event when the call has a `callstateInfoUrl`.
-    fn emit(&mut self, event_type: &str, data: serde_json::Value) {
-        if let Some(cs) = self.callstate.as_mut() {
-            cs.emit(event_type, data);
-        }
+    /// Publishes one of this call's events.
+    fn emit(&mut self, kind: EventKind) {
+        self.events.publish(kind);
     }
 
     /// A keypad digit from the caller (`source` None: SIP INFO): to the flow, unless the
     /// caller talks to a callee; then to the callee where the media relay cannot carry it.
     fn on_digit(&mut self, digit: char, source: Option<DtmfSource>) {
-        self.emit("call.dtmf", json!({ "digit": digit.to_string() }));
+        self.emit(EventKind::Dtmf {
+            digit,
+            party: Party::Caller,
+        });
         let Some(a) = self.bridged_callee() else {
             self.flow.handle(Input::Digit(digit), Instant::now());
             return;
@@ -933,10 +944,10 @@ impl Call {
             return;
         }
         debug!(call = %self.uuid, %digit, ?source, "callee DTMF");
-        self.emit(
-            "call.dtmf",
-            json!({ "digit": digit.to_string(), "party": "callee" }),
-        );
+        self.emit(EventKind::Dtmf {
+            digit,
+            party: Party::Callee,
+        });
         let mut digits = self
             .flow
             .variables()
@@ -1170,7 +1181,7 @@ impl Call {
                 }
                 DialOutput::Ringing => {
                     self.leg.ringing(None);
-                    self.emit("call.ringing", json!({ "earlyMedia": false }));
+                    self.emit(EventKind::Ringing { early_media: false });
                 }
                 DialOutput::EarlyMedia { attempt, first } => {
                     let Some(b) = self.bridge.as_mut() else {
@@ -1187,7 +1198,7 @@ impl Call {
                     let sdp = self.local_sdp();
                     self.leg.ringing(Some(sdp));
                     if first {
-                        self.emit("call.ringing", json!({ "earlyMedia": true }));
+                        self.emit(EventKind::Ringing { early_media: true });
                     }
                 }
                 DialOutput::Disconnect { attempt } => {
@@ -1204,7 +1215,7 @@ impl Call {
                     }
                     let id = self.media.play(ringback_tone());
                     self.playing = Some((id, 0));
-                    self.emit("call.ringing", json!({ "earlyMedia": false }));
+                    self.emit(EventKind::Ringing { early_media: false });
                 }
                 DialOutput::StopRingback => self.stop_ringback(),
                 DialOutput::Connected { attempt } => self.bridge_connected(attempt),
@@ -1409,10 +1420,10 @@ impl Call {
             self.post_leg_callback(&url, "answer", Vec::new());
         }
         self.answer();
-        self.emit(
-            "call.bridged",
-            json!({ "destination": destination, "destinationType": destination_type }),
-        );
+        self.emit(EventKind::Bridged {
+            destination,
+            destination_type,
+        });
         self.flow.handle(Input::BridgeConnected, Instant::now());
     }
 
@@ -1614,10 +1625,11 @@ impl Call {
             }
         }
         info!(call = %self.uuid, conference = %name, member = member.get(), "joined conference");
-        self.emit(
-            "conference.joined",
-            json!({ "conference": name, "muted": block.join_muted, "listenOnly": block.listen_only }),
-        );
+        self.emit(EventKind::ConferenceJoined {
+            conference: name.clone(),
+            muted: block.join_muted,
+            listen_only: block.listen_only,
+        });
         self.conference = Some(ConferenceSeat { name, room, member });
     }
 
@@ -1629,7 +1641,9 @@ impl Call {
         self.svc
             .conferences
             .leave(&self.tenant.name, &seat.name, &self.uuid);
-        self.emit("conference.left", json!({ "conference": seat.name }));
+        self.emit(EventKind::ConferenceLeft {
+            conference: seat.name,
+        });
     }
 }
 

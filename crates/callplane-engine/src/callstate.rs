@@ -51,7 +51,13 @@ impl CallStateSender {
 
     /// Queues `call.<what>` with `data` merged into the envelope.
     pub fn emit(&mut self, event_type: &str, data: Value) {
-        self.seq += 1;
+        let seq = self.seq + 1;
+        self.emit_numbered(event_type, seq, data);
+    }
+
+    /// Queues an event whose per-call number was given by the event bus.
+    pub fn emit_numbered(&mut self, event_type: &str, seq: u64, data: Value) {
+        self.seq = seq;
         let mut ev = Map::new();
         ev.insert("type".into(), json!(event_type));
         ev.insert("callId".into(), json!(self.call_id));
@@ -108,6 +114,40 @@ async fn deliver(
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+        }
+    }
+}
+
+/// The call-state callbacks as an event-bus subscriber: calls with a `callstateInfoUrl`
+/// register their sender when they start; their events (all but the final record) are queued
+/// for delivery, numbered as the bus numbered them.
+#[derive(Default)]
+pub struct CallStateSubscriber {
+    senders: std::sync::Mutex<std::collections::HashMap<String, CallStateSender>>,
+}
+
+impl CallStateSubscriber {
+    /// Call `call_id`'s events go to `sender` from now on, until its `call.finished`.
+    pub fn register(&self, call_id: &str, sender: CallStateSender) {
+        self.lock().insert(call_id.to_string(), sender);
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, CallStateSender>> {
+        self.senders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl crate::events::EventSubscriber for CallStateSubscriber {
+    fn on_event(&self, event: &crate::events::CallEvent) {
+        let mut senders = self.lock();
+        if matches!(event.kind, crate::events::EventKind::Finished { .. }) {
+            senders.remove(&event.call_id);
+            return;
+        }
+        if let Some(s) = senders.get_mut(&event.call_id) {
+            s.emit_numbered(event.kind.name(), event.seq, event.kind.data());
         }
     }
 }

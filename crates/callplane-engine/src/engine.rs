@@ -2,6 +2,8 @@
 //! It holds only shared handles (store, CDR writer, SIP server, media engine, prompts).
 
 use crate::call::{run_inbound_call, CallServices};
+use crate::callstate::CallStateSubscriber;
+use crate::events::{CdrSubscriber, EventBus, EventCounters, LocalBus};
 use crate::prompts::{PromptConfig, PromptLibrary};
 use crate::registry::{CallCommand, CallRegistry};
 use crate::webhook::{WebhookClient, WebhookConfig};
@@ -30,6 +32,7 @@ pub struct EngineConfig {
 #[derive(Clone)]
 pub struct Engine {
     svc: Arc<CallServices>,
+    event_counters: Arc<EventCounters>,
 }
 
 impl Engine {
@@ -42,11 +45,21 @@ impl Engine {
     ) -> Result<Self, String> {
         let prompts = Arc::new(PromptLibrary::new(cfg.prompts, store.clone()));
         let webhooks = Arc::new(WebhookClient::new(cfg.webhooks)?);
+        // The in-process bus and its subscribers: call-state callbacks, the CDR writer, metrics.
+        let events: Arc<dyn EventBus> = Arc::new(LocalBus::default());
+        let callstate = Arc::new(CallStateSubscriber::default());
+        let event_counters = Arc::new(EventCounters::default());
+        events.subscribe(callstate.clone());
+        events.subscribe(Arc::new(CdrSubscriber(cdrs.clone())));
+        events.subscribe(event_counters.clone());
         Ok(Engine {
+            event_counters,
             svc: Arc::new(CallServices {
                 store,
                 cdrs,
                 sip,
+                events,
+                callstate,
                 conferences: Arc::new(crate::conference::Conferences::new(media.clone())),
                 media,
                 prompts,
@@ -98,6 +111,26 @@ impl Engine {
     /// text format.
     pub fn render_webhook_metrics(&self, out: &mut String) {
         self.svc.webhooks.metrics().render(out);
+    }
+
+    /// `callplane_call_events_total{type,cause}`: call events published on the bus.
+    pub fn render_event_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.push_str(
+            "# HELP callplane_call_events_total Call events published on the event bus
+             # TYPE callplane_call_events_total counter
+",
+        );
+        for (kind, cause, n) in self.event_counters.snapshot() {
+            let _ = if cause.is_empty() {
+                writeln!(out, "callplane_call_events_total{{type=\"{kind}\"}} {n}")
+            } else {
+                writeln!(
+                    out,
+                    "callplane_call_events_total{{type=\"{kind}\",cause=\"{cause}\"}} {n}"
+                )
+            };
+        }
     }
 
     /// Asks the call's actor to stop its running block (the next webhook request goes out at

@@ -9,6 +9,7 @@ pub mod callstate;
 pub mod conference;
 pub mod dial;
 pub mod engine;
+pub mod events;
 pub mod flow;
 pub mod hangup;
 pub mod prompts;

@@ -261,6 +261,7 @@ struct Metrics {
 impl callplane_api::MetricsSource for Metrics {
     fn render_labelled(&self, out: &mut String) {
         self.engine.render_webhook_metrics(out);
+        self.engine.render_event_metrics(out);
     }
 
     fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
