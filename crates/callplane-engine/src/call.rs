@@ -13,6 +13,7 @@ use crate::flow::{
     Action, AskUrlRequest, CallControlRequest, CallFlow, ConferenceResult, Input, LegUrls, Prompt,
 };
 use crate::hangup::HangupCause;
+use crate::leg::{spawn_outbound, Addressed, LegHandle, LegId, Mailbox};
 use crate::prompts::PromptLibrary;
 use crate::registry::{CallCommand, CallHandle};
 use crate::variables::CallVariables;
@@ -127,17 +128,13 @@ fn whole_seconds(d: Duration) -> u64 {
     d.as_secs_f64().round() as u64
 }
 
-/// Commands to an outbound attempt's task.
-enum AttemptCommand {
-    Hangup(Option<String>),
-}
-
 /// One destination being called by a BRIDGE block, once its INVITE went out.
 struct Attempt {
     media: MediaLeg,
     /// Our session description toward this callee, for the whole dialog.
     sdp: LocalSdp,
-    commands: mpsc::UnboundedSender<AttemptCommand>,
+    /// The outbound leg's own task.
+    leg: LegHandle<AttemptEvent>,
     started: Instant,
     answered_at: Option<Instant>,
     /// The callee's telephone-event payload type, once negotiated.
@@ -187,8 +184,10 @@ struct BridgeRun {
     dial: Dial,
     forward_ani: bool,
     slots: Vec<AttemptSlot>,
-    events_tx: mpsc::UnboundedSender<(AttemptId, AttemptEvent)>,
-    events: mpsc::UnboundedReceiver<(AttemptId, AttemptEvent)>,
+    events_tx: mpsc::UnboundedSender<Addressed<AttemptEvent>>,
+    events: mpsc::UnboundedReceiver<Addressed<AttemptEvent>>,
+    /// The placed legs this bridge owns (leg id = attempt number), in their current epoch.
+    mailbox: Mailbox,
     /// The attempt whose audio the caller's media is bridged to (early media or answered).
     bridged: Option<AttemptId>,
     /// The winner; stays set after its callee hung up.
@@ -1153,6 +1152,7 @@ impl Call {
             slots: Vec::new(),
             events_tx,
             events,
+            mailbox: Mailbox::new(self.bridges_run),
             bridged: None,
             connected: None,
             ringback_playing: false,
@@ -1340,31 +1340,37 @@ impl Call {
             }
             Ok(mut l) => {
                 // The callee's keypad digits (RFC 4733 or in-band) reach the session too.
+                let leg_id = LegId(u64::from(attempt.0));
+                let owner = b.mailbox.adopt(leg_id, 1);
                 if let Some(mut media_events) = l.media.take_events() {
                     let tx = b.events_tx.clone();
                     tokio::spawn(async move {
                         while let Some(ev) = media_events.recv().await {
                             if let MediaEvent::Dtmf { digit, source } = ev {
-                                if tx
-                                    .send((attempt, AttemptEvent::Digit { digit, source }))
-                                    .is_err()
-                                {
+                                let event = AttemptEvent::Digit { digit, source };
+                                let a = Addressed {
+                                    leg: leg_id,
+                                    owner,
+                                    event,
+                                };
+                                if tx.send(a).is_err() {
                                     return;
                                 }
                             }
                         }
                     });
                 }
-                let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-                tokio::spawn(drive_attempt(attempt, l.leg, cmd_rx, b.events_tx.clone()));
+                let Launched { leg, media, sdp } = *l;
+                let leg =
+                    spawn_outbound(leg_id, leg, owner, b.events_tx.clone(), AttemptEvent::Sip);
                 if let Some(reason) = slot.hangup_pending.take() {
                     // Dial gave it up while it was launching.
-                    cmd_tx.send(AttemptCommand::Hangup(reason)).ok();
+                    leg.hangup(reason);
                 }
                 slot.live = Some(Attempt {
-                    media: l.media,
-                    sdp: l.sdp,
-                    commands: cmd_tx,
+                    media,
+                    sdp,
+                    leg,
                     started: Instant::now(),
                     answered_at: None,
                     remote_te: None,
@@ -1385,9 +1391,7 @@ impl Call {
             return;
         };
         match &slot.live {
-            Some(a) => {
-                a.commands.send(AttemptCommand::Hangup(reason)).ok();
-            }
+            Some(a) => a.leg.hangup(reason),
             None => slot.hangup_pending = Some(reason),
         }
     }
@@ -1799,41 +1803,16 @@ struct Target {
 }
 
 async fn recv_bridge(bridge: &mut Option<BridgeRun>) -> (AttemptId, AttemptEvent) {
-    match bridge {
-        Some(b) => match b.events.recv().await {
-            Some(ev) => ev,
-            None => std::future::pending().await,
-        },
-        None => std::future::pending().await,
-    }
-}
-
-/// Owns one outbound leg: forwards its events to the Call actor and carries out its hangup.
-async fn drive_attempt(
-    index: AttemptId,
-    mut leg: OutboundLeg,
-    mut commands: mpsc::UnboundedReceiver<AttemptCommand>,
-    events: mpsc::UnboundedSender<(AttemptId, AttemptEvent)>,
-) {
+    let Some(b) = bridge else {
+        return std::future::pending().await;
+    };
     loop {
-        tokio::select! {
-            cmd = commands.recv() => {
-                match cmd {
-                    Some(AttemptCommand::Hangup(reason)) => leg.hangup(reason).await,
-                    None => leg.hangup(None).await,
-                }
-                // Drain remaining events so the dialog's final transaction completes.
-                let drain = async { while leg.next_event().await.is_some() {} };
-                let _ = tokio::time::timeout(Duration::from_secs(32), drain).await;
-                return;
-            }
-            ev = leg.next_event() => {
-                let Some(ev) = ev else { return };
-                let terminal = matches!(ev, OutboundEvent::Failed { .. } | OutboundEvent::RemoteBye);
-                if events.send((index, AttemptEvent::Sip(ev))).is_err() || terminal {
-                    return;
-                }
-            }
+        let Some(ev) = b.events.recv().await else {
+            return std::future::pending().await;
+        };
+        // A leg moved away (or from an older stay) is not this bridge's to hear.
+        if let Some((leg, ev)) = b.mailbox.accept(ev) {
+            return (AttemptId(leg.0 as u32), ev);
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod events;
 pub mod flow;
 pub mod hangup;
+pub mod leg;
 pub mod prompts;
 pub mod registry;
 pub mod variables;

@@ -1,0 +1,304 @@
+//! Legs: one per SIP dialog. The sans-IO part is a leg's explicit state ([`LegState`], moved
+//! by what its dialog reports) and its owner `(owner id, epoch)`: a leg reports to whoever owns
+//! it now, moving it to another owner bumps the epoch, and an owner's [`Mailbox`] drops events
+//! addressed to an epoch it no longer holds (sent before a move, read after it). The IO part is
+//! the task that owns an outbound dialog ([`spawn_outbound`]): it forwards the dialog's events
+//! to the current owner and carries out hang-up and moves, so the leg outlives the owner that
+//! created it once it is moved.
+
+use callplane_sip::{OutboundEvent, OutboundLeg};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A leg's identity within its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegId(pub u64);
+
+/// Who a leg reports to: an owner (a session, later a queue or the API) and the epoch of the
+/// leg's current stay with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub id: u64,
+    pub epoch: u64,
+}
+
+/// Where a leg's dialog is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegState {
+    /// INVITE sent or received, nothing back yet.
+    Calling,
+    /// 180 without media.
+    Ringing,
+    /// 183 with media (early media flows).
+    EarlyMedia,
+    Answered,
+    /// Answered, and the far end put us on hold (or we hold it).
+    Held,
+    /// We sent CANCEL or BYE and wait for its end.
+    Ending,
+    Ended,
+}
+
+impl LegState {
+    /// The state after an outbound dialog's event (`early` = a 183 with usable SDP, `hold` =
+    /// a re-INVITE that holds). An ended leg stays ended.
+    pub fn after_outbound(self, ev: &OutboundEvent, early: bool, hold: bool) -> LegState {
+        use LegState::*;
+        match (self, ev) {
+            (Ended, _) => Ended,
+            (Calling | Ringing | EarlyMedia, OutboundEvent::Ringing { .. }) => {
+                if early || self == EarlyMedia {
+                    EarlyMedia
+                } else {
+                    Ringing
+                }
+            }
+            (Ending, OutboundEvent::Answered { .. }) => Ending,
+            (_, OutboundEvent::Answered { .. }) => Answered,
+            (_, OutboundEvent::Failed { .. } | OutboundEvent::RemoteBye) => Ended,
+            (Answered | Held, OutboundEvent::Reinvite { .. }) => {
+                if hold {
+                    Held
+                } else {
+                    Answered
+                }
+            }
+            (s, _) => s,
+        }
+    }
+
+    /// Whether the dialog is over (nothing more will come from it).
+    pub fn is_ended(self) -> bool {
+        self == LegState::Ended
+    }
+}
+
+/// One event of a leg, addressed to the owner (and epoch) it was sent to.
+#[derive(Debug)]
+pub struct Addressed<E> {
+    pub leg: LegId,
+    pub owner: Owner,
+    pub event: E,
+}
+
+/// An owner's side: which legs it holds, and in which epoch. Events from legs it does not hold
+/// now, or from an epoch before its current one, are dropped.
+#[derive(Debug)]
+pub struct Mailbox {
+    owner_id: u64,
+    held: HashMap<LegId, u64>,
+}
+
+impl Mailbox {
+    pub fn new(owner_id: u64) -> Self {
+        Mailbox {
+            owner_id,
+            held: HashMap::new(),
+        }
+    }
+
+    pub fn owner_id(&self) -> u64 {
+        self.owner_id
+    }
+
+    /// The owner takes `leg` in `epoch` (a new leg: 1; a leg moved here: its bumped epoch).
+    pub fn adopt(&mut self, leg: LegId, epoch: u64) -> Owner {
+        self.held.insert(leg, epoch);
+        Owner {
+            id: self.owner_id,
+            epoch,
+        }
+    }
+
+    /// The leg was moved away (or ended): nothing more from it is accepted.
+    pub fn release(&mut self, leg: LegId) {
+        self.held.remove(&leg);
+    }
+
+    /// The event, if it is addressed to this owner in the leg's current epoch.
+    pub fn accept<E>(&self, a: Addressed<E>) -> Option<(LegId, E)> {
+        let current = self.held.get(&a.leg)?;
+        (a.owner.id == self.owner_id && a.owner.epoch == *current).then_some((a.leg, a.event))
+    }
+}
+
+/// The epoch a leg gets when it moves from `from` to a new owner.
+pub fn moved(from: Owner, to_owner_id: u64) -> Owner {
+    Owner {
+        id: to_owner_id,
+        epoch: from.epoch + 1,
+    }
+}
+
+/// Commands to an outbound leg's task.
+pub enum LegCommand<E> {
+    /// CANCEL before answer, BYE after; an RFC 3326 Reason value.
+    Hangup(Option<String>),
+    /// Report to another owner from now on (its epoch must be newer).
+    MoveTo {
+        owner: Owner,
+        events: mpsc::UnboundedSender<Addressed<E>>,
+    },
+}
+
+/// Handle to an outbound leg's task.
+pub struct LegHandle<E> {
+    pub id: LegId,
+    commands: mpsc::UnboundedSender<LegCommand<E>>,
+}
+
+impl<E> LegHandle<E> {
+    /// Hangs the leg up (dropping every handle does too, without a Reason).
+    pub fn hangup(&self, reason: Option<String>) {
+        let _ = self.commands.send(LegCommand::Hangup(reason));
+    }
+
+    /// Hands the leg to another owner.
+    pub fn move_to(&self, owner: Owner, events: mpsc::UnboundedSender<Addressed<E>>) {
+        let _ = self.commands.send(LegCommand::MoveTo { owner, events });
+    }
+}
+
+/// How long a hung-up leg's task keeps reading its dialog so the final transaction completes.
+const DRAIN: Duration = Duration::from_secs(32);
+
+/// Spawns the task that owns `leg`: it forwards the dialog's events (mapped by `wrap`) to the
+/// current owner and tracks the leg's state; it ends with the dialog.
+pub fn spawn_outbound<E: Send + 'static>(
+    id: LegId,
+    mut leg: OutboundLeg,
+    owner: Owner,
+    events: mpsc::UnboundedSender<Addressed<E>>,
+    wrap: fn(OutboundEvent) -> E,
+) -> LegHandle<E> {
+    let (tx, mut commands) = mpsc::unbounded_channel::<LegCommand<E>>();
+    tokio::spawn(async move {
+        let mut owner = owner;
+        let mut events = events;
+        let mut state = LegState::Calling;
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(LegCommand::MoveTo { owner: o, events: e }) => {
+                        if o.epoch > owner.epoch {
+                            owner = o;
+                            events = e;
+                        }
+                    }
+                    hangup => {
+                        let reason = match hangup {
+                            Some(LegCommand::Hangup(r)) => r,
+                            _ => None,
+                        };
+                        state = LegState::Ending;
+                        leg.hangup(reason).await;
+                        let drain = async { while leg.next_event().await.is_some() {} };
+                        let _ = tokio::time::timeout(DRAIN, drain).await;
+                        tracing::trace!(leg = id.0, ?state, "leg ended");
+                        return;
+                    }
+                },
+                ev = leg.next_event() => {
+                    let Some(ev) = ev else { return };
+                    let early = matches!(&ev, OutboundEvent::Ringing { sdp: Some(_), .. });
+                    let hold = matches!(&ev, OutboundEvent::Reinvite { sdp: Some(s), .. }
+                        if s.contains("a=sendonly") || s.contains("a=inactive"));
+                    state = state.after_outbound(&ev, early, hold);
+                    let addressed = Addressed { leg: id, owner, event: wrap(ev) };
+                    // The owner is gone and no one took the leg over: nothing left to report.
+                    if events.send(addressed).is_err() || state.is_ended() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    LegHandle { id, commands: tx }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_event_to_an_old_epoch_is_dropped() {
+        let mut first = Mailbox::new(1);
+        let mut second = Mailbox::new(2);
+        let leg = LegId(7);
+        let o1 = first.adopt(leg, 1);
+        // An event the leg sent while owned by the first session.
+        let early = Addressed {
+            leg,
+            owner: o1,
+            event: "ringing",
+        };
+        assert_eq!(first.accept(early), Some((leg, "ringing")));
+        // Moved to the second owner: epoch 2. A late event addressed to epoch 1 reaches
+        // neither the old owner (it released the leg) nor the new one.
+        let o2 = moved(o1, second.owner_id());
+        assert_eq!(o2, Owner { id: 2, epoch: 2 });
+        first.release(leg);
+        second.adopt(leg, o2.epoch);
+        let late = || Addressed {
+            leg,
+            owner: o1,
+            event: "dtmf 5",
+        };
+        assert_eq!(first.accept(late()), None);
+        assert_eq!(second.accept(late()), None);
+        assert_eq!(
+            second.accept(Addressed {
+                leg,
+                owner: o2,
+                event: "bye"
+            }),
+            Some((leg, "bye"))
+        );
+        // And a leg moved back gets a newer epoch again; the old stay's events stay dropped.
+        let o3 = moved(o2, 1);
+        second.release(leg);
+        first.adopt(leg, o3.epoch);
+        assert_eq!(first.accept(late()), None);
+        assert_eq!(
+            first.accept(Addressed {
+                leg,
+                owner: o3,
+                event: "x"
+            }),
+            Some((leg, "x"))
+        );
+    }
+
+    #[test]
+    fn states_follow_the_dialog() {
+        use LegState::*;
+        let ringing = OutboundEvent::Ringing {
+            status: 180,
+            sdp: None,
+        };
+        let answered = OutboundEvent::Answered { sdp: None };
+        assert_eq!(Calling.after_outbound(&ringing, false, false), Ringing);
+        assert_eq!(Ringing.after_outbound(&ringing, true, false), EarlyMedia);
+        assert_eq!(
+            EarlyMedia.after_outbound(&ringing, false, false),
+            EarlyMedia
+        );
+        assert_eq!(EarlyMedia.after_outbound(&answered, false, false), Answered);
+        // A 200 after we cancelled does not make the leg answered.
+        assert_eq!(Ending.after_outbound(&answered, false, false), Ending);
+        assert_eq!(
+            Answered.after_outbound(&OutboundEvent::RemoteBye, false, false),
+            Ended
+        );
+        assert_eq!(
+            Ended.after_outbound(&answered, false, false),
+            Ended,
+            "an ended leg stays ended"
+        );
+        assert_eq!(
+            Calling.after_outbound(&OutboundEvent::Failed { status: 486 }, false, false),
+            Ended
+        );
+    }
+}
