@@ -576,7 +576,7 @@ impl Call {
                     }
                     self.flow.handle(input, Instant::now());
                 }
-                Some(done) = self.tasks.recv() => self.on_task_done(done).await,
+                Some(done) = self.tasks.recv() => self.on_task_done(done),
                 Some(cmd) = self.commands.recv() => match cmd {
                     CallCommand::Interrupt => {
                         info!(call = %self.uuid, "interrupted");
@@ -706,14 +706,14 @@ impl Call {
         self.playing = Some((media_id, flow_id));
     }
 
-    async fn on_task_done(&mut self, done: TaskDone) {
+    fn on_task_done(&mut self, done: TaskDone) {
         match done {
             TaskDone::Prompts { flow_id, audio } => self.start_playback(flow_id, audio),
             TaskDone::Launched {
                 bridge,
                 attempt,
                 result,
-            } => self.on_launched(bridge, attempt, result).await,
+            } => self.on_launched(bridge, attempt, result),
         }
     }
 
@@ -1316,16 +1316,16 @@ impl Call {
     }
 
     /// A launch task finished.
-    async fn on_launched(
+    fn on_launched(
         &mut self,
         serial: u64,
         attempt: AttemptId,
         result: Result<Box<Launched>, (u16, String)>,
     ) {
         let Some(b) = self.bridge.as_mut().filter(|b| b.serial == serial) else {
-            // Its BRIDGE is over: a placed call is hung up at once.
+            // Its BRIDGE is over: a placed call is hung up at once (off the actor).
             if let Ok(mut l) = result {
-                l.leg.hangup(None).await;
+                tokio::spawn(async move { l.leg.hangup(None).await });
             }
             return;
         };
