@@ -336,6 +336,8 @@ struct EngineInner {
     /// Live legs (for totals) and the counters of legs already closed. Locked only
     /// when a leg starts or ends and when totals are read, never per packet.
     registry: Mutex<Registry>,
+    /// What the rooms do (atomics; see `room_io::RoomStats`).
+    rooms: Arc<room_io::RoomStats>,
 }
 
 #[derive(Debug, Default)]
@@ -399,6 +401,7 @@ impl MediaEngine {
                 next_leg_id: AtomicU64::new(1),
                 base: Instant::now(),
                 registry: Mutex::new(Registry::default()),
+                rooms: Arc::default(),
             }),
         }
     }
@@ -1619,7 +1622,7 @@ async fn relay(peer: &mut Peer, pkt: &RtpPacket<'_>, kind: Kind, out: &mut [u8],
 }
 
 mod room_io;
-pub use room_io::{Room, RoomEvent};
+pub use room_io::{Room, RoomEvent, RoomTotals, TICK_BUCKETS};
 
 #[cfg(test)]
 mod tests;

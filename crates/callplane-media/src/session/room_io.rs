@@ -6,17 +6,171 @@
 //!
 //! Per packet a leg does one `try_send` of a decoded frame into its bounded queue; the room
 //! drains all queues once per tick (one wake-up per room per 20 ms, however many members).
+//! [`RoomStats`] counts engine-wide what the rooms do (tick durations, drops) with atomics
+//! touched once per tick, or per frame only when a frame is dropped.
 
 use super::*;
 use crate::room::{
     decode_frame, Audience, Frame, MemberId, MemberKind, MixOutput, Mixer, RoomGraph,
 };
+use std::fmt::Write as _;
 
 /// Frames a member leg may have queued for the room; beyond this the oldest are dropped so a
 /// sender whose clock runs fast cannot build up delay.
 const ROOM_QUEUE: usize = 4;
 /// Frames kept in a member's jitter queue at most after a tick.
 const JITTER_MAX: usize = 2;
+
+/// Upper bounds (seconds) of the tick-duration histogram; one more bucket is +Inf.
+pub const TICK_BUCKETS: [f64; 9] = [
+    0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02,
+];
+const TICK_BUCKETS_NS: [u64; 9] = [
+    50_000, 100_000, 200_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000, 20_000_000,
+];
+
+/// What every room of an engine does, for metrics: lock-free counters that room tasks and
+/// member legs add to (once per tick, and per frame only when one is dropped).
+#[derive(Debug, Default)]
+pub(super) struct RoomStats {
+    rooms: AtomicU64,
+    members: AtomicU64,
+    /// Ticks by duration, per bucket (not cumulative); the last is +Inf.
+    tick_buckets: [AtomicU64; TICK_BUCKETS.len() + 1],
+    ticks: AtomicU64,
+    tick_ns: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    dropped_jitter: AtomicU64,
+    mixed_sent: AtomicU64,
+    send_errors: AtomicU64,
+}
+
+impl RoomStats {
+    fn record_tick(&self, took: Duration, sent: u64, errors: u64, trimmed: u64) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let b = TICK_BUCKETS_NS
+            .iter()
+            .position(|&le| ns <= le)
+            .unwrap_or(TICK_BUCKETS_NS.len());
+        self.tick_buckets[b].fetch_add(1, Relaxed);
+        self.tick_ns.fetch_add(ns, Relaxed);
+        self.ticks.fetch_add(1, Relaxed);
+        if sent > 0 {
+            self.mixed_sent.fetch_add(sent, Relaxed);
+        }
+        if errors > 0 {
+            self.send_errors.fetch_add(errors, Relaxed);
+        }
+        if trimmed > 0 {
+            self.dropped_jitter.fetch_add(trimmed, Relaxed);
+        }
+    }
+
+    pub(super) fn snapshot(&self) -> RoomTotals {
+        let mut tick_buckets = [0; TICK_BUCKETS.len() + 1];
+        for (o, b) in tick_buckets.iter_mut().zip(&self.tick_buckets) {
+            *o = b.load(Relaxed);
+        }
+        RoomTotals {
+            rooms: self.rooms.load(Relaxed),
+            members: self.members.load(Relaxed),
+            ticks: self.ticks.load(Relaxed),
+            tick_buckets,
+            tick_seconds_sum: self.tick_ns.load(Relaxed) as f64 / 1e9,
+            frames_dropped_queue_full: self.dropped_queue_full.load(Relaxed),
+            frames_dropped_jitter: self.dropped_jitter.load(Relaxed),
+            mixed_frames_sent: self.mixed_sent.load(Relaxed),
+            send_errors: self.send_errors.load(Relaxed),
+        }
+    }
+}
+
+/// Engine-wide room figures (see [`MediaEngine::room_totals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RoomTotals {
+    /// Rooms open now.
+    pub rooms: u64,
+    /// Legs in rooms now (players not counted).
+    pub members: u64,
+    /// Mixing ticks run (a room on the relay fast path does not tick).
+    pub ticks: u64,
+    /// Ticks by duration (start of the tick to the last mix sent), per bucket of
+    /// [`TICK_BUCKETS`] and a last one for longer: not cumulative.
+    pub tick_buckets: [u64; TICK_BUCKETS.len() + 1],
+    /// Total duration of all ticks, seconds.
+    pub tick_seconds_sum: f64,
+    /// Frames a member leg could not hand to its room because the room's queue for it was
+    /// full (the room fell behind).
+    pub frames_dropped_queue_full: u64,
+    /// Frames the room dropped from a member's jitter queue (it sent faster than 50/s).
+    pub frames_dropped_jitter: u64,
+    /// Mixed frames sent to member legs.
+    pub mixed_frames_sent: u64,
+    /// Mixed frames whose send failed (socket buffer full, no route).
+    pub send_errors: u64,
+}
+
+impl RoomTotals {
+    /// Appends the tick histogram and the drop counters in the Prometheus text format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        out.push_str("# HELP callplane_room_tick_seconds Duration of a room's mixing tick, from its start to the last mix sent\n# TYPE callplane_room_tick_seconds histogram\n");
+        let mut acc = 0;
+        for (le, n) in TICK_BUCKETS.iter().zip(&self.tick_buckets) {
+            acc += n;
+            let _ = writeln!(
+                out,
+                "callplane_room_tick_seconds_bucket{{le=\"{le}\"}} {acc}"
+            );
+        }
+        acc += self.tick_buckets[TICK_BUCKETS.len()];
+        let _ = writeln!(
+            out,
+            "callplane_room_tick_seconds_bucket{{le=\"+Inf\"}} {acc}"
+        );
+        let _ = writeln!(
+            out,
+            "callplane_room_tick_seconds_sum {}",
+            self.tick_seconds_sum
+        );
+        let _ = writeln!(out, "callplane_room_tick_seconds_count {acc}");
+        let _ = write!(
+            out,
+            "# HELP callplane_room_frames_dropped_total Member frames a room dropped: its queue for the member was full, or the member's jitter queue was trimmed\n# TYPE callplane_room_frames_dropped_total counter\ncallplane_room_frames_dropped_total{{reason=\"queue_full\"}} {}\ncallplane_room_frames_dropped_total{{reason=\"jitter_trim\"}} {}\n",
+            self.frames_dropped_queue_full, self.frames_dropped_jitter
+        );
+    }
+}
+
+/// Keeps the open-rooms gauge and its members' count right however the room task ends.
+#[derive(Debug)]
+struct RoomCount {
+    stats: Arc<RoomStats>,
+    members: u64,
+}
+
+impl RoomCount {
+    fn new(stats: Arc<RoomStats>) -> Self {
+        stats.rooms.fetch_add(1, Relaxed);
+        RoomCount { stats, members: 0 }
+    }
+
+    fn joined(&mut self) {
+        self.members += 1;
+        self.stats.members.fetch_add(1, Relaxed);
+    }
+
+    fn left(&mut self) {
+        self.members = self.members.saturating_sub(1);
+        self.stats.members.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Drop for RoomCount {
+    fn drop(&mut self) {
+        self.stats.members.fetch_sub(self.members, Relaxed);
+        self.stats.rooms.fetch_sub(1, Relaxed);
+    }
+}
 
 /// Commands to a room's task (from its handle and from member legs' tasks).
 #[derive(Debug)]
@@ -86,6 +240,7 @@ pub struct Room {
     cmd: mpsc::UnboundedSender<RoomCmd>,
     next_member: AtomicU32,
     events: Option<mpsc::UnboundedReceiver<RoomEvent>>,
+    stats: Arc<RoomStats>,
 }
 
 impl MediaEngine {
@@ -107,6 +262,7 @@ impl MediaEngine {
             applied: u64::MAX,
             base: self.inner.base,
             payload: [0; RTP_HEADER_LEN + FRAME_SAMPLES],
+            count: RoomCount::new(self.inner.rooms.clone()),
         };
         tokio::spawn(task.run());
         Room {
@@ -114,7 +270,14 @@ impl MediaEngine {
             cmd,
             next_member: AtomicU32::new(1),
             events: Some(ev_rx),
+            stats: self.inner.rooms.clone(),
         }
+    }
+
+    /// What the engine's rooms do: rooms and members now, tick durations, dropped and sent
+    /// frames since start. Reads atomics only.
+    pub fn room_totals(&self) -> RoomTotals {
+        self.inner.rooms.snapshot()
     }
 }
 
@@ -148,6 +311,7 @@ impl Room {
             frames: frames_tx,
             room: self.cmd.downgrade(),
             mixing: false,
+            stats: self.stats.clone(),
         }));
         member
     }
@@ -193,6 +357,7 @@ pub(super) struct RoomLink {
     pub(super) room: mpsc::WeakUnboundedSender<RoomCmd>,
     /// Hand decoded audio to the room (mixer mode) rather than relaying it to a peer.
     pub(super) mixing: bool,
+    pub(super) stats: Arc<RoomStats>,
 }
 
 impl RoomLink {
@@ -247,6 +412,7 @@ struct RoomTask {
     applied: u64,
     base: Instant,
     payload: [u8; RTP_HEADER_LEN + FRAME_SAMPLES],
+    count: RoomCount,
 }
 
 fn send_leg(cmd: &mpsc::WeakUnboundedSender<Command>, c: Command) {
@@ -295,6 +461,9 @@ impl RoomTask {
     }
 
     fn insert(&mut self, id: MemberId, io: MemberIo) {
+        if matches!(io, MemberIo::Leg { .. }) {
+            self.count.joined();
+        }
         let at = self.members.partition_point(|m| m.id < id);
         self.members.insert(
             at,
@@ -425,6 +594,7 @@ impl RoomTask {
         let m = self.members.remove(i);
         self.graph.remove(member);
         if let MemberIo::Leg { cmd, .. } = &m.io {
+            self.count.left();
             if self.relay.is_some_and(|(a, b)| a == member || b == member) {
                 send_leg(cmd, Command::Unbridge);
                 self.relay = None;
@@ -494,10 +664,9 @@ impl RoomTask {
     }
 
     fn on_tick(&mut self) {
-        let now_us = Instant::now()
-            .saturating_duration_since(self.base)
-            .as_micros() as u64
-            + 1;
+        let started = Instant::now();
+        let now_us = started.saturating_duration_since(self.base).as_micros() as u64 + 1;
+        let (mut sent, mut errors, mut trimmed) = (0u64, 0u64, 0u64);
         let mut finished: Vec<MemberId> = Vec::new();
         for m in &mut self.members {
             m.speaking = false;
@@ -512,6 +681,7 @@ impl RoomTask {
                     }
                     while queue.len() > JITTER_MAX {
                         queue.pop_front();
+                        trimmed += 1;
                     }
                 }
                 MemberIo::Player { samples, pos } => {
@@ -564,10 +734,19 @@ impl RoomTask {
             let n = payload.len().min(FRAME_SAMPLES);
             self.payload[h..h + n].copy_from_slice(&payload[..n]);
             match link.socket.try_send_to(&self.payload[..h + n], t.addr) {
-                Ok(_) => link.shared.count_sent(n),
-                Err(e) => tracing::debug!(leg = link.shared.id, error = %e, "room send failed"),
+                Ok(_) => {
+                    link.shared.count_sent(n);
+                    sent += 1;
+                }
+                Err(e) => {
+                    errors += 1;
+                    tracing::debug!(leg = link.shared.id, error = %e, "room send failed");
+                }
             }
         }
+        self.count
+            .stats
+            .record_tick(started.elapsed(), sent, errors, trimmed);
         for member in finished {
             if self.remove(member) {
                 let _ = self.events.send(RoomEvent::PlayerFinished { member });
@@ -581,5 +760,113 @@ pub(super) fn to_room(link: &RoomLink, codec: Codec, payload: &[u8]) {
     let mut frame = [0i16; FRAME_SAMPLES];
     decode_frame(codec, payload, &mut frame);
     // Full: the room is behind; this frame is dropped (the queue keeps the room's delay bounded).
-    let _ = link.frames.try_send(frame);
+    if let Err(mpsc::error::TrySendError::Full(_)) = link.frames.try_send(frame) {
+        link.stats.dropped_queue_full.fetch_add(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn tick_histogram_renders_cumulative_buckets() {
+        let stats = RoomStats::default();
+        stats.record_tick(Duration::from_micros(30), 5, 0, 0);
+        stats.record_tick(Duration::from_micros(50), 5, 0, 1);
+        stats.record_tick(Duration::from_micros(700), 4, 1, 0);
+        stats.record_tick(Duration::from_millis(30), 5, 0, 0);
+        stats.dropped_queue_full.fetch_add(2, Relaxed);
+        let t = stats.snapshot();
+        assert_eq!(t.ticks, 4);
+        assert_eq!(t.tick_buckets, [2, 0, 0, 0, 1, 0, 0, 0, 0, 1]);
+        assert_eq!(t.mixed_frames_sent, 19);
+        assert_eq!(t.send_errors, 1);
+        assert_eq!(t.frames_dropped_jitter, 1);
+        let mut out = String::new();
+        t.render_prometheus(&mut out);
+        for line in [
+            "# TYPE callplane_room_tick_seconds histogram",
+            "callplane_room_tick_seconds_bucket{le=\"0.00005\"} 2",
+            "callplane_room_tick_seconds_bucket{le=\"0.0005\"} 2",
+            "callplane_room_tick_seconds_bucket{le=\"0.001\"} 3",
+            "callplane_room_tick_seconds_bucket{le=\"0.02\"} 3",
+            "callplane_room_tick_seconds_bucket{le=\"+Inf\"} 4",
+            "callplane_room_tick_seconds_count 4",
+            "callplane_room_frames_dropped_total{reason=\"queue_full\"} 2",
+            "callplane_room_frames_dropped_total{reason=\"jitter_trim\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+        }
+        let sum: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("callplane_room_tick_seconds_sum "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        assert!((sum - 0.03078).abs() < 1e-9, "sum {sum}");
+    }
+
+    /// Three legs in a room: the room counts itself, its members, its ticks and the mixes it
+    /// sends, and a member leg that closes or the room ending takes them off the gauges.
+    #[tokio::test]
+    async fn a_mixing_room_counts_ticks_members_and_frames() {
+        let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let engine = MediaEngine::new(MediaConfig {
+            bind_ip: local,
+            advertise_ip: local,
+            port_min: 40000,
+            port_max: 44998,
+        });
+        let room = engine.create_room();
+        let mut legs = Vec::new();
+        let mut phones = Vec::new();
+        for _ in 0..3 {
+            let leg = engine.allocate().await.expect("leg");
+            let phone = UdpSocket::bind((local, 0)).await.expect("phone");
+            leg.set_remote(RemoteMedia {
+                addr: phone.local_addr().expect("addr"),
+                codec: Codec::Pcmu,
+                pt: 0,
+                telephone_event_pt: None,
+            });
+            room.add_leg(&leg, Audience::All, Audience::All);
+            legs.push(leg);
+            phones.push(phone);
+        }
+        // Every member gets the room's stream (comfort silence: nobody speaks).
+        let mut buf = [0u8; 2048];
+        for phone in &phones {
+            for _ in 0..5 {
+                tokio::time::timeout(Duration::from_secs(2), phone.recv_from(&mut buf))
+                    .await
+                    .expect("a mixed frame within 2 s")
+                    .expect("recv");
+            }
+        }
+        let t = engine.room_totals();
+        assert_eq!((t.rooms, t.members), (1, 3));
+        assert!(t.ticks >= 5, "{t:?}");
+        assert!(t.mixed_frames_sent >= 15, "{t:?}");
+        assert_eq!(t.tick_buckets.iter().sum::<u64>(), t.ticks);
+        assert!(t.tick_seconds_sum > 0.0);
+
+        legs.pop().expect("leg").close();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while engine.room_totals().members != 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            engine.room_totals().members,
+            2,
+            "a closed leg leaves the room"
+        );
+        drop(room);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while engine.room_totals().rooms != 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let t = engine.room_totals();
+        assert_eq!((t.rooms, t.members), (0, 0), "the room ended: {t:?}");
+    }
 }
