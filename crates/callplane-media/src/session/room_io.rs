@@ -513,11 +513,21 @@ impl RoomTask {
             } => {
                 if let Some(i) = self.index(member) {
                     if let MemberIo::Leg {
-                        link: l, target: t, ..
+                        link: l,
+                        target: t,
+                        cmd,
+                        mixing,
+                        ..
                     } = &mut self.members[i].io
                     {
                         *l = Some(link);
                         *t = target;
+                        // A RoomMix sent before the leg had seen its JoinRoom was ignored by
+                        // it (this room runs on another thread than the joiner): the leg
+                        // sends LegLink after its JoinRoom, so saying it again now lands.
+                        if *mixing {
+                            send_leg(cmd, Command::RoomMix(true));
+                        }
                     }
                     self.target_changed(member, target);
                 }
@@ -868,5 +878,122 @@ mod stats_tests {
         }
         let t = engine.room_totals();
         assert_eq!((t.rooms, t.members), (0, 0), "the room ended: {t:?}");
+    }
+    /// The room may tell a joining leg to mix before the leg has seen its JoinRoom (the room
+    /// task runs on another thread): the leg must still end up handing its audio to the room
+    /// and not keep its own silence fill going beside the room's stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leg_told_to_mix_before_it_joined_still_mixes() {
+        let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let engine = MediaEngine::new(MediaConfig {
+            bind_ip: local,
+            advertise_ip: local,
+            port_min: 45000,
+            port_max: 49998,
+        });
+        let room = engine.create_room();
+        let mut legs = Vec::new();
+        let mut phones = Vec::new();
+        for _ in 0..3 {
+            let leg = engine.allocate().await.expect("leg");
+            let phone = UdpSocket::bind((local, 0)).await.expect("phone");
+            leg.set_remote(RemoteMedia {
+                addr: phone.local_addr().expect("addr"),
+                codec: Codec::Pcmu,
+                pt: 0,
+                telephone_event_pt: None,
+            });
+            leg.set_fill_silence(true);
+            legs.push(leg);
+            phones.push(phone);
+        }
+        room.add_leg(&legs[0], Audience::All, Audience::All);
+        room.add_leg(&legs[1], Audience::All, Audience::All);
+        // Leg 2 joins as `add_leg` does, but its JoinRoom arrives after the room has already
+        // sent it RoomMix(true).
+        let late = &legs[2];
+        let member = room.next_id();
+        let (frames_tx, frames) = mpsc::channel(ROOM_QUEUE);
+        let _ = room.cmd.send(RoomCmd::AddLeg {
+            member,
+            leg_id: late.shared.id,
+            leg_cmd: late.cmd.downgrade(),
+            frames,
+            heard_by: Audience::All,
+            hears: Audience::All,
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        late.send(Command::Unbridge);
+        late.send(Command::JoinRoom(RoomLink {
+            room_id: room.id,
+            member,
+            frames: frames_tx,
+            room: room.cmd.downgrade(),
+            mixing: false,
+            stats: room.stats.clone(),
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut buf = [0u8; 2048];
+        for phone in &phones {
+            while phone.try_recv_from(&mut buf).is_ok() {} // what came before the second measured
+        }
+
+        // Only leg 2's phone speaks; leg 0's phone must hear it.
+        let speaker = &phones[2];
+        let to = late.local_addr();
+        let mut frame = [0u8; FRAME_SAMPLES];
+        for (i, b) in frame.iter_mut().enumerate() {
+            let v = 6000.0 * (std::f64::consts::TAU * 400.0 * i as f64 / 8000.0).sin();
+            *b = crate::g711::linear_to_ulaw(v as i16);
+        }
+        let send = async {
+            let mut pkt = [0u8; RTP_HEADER_LEN + FRAME_SAMPLES];
+            for k in 0..50u16 {
+                let h = write_rtp_header(&mut pkt, k == 0, 0, k, 160 * u32::from(k), 0x1234);
+                pkt[h..h + FRAME_SAMPLES].copy_from_slice(&frame);
+                speaker
+                    .send_to(&pkt[..h + FRAME_SAMPLES], to)
+                    .await
+                    .expect("send");
+                tokio::time::sleep(FRAME).await;
+            }
+        };
+        let listen = async {
+            let (mut audio, mut got) = (0, 0);
+            let mut buf = [0u8; 2048];
+            let end = Instant::now() + Duration::from_millis(1000);
+            while let Ok(Ok((n, _))) = tokio::time::timeout(
+                end.saturating_duration_since(Instant::now()),
+                phones[0].recv_from(&mut buf),
+            )
+            .await
+            {
+                got += 1;
+                if buf[RTP_HEADER_LEN..n].iter().any(|&b| b != 0xFF) {
+                    audio += 1;
+                }
+            }
+            (audio, got)
+        };
+        let count_late = async {
+            let mut got = 0;
+            let mut buf = [0u8; 2048];
+            let end = Instant::now() + Duration::from_millis(1000);
+            while let Ok(Ok(_)) = tokio::time::timeout(
+                end.saturating_duration_since(Instant::now()),
+                phones[2].recv_from(&mut buf),
+            )
+            .await
+            {
+                got += 1;
+            }
+            got
+        };
+        let ((), (audio, got), late_got) = tokio::join!(send, listen, count_late);
+        assert!(audio >= 30, "leg 0 heard leg 2 in {audio} of {got} packets");
+        assert!(
+            (40..=60).contains(&late_got),
+            "leg 2 got {late_got} packets in 1 s: one stream is 50"
+        );
     }
 }
