@@ -262,10 +262,12 @@ impl callplane_api::MetricsSource for Metrics {
     fn render_labelled(&self, out: &mut String) {
         self.engine.render_webhook_metrics(out);
         self.engine.render_event_metrics(out);
+        self.media.room_totals().render_prometheus(out);
     }
 
     fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
         let m = self.media.totals();
+        let r = self.media.room_totals();
         let (invites_dropped, invites_held) = self.sip.failed_invites();
         vec![
             (
@@ -345,6 +347,36 @@ impl callplane_api::MetricsSource for Metrics {
                 "RTP frames that arrived late or out of order",
                 "counter",
                 m.late_frames as f64,
+            ),
+            (
+                "callplane_rooms",
+                "Rooms open (conferences)",
+                "gauge",
+                r.rooms as f64,
+            ),
+            (
+                "callplane_room_members",
+                "Call legs in rooms",
+                "gauge",
+                r.members as f64,
+            ),
+            (
+                "callplane_room_ticks_total",
+                "Mixing ticks run by rooms (20 ms each)",
+                "counter",
+                r.ticks as f64,
+            ),
+            (
+                "callplane_room_mixed_frames_sent_total",
+                "Mixed frames sent to room members",
+                "counter",
+                r.mixed_frames_sent as f64,
+            ),
+            (
+                "callplane_room_send_errors_total",
+                "Mixed frames whose send failed",
+                "counter",
+                r.send_errors as f64,
             ),
         ]
     }
