@@ -88,9 +88,11 @@ blocks = [
 class Server:
     """The callplane binary with a config written from `provisioning` (TOML text)."""
 
-    def __init__(self, provisioning, rtp_range=(20000, 40000), extra_server="", nofile=None):
+    def __init__(self, provisioning, rtp_range=(20000, 40000), extra_server="", nofile=None,
+                 trusted=("127.0.0.0/8",)):
         """`extra_server`: more `[server]` lines; `nofile`: the descriptor limit (soft and
-        hard) the binary starts with."""
+        hard) the binary starts with; `trusted`: the trustedNetworks (INVITEs from elsewhere
+        need digest auth or a trunk's inbound address)."""
         self.dir = tempfile.mkdtemp(prefix="callplane-bench-")
         self.sip_port = free_port()
         self.http_port = free_port()
@@ -103,7 +105,7 @@ http = "127.0.0.1:{self.http_port}"
 rtpIp = "127.0.0.1"
 rtpPortMin = {rtp_range[0]}
 rtpPortMax = {rtp_range[1]}
-trustedNetworks = ["127.0.0.0/8"]
+trustedNetworks = {json.dumps(list(trusted))}
 promptsDir = "{ROOT}/prompts"
 {extra_server}
 {provisioning}

@@ -341,7 +341,30 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
     svc.active_calls.fetch_add(1, Ordering::Relaxed);
     let _guard = ActiveGuard(svc.clone());
 
-    let found = match svc.store.find_number(&call.called) {
+    // Two indexed reads on a read connection (never behind a writer), on a blocking thread so
+    // that a slow disk holds no runtime worker. The leg's events wait in its own channel.
+    let looked_up = {
+        let store = svc.store.clone();
+        let called = call.called.clone();
+        tokio::task::spawn_blocking(move || {
+            let found = store.find_number(&called)?;
+            let plan = match &found {
+                Some((number, tenant)) => store
+                    .get_routing_plan(&tenant.name, &number.routing_plan)
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            Ok::<_, callplane_store::StoreError>((found, plan))
+        })
+        .await
+    };
+    let (found, plan) = match looked_up {
+        Ok(Ok(f)) => (Ok(f.0), f.1),
+        Ok(Err(e)) => (Err(e.to_string()), None),
+        Err(e) => (Err(e.to_string()), None),
+    };
+    let found = match found {
         Ok(f) => f,
         Err(e) => {
             warn!(error = %e, "store lookup failed");
@@ -361,11 +384,8 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         return;
     };
     let mut plan_callstate_url = None;
-    let blocks = match svc
-        .store
-        .get_routing_plan(&tenant.name, &number.routing_plan)
-    {
-        Ok(Some(plan)) => {
+    let blocks = match plan {
+        Some(plan) => {
             plan_callstate_url = plan.callstate_info_url;
             parse_blocks(&serde_json::Value::Array(plan.blocks))
         }

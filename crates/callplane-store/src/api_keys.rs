@@ -115,7 +115,7 @@ impl Store {
 
     /// The key whose secret hashes to `key_sha256`: how a request is authenticated.
     pub fn find_api_key(&self, key_sha256: &str) -> Result<Option<ApiKey>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let found = conn
             .prepare_cached(&format!(
                 "SELECT {API_KEY_COLS} FROM api_keys WHERE key_sha256 = ?1"
@@ -126,12 +126,12 @@ impl Store {
     }
 
     pub fn get_api_key(&self, name: &str) -> Result<Option<ApiKey>, StoreError> {
-        load(&self.conn(), name)
+        load(&self.read(), name)
     }
 
     /// All keys, by name.
     pub fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {API_KEY_COLS} FROM api_keys ORDER BY name"
         ))?;

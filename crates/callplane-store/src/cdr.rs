@@ -50,7 +50,7 @@ impl Store {
 
     /// One CDR with its legs (by index) and variables.
     pub fn get_cdr(&self, call_id: &str) -> Result<Option<Cdr>, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.read();
         let tx = conn.transaction()?;
         let cdr = tx
             .prepare_cached(&format!("SELECT {CDR_COLS} FROM cdrs WHERE call_id = ?1"))?
@@ -64,7 +64,7 @@ impl Store {
     /// The newest `limit` CDRs (by start time, newest first), with legs and variables.
     pub fn list_cdrs(&self, limit: usize) -> Result<Vec<Cdr>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut conn = self.conn();
+        let mut conn = self.read();
         let tx = conn.transaction()?;
         let cdrs: Vec<Cdr> = tx
             .prepare_cached(&format!(

@@ -4,6 +4,7 @@
 
 mod api_keys;
 mod cdr;
+mod directory;
 mod error;
 mod migrations;
 pub mod model;
@@ -13,6 +14,7 @@ mod sql;
 mod store;
 mod writer;
 
+pub use directory::{SipDirectoryView, WATCH_INTERVAL as DIRECTORY_WATCH_INTERVAL};
 pub use error::StoreError;
 pub use migrations::SCHEMA_VERSION;
 pub use model::{

@@ -143,6 +143,36 @@ ALTER TABLE sip_users ADD COLUMN ha1_md5 TEXT;
 ALTER TABLE sip_users ADD COLUMN ha1_sha256 TEXT;
 ALTER TABLE sip_users ADD COLUMN ha1_realm TEXT;
 "#,
+    // 5: a change counter for what the SIP layer keeps in memory (SIP users' HA1 values,
+    // trunks' inbound addresses, numbers), bumped by triggers whoever writes, so a process
+    // sees another's changes by reading one row. A trunk's delete cascades to its addresses,
+    // whose triggers fire. SQLite has only row triggers: a bulk write bumps it many times,
+    // which is harmless.
+    r#"
+CREATE TABLE directory_version (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
+INSERT INTO directory_version (id, version) VALUES (1, 0);
+CREATE TRIGGER sip_users_insert_directory AFTER INSERT ON sip_users
+    BEGIN UPDATE directory_version SET version = version + 1 WHERE id = 1; END;
+CREATE TRIGGER sip_users_update_directory AFTER UPDATE ON sip_users
+    BEGIN UPDATE directory_version SET version = version + 1 WHERE id = 1; END;
+CREATE TRIGGER sip_users_delete_directory AFTER DELETE ON sip_users
+    BEGIN UPDATE directory_version SET version = version + 1 WHERE id = 1; END;
+CREATE TRIGGER trunk_inbound_addresses_insert_directory AFTER INSERT ON trunk_inbound_addresses
+    BEGIN UPDATE directory_version SET version = version + 1 WHERE id = 1; END;
+CREATE TRIGGER trunk_inbound_addresses_update_directory AFTER UPDATE ON trunk_inbound_addresses
+    BEGIN UPDATE directory_version SET version = version + 1 WHERE id = 1; END;
+CREATE TRIGGER trunk_inbound_addresses_delete_directory AFTER DELETE ON trunk_inbound_addresses
+    BEGIN UPDATE directory_version SET version = version + 1 WHERE id = 1; END;
+CREATE TRIGGER numbers_insert_directory AFTER INSERT ON numbers
+    BEGIN UPDATE directory_version SET version = version + 1 WHERE id = 1; END;
+CREATE TRIGGER numbers_update_directory AFTER UPDATE ON numbers
+    BEGIN UPDATE directory_version SET version = version + 1 WHERE id = 1; END;
+CREATE TRIGGER numbers_delete_directory AFTER DELETE ON numbers
+    BEGIN UPDATE directory_version SET version = version + 1 WHERE id = 1; END;
+"#,
 ];
 
 /// Steps written in Rust that run after a version's SQL, in the same transaction.

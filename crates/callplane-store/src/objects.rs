@@ -109,7 +109,7 @@ impl Store {
 
     /// A number without its tenant (see [`Store::find_number`] for call routing).
     pub fn get_number(&self, number: &str) -> Result<Option<Number>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {NUMBER_COLS} FROM numbers n WHERE n.number = ?1"
         ))?;
@@ -123,7 +123,7 @@ impl Store {
         &self,
         customer_number: i64,
     ) -> Result<Option<Tenant>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {TENANT_COLS} FROM tenants WHERE customer_number = ?1"
         ))?;
@@ -134,7 +134,7 @@ impl Store {
 
     /// The tenants of one reseller, by name.
     pub fn list_tenants_of_reseller(&self, reseller: &str) -> Result<Vec<Tenant>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {TENANT_COLS} FROM tenants WHERE reseller = ?1 ORDER BY name"
         ))?;
@@ -144,7 +144,7 @@ impl Store {
 
     /// One tenant's numbers, by number.
     pub fn list_numbers_of(&self, tenant: &str) -> Result<Vec<Number>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {NUMBER_COLS} FROM numbers n WHERE n.tenant = ?1 ORDER BY n.number"
         ))?;
@@ -154,7 +154,7 @@ impl Store {
 
     /// One tenant's SIP users, by username.
     pub fn list_sip_users_of(&self, tenant: &str) -> Result<Vec<SipUser>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {SIP_USER_COLS} FROM sip_users WHERE tenant = ?1 ORDER BY username"
         ))?;
@@ -164,7 +164,7 @@ impl Store {
 
     /// One tenant's trunks, by name.
     pub fn list_trunks_of(&self, tenant: &str) -> Result<Vec<Trunk>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let trunks: Vec<Trunk> = conn
             .prepare_cached(&format!(
                 "SELECT {TRUNK_COLS} FROM trunks WHERE tenant = ?1 ORDER BY name"
@@ -179,7 +179,7 @@ impl Store {
 
     /// One tenant's routing plans, by name.
     pub fn list_routing_plans_of(&self, tenant: &str) -> Result<Vec<RoutingPlan>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {PLAN_COLS} FROM routing_plans WHERE tenant = ?1 ORDER BY name"
         ))?;
@@ -189,7 +189,7 @@ impl Store {
 
     /// One tenant's announcements, by name.
     pub fn list_announcements_of(&self, tenant: &str) -> Result<Vec<Announcement>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {ANNOUNCEMENT_COLS} FROM announcements WHERE tenant = ?1 ORDER BY name"
         ))?;
@@ -199,7 +199,7 @@ impl Store {
 
     /// What a tenant still owns.
     pub fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let count = |table: &str| -> Result<usize, StoreError> {
             let n: i64 = conn
                 .prepare_cached(&format!("SELECT count(*) FROM {table} WHERE tenant = ?1"))?
@@ -217,7 +217,7 @@ impl Store {
 
     /// The numbers routed to a plan, by number.
     pub fn numbers_using_plan(&self, tenant: &str, plan: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT number FROM numbers WHERE tenant = ?1 AND routing_plan = ?2 ORDER BY number",
         )?;
@@ -277,6 +277,13 @@ impl Store {
             .prepare_cached(sql)?
             .execute(rusqlite::params_from_iter(key))?;
         tx.commit()?;
+        drop(conn);
+        // Only numbers, SIP users and trunks are in the SIP directory; the others cannot
+        // be deleted while one of those refers to them.
+        let table = sql.split_whitespace().nth(2).unwrap_or("");
+        if n > 0 && matches!(table, "numbers" | "sip_users" | "trunks") {
+            self.directory_changed();
+        }
         Ok(n > 0)
     }
 }

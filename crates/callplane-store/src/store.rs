@@ -1,7 +1,8 @@
 //! The SQLite store: opening and migrating the database file, syncing provisioned objects
 //! into it, and the lookups the SIP and engine crates make per call. CDRs are in `cdr.rs`.
 
-use std::path::Path;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use md5::Md5;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
+use crate::directory::DirectoryCell;
 use crate::error::StoreError;
 use crate::migrations;
 use crate::model::{
@@ -53,14 +55,80 @@ impl std::fmt::Debug for SipCredentials {
     }
 }
 
-/// Handle to the database. Cheap to clone; all clones share one connection.
+/// Handle to the database. Cheap to clone. Clones share one connection for writes (and the
+/// multi-statement reads of the API), a pool of read connections for the point look-ups of
+/// calls and requests, and the in-memory [`SipDirectoryView`](crate::SipDirectoryView).
+/// [`Store::own_connection`] gives a clone with a write connection of its own (the CDR
+/// writer's), so a slow CDR commit never holds up request handling and the reverse.
 #[derive(Debug, Clone)]
 pub struct Store {
-    // One connection behind a mutex: SQLite serializes writers anyway, and the per-call
-    // lookups are indexed point queries, so contention stays negligible at this scale.
+    // SQLite serializes writers anyway; the mutex only orders this connection's users.
     conn: Arc<Mutex<Connection>>,
+    /// `None` for an in-memory database (a private one cannot be opened twice): reads then
+    /// use `conn`.
+    readers: Option<Arc<ReaderPool>>,
     /// The SIP digest realm that new passwords are hashed for.
     realm: Arc<str>,
+    directory: Arc<DirectoryCell>,
+}
+
+/// Read connections to the database file, opened on demand and kept for reuse. In WAL mode
+/// a reader never waits for a writer, in this process or another.
+#[derive(Debug)]
+pub(crate) struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Read connections kept open when idle; more are opened under load and closed after use.
+const IDLE_READERS: usize = 8;
+
+/// A read connection, returned to its pool on drop.
+pub(crate) enum ReadConn<'a> {
+    Pooled {
+        pool: &'a ReaderPool,
+        conn: Option<Connection>,
+    },
+    Shared(MutexGuard<'a, Connection>),
+}
+
+impl Deref for ReadConn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            // `conn` is only taken in drop.
+            ReadConn::Pooled { conn, .. } => conn.as_ref().expect("read connection present"),
+            ReadConn::Shared(g) => g,
+        }
+    }
+}
+
+impl DerefMut for ReadConn<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        match self {
+            ReadConn::Pooled { conn, .. } => conn.as_mut().expect("read connection present"),
+            ReadConn::Shared(g) => g,
+        }
+    }
+}
+
+impl Drop for ReadConn<'_> {
+    fn drop(&mut self) {
+        if let ReadConn::Pooled { pool, conn } = self {
+            if let Some(c) = conn.take() {
+                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                if idle.len() < IDLE_READERS && c.is_autocommit() {
+                    idle.push(c);
+                }
+            }
+        }
+    }
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    Ok(conn)
 }
 
 impl Store {
@@ -78,9 +146,8 @@ impl Store {
             source,
         };
         private_fs::prepare_db_file(path).map_err(files_err)?;
-        let mut conn = Connection::open(path).map_err(open_err)?;
-        configure(&conn).map_err(open_err)?;
-        // WAL lets readers (API, a CLI) run while the CDR writer writes. The default
+        let mut conn = open_connection(path).map_err(open_err)?;
+        // WAL lets readers (calls, the API, a CLI) run while a writer writes. The default
         // synchronous=FULL is kept: a committed CDR must survive a power cut.
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
@@ -92,8 +159,13 @@ impl Store {
         // SQLite made the -wal and -shm files now; they get the database's mode, but an
         // older installation may have left them more open.
         private_fs::restrict_db_files(path).map_err(files_err)?;
-        let store = Store::from_connection(conn, realm);
+        let mut store = Store::from_connection(conn, realm);
+        store.readers = Some(Arc::new(ReaderPool {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        }));
         store.warn_other_realm()?;
+        store.reload_directory()?;
         Ok(store)
     }
 
@@ -103,14 +175,39 @@ impl Store {
         let mut conn = Connection::open_in_memory()?;
         configure(&conn)?;
         migrations::migrate(&mut conn, DEFAULT_REALM)?;
-        Ok(Store::from_connection(conn, DEFAULT_REALM))
+        let store = Store::from_connection(conn, DEFAULT_REALM);
+        store.reload_directory()?;
+        Ok(store)
     }
 
     fn from_connection(conn: Connection, realm: &str) -> Store {
         Store {
             conn: Arc::new(Mutex::new(conn)),
+            readers: None,
             realm: realm.into(),
+            directory: Arc::default(),
         }
+    }
+
+    /// A clone with a write connection of its own (sharing the read pool and the directory),
+    /// so that its writes and this store's never queue behind each other in this process.
+    /// An in-memory store has only one connection and returns a plain clone.
+    pub fn own_connection(&self) -> Result<Store, StoreError> {
+        let Some(pool) = &self.readers else {
+            return Ok(self.clone());
+        };
+        let conn = open_connection(&pool.path).map_err(|source| StoreError::Open {
+            path: pool.path.clone(),
+            source,
+        })?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            ..self.clone()
+        })
+    }
+
+    pub(crate) fn directory_cell(&self) -> &DirectoryCell {
+        &self.directory
     }
 
     /// The SIP digest realm new passwords are hashed for.
@@ -120,7 +217,7 @@ impl Store {
 
     /// SIP users whose HA1 values were computed for another realm than the store's.
     pub fn sip_users_of_other_realm(&self) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT username FROM sip_users WHERE ha1_realm IS NOT ?1 ORDER BY username",
         )?;
@@ -149,7 +246,7 @@ impl Store {
         &self,
         username: &str,
     ) -> Result<Option<SipCredentials>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(
             "SELECT ha1_md5, ha1_sha256, ha1_realm FROM sip_users WHERE username = ?1 \
              AND ha1_md5 IS NOT NULL AND ha1_sha256 IS NOT NULL AND ha1_realm IS NOT NULL",
@@ -167,13 +264,46 @@ impl Store {
 
     /// The schema version of the open database (`PRAGMA user_version`).
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        migrations::current_version(&self.conn())
+        migrations::current_version(&self.read())
     }
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a half-done write behind: every write
         // is in a transaction that rolls back on drop. So a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection for reads: from the pool (opened if none is idle), or the shared one for
+    /// an in-memory database or when a new connection cannot be opened.
+    pub(crate) fn read(&self) -> ReadConn<'_> {
+        let Some(pool) = &self.readers else {
+            return ReadConn::Shared(self.conn());
+        };
+        let idle = pool
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => match open_connection(&pool.path) {
+                Ok(c) => {
+                    // A reader that cannot write by mistake.
+                    if let Err(e) = c.pragma_update(None, "query_only", true) {
+                        tracing::debug!(error = %e, "cannot make a read connection query-only");
+                    }
+                    c
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open a read connection; using the shared one");
+                    return ReadConn::Shared(self.conn());
+                }
+            },
+        };
+        ReadConn::Pooled {
+            pool,
+            conn: Some(conn),
+        }
     }
 
     /// Inserts or updates (by natural key) every object of `p` in one transaction. Each
@@ -219,12 +349,16 @@ impl Store {
             upsert_number(&tx, n)?;
         }
         tx.commit()?;
+        drop(conn);
+        if !(p.sip_users.is_empty() && p.trunks.is_empty() && p.numbers.is_empty()) {
+            self.directory_changed();
+        }
         Ok(())
     }
 
     /// Everything provisioned, as one consistent snapshot (e.g. to export a config file).
     pub fn export_provisioning(&self) -> Result<Provisioning, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.read();
         // A read transaction so that all lists come from the same snapshot.
         let tx = conn.transaction()?;
         let p = Provisioning {
@@ -241,7 +375,7 @@ impl Store {
 
     /// The number (DNIS) and its tenant, for routing an inbound call.
     pub fn find_number(&self, number: &str) -> Result<Option<(Number, Tenant)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {NUMBER_COLS}, {TENANT_COLS_T} FROM numbers n \
              JOIN tenants t ON t.name = n.tenant WHERE n.number = ?1"
@@ -255,7 +389,7 @@ impl Store {
     }
 
     pub fn get_tenant(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {TENANT_COLS} FROM tenants WHERE name = ?1"
         ))?;
@@ -269,7 +403,7 @@ impl Store {
         tenant: &str,
         name: &str,
     ) -> Result<Option<RoutingPlan>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {PLAN_COLS} FROM routing_plans WHERE tenant = ?1 AND name = ?2"
         ))?;
@@ -278,7 +412,7 @@ impl Store {
 
     /// A SIP user by username; usernames are global because REGISTER carries no tenant.
     pub fn get_sip_user(&self, username: &str) -> Result<Option<SipUser>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {SIP_USER_COLS} FROM sip_users WHERE username = ?1"
         ))?;
@@ -286,7 +420,7 @@ impl Store {
     }
 
     pub fn get_trunk(&self, tenant: &str, name: &str) -> Result<Option<Trunk>, StoreError> {
-        load_trunk(&self.conn(), tenant, name)
+        load_trunk(&self.read(), tenant, name)
     }
 
     /// The trunk that lists `ip` among its inbound addresses. `ip` may be IPv4, IPv6 or
@@ -295,7 +429,7 @@ impl Store {
         let Some(ip) = canonical_ip(ip) else {
             return Ok(None);
         };
-        let conn = self.conn();
+        let conn = self.read();
         // Validation keeps addresses unique per provisioning set; if the database still holds
         // a duplicate, the ORDER BY makes the choice at least deterministic.
         let key = conn
@@ -318,7 +452,7 @@ impl Store {
         tenant: &str,
         name: &str,
     ) -> Result<Option<Announcement>, StoreError> {
-        let conn = self.conn();
+        let conn = self.read();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {ANNOUNCEMENT_COLS} FROM announcements WHERE tenant = ?1 AND name = ?2"
         ))?;
@@ -329,32 +463,32 @@ impl Store {
 
     /// All tenants, by name.
     pub fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        list_tenants(&self.conn())
+        list_tenants(&self.read())
     }
 
     /// All numbers, by number.
     pub fn list_numbers(&self) -> Result<Vec<Number>, StoreError> {
-        list_numbers(&self.conn())
+        list_numbers(&self.read())
     }
 
     /// All SIP users, by username.
     pub fn list_sip_users(&self) -> Result<Vec<SipUser>, StoreError> {
-        list_sip_users(&self.conn())
+        list_sip_users(&self.read())
     }
 
     /// All trunks, by tenant and name.
     pub fn list_trunks(&self) -> Result<Vec<Trunk>, StoreError> {
-        list_trunks(&self.conn())
+        list_trunks(&self.read())
     }
 
     /// All routing plans, by tenant and name.
     pub fn list_routing_plans(&self) -> Result<Vec<RoutingPlan>, StoreError> {
-        list_routing_plans(&self.conn())
+        list_routing_plans(&self.read())
     }
 
     /// All announcements, by tenant and name.
     pub fn list_announcements(&self) -> Result<Vec<Announcement>, StoreError> {
-        list_announcements(&self.conn())
+        list_announcements(&self.read())
     }
 }
 

@@ -1365,3 +1365,103 @@ fn migration_4_hashes_clear_sip_passwords_and_drops_them() {
         .unwrap();
     assert!(!cols.iter().any(|c| c == "password"), "{cols:?}");
 }
+
+#[test]
+fn sip_directory_follows_own_writes_at_once() {
+    let store = Store::open_in_memory().unwrap();
+    let d = store.sip_directory();
+    assert_eq!(d.sizes(), (0, 0, 0));
+    store.apply_provisioning(&sample()).unwrap();
+    let d = store.sip_directory();
+    assert_eq!(d.sizes(), (2, 2, 2));
+    let alice = d.credentials("alice").unwrap();
+    assert_eq!(alice.realm, DEFAULT_REALM);
+    assert_eq!(
+        alice.ha1_md5,
+        ha1("md5", &format!("alice:{DEFAULT_REALM}:pw-alice"))
+    );
+    assert!(d.credentials("nobody").is_none());
+    assert!(d.is_trunk_address("192.0.2.10".parse().unwrap()));
+    assert!(d.is_trunk_address("::ffff:192.0.2.10".parse().unwrap()));
+    assert!(d.is_trunk_address("2001:db8::10".parse().unwrap()));
+    assert!(!d.is_trunk_address("192.0.2.11".parse().unwrap()));
+    assert!(d.has_number("100") && !d.has_number("101"));
+
+    assert!(store.delete_number("100").unwrap());
+    assert!(!store.sip_directory().has_number("100"));
+    assert!(store.delete_sip_user("alice").unwrap());
+    assert!(store.sip_directory().credentials("alice").is_none());
+    // A trunk's addresses go with it (the cascade's triggers count too).
+    let mut p = sample();
+    p.tenants[0].default_trunk = None;
+    store
+        .apply_provisioning(&one(|q| q.tenants = p.tenants.clone()))
+        .unwrap();
+    assert!(store.delete_trunk("acme", "carrier").unwrap());
+    assert!(!store
+        .sip_directory()
+        .is_trunk_address("192.0.2.10".parse().unwrap()));
+}
+
+#[test]
+fn sip_directory_sees_another_process_s_writes_through_the_watcher() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
+    store.apply_provisioning(&sample()).unwrap();
+    store
+        .watch_directory(std::time::Duration::from_millis(20))
+        .unwrap();
+    let before = store.sip_directory().version();
+    // Another process (a CLI) adds a number behind our back.
+    let other = rusqlite::Connection::open(dir.db()).unwrap();
+    other
+        .execute(
+            "INSERT INTO numbers (number, tenant, routing_plan) VALUES ('555', 'beta', 'ivr')",
+            [],
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !store.sip_directory().has_number("555") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watcher never reloaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(store.sip_directory().version() > before);
+}
+
+#[test]
+fn reads_and_the_directory_do_not_wait_for_a_held_write_lock() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.db(), DEFAULT_REALM).unwrap();
+    store.apply_provisioning(&sample()).unwrap();
+    let writer = CdrWriter::spawn(store.clone());
+
+    // Another process holds the write lock, and our CDR writer is stuck behind it.
+    let other = rusqlite::Connection::open(dir.db()).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    other
+        .execute(
+            "UPDATE directory_version SET version = version WHERE id = 1",
+            [],
+        )
+        .unwrap();
+    writer.write(sample_cdr("queued", t(16, 0, 0, 0))).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+
+    let started = std::time::Instant::now();
+    for _ in 0..100 {
+        assert!(store.find_number("100").unwrap().is_some());
+        assert!(store.get_routing_plan("beta", "ivr").unwrap().is_some());
+        assert!(store.sip_directory().credentials("alice").is_some());
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(500),
+        "reads waited for the lock: {took:?}"
+    );
+    other.execute_batch("COMMIT").unwrap();
+    writer.flush();
+    assert!(store.get_cdr("queued").unwrap().is_some());
+}

@@ -55,6 +55,12 @@ impl CdrWriter {
     /// Starts the writer thread. If the OS refuses a thread, the writer still works:
     /// every `write` then inserts synchronously.
     pub fn spawn(store: Store) -> CdrWriter {
+        // A write connection of its own: a commit waiting for the disk or for another
+        // process's lock never holds up the API's or the calls' use of the store.
+        let store = store.own_connection().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot open a connection for the CDR writer; sharing one");
+            store
+        });
         // Unbounded: a CDR is small, and blocking a call task because the disk is slow
         // would be worse than holding a backlog in memory.
         let (tx, rx) = mpsc::channel();

@@ -205,7 +205,8 @@ fn apply_api_keys(store: &Store, cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The registrar and INVITE policy's view of the store.
+/// The registrar and INVITE policy's view of the store: the store's in-memory SIP directory,
+/// so the SIP dispatch loop never runs a query (see `callplane_store::SipDirectoryView`).
 struct Directory {
     store: Store,
     trusted: Vec<Network>,
@@ -214,30 +215,25 @@ struct Directory {
 
 impl SipDirectory for Directory {
     fn sip_user_ha1(&self, username: &str, algorithm: Algorithm) -> Option<String> {
-        let c = self.store.sip_user_credentials(username).ok().flatten()?;
+        let d = self.store.sip_directory();
+        let c = d.credentials(username)?;
         // HA1 computed for another realm cannot verify here (warned about at start).
         if c.realm != self.realm {
             return None;
         }
         Some(match algorithm {
-            Algorithm::Md5 => c.ha1_md5,
-            Algorithm::Sha256 => c.ha1_sha256,
+            Algorithm::Md5 => c.ha1_md5.clone(),
+            Algorithm::Sha256 => c.ha1_sha256.clone(),
         })
     }
 
     fn is_trusted_source(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|n| n.contains(ip))
-            || self
-                .store
-                .find_trunk_by_source_ip(&ip.to_string())
-                .ok()
-                .flatten()
-                .is_some()
+            || self.store.sip_directory().is_trunk_address(ip)
     }
 
     fn number_exists(&self, number: &str) -> bool {
-        // A failing store answers "exists": the call then goes on to the engine's own answer.
-        !matches!(self.store.find_number(number), Ok(None))
+        self.store.sip_directory().has_number(number)
     }
 }
 
@@ -445,6 +441,11 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
         trusted,
         realm: s.realm.clone(),
     });
+    // Changes made by another process (a CLI, a second instance on the same file) reach the
+    // in-memory directory within this interval; this process's own writes reload it at once.
+    if let Err(e) = store.watch_directory(callplane_store::DIRECTORY_WATCH_INTERVAL) {
+        warn!(error = %e, "cannot start the SIP directory watcher: changes from other processes need a restart");
+    }
     let descriptors = raise_descriptor_limit();
     start_heap_trimmer();
     let budget = ConnectionBudget::new(
