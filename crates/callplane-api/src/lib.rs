@@ -21,6 +21,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use callplane_store::{Announcement, Number, RoutingPlan, SipUser, Store, Trunk};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,15 +32,31 @@ pub use auth::{generate_key, hash_key, resolve_api_key, MIN_KEY_CHARS};
 pub use body::{JSON_BODY_LIMIT, WAV_BODY_LIMIT};
 pub use calls::CallControl;
 pub use error::ApiError;
+/// The metrics client `MetricsSource` encodes with, for implementors.
+pub use prometheus_client;
 pub use serve::{HttpLimits, HttpServer};
 
-/// Where the server reads the figures it reports.
+/// Where the server reads the figures it reports: encoded on every scrape with
+/// prometheus-client (the Prometheus project's client) in the OpenMetrics text format.
 pub trait MetricsSource: Send + Sync + 'static {
-    /// `(name, help, kind, value)` rows in Prometheus terms (`gauge` or `counter`).
-    fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, f64)>;
+    /// Encodes every series: `encoder.encode_descriptor(name, help, unit, type)` per metric
+    /// (counters without their `_total`, which the encoder appends).
+    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result;
+}
 
-    /// Appends series with labels (per tenant…), already in the Prometheus text format.
-    fn render_labelled(&self, _out: &mut String) {}
+/// The source as a prometheus-client collector.
+struct SourceCollector(Shared);
+
+impl std::fmt::Debug for SourceCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceCollector")
+    }
+}
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.0.encode(&mut encoder)
+    }
 }
 
 type Shared = Arc<dyn MetricsSource>;
@@ -67,10 +86,12 @@ impl ApiState {
 
 /// The operational endpoints only.
 pub fn router(source: Shared) -> Router {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SourceCollector(source)));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(source)
+        .with_state(Arc::new(registry))
 }
 
 /// The whole server: the operational endpoints and the `/v1` API, with JSON errors for
@@ -166,15 +187,24 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn metrics(State(source): State<Shared>) -> impl IntoResponse {
+async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     let mut out = String::new();
-    for (name, help, kind, value) in source.metrics() {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::warn!(error = %e, "cannot encode /metrics");
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "metrics could not be encoded\n".to_string(),
+        );
     }
-    source.render_labelled(&mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    (
+        axum::http::StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
 }
 
 /// Binds the listener (an address in use is an error now) and returns it with the app.

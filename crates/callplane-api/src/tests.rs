@@ -27,8 +27,11 @@ const ACCOUNT: &str = "test-account-key-alice";
 struct NoMetrics;
 
 impl MetricsSource for NoMetrics {
-    fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
-        vec![]
+    fn encode(
+        &self,
+        _encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        Ok(())
     }
 }
 

@@ -107,30 +107,14 @@ impl Engine {
         self.svc.calls.get(call_id).map(|h| h.tenant)
     }
 
-    /// Webhook requests by tenant, kind and outcome, and their latency, in the Prometheus
-    /// text format.
-    pub fn render_webhook_metrics(&self, out: &mut String) {
-        self.svc.webhooks.metrics().render(out);
+    /// Webhook requests by tenant and kind, for `/metrics`.
+    pub fn webhook_series(&self) -> Vec<crate::webhook::WebhookSeries> {
+        self.svc.webhooks.metrics().series()
     }
 
-    /// `callplane_call_events_total{type,cause}`: call events published on the bus.
-    pub fn render_event_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        out.push_str(
-            "# HELP callplane_call_events_total Call events published on the event bus
-             # TYPE callplane_call_events_total counter
-",
-        );
-        for (kind, cause, n) in self.event_counters.snapshot() {
-            let _ = if cause.is_empty() {
-                writeln!(out, "callplane_call_events_total{{type=\"{kind}\"}} {n}")
-            } else {
-                writeln!(
-                    out,
-                    "callplane_call_events_total{{type=\"{kind}\",cause=\"{cause}\"}} {n}"
-                )
-            };
-        }
+    /// Call events published on the bus: `(event type, hangup cause or "", count)`, sorted.
+    pub fn event_counts(&self) -> Vec<(&'static str, String, u64)> {
+        self.event_counters.snapshot()
     }
 
     /// Asks the call's actor to stop its running block (the next webhook request goes out at

@@ -312,64 +312,52 @@ impl WebhookMetrics {
         }
     }
 
-    /// Appends the series in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
+    /// Every (tenant, kind) seen, sorted, for `/metrics`.
+    pub fn series(&self) -> Vec<WebhookSeries> {
         let map = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         let mut keys: Vec<&(String, WebhookKind)> = map.keys().collect();
         keys.sort();
-        out.push_str("# HELP callplane_webhook_requests_total Webhook requests by tenant, kind and outcome\n# TYPE callplane_webhook_requests_total counter\n");
-        for k in &keys {
-            let s = &map[*k];
-            for o in OUTCOMES {
-                let _ = writeln!(
-                    out,
-                    "callplane_webhook_requests_total{{tenant=\"{}\",kind=\"{}\",outcome=\"{}\"}} {}",
-                    escape_label(&k.0),
-                    k.1.as_str(),
-                    o.as_str(),
-                    s.outcomes[o.index()]
-                );
-            }
-        }
-        out.push_str("# HELP callplane_webhook_duration_seconds Time from sending a webhook request to its answer (or failure)\n# TYPE callplane_webhook_duration_seconds histogram\n");
-        for k in &keys {
-            let s = &map[*k];
-            let labels = format!(
-                "tenant=\"{}\",kind=\"{}\"",
-                escape_label(&k.0),
-                k.1.as_str()
-            );
-            for (i, le) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "callplane_webhook_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}",
-                    s.buckets[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "callplane_webhook_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                s.count
-            );
-            let _ = writeln!(
-                out,
-                "callplane_webhook_duration_seconds_sum{{{labels}}} {}",
-                s.sum
-            );
-            let _ = writeln!(
-                out,
-                "callplane_webhook_duration_seconds_count{{{labels}}} {}",
-                s.count
-            );
-        }
+        keys.into_iter()
+            .map(|k| {
+                let s = &map[k];
+                // Stored cumulative (each request counts in every bucket it fits); handed out
+                // per bucket, with the last one unbounded.
+                let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
+                let mut below = 0;
+                for (le, n) in BUCKETS.iter().zip(s.buckets) {
+                    buckets.push((*le, n - below));
+                    below = n;
+                }
+                buckets.push((f64::INFINITY, s.count - below));
+                WebhookSeries {
+                    tenant: k.0.clone(),
+                    kind: k.1.as_str(),
+                    outcomes: OUTCOMES
+                        .iter()
+                        .map(|o| (o.as_str(), s.outcomes[o.index()]))
+                        .collect(),
+                    buckets,
+                    sum: s.sum,
+                    count: s.count,
+                }
+            })
+            .collect()
     }
 }
 
-/// Escapes a Prometheus label value (backslash, quote, newline).
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// One tenant's requests of one kind: by outcome, and their latency histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookSeries {
+    pub tenant: String,
+    pub kind: &'static str,
+    /// `(outcome, requests)` for every outcome, in a fixed order.
+    pub outcomes: Vec<(&'static str, u64)>,
+    /// `(upper bound in seconds, requests in this bucket)`, not cumulative; the last bound is
+    /// infinity.
+    pub buckets: Vec<(f64, u64)>,
+    /// Seconds, over all requests.
+    pub sum: f64,
+    pub count: u64,
 }
 
 #[cfg(test)]
@@ -386,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn metrics_render_counts_and_buckets() {
+    fn metrics_series_count_outcomes_and_buckets() {
         let m = WebhookMetrics::default();
         m.record(
             "acme",
@@ -400,23 +388,25 @@ mod tests {
             Outcome::Timeout,
             Duration::from_secs(5),
         );
-        let mut out = String::new();
-        m.render(&mut out);
-        assert!(out.contains(
-            "callplane_webhook_requests_total{tenant=\"acme\",kind=\"call_control\",outcome=\"ok\"} 1"
-        ));
-        assert!(out.contains(
-            "callplane_webhook_requests_total{tenant=\"acme\",kind=\"call_control\",outcome=\"timeout\"} 1"
-        ));
-        assert!(out.contains(
-            "callplane_webhook_duration_seconds_bucket{tenant=\"acme\",kind=\"call_control\",le=\"0.005\"} 1"
-        ));
-        assert!(out.contains(
-            "callplane_webhook_duration_seconds_bucket{tenant=\"acme\",kind=\"call_control\",le=\"+Inf\"} 2"
-        ));
-        assert!(out.contains(
-            "callplane_webhook_duration_seconds_count{tenant=\"acme\",kind=\"call_control\"} 2"
-        ));
+        let series = m.series();
+        assert_eq!(series.len(), 1);
+        let s = &series[0];
+        assert_eq!(
+            (s.tenant.as_str(), s.kind, s.count),
+            ("acme", "call_control", 2)
+        );
+        let outcome = |o: &str| s.outcomes.iter().find(|(n, _)| *n == o).map(|(_, c)| *c);
+        assert_eq!(outcome("ok"), Some(1));
+        assert_eq!(outcome("timeout"), Some(1));
+        assert_eq!(outcome("http_error"), Some(0));
+        // 3 ms in the 5 ms bucket, 5 s in the 5 s bucket; per bucket, not cumulative.
+        let bucket = |le: f64| s.buckets.iter().find(|(b, _)| *b == le).map(|(_, c)| *c);
+        assert_eq!(bucket(0.005), Some(1));
+        assert_eq!(bucket(0.01), Some(0));
+        assert_eq!(bucket(5.0), Some(1));
+        assert_eq!(s.buckets.last(), Some(&(f64::INFINITY, 0)));
+        assert_eq!(s.buckets.iter().map(|(_, c)| c).sum::<u64>(), 2);
+        assert!((s.sum - 5.003).abs() < 1e-9);
     }
 
     #[test]
@@ -424,11 +414,6 @@ mod tests {
         for (i, o) in OUTCOMES.iter().enumerate() {
             assert_eq!(o.index(), i, "{o:?}");
         }
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod config;
 mod logging;
+mod metrics;
 
 use anyhow::{bail, Context};
 use callplane_engine::prompts::{find_program, PromptConfig};
@@ -246,138 +247,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "callplane".into())
 }
 
-struct Metrics {
-    engine: Engine,
-    sip: SipServer,
-    media: MediaEngine,
-    /// Set once the HTTP listener is bound (it is made after its metrics source).
-    http_connections: std::sync::OnceLock<callplane_sip::listen::ConnectionCounter>,
-}
-
-impl callplane_api::MetricsSource for Metrics {
-    fn render_labelled(&self, out: &mut String) {
-        self.engine.render_webhook_metrics(out);
-        self.engine.render_event_metrics(out);
-        self.media.room_totals().render_prometheus(out);
-    }
-
-    fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
-        let m = self.media.totals();
-        let r = self.media.room_totals();
-        let (invites_dropped, invites_held) = self.sip.failed_invites();
-        vec![
-            (
-                "callplane_calls_active",
-                "Calls in progress",
-                "gauge",
-                self.engine.active_calls() as f64,
-            ),
-            (
-                "callplane_calls_finished_total",
-                "Calls finished since start",
-                "counter",
-                self.engine.finished_calls() as f64,
-            ),
-            (
-                "callplane_sip_dialogs",
-                "Live SIP dialogs",
-                "gauge",
-                self.sip.dialog_count() as f64,
-            ),
-            (
-                "callplane_sip_tcp_connections",
-                "Open SIP/TCP connections",
-                "gauge",
-                self.sip.tcp_connections() as f64,
-            ),
-            (
-                "callplane_http_connections",
-                "Open HTTP connections",
-                "gauge",
-                self.http_connections.get().map_or(0, |c| c.open()) as f64,
-            ),
-            (
-                "callplane_sip_failed_invites_dropped_total",
-                "INVITEs that would fail dropped unanswered (failed-INVITE limits)",
-                "counter",
-                invites_dropped as f64,
-            ),
-            (
-                "callplane_sip_failed_invites_held",
-                "Failed INVITE transactions held (waiting for ACK or Timer H)",
-                "gauge",
-                invites_held as f64,
-            ),
-            (
-                "callplane_sip_transactions",
-                "Running SIP transactions",
-                "gauge",
-                self.sip.running_transactions() as f64,
-            ),
-            (
-                "callplane_rtp_legs",
-                "Open RTP legs",
-                "gauge",
-                m.legs as f64,
-            ),
-            (
-                "callplane_rtp_packets_received_total",
-                "RTP packets received",
-                "counter",
-                m.packets_received as f64,
-            ),
-            (
-                "callplane_rtp_packets_sent_total",
-                "RTP packets sent",
-                "counter",
-                m.packets_sent as f64,
-            ),
-            (
-                "callplane_rtp_packets_lost_total",
-                "RTP packets lost (sequence gaps)",
-                "counter",
-                m.packets_lost as f64,
-            ),
-            (
-                "callplane_rtp_late_frames_total",
-                "RTP frames that arrived late or out of order",
-                "counter",
-                m.late_frames as f64,
-            ),
-            (
-                "callplane_rooms",
-                "Rooms open (conferences)",
-                "gauge",
-                r.rooms as f64,
-            ),
-            (
-                "callplane_room_members",
-                "Call legs in rooms",
-                "gauge",
-                r.members as f64,
-            ),
-            (
-                "callplane_room_ticks_total",
-                "Mixing ticks run by rooms (20 ms each)",
-                "counter",
-                r.ticks as f64,
-            ),
-            (
-                "callplane_room_mixed_frames_sent_total",
-                "Mixed frames sent to room members",
-                "counter",
-                r.mixed_frames_sent as f64,
-            ),
-            (
-                "callplane_room_send_errors_total",
-                "Mixed frames whose send failed",
-                "counter",
-                r.send_errors as f64,
-            ),
-        ]
-    }
-}
-
 fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -520,7 +389,7 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
 
     let mut http_addr = None;
     if let Some(addr) = s.http {
-        let source = Arc::new(Metrics {
+        let source = Arc::new(metrics::Metrics {
             engine: engine.clone(),
             sip: sip.clone(),
             media: media.clone(),

@@ -13,7 +13,6 @@ use super::*;
 use crate::room::{
     decode_frame, Audience, Frame, MemberId, MemberKind, MixOutput, Mixer, RoomGraph,
 };
-use std::fmt::Write as _;
 
 /// Frames a member leg may have queued for the room; beyond this the oldest are dropped so a
 /// sender whose clock runs fast cannot build up delay.
@@ -108,37 +107,6 @@ pub struct RoomTotals {
     pub mixed_frames_sent: u64,
     /// Mixed frames whose send failed (socket buffer full, no route).
     pub send_errors: u64,
-}
-
-impl RoomTotals {
-    /// Appends the tick histogram and the drop counters in the Prometheus text format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        out.push_str("# HELP callplane_room_tick_seconds Duration of a room's mixing tick, from its start to the last mix sent\n# TYPE callplane_room_tick_seconds histogram\n");
-        let mut acc = 0;
-        for (le, n) in TICK_BUCKETS.iter().zip(&self.tick_buckets) {
-            acc += n;
-            let _ = writeln!(
-                out,
-                "callplane_room_tick_seconds_bucket{{le=\"{le}\"}} {acc}"
-            );
-        }
-        acc += self.tick_buckets[TICK_BUCKETS.len()];
-        let _ = writeln!(
-            out,
-            "callplane_room_tick_seconds_bucket{{le=\"+Inf\"}} {acc}"
-        );
-        let _ = writeln!(
-            out,
-            "callplane_room_tick_seconds_sum {}",
-            self.tick_seconds_sum
-        );
-        let _ = writeln!(out, "callplane_room_tick_seconds_count {acc}");
-        let _ = write!(
-            out,
-            "# HELP callplane_room_frames_dropped_total Member frames a room dropped: its queue for the member was full, or the member's jitter queue was trimmed\n# TYPE callplane_room_frames_dropped_total counter\ncallplane_room_frames_dropped_total{{reason=\"queue_full\"}} {}\ncallplane_room_frames_dropped_total{{reason=\"jitter_trim\"}} {}\n",
-            self.frames_dropped_queue_full, self.frames_dropped_jitter
-        );
-    }
 }
 
 /// Keeps the open-rooms gauge and its members' count right however the room task ends.
@@ -781,7 +749,7 @@ mod stats_tests {
     use std::net::Ipv4Addr;
 
     #[test]
-    fn tick_histogram_renders_cumulative_buckets() {
+    fn tick_histogram_counts_per_bucket() {
         let stats = RoomStats::default();
         stats.record_tick(Duration::from_micros(30), 5, 0, 0);
         stats.record_tick(Duration::from_micros(50), 5, 0, 1);
@@ -794,27 +762,12 @@ mod stats_tests {
         assert_eq!(t.mixed_frames_sent, 19);
         assert_eq!(t.send_errors, 1);
         assert_eq!(t.frames_dropped_jitter, 1);
-        let mut out = String::new();
-        t.render_prometheus(&mut out);
-        for line in [
-            "# TYPE callplane_room_tick_seconds histogram",
-            "callplane_room_tick_seconds_bucket{le=\"0.00005\"} 2",
-            "callplane_room_tick_seconds_bucket{le=\"0.0005\"} 2",
-            "callplane_room_tick_seconds_bucket{le=\"0.001\"} 3",
-            "callplane_room_tick_seconds_bucket{le=\"0.02\"} 3",
-            "callplane_room_tick_seconds_bucket{le=\"+Inf\"} 4",
-            "callplane_room_tick_seconds_count 4",
-            "callplane_room_frames_dropped_total{reason=\"queue_full\"} 2",
-            "callplane_room_frames_dropped_total{reason=\"jitter_trim\"} 1",
-        ] {
-            assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
-        }
-        let sum: f64 = out
-            .lines()
-            .find_map(|l| l.strip_prefix("callplane_room_tick_seconds_sum "))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN);
-        assert!((sum - 0.03078).abs() < 1e-9, "sum {sum}");
+        assert_eq!(t.frames_dropped_queue_full, 2);
+        assert!(
+            (t.tick_seconds_sum - 0.03078).abs() < 1e-9,
+            "sum {}",
+            t.tick_seconds_sum
+        );
     }
 
     /// Three legs in a room: the room counts itself, its members, its ticks and the mixes it
