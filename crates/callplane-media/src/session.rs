@@ -635,10 +635,12 @@ impl MediaLeg {
         self.send(Command::BridgeWith {
             peer_id: other.shared.id,
             peer_cmd: other.cmd.downgrade(),
+            room: None,
         });
         other.send(Command::BridgeWith {
             peer_id: self.shared.id,
             peer_cmd: self.cmd.downgrade(),
+            room: None,
         });
     }
 
@@ -704,10 +706,13 @@ enum Command {
     StopRecording,
     SetRtpTimeout(Option<Duration>),
     SetFillSilence(bool),
-    /// From the handle: this leg should bridge with `peer_id`.
+    /// From the handle (`room: None`: a plain bridge, which takes the leg out of any room) or
+    /// from a room on its fast path (`room: Some(id)`, ignored unless the leg is still in it):
+    /// this leg should bridge with `peer_id`.
     BridgeWith {
         peer_id: u64,
         peer_cmd: mpsc::WeakUnboundedSender<Command>,
+        room: Option<u64>,
     },
     /// From a peer task: here is my socket/stream and where I send. `reply` asks for
     /// the same back (the two legs process their BridgeWith in either order).
@@ -726,6 +731,11 @@ enum Command {
         from: u64,
     },
     Unbridge,
+    /// From a room leaving its fast path or ending: unbridge, if the leg is still in it (a
+    /// leg that moved on to another room or bridge keeps its new peer).
+    RoomUnbridge {
+        room_id: u64,
+    },
     /// Become a member of a room (see `room_io`).
     JoinRoom(room_io::RoomLink),
     /// From the room: hand decoded audio to it (mixer) or not (relay fast path).
@@ -1219,7 +1229,22 @@ impl LegTask {
                 self.fill_silence = on.then(|| self.shared.now_us(Instant::now()));
                 self.filling &= on;
             }
-            Command::BridgeWith { peer_id, peer_cmd } => {
+            Command::BridgeWith {
+                peer_id,
+                peer_cmd,
+                room,
+            } => {
+                match room {
+                    // A room's relay for a leg that has left it since: stale.
+                    Some(id) if self.room.as_ref().map(|r| r.room_id) != Some(id) => return,
+                    Some(_) => {}
+                    // A plain bridge: out of the room first.
+                    None => {
+                        if let Some(old) = self.room.take() {
+                            old.tell(room_io::RoomCmd::LegClosed { member: old.member });
+                        }
+                    }
+                }
                 if self.peer.as_ref().is_some_and(|p| p.id != peer_id) {
                     self.detach_peer();
                 }
@@ -1285,6 +1310,11 @@ impl LegTask {
                 }
             }
             Command::Unbridge => self.detach_peer(),
+            Command::RoomUnbridge { room_id } => {
+                if self.room.as_ref().is_some_and(|r| r.room_id == room_id) {
+                    self.detach_peer();
+                }
+            }
             Command::JoinRoom(link) => {
                 if let Some(old) = self.room.take() {
                     old.tell(room_io::RoomCmd::LegClosed { member: old.member });

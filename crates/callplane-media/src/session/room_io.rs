@@ -409,7 +409,7 @@ impl RoomTask {
         // The handle is gone: every leg leaves.
         if let Some((a, _)) = self.relay.take() {
             if let Some(MemberIo::Leg { cmd, .. }) = self.io(a) {
-                send_leg(cmd, Command::Unbridge);
+                send_leg(cmd, Command::RoomUnbridge { room_id: self.id });
             }
         }
         for m in &self.members {
@@ -573,8 +573,15 @@ impl RoomTask {
         self.graph.remove(member);
         if let MemberIo::Leg { cmd, .. } = &m.io {
             self.count.left();
-            if self.relay.is_some_and(|(a, b)| a == member || b == member) {
-                send_leg(cmd, Command::Unbridge);
+            if let Some((a, b)) = self.relay.filter(|(a, b)| *a == member || *b == member) {
+                // Both ends: the one that left may be in another room or bridge by now (it
+                // then ignores this), the one that stays must stop relaying to it.
+                let id = self.id;
+                send_leg(cmd, Command::RoomUnbridge { room_id: id });
+                let other = if a == member { b } else { a };
+                if let Some(MemberIo::Leg { cmd: o, .. }) = self.io(other) {
+                    send_leg(o, Command::RoomUnbridge { room_id: id });
+                }
                 self.relay = None;
             }
             send_leg(cmd, Command::LeaveRoom { room_id: self.id });
@@ -591,7 +598,7 @@ impl RoomTask {
         }
         if let Some((a, _)) = self.relay.take() {
             if let Some(MemberIo::Leg { cmd, .. }) = self.io(a) {
-                send_leg(cmd, Command::Unbridge);
+                send_leg(cmd, Command::RoomUnbridge { room_id: self.id });
             }
         }
         let relay_legs = fast.and_then(|(a, b)| match (self.io(a), self.io(b)) {
@@ -628,6 +635,7 @@ impl RoomTask {
                 Command::BridgeWith {
                     peer_id: ib,
                     peer_cmd: cb.clone(),
+                    room: Some(self.id),
                 },
             );
             send_leg(
@@ -635,6 +643,7 @@ impl RoomTask {
                 Command::BridgeWith {
                     peer_id: ia,
                     peer_cmd: ca,
+                    room: Some(self.id),
                 },
             );
             self.relay = fast;
