@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 pub use auth::{generate_key, hash_key, resolve_api_key, MIN_KEY_CHARS};
 pub use body::{JSON_BODY_LIMIT, WAV_BODY_LIMIT};
-pub use calls::CallControl;
+pub use calls::{CallControl, PlayFuture};
 pub use error::ApiError;
 /// The metrics client `MetricsSource` encodes with, for implementors.
 pub use prometheus_client;
@@ -162,6 +162,7 @@ api_routes! {
     get "/v1/apikeys/{name}" => apikeys::get_one;
     delete "/v1/apikeys/{name}" => apikeys::delete;
     post "/v1/calls/{id}/interrupt" => calls::interrupt;
+    post "/v1/calls/{id}/blocks" => calls::run_blocks;
 }
 
 /// The hand-written OpenAPI 3.1 description of [`ROUTES`].

@@ -53,6 +53,18 @@ impl CallControl for FakeCalls {
         }
         self.calls.contains_key(call_id)
     }
+
+    fn play_into_bridge(
+        &self,
+        call_id: &str,
+        _blocks: Vec<callplane_engine::blocks::Block>,
+    ) -> crate::calls::PlayFuture {
+        // The fake's calls are never bridged.
+        let known = self.calls.contains_key(call_id);
+        Box::pin(async move {
+            known.then_some(Err(callplane_engine::registry::PlayRefused::NotConnected))
+        })
+    }
 }
 
 struct TempDir(PathBuf);

@@ -4,7 +4,7 @@
 //! touches a call's state.
 
 use crate::askurl::{encode_form, parse_reply, LegStatus};
-use crate::blocks::{parse_blocks, BridgeBlock, ConferenceBlock, DestinationType};
+use crate::blocks::{parse_blocks, Block, BridgeBlock, ConferenceBlock, DestinationType};
 use crate::callstate::{CallStateSender, CallStateSubscriber, CallStateTarget};
 use crate::conference::JoinError;
 use crate::dial::{AttemptEnd, AttemptId, Dial, DialInput, DialOutput};
@@ -15,7 +15,7 @@ use crate::flow::{
 use crate::hangup::HangupCause;
 use crate::leg::{spawn_outbound, Addressed, LegHandle, LegId, Mailbox};
 use crate::prompts::PromptLibrary;
-use crate::registry::{CallCommand, CallHandle};
+use crate::registry::{CallCommand, CallHandle, PlayRefused};
 use crate::variables::CallVariables;
 use crate::webhook::{Outcome, WebhookClient, WebhookKind, WebhookRequest};
 use bytes::Bytes;
@@ -169,6 +169,19 @@ enum TaskDone {
         flow_id: u64,
         audio: Arc<[i16]>,
     },
+    /// Prompts for [`CallCommand::PlayIntoBridge`], rendered: mixed into that bridge's room.
+    BridgePrompts {
+        bridge: u64,
+        attempt: AttemptId,
+        audio: Arc<[i16]>,
+    },
+}
+
+/// A connected bridge promoted to a mixing room, so that prompts can be played into it; its
+/// two legs relay like a plain bridge again (the room's fast path) when nothing else plays.
+struct BridgeRoom {
+    room: Room,
+    attempt: AttemptId,
 }
 
 /// What an attempt's tasks report: its SIP events, and keypad digits its media detected.
@@ -195,6 +208,8 @@ struct BridgeRun {
     ringback_playing: bool,
     /// ASK_URL's `answer_url`/`hangup_url` for every leg of this bridge.
     leg_urls: Option<LegUrls>,
+    /// Set while the connected pair is in a room (something was played into the bridge).
+    room: Option<BridgeRoom>,
 }
 
 impl BridgeRun {
@@ -602,6 +617,9 @@ impl Call {
                         info!(call = %self.uuid, "interrupted");
                         self.flow.handle(Input::Interrupt, Instant::now());
                     }
+                    CallCommand::PlayIntoBridge { blocks, reply } => {
+                        let _ = reply.send(self.play_into_bridge(blocks));
+                    }
                 },
                 _ = sleep_until_opt(bridge_deadline) => self.on_bridge_timeout(),
                 _ = self.svc.shutdown.cancelled() => {
@@ -726,9 +744,92 @@ impl Call {
         self.playing = Some((media_id, flow_id));
     }
 
+    /// [`CallCommand::PlayIntoBridge`]: the connected pair joins a room (relaying as before
+    /// until the audio is ready), the prompts render off the actor, then mix into the room.
+    fn play_into_bridge(&mut self, blocks: Vec<Block>) -> Result<(), PlayRefused> {
+        let connected = self.bridge.as_ref().and_then(|b| b.connected);
+        let (Some(_), Some(winner)) = (self.bridged_callee(), connected) else {
+            return Err(PlayRefused::NotConnected);
+        };
+        let prompts: Vec<Prompt> = blocks
+            .into_iter()
+            .filter_map(|b| match b {
+                Block::Announcement(a) => Some(Prompt::Announcement {
+                    name: a.announcement_name,
+                    standard: a.standard_announcement,
+                }),
+                Block::Say(s) => Some(Prompt::Tts {
+                    text: self.flow.variables().expand(&s.text),
+                    voice: s.voice_name,
+                }),
+                _ => None,
+            })
+            .collect();
+        let Some(b) = self.bridge.as_mut() else {
+            return Err(PlayRefused::NotConnected);
+        };
+        if b.room.as_ref().map(|r| r.attempt) != Some(winner) {
+            let Some(callee) = b.live(winner) else {
+                return Err(PlayRefused::NotConnected);
+            };
+            let mut room = self.svc.media.create_room();
+            // Nothing here waits for the room's events.
+            drop(room.take_events());
+            room.add_leg(&self.media, Audience::All, Audience::All);
+            room.add_leg(&callee.media, Audience::All, Audience::All);
+            b.room = Some(BridgeRoom {
+                room,
+                attempt: winner,
+            });
+        }
+        info!(call = %self.uuid, prompts = prompts.len(), "playing into the bridge");
+        let serial = b.serial;
+        let lib = self.svc.prompts.clone();
+        let tenant = self.tenant.name.clone();
+        let done = self.tasks_tx.clone();
+        tokio::spawn(async move {
+            let audio = tokio::task::spawn_blocking(move || {
+                let mut out: Vec<i16> = Vec::new();
+                for p in &prompts {
+                    match lib.resolve_blocking(&tenant, p) {
+                        Ok(a) => out.extend_from_slice(&a),
+                        Err(e) => warn!(prompt = ?p, error = %e, "prompt unavailable; skipped"),
+                    }
+                }
+                out
+            })
+            .await
+            .unwrap_or_default();
+            let _ = done.send(TaskDone::BridgePrompts {
+                bridge: serial,
+                attempt: winner,
+                audio: audio.into(),
+            });
+        });
+        Ok(())
+    }
+
+    /// Rendered prompts for the bridge: into its room, if that pair is still connected.
+    fn mix_into_bridge(&mut self, serial: u64, attempt: AttemptId, audio: Arc<[i16]>) {
+        let Some(b) = self.bridge.as_ref().filter(|b| b.serial == serial) else {
+            return;
+        };
+        if audio.is_empty() || b.connected != Some(attempt) || b.bridged != Some(attempt) {
+            return;
+        }
+        if let Some(r) = b.room.as_ref().filter(|r| r.attempt == attempt) {
+            r.room.play(audio, Audience::All);
+        }
+    }
+
     fn on_task_done(&mut self, done: TaskDone) {
         match done {
             TaskDone::Prompts { flow_id, audio } => self.start_playback(flow_id, audio),
+            TaskDone::BridgePrompts {
+                bridge,
+                attempt,
+                audio,
+            } => self.mix_into_bridge(bridge, attempt, audio),
             TaskDone::Launched {
                 bridge,
                 attempt,
@@ -1177,6 +1278,7 @@ impl Call {
             connected: None,
             ringback_playing: false,
             leg_urls,
+            room: None,
         });
         self.run_dial();
     }
@@ -1224,6 +1326,7 @@ impl Call {
                 DialOutput::Disconnect { attempt } => {
                     if let Some(b) = self.bridge.as_mut() {
                         if b.bridged == Some(attempt) {
+                            b.room = None;
                             self.media.unbridge();
                             b.bridged = None;
                         }
@@ -1568,6 +1671,7 @@ impl Call {
         self.run_dial();
         self.media.unbridge();
         if let Some(b) = self.bridge.as_mut() {
+            b.room = None;
             b.bridged = None;
         }
     }

@@ -122,4 +122,24 @@ impl Engine {
     pub fn interrupt(&self, call_id: &str) -> bool {
         self.svc.calls.send(call_id, CallCommand::Interrupt)
     }
+
+    /// Plays ANNOUNCEMENT and SAY `blocks` into the call's connected bridge: they are mixed
+    /// with both parties' audio and heard by both (the bridge becomes a mixing room while they
+    /// play). `None` when no call with that id is running.
+    pub async fn play_into_bridge(
+        &self,
+        call_id: &str,
+        blocks: Vec<crate::blocks::Block>,
+    ) -> Option<Result<(), crate::registry::PlayRefused>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self
+            .svc
+            .calls
+            .send(call_id, CallCommand::PlayIntoBridge { blocks, reply })
+        {
+            return None;
+        }
+        // A call that ends before it read the command drops `reply`: gone, as if not found.
+        answer.await.ok()
+    }
 }

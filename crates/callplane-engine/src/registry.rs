@@ -7,10 +7,23 @@ use std::sync::{Mutex, PoisonError};
 use tokio::sync::mpsc;
 
 /// What the API (or later a queue or conference) can ask of a running call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum CallCommand {
     /// Stop the running block; a call under CALL_CONTROL sends its next webhook request at once.
     Interrupt,
+    /// Play ANNOUNCEMENT / SAY blocks into the call's connected bridge, mixed with both
+    /// parties' audio and heard by both; answered once accepted (before the audio renders).
+    PlayIntoBridge {
+        blocks: Vec<crate::blocks::Block>,
+        reply: tokio::sync::oneshot::Sender<Result<(), PlayRefused>>,
+    },
+}
+
+/// Why blocks cannot be played into a call now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlayRefused {
+    /// No callee is connected (the call is in its plan, ringing, or its callee hung up).
+    NotConnected,
 }
 
 #[derive(Clone)]

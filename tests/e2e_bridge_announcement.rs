@@ -1,0 +1,290 @@
+//! An ANNOUNCEMENT played into a connected call (`POST /v1/calls/{id}/blocks`), against the
+//! real binary: a SIPp caller bridged to a SIPp callee, each with a test RtpPeer sending its own
+//! tone. While the announcement (a third tone) plays, each party hears it *together with* the
+//! other party's tone — mixed, not substituted — and never its own; afterwards the two relay as
+//! before. A call with no connected callee, or a block that cannot run on a call yet, is 409.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "cp_bridge_announcement_admin_key_0123";
+const CALLER_HZ: f64 = 500.0;
+const CALLEE_HZ: f64 = 1300.0;
+const ANNOUNCEMENT_HZ: f64 = 900.0;
+const HEARD: f64 = 1200.0;
+const SILENT: f64 = 300.0;
+
+fn tone(freq: f64, secs: f64, amplitude: f64) -> Vec<i16> {
+    (0..(secs * 8000.0) as usize)
+        .map(|n| (amplitude * (2.0 * std::f64::consts::PI * freq * n as f64 / 8000.0).sin()) as i16)
+        .collect()
+}
+
+/// An 8 kHz 16-bit mono WAV of `samples`.
+fn write_wav(path: &std::path::Path, samples: &[i16]) {
+    let data_len = (samples.len() * 2) as u32;
+    let mut b = Vec::with_capacity(44 + data_len as usize);
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    b.extend_from_slice(&1u16.to_le_bytes()); // mono
+    b.extend_from_slice(&8000u32.to_le_bytes());
+    b.extend_from_slice(&16000u32.to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, b).expect("write WAV");
+}
+
+fn amplitude(pcm: &[i16], freq: f64) -> f64 {
+    if pcm.is_empty() {
+        return 0.0;
+    }
+    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in pcm {
+        let s0 = x as f64 + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    2.0 * (s1 * s1 + s2 * s2 - coeff * s1 * s2).max(0.0).sqrt() / pcm.len() as f64
+}
+
+fn heard(rtp: &RtpPeer, from: Instant, to: Instant) -> Vec<i16> {
+    let packets: Vec<RtpPacket> = rtp
+        .packets()
+        .into_iter()
+        .filter(|p| p.arrival >= from && p.arrival <= to && p.pt == 0)
+        .collect();
+    pcm_of(&packets)
+}
+
+fn levels(pcm: &[i16]) -> String {
+    format!(
+        "{} samples; caller {CALLER_HZ} Hz: {:.0}, callee {CALLEE_HZ} Hz: {:.0}, announcement {ANNOUNCEMENT_HZ} Hz: {:.0}",
+        pcm.len(),
+        amplitude(pcm, CALLER_HZ),
+        amplitude(pcm, CALLEE_HZ),
+        amplitude(pcm, ANNOUNCEMENT_HZ)
+    )
+}
+
+/// The call id from the server's "call started" log line.
+fn call_id(server: &Server) -> String {
+    let line = server
+        .wait_for_log("call started", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail()));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("call="))
+        .map(|w| w.trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no call= in {line:?}"))
+}
+
+fn post_blocks(server: &Server, id: &str, body: serde_json::Value) -> http::HttpResponse {
+    http::json(
+        server.http_port(),
+        "POST",
+        &format!("/v1/calls/{id}/blocks"),
+        Some(KEY),
+        Some(&body),
+    )
+}
+
+#[test]
+fn an_announcement_into_a_connected_call_is_heard_with_the_far_end() {
+    let wav = std::env::temp_dir().join(format!(
+        "callplane-e2e-chime-{}-{}.wav",
+        std::process::id(),
+        free_port()
+    ));
+    write_wav(&wav, &tone(ANNOUNCEMENT_HZ, 1.5, 5000.0));
+
+    let callee_rtp = RtpPeer::new();
+    let mut callee = Sipp::uas("uas_answer.xml")
+        .set("rtp_port", callee_rtp.port())
+        .set("answer_delay_ms", 200)
+        .set("hangup_after_ms", 0)
+        .timeout_s(60)
+        .spawn();
+    callee.wait_listening();
+    let wav_toml = format!("{:?}", wav.to_string_lossy());
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}\
+         [[announcements]]\ntenant = \"t1\"\nname = \"chime\"\nfile = {}\n\n{}{}",
+        tenant_with_prompts(),
+        wav_toml,
+        trunk("callee", callee.port()),
+        number_with_plan(
+            "500",
+            "b",
+            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "callee", timeout = 15 } ] },
+  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
+        )
+    );
+    let server = Server::start(&prov, true);
+    let caller_rtp = RtpPeer::new();
+    let mut caller = Sipp::uac("uac_hangup_after.xml", server.sip_addr())
+        .service("500")
+        .set("rtp_port", caller_rtp.port())
+        .set("hangup_after_ms", 9000)
+        .timeout_s(60)
+        .spawn();
+    let id = call_id(&server);
+
+    // Before the callee answers: nothing to play into.
+    let r = post_blocks(
+        &server,
+        &id,
+        serde_json::json!({"blocks": [{"blockType": "ANNOUNCEMENT", "announcementName": "chime"}]}),
+    );
+    // (It may already have answered on a fast machine; then this is the accepted case below.)
+    if r.status == 409 {
+        assert!(r.text().contains("connected callee"), "{}", r.describe());
+    }
+
+    let ok = caller.wait_for_message("the 200 OK to the caller", Duration::from_secs(15), |m| {
+        !m.sent && m.status() == Some(200) && m.cseq_method().as_deref() == Some("INVITE")
+    });
+    let invite = callee.wait_for_message("the INVITE to the callee", Duration::from_secs(5), |m| {
+        !m.sent && m.method() == Some("INVITE")
+    });
+    caller_rtp.set_remote(sdp_audio_addr(ok.body()).expect("SDP in the 200 OK"));
+    callee_rtp.set_remote(sdp_audio_addr(invite.body()).expect("SDP in the INVITE"));
+
+    // Both parties talk for 6 s; the announcement starts 1.5 s in and lasts 1.5 s.
+    let start = Instant::now();
+    let mut played = None;
+    std::thread::scope(|s| {
+        s.spawn(|| caller_rtp.send_pcm(&tone(CALLER_HZ, 6.0, 6000.0)));
+        s.spawn(|| callee_rtp.send_pcm(&tone(CALLEE_HZ, 6.0, 6000.0)));
+        std::thread::sleep(Duration::from_millis(1500));
+        // Not an ANNOUNCEMENT or SAY: refused, naming the block.
+        let r = post_blocks(
+            &server,
+            &id,
+            serde_json::json!({"blocks": [{"blockType": "HANGUP", "hangupCause": "NORMAL_CLEARING"}]}),
+        );
+        assert_eq!(r.status, 409, "{}", r.describe());
+        assert_eq!(
+            r.error().1.as_deref(),
+            Some("blocks[0].blockType"),
+            "{}",
+            r.describe()
+        );
+        // An invalid block: a validation error naming index and field.
+        let r = post_blocks(
+            &server,
+            &id,
+            serde_json::json!({"blocks": [{"blockType": "ANNOUNCEMENT"}]}),
+        );
+        assert_eq!(r.status, 400, "{}", r.describe());
+        assert_eq!(
+            r.error().1.as_deref(),
+            Some("blocks[0].announcementName"),
+            "{}",
+            r.describe()
+        );
+        let r = post_blocks(
+            &server,
+            &id,
+            serde_json::json!({"blocks": [{"blockType": "ANNOUNCEMENT", "announcementName": "chime"}]}),
+        );
+        assert_eq!(r.status, 202, "{}", r.describe());
+        assert_eq!(r.json()["mixedInto"], "bridge", "{}", r.describe());
+        played = Some(Instant::now());
+    });
+    let played = played.expect("posted");
+    let before = (start + Duration::from_millis(300), played);
+    // The announcement renders (a file: milliseconds) and plays 1.5 s: measure its middle.
+    let during = (
+        played + Duration::from_millis(400),
+        played + Duration::from_millis(1300),
+    );
+    let after = (
+        played + Duration::from_millis(2300),
+        start + Duration::from_millis(5800),
+    );
+
+    let caller_result = caller.wait();
+    caller_result.assert_success(&server.log_tail());
+    callee.wait().assert_success(&server.log_tail());
+    let _ = std::fs::remove_file(&wav);
+
+    for (who, rtp, other_hz, own_hz) in [
+        ("caller", &caller_rtp, CALLEE_HZ, CALLER_HZ),
+        ("callee", &callee_rtp, CALLER_HZ, CALLEE_HZ),
+    ] {
+        let b = heard(rtp, before.0, before.1);
+        let d = heard(rtp, during.0, during.1);
+        let a = heard(rtp, after.0, after.1);
+        println!("{who} before: {}", levels(&b));
+        println!("{who} during: {}", levels(&d));
+        println!("{who} after:  {}", levels(&a));
+        let ctx = || {
+            format!(
+                "{who}\n before: {}\n during: {}\n after: {}\n{}",
+                levels(&b),
+                levels(&d),
+                levels(&a),
+                server.log_tail()
+            )
+        };
+        assert!(
+            d.len() > 4000,
+            "{who} received too little while the announcement played: {}",
+            ctx()
+        );
+        assert!(
+            amplitude(&b, other_hz) > HEARD,
+            "{who} hears the other party before: {}",
+            ctx()
+        );
+        assert!(
+            amplitude(&b, ANNOUNCEMENT_HZ) < SILENT,
+            "no announcement before: {}",
+            ctx()
+        );
+        assert!(
+            amplitude(&d, ANNOUNCEMENT_HZ) > HEARD,
+            "{who} hears the announcement: {}",
+            ctx()
+        );
+        assert!(
+            amplitude(&d, other_hz) > HEARD,
+            "{who} still hears the other party while it plays (mixed, not substituted): {}",
+            ctx()
+        );
+        assert!(
+            amplitude(&d, own_hz) < SILENT,
+            "{who} never hears itself: {}",
+            ctx()
+        );
+        assert!(
+            amplitude(&a, other_hz) > HEARD,
+            "{who} hears the other party after: {}",
+            ctx()
+        );
+        assert!(
+            amplitude(&a, ANNOUNCEMENT_HZ) < SILENT,
+            "the announcement is over: {}",
+            ctx()
+        );
+    }
+
+    // The call is gone: 404.
+    let r = post_blocks(
+        &server,
+        &id,
+        serde_json::json!({"blocks": [{"blockType": "ANNOUNCEMENT", "announcementName": "chime"}]}),
+    );
+    assert_eq!(r.status, 404, "{}", r.describe());
+}
