@@ -15,7 +15,8 @@ import time
 import wave
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "callplane")
+# CALLPLANE_BIN runs another build (A/B against an older commit); default: this tree's release.
+BIN = os.environ.get("CALLPLANE_BIN") or os.path.join(ROOT, "target", "release", "callplane")
 RESULTS = os.path.join(ROOT, "bench", "results")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
