@@ -278,7 +278,8 @@ async fn forward_inbound(
                     other => InboundEvent::Failed(format!("{other:?}")),
                 }
             }
-            other => match answer_in_dialog(other).await {
+            // Boxed: rare, and its state would otherwise make every leg's task ~2 KB.
+            other => match Box::pin(answer_in_dialog(other)).await {
                 InDialog::Dtmf(d) => InboundEvent::Dtmf(d),
                 InDialog::Reinvite { sdp, responder } => InboundEvent::Reinvite { sdp, responder },
                 InDialog::Done => continue,
@@ -520,7 +521,8 @@ async fn forward_outbound(
                         // callee's BYE (or its transport failing, treated alike).
                         OutboundEvent::RemoteBye
                     }
-                    other => match answer_in_dialog(other).await {
+                    // Boxed: rare, and its state would otherwise make every leg's task ~2 KB.
+                    other => match Box::pin(answer_in_dialog(other)).await {
                         InDialog::Dtmf(d) => OutboundEvent::Dtmf(d),
                         InDialog::Reinvite { sdp, responder } => OutboundEvent::Reinvite { sdp, responder },
                         InDialog::Done => continue,
