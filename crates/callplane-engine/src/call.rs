@@ -13,7 +13,9 @@ use crate::flow::{
     Action, AskUrlRequest, CallControlRequest, CallFlow, ConferenceResult, Input, LegUrls, Prompt,
 };
 use crate::hangup::HangupCause;
-use crate::leg::{spawn_outbound, Addressed, LegHandle, LegId, Mailbox};
+use crate::leg::{
+    spawn_inbound, spawn_outbound, Addressed, InboundLegHandle, LegHandle, LegId, Mailbox,
+};
 use crate::prompts::PromptLibrary;
 use crate::registry::{CallCommand, CallHandle, PlayRefused};
 use crate::variables::CallVariables;
@@ -23,8 +25,7 @@ use callplane_media::room::{Audience, MemberId};
 use callplane_media::sdp::{negotiate, Direction, LocalSdp, Negotiated, SessionDescription};
 use callplane_media::{DtmfSource, MediaEngine, MediaEvent, MediaLeg, RemoteMedia, Room};
 use callplane_sip::{
-    InboundCall, InboundEvent, InboundLeg, OutboundCall, OutboundEvent, OutboundLeg, SipServer,
-    Transport,
+    InboundCall, InboundEvent, OutboundCall, OutboundEvent, OutboundLeg, SipServer, Transport,
 };
 use callplane_store::model::{Cdr, CdrLeg, Number, Tenant};
 use callplane_store::{CdrWriter, Store};
@@ -62,6 +63,9 @@ pub struct CallServices {
     pub node_name: String,
     pub active_calls: AtomicUsize,
     pub finished_calls: AtomicU64,
+    /// Ids of sessions (leg owners) and of inbound legs on this node.
+    pub next_owner: AtomicU64,
+    pub next_leg: AtomicU64,
     /// Cancelled when the process shuts down: every Call actor ends its call.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -228,7 +232,13 @@ struct Call {
     called: String,
     /// The SIP user who placed the call, when it came from a registered phone.
     authenticated_user: Option<String>,
-    leg: InboundLeg,
+    /// The caller's leg: its own task, reporting here.
+    leg: InboundLegHandle,
+    leg_events: mpsc::UnboundedReceiver<Addressed<InboundEvent>>,
+    /// The legs this session holds (the caller's), in their current epoch.
+    held: Mailbox,
+    /// Fires when the BYE we sent the caller is over (awaited once the CDR is written).
+    bye_done: Option<tokio::sync::oneshot::Receiver<()>>,
     media: MediaLeg,
     media_events: mpsc::Receiver<MediaEvent>,
     media_gone: bool,
@@ -501,6 +511,11 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         svc.callstate.register(&uuid, sender);
     }
     let events = CallEvents::new(svc.events.clone(), uuid.clone(), Some(tenant.name.clone()));
+    // The session owns the caller's leg in epoch 1; the leg is a task of its own.
+    let mut held = Mailbox::new(svc.next_owner.fetch_add(1, Ordering::Relaxed));
+    let leg_id = LegId(svc.next_leg.fetch_add(1, Ordering::Relaxed));
+    let (leg_tx, leg_events) = mpsc::unbounded_channel();
+    let leg = spawn_inbound(leg_id, leg, held.adopt(leg_id, 1), leg_tx);
     let (commands_tx, commands) = mpsc::unbounded_channel();
     svc.calls.insert(
         &uuid,
@@ -521,6 +536,9 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         called: called.clone(),
         authenticated_user,
         leg,
+        leg_events,
+        held,
+        bye_done: None,
         media,
         media_events,
         media_gone: false,
@@ -600,7 +618,15 @@ impl Call {
             let timer = self.flow.poll_timeout();
             let bridge_deadline = self.bridge.as_ref().and_then(|b| b.dial.poll_timeout());
             tokio::select! {
-                ev = self.leg.next_event() => self.on_leg_event(ev).await,
+                ev = self.leg_events.recv() => match ev {
+                    // An event from an epoch this session no longer holds is dropped.
+                    Some(a) => {
+                        if let Some((_, ev)) = self.held.accept(a) {
+                            self.on_leg_event(Some(ev)).await;
+                        }
+                    }
+                    None => self.on_leg_event(None).await,
+                },
                 ev = self.media_events.recv(), if !self.media_gone => self.on_media_event(ev),
                 ev = recv_bridge(&mut self.bridge) => self.on_bridge_event(ev).await,
                 _ = sleep_until_opt(timer) => self.flow.handle_timeout(Instant::now()),
@@ -684,10 +710,9 @@ impl Call {
             return;
         }
         let sdp = self.local_sdp();
-        if let Err(e) = self.leg.answer(sdp) {
-            warn!(call = %self.uuid, error = %e, "answer failed");
-            return;
-        }
+        // The leg's task sends the 200 (a failure there is logged; the caller's CANCEL or the
+        // dialog's failure then arrives as an event).
+        self.leg.answer(sdp);
         // From now on the caller hears a continuous stream whatever the plan does.
         self.media.set_fill_silence(true);
         self.answered = true;
@@ -940,7 +965,7 @@ impl Call {
         self.end_bridge_attempts(Some(cause));
         let status;
         if self.answered {
-            self.leg.hangup(Some(cause.reason_header())).await;
+            self.bye_done = Some(self.leg.hangup(Some(cause.reason_header())));
             status = Some(200);
         } else {
             let s = cause.sip_status();
@@ -1021,6 +1046,11 @@ impl Call {
                 variables: self.flow.variables().as_map().clone(),
             },
         );
+        // The call is over and recorded; its end is when our BYE's transaction is too (as
+        // long as a BYE can take).
+        if let Some(done) = self.bye_done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(35), done).await;
+        }
     }
 
     /// Publishes one of this call's events.

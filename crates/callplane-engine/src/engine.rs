@@ -70,6 +70,8 @@ impl Engine {
                 node_name: cfg.node_name,
                 active_calls: AtomicUsize::new(0),
                 finished_calls: AtomicU64::new(0),
+                next_owner: AtomicU64::new(1),
+                next_leg: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),
             }),
         })

@@ -2,11 +2,12 @@
 //! by what its dialog reports) and its owner `(owner id, epoch)`: a leg reports to whoever owns
 //! it now, moving it to another owner bumps the epoch, and an owner's [`Mailbox`] drops events
 //! addressed to an epoch it no longer holds (sent before a move, read after it). The IO part is
-//! the task that owns an outbound dialog ([`spawn_outbound`]): it forwards the dialog's events
-//! to the current owner and carries out hang-up and moves, so the leg outlives the owner that
-//! created it once it is moved.
+//! the task that owns a dialog ([`spawn_outbound`] for a call we placed, [`spawn_inbound`] for
+//! a call offered to us): it forwards the dialog's events to the current owner and carries out
+//! the owner's commands (ringing, answer, reject, hang-up) and moves, so the leg outlives the
+//! owner that created it once it is moved, and no owner awaits a SIP transaction.
 
-use callplane_sip::{OutboundEvent, OutboundLeg};
+use callplane_sip::{InboundEvent, InboundLeg, OutboundEvent, OutboundLeg};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -58,6 +59,25 @@ impl LegState {
             (_, OutboundEvent::Answered { .. }) => Answered,
             (_, OutboundEvent::Failed { .. } | OutboundEvent::RemoteBye) => Ended,
             (Answered | Held, OutboundEvent::Reinvite { .. }) => {
+                if hold {
+                    Held
+                } else {
+                    Answered
+                }
+            }
+            (s, _) => s,
+        }
+    }
+
+    /// The state after an inbound dialog's event (`hold` = a re-INVITE that holds).
+    pub fn after_inbound(self, ev: &InboundEvent, hold: bool) -> LegState {
+        use LegState::*;
+        match (self, ev) {
+            (Ended, _) => Ended,
+            (_, InboundEvent::Cancelled | InboundEvent::RemoteBye | InboundEvent::Failed(_)) => {
+                Ended
+            }
+            (Answered | Held, InboundEvent::Reinvite { .. }) => {
                 if hold {
                     Held
                 } else {
@@ -217,9 +237,160 @@ pub fn spawn_outbound<E: Send + 'static>(
     LegHandle { id, commands: tx }
 }
 
+/// Commands to an inbound leg's task.
+pub enum InboundCommand {
+    /// 180, or 183 with early media when an SDP is given.
+    Ringing(Option<String>),
+    /// 200 OK with our SDP answer.
+    Answer(String),
+    /// A final non-2xx with an RFC 3326 Reason value; the leg ends.
+    Reject { status: u16, reason: Option<String> },
+    /// BYE after answer (a Reason value); `done` is told once its transaction is over.
+    Hangup {
+        reason: Option<String>,
+        done: Option<tokio::sync::oneshot::Sender<()>>,
+    },
+    /// Report to another owner from now on (its epoch must be newer).
+    MoveTo {
+        owner: Owner,
+        events: mpsc::UnboundedSender<Addressed<InboundEvent>>,
+    },
+}
+
+/// Handle to an inbound leg's task. Dropping it before answer rejects the call (500), after
+/// answer hangs it up.
+pub struct InboundLegHandle {
+    pub id: LegId,
+    commands: mpsc::UnboundedSender<InboundCommand>,
+}
+
+impl InboundLegHandle {
+    pub fn ringing(&self, sdp: Option<String>) {
+        let _ = self.commands.send(InboundCommand::Ringing(sdp));
+    }
+
+    pub fn answer(&self, sdp: String) {
+        let _ = self.commands.send(InboundCommand::Answer(sdp));
+    }
+
+    pub fn reject(&self, status: u16, reason: Option<String>) {
+        let _ = self
+            .commands
+            .send(InboundCommand::Reject { status, reason });
+    }
+
+    /// Sends BYE; the returned receiver fires when the BYE's transaction is over (or at once
+    /// when the leg had already ended).
+    pub fn hangup(&self, reason: Option<String>) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, over) = tokio::sync::oneshot::channel();
+        let _ = self.commands.send(InboundCommand::Hangup {
+            reason,
+            done: Some(done),
+        });
+        over
+    }
+
+    /// Hands the leg to another owner.
+    pub fn move_to(&self, owner: Owner, events: mpsc::UnboundedSender<Addressed<InboundEvent>>) {
+        let _ = self.commands.send(InboundCommand::MoveTo { owner, events });
+    }
+}
+
+/// Spawns the task that owns an inbound `leg` (already past its INVITE's checks): it carries
+/// out the owner's commands in order and forwards the dialog's events, tracking the leg's
+/// state; it ends with the dialog.
+pub fn spawn_inbound(
+    id: LegId,
+    mut leg: InboundLeg,
+    owner: Owner,
+    events: mpsc::UnboundedSender<Addressed<InboundEvent>>,
+) -> InboundLegHandle {
+    let (tx, mut commands) = mpsc::unbounded_channel::<InboundCommand>();
+    tokio::spawn(async move {
+        let mut owner = owner;
+        let mut events = events;
+        let mut state = LegState::Calling;
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(InboundCommand::Ringing(sdp)) => {
+                        if matches!(state, LegState::Calling | LegState::Ringing) {
+                            state = if sdp.is_some() { LegState::EarlyMedia } else { LegState::Ringing };
+                        }
+                        leg.ringing(sdp);
+                    }
+                    Some(InboundCommand::Answer(sdp)) => match leg.answer(sdp) {
+                        Ok(()) => state = LegState::Answered,
+                        Err(e) => tracing::warn!(leg = id.0, error = %e, "answer failed"),
+                    },
+                    Some(InboundCommand::MoveTo { owner: o, events: e }) => {
+                        if o.epoch > owner.epoch {
+                            owner = o;
+                            events = e;
+                        }
+                    }
+                    Some(InboundCommand::Reject { status, reason }) => {
+                        leg.reject(status, reason);
+                        state = LegState::Ended;
+                        tracing::trace!(leg = id.0, ?state, "leg rejected");
+                        return;
+                    }
+                    ended => {
+                        let (reason, done) = match ended {
+                            Some(InboundCommand::Hangup { reason, done }) => (reason, done),
+                            _ => (None, None),
+                        };
+                        if state == LegState::Answered || state == LegState::Held {
+                            leg.hangup(reason).await;
+                        } else {
+                            // Every owner is gone before answer: the call cannot go on.
+                            leg.reject(500, reason);
+                        }
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                        tracing::trace!(leg = id.0, "leg ended");
+                        return;
+                    }
+                },
+                ev = leg.next_event() => {
+                    let Some(ev) = ev else { return };
+                    let hold = matches!(&ev, InboundEvent::Reinvite { sdp: Some(s), .. }
+                        if s.contains("a=sendonly") || s.contains("a=inactive"));
+                    state = state.after_inbound(&ev, hold);
+                    let addressed = Addressed { leg: id, owner, event: ev };
+                    if events.send(addressed).is_err() || state.is_ended() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    InboundLegHandle { id, commands: tx }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inbound_states_follow_the_dialog() {
+        use LegState::*;
+        let bye = InboundEvent::RemoteBye;
+        let dtmf = InboundEvent::Dtmf('5');
+        assert_eq!(Answered.after_inbound(&dtmf, false), Answered);
+        assert_eq!(Answered.after_inbound(&bye, false), Ended);
+        assert_eq!(
+            Ringing.after_inbound(&InboundEvent::Cancelled, false),
+            Ended
+        );
+        assert_eq!(
+            Answered.after_inbound(&InboundEvent::Failed("no ACK".into()), false),
+            Ended
+        );
+        assert_eq!(Ended.after_inbound(&dtmf, false), Ended);
+        assert_eq!(Held.after_inbound(&InboundEvent::Confirmed, false), Held);
+    }
 
     #[test]
     fn a_late_event_to_an_old_epoch_is_dropped() {
