@@ -280,6 +280,28 @@ fn an_announcement_into_a_connected_call_is_heard_with_the_far_end() {
         );
     }
 
+    // The bus saw the legs' states and the end of the bridge (counted on /metrics).
+    let metrics = http::request(server.http_port(), "GET", "/metrics", &[], b"").text();
+    for series in [
+        "callplane_call_events_total{type=\"leg.state\"}",
+        "callplane_call_events_total{type=\"call.bridged\"}",
+        "callplane_call_events_total{type=\"call.unbridged\"}",
+    ] {
+        let n = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(n >= 1.0, "{series} missing from /metrics:\n{metrics}");
+    }
+    let legs = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("callplane_call_events_total{type=\"leg.state\"}"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    // Caller: ringing, answered, ended; callee: calling, ringing, answered, ending.
+    assert!(legs >= 7.0, "leg.state events: {legs}\n{metrics}");
+
     // The call is gone: 404.
     let r = post_blocks(
         &server,

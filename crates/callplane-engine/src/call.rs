@@ -14,7 +14,7 @@ use crate::flow::{
 };
 use crate::hangup::HangupCause;
 use crate::leg::{
-    spawn_inbound, spawn_outbound, Addressed, InboundLegHandle, LegHandle, LegId, Mailbox,
+    spawn_inbound, spawn_outbound, Addressed, InboundLegHandle, LegHandle, LegId, LegState, Mailbox,
 };
 use crate::prompts::PromptLibrary;
 use crate::registry::{CallCommand, CallHandle, PlayRefused};
@@ -143,6 +143,8 @@ struct Attempt {
     answered_at: Option<Instant>,
     /// The callee's telephone-event payload type, once negotiated.
     remote_te: Option<u8>,
+    /// Its leg's state as this session last saw it (for `leg.state` events).
+    state: LegState,
 }
 
 /// A destination's slot in a running BRIDGE, by `AttemptId` (= destination index).
@@ -239,6 +241,8 @@ struct Call {
     held: Mailbox,
     /// Fires when the BYE we sent the caller is over (awaited once the CDR is written).
     bye_done: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The caller's leg state as this session drives and sees it (for `leg.state` events).
+    caller_state: LegState,
     media: MediaLeg,
     media_events: mpsc::Receiver<MediaEvent>,
     media_gone: bool,
@@ -279,6 +283,11 @@ fn now_utc() -> DateTime<Utc> {
 /// The DTMF digits in a SIP INFO or RTP event that a flow understands.
 fn is_dtmf(d: char) -> bool {
     matches!(d, '0'..='9' | '*' | '#' | 'A'..='D')
+}
+
+/// Whether a party's offer puts the call on hold (RFC 3264 §8.4: it stops receiving).
+fn holds(direction: Direction) -> bool {
+    matches!(direction, Direction::SendOnly | Direction::Inactive)
 }
 
 /// The variable that collects the digits a bridged callee pressed.
@@ -539,6 +548,7 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         leg_events,
         held,
         bye_done: None,
+        caller_state: LegState::Calling,
         media,
         media_events,
         media_gone: false,
@@ -717,6 +727,7 @@ impl Call {
         self.media.set_fill_silence(true);
         self.answered = true;
         self.emit(EventKind::Answered);
+        self.set_caller_state(LegState::Answered);
         let now = now_utc();
         self.answer_time = Some(now);
         self.answered_at = Some(Instant::now());
@@ -920,6 +931,13 @@ impl Call {
                 match parsed {
                     Ok(Some(n)) => {
                         info!(call = %self.uuid, direction = ?n.direction, "re-INVITE");
+                        if self.answered {
+                            self.set_caller_state(if holds(n.direction) {
+                                LegState::Held
+                            } else {
+                                LegState::Answered
+                            });
+                        }
                         self.media.set_remote(RemoteMedia::from(&n));
                         self.offer = n;
                         let sdp = self.local_sdp();
@@ -991,6 +1009,7 @@ impl Call {
     }
 
     async fn finish(&mut self) {
+        self.set_caller_state(LegState::Ended);
         self.leave_conference();
         self.media.stop_play();
         let (cause, by, status) =
@@ -1056,6 +1075,31 @@ impl Call {
     /// Publishes one of this call's events.
     fn emit(&mut self, kind: EventKind) {
         self.events.publish(kind);
+    }
+
+    /// The caller's leg is now in `state`: a `leg.state` event when that is a change (an
+    /// ended leg stays ended), and `call.held` / `call.unheld` for the caller's hold.
+    fn set_caller_state(&mut self, state: LegState) {
+        let was = self.caller_state;
+        if was == state || was.is_ended() {
+            return;
+        }
+        self.caller_state = state;
+        self.emit(EventKind::Leg {
+            party: Party::Caller,
+            attempt: None,
+            destination: None,
+            state,
+        });
+        match (was, state) {
+            (_, LegState::Held) => self.emit(EventKind::Held {
+                party: Party::Caller,
+            }),
+            (LegState::Held, LegState::Answered) => self.emit(EventKind::Unheld {
+                party: Party::Caller,
+            }),
+            _ => {}
+        }
     }
 
     /// A keypad digit from the caller (`source` None: SIP INFO): to the flow, unless the
@@ -1333,6 +1377,9 @@ impl Call {
                 }
                 DialOutput::Ringing => {
                     self.leg.ringing(None);
+                    if self.caller_state == LegState::Calling {
+                        self.set_caller_state(LegState::Ringing);
+                    }
                     self.emit(EventKind::Ringing { early_media: false });
                 }
                 DialOutput::EarlyMedia { attempt, first } => {
@@ -1349,17 +1396,25 @@ impl Call {
                     }
                     let sdp = self.local_sdp();
                     self.leg.ringing(Some(sdp));
+                    if matches!(self.caller_state, LegState::Calling | LegState::Ringing) {
+                        self.set_caller_state(LegState::EarlyMedia);
+                    }
                     if first {
                         self.emit(EventKind::Ringing { early_media: true });
                     }
                 }
                 DialOutput::Disconnect { attempt } => {
+                    let mut unbridged = false;
                     if let Some(b) = self.bridge.as_mut() {
                         if b.bridged == Some(attempt) {
                             b.room = None;
                             self.media.unbridge();
                             b.bridged = None;
+                            unbridged = b.connected == Some(attempt);
                         }
+                    }
+                    if unbridged {
+                        self.emit(EventKind::Unbridged);
                     }
                 }
                 DialOutput::StartRingback => {
@@ -1485,6 +1540,7 @@ impl Call {
         let Some(slot) = b.slots.get_mut(attempt.0 as usize) else {
             return;
         };
+        let mut launched = None;
         match result {
             Err((status, why)) => {
                 info!(call = %self.uuid, attempt = attempt.0, %why, "destination not reachable");
@@ -1527,10 +1583,21 @@ impl Call {
                     started: Instant::now(),
                     answered_at: None,
                     remote_te: None,
+                    state: LegState::Calling,
                 });
                 b.dial
                     .handle_input(DialInput::Launched { attempt }, Instant::now());
+                launched = Some(slot.record);
             }
+        }
+        if let Some(record) = launched {
+            let destination = self.legs.get(record).map(|l| l.destination.clone());
+            self.emit(EventKind::Leg {
+                party: Party::Callee,
+                attempt: Some(attempt.0),
+                destination,
+                state: LegState::Calling,
+            });
         }
         self.run_dial();
     }
@@ -1543,8 +1610,21 @@ impl Call {
         else {
             return;
         };
-        match &slot.live {
-            Some(a) => a.leg.hangup(reason),
+        let record = slot.record;
+        match slot.live.as_mut() {
+            Some(a) => {
+                a.leg.hangup(reason);
+                if !a.state.is_ended() && a.state != LegState::Ending {
+                    a.state = LegState::Ending;
+                    let destination = self.legs.get(record).map(|l| l.destination.clone());
+                    self.emit(EventKind::Leg {
+                        party: Party::Callee,
+                        attempt: Some(attempt.0),
+                        destination,
+                        state: LegState::Ending,
+                    });
+                }
+            }
             None => slot.hangup_pending = Some(reason),
         }
     }
@@ -1627,6 +1707,48 @@ impl Call {
         };
         let record = slot.record;
         let Some(a) = slot.live.as_mut() else { return };
+        let early = matches!(&ev, OutboundEvent::Ringing { sdp: Some(_), .. });
+        let hold = match &ev {
+            OutboundEvent::Reinvite { sdp: Some(sdp), .. } => {
+                negotiate_sdp(sdp).is_ok_and(|n| holds(n.direction))
+            }
+            _ => false,
+        };
+        let was = a.state;
+        let state = was.after_outbound(&ev, early, hold);
+        let mut changes = Vec::new();
+        if state != was {
+            a.state = state;
+            let destination = self.legs.get(record).map(|l| l.destination.clone());
+            changes.push(EventKind::Leg {
+                party: Party::Callee,
+                attempt: Some(attempt.0),
+                destination,
+                state,
+            });
+            match (was, state) {
+                (_, LegState::Held) => changes.push(EventKind::Held {
+                    party: Party::Callee,
+                }),
+                (LegState::Held, LegState::Answered) => changes.push(EventKind::Unheld {
+                    party: Party::Callee,
+                }),
+                _ => {}
+            }
+        }
+        for c in changes {
+            self.events.publish(c);
+        }
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        let Some(a) = b
+            .slots
+            .get_mut(attempt.0 as usize)
+            .and_then(|s| s.live.as_mut())
+        else {
+            return;
+        };
         let input = match ev {
             OutboundEvent::Ringing { status, sdp } => {
                 if let Some(l) = self.legs.get_mut(record) {
@@ -1700,9 +1822,14 @@ impl Call {
         b.dial.stop(cause.map(|c| c.reason_header()));
         self.run_dial();
         self.media.unbridge();
+        let mut unbridged = false;
         if let Some(b) = self.bridge.as_mut() {
             b.room = None;
+            unbridged = b.bridged.is_some() && b.bridged == b.connected;
             b.bridged = None;
+        }
+        if unbridged {
+            self.emit(EventKind::Unbridged);
         }
     }
 

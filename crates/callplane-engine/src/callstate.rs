@@ -118,6 +118,18 @@ async fn deliver(
     }
 }
 
+/// The event types sent to a `callstateInfoUrl`.
+const CALLSTATE_TYPES: [&str; 8] = [
+    "call.created",
+    "call.ringing",
+    "call.answered",
+    "call.bridged",
+    "call.dtmf",
+    "conference.joined",
+    "conference.left",
+    "call.hangup",
+];
+
 /// The call-state callbacks as an event-bus subscriber: calls with a `callstateInfoUrl`
 /// register their sender when they start; their events (all but the final record) are queued
 /// for delivery, numbered as the bus numbered them.
@@ -146,8 +158,14 @@ impl crate::events::EventSubscriber for CallStateSubscriber {
             senders.remove(&event.call_id);
             return;
         }
+        // The call-state wire format keeps its event types: the bus's finer ones (leg
+        // states, hold, unbridge) are for the API's subscribers. Numbered per destination, so
+        // the callbacks' `seq` has no gaps.
+        if !CALLSTATE_TYPES.contains(&event.kind.name()) {
+            return;
+        }
         if let Some(s) = senders.get_mut(&event.call_id) {
-            s.emit_numbered(event.kind.name(), event.seq, event.kind.data());
+            s.emit(event.kind.name(), event.kind.data());
         }
     }
 }

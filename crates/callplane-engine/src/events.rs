@@ -8,16 +8,26 @@
 //! same trait: it publishes remotely and hands events to its local subscribers alike.
 
 use crate::hangup::HangupCause;
+use crate::leg::LegState;
 use callplane_store::model::Cdr;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::sync::{Arc, RwLock};
 
-/// Who pressed a key.
+/// Which side of the call: the caller, or a (BRIDGE) callee.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Party {
     Caller,
     Callee,
+}
+
+impl Party {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Party::Caller => "caller",
+            Party::Callee => "callee",
+        }
+    }
 }
 
 /// What changed.
@@ -39,6 +49,25 @@ pub enum EventKind {
     Bridged {
         destination: String,
         destination_type: Option<String>,
+    },
+    /// The connected callee and the caller no longer talk (the callee left, or the bridge was
+    /// stopped).
+    Unbridged,
+    /// A party put the call on hold (its re-INVITE `sendonly` or `inactive`).
+    Held {
+        party: Party,
+    },
+    /// A party took the call off hold.
+    Unheld {
+        party: Party,
+    },
+    /// One leg's state changed: the caller's leg, or a BRIDGE destination's (`attempt`, its
+    /// index in the block's destinations, and where it goes).
+    Leg {
+        party: Party,
+        attempt: Option<u32>,
+        destination: Option<String>,
+        state: LegState,
     },
     /// A keypad digit.
     Dtmf {
@@ -76,6 +105,10 @@ impl EventKind {
             EventKind::Ringing { .. } => "call.ringing",
             EventKind::Answered => "call.answered",
             EventKind::Bridged { .. } => "call.bridged",
+            EventKind::Unbridged => "call.unbridged",
+            EventKind::Held { .. } => "call.held",
+            EventKind::Unheld { .. } => "call.unheld",
+            EventKind::Leg { .. } => "leg.state",
             EventKind::Dtmf { .. } => "call.dtmf",
             EventKind::ConferenceJoined { .. } => "conference.joined",
             EventKind::ConferenceLeft { .. } => "conference.left",
@@ -97,6 +130,21 @@ impl EventKind {
                 destination,
                 destination_type,
             } => json!({ "destination": destination, "destinationType": destination_type }),
+            EventKind::Unbridged => json!({}),
+            EventKind::Held { party } | EventKind::Unheld { party } => {
+                json!({ "party": party.as_str() })
+            }
+            EventKind::Leg {
+                party,
+                attempt,
+                destination,
+                state,
+            } => json!({
+                "party": party.as_str(),
+                "attempt": attempt,
+                "destination": destination,
+                "state": state.as_str(),
+            }),
             EventKind::Dtmf {
                 digit,
                 party: Party::Caller,
@@ -252,6 +300,36 @@ impl EventCounters {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    #[test]
+    fn leg_hold_and_unbridge_events_have_names_and_data() {
+        let leg = EventKind::Leg {
+            party: Party::Callee,
+            attempt: Some(1),
+            destination: Some("alice".into()),
+            state: LegState::EarlyMedia,
+        };
+        assert_eq!(leg.name(), "leg.state");
+        assert_eq!(
+            leg.data(),
+            json!({"party": "callee", "attempt": 1, "destination": "alice", "state": "early_media"})
+        );
+        let held = EventKind::Held {
+            party: Party::Caller,
+        };
+        assert_eq!(
+            (held.name(), held.data()),
+            ("call.held", json!({"party": "caller"}))
+        );
+        assert_eq!(
+            EventKind::Unheld {
+                party: Party::Callee
+            }
+            .name(),
+            "call.unheld"
+        );
+        assert_eq!(EventKind::Unbridged.name(), "call.unbridged");
+    }
 
     #[derive(Default)]
     struct Recorder(Mutex<Vec<(String, u64, &'static str)>>);

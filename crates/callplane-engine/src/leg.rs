@@ -42,6 +42,19 @@ pub enum LegState {
 }
 
 impl LegState {
+    /// The state's name in events (`calling`, `ringing`, `early_media`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LegState::Calling => "calling",
+            LegState::Ringing => "ringing",
+            LegState::EarlyMedia => "early_media",
+            LegState::Answered => "answered",
+            LegState::Held => "held",
+            LegState::Ending => "ending",
+            LegState::Ended => "ended",
+        }
+    }
+
     /// The state after an outbound dialog's event (`early` = a 183 with usable SDP, `hold` =
     /// a re-INVITE that holds). An ended leg stays ended.
     pub fn after_outbound(self, ev: &OutboundEvent, early: bool, hold: bool) -> LegState {
