@@ -3,6 +3,8 @@
 //! (two full-duplex legs, same codec, nothing else) the two legs relay packets to each other as
 //! a plain bridge and the clock stops; otherwise every leg hands its decoded frames to the room
 //! and each tick sends every listener its own mix on the listener's socket and stream.
+//! A recorder member gets the linear mix of what its rules let it hear, every tick (silence
+//! included, so the file keeps the call's timeline), written to a WAV file.
 //!
 //! Per packet a leg does one `try_send` of a decoded frame into its bounded queue; the room
 //! drains all queues once per tick (one wake-up per room per 20 ms, however many members).
@@ -183,6 +185,11 @@ pub(super) enum RoomCmd {
     Remove {
         member: MemberId,
     },
+    AddRecorder {
+        member: MemberId,
+        writer: crate::wav::WavWriter,
+        hears: Audience,
+    },
 }
 
 /// What a room reports to its owner.
@@ -197,6 +204,16 @@ pub enum RoomEvent {
     LegClosed {
         /// The leg's member id.
         member: MemberId,
+    },
+    /// A recorder was removed (or the room ended) and its file is complete, or writing it
+    /// failed (`error`).
+    RecordingFinished {
+        /// The recorder's member id.
+        member: MemberId,
+        /// Samples written (8 kHz).
+        samples: u64,
+        /// Why the file is incomplete, when writing it failed.
+        error: Option<String>,
     },
 }
 
@@ -296,6 +313,25 @@ impl Room {
         member
     }
 
+    /// Records what the rules let a recorder hear (`hears`: everyone, or some members) into a
+    /// new 8 kHz mono WAV file at `path`, from the next tick on, until [`Room::remove`] or the
+    /// room's end; a [`RoomEvent::RecordingFinished`] follows. While a recorder is a member the
+    /// room mixes (no relay fast path).
+    pub fn record(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        hears: Audience,
+    ) -> Result<MemberId, crate::wav::WavError> {
+        let writer = crate::wav::WavWriter::create(path)?;
+        let member = self.next_id();
+        let _ = self.cmd.send(RoomCmd::AddRecorder {
+            member,
+            writer,
+            hears,
+        });
+        Ok(member)
+    }
+
     /// Changes whom `member` is heard by and whom it hears.
     pub fn set_rules(&self, member: MemberId, heard_by: Audience, hears: Audience) {
         let _ = self.cmd.send(RoomCmd::SetRules {
@@ -352,6 +388,11 @@ enum MemberIo {
     Player {
         samples: Arc<[i16]>,
         pos: usize,
+    },
+    Recorder {
+        /// `None` once writing failed (reported when it is removed).
+        writer: Option<crate::wav::WavWriter>,
+        error: Option<String>,
     },
 }
 
@@ -412,9 +453,13 @@ impl RoomTask {
                 send_leg(cmd, Command::RoomUnbridge { room_id: self.id });
             }
         }
-        for m in &self.members {
-            if let MemberIo::Leg { cmd, .. } = &m.io {
-                send_leg(cmd, Command::LeaveRoom { room_id: self.id });
+        for m in std::mem::take(&mut self.members) {
+            match m.io {
+                MemberIo::Leg { cmd, .. } => {
+                    send_leg(&cmd, Command::LeaveRoom { room_id: self.id })
+                }
+                MemberIo::Recorder { writer, error } => self.finish_recording(m.id, writer, error),
+                MemberIo::Player { .. } => {}
             }
         }
         let _ = self.self_cmd;
@@ -525,6 +570,24 @@ impl RoomTask {
                     self.insert(member, MemberIo::Player { samples, pos: 0 });
                 }
             }
+            RoomCmd::AddRecorder {
+                member,
+                writer,
+                hears,
+            } => {
+                if self
+                    .graph
+                    .add_with_id(member, MemberKind::Recorder, Audience::None, hears)
+                {
+                    self.insert(
+                        member,
+                        MemberIo::Recorder {
+                            writer: Some(writer),
+                            error: None,
+                        },
+                    );
+                }
+            }
             RoomCmd::SetRules {
                 member,
                 heard_by,
@@ -565,12 +628,37 @@ impl RoomTask {
         }
     }
 
+    /// Completes a recorder's file (its WAV header) and says so.
+    fn finish_recording(
+        &self,
+        member: MemberId,
+        writer: Option<crate::wav::WavWriter>,
+        mut error: Option<String>,
+    ) {
+        let mut samples = 0;
+        if let Some(w) = writer {
+            samples = w.samples_written();
+            if let Err(e) = w.finalize() {
+                error.get_or_insert(e.to_string());
+            }
+        }
+        let _ = self.events.send(RoomEvent::RecordingFinished {
+            member,
+            samples,
+            error,
+        });
+    }
+
     fn remove(&mut self, member: MemberId) -> bool {
         let Some(i) = self.index(member) else {
             return false;
         };
         let m = self.members.remove(i);
         self.graph.remove(member);
+        if let MemberIo::Recorder { writer, error } = m.io {
+            self.finish_recording(member, writer, error);
+            return true;
+        }
         if let MemberIo::Leg { cmd, .. } = &m.io {
             self.count.left();
             if let Some((a, b)) = self.relay.filter(|(a, b)| *a == member || *b == member) {
@@ -682,6 +770,7 @@ impl RoomTask {
                         finished.push(m.id);
                     }
                 }
+                MemberIo::Recorder { .. } => {}
             }
         }
         let inputs = self
@@ -691,10 +780,20 @@ impl RoomTask {
             .map(|m| (m.id, &m.frame));
         self.mixer.tick(&self.graph, inputs, &mut self.out);
         for (listener, mixed) in self.out.iter() {
-            let Some(payload) = mixed.payload() else {
-                continue; // recorders: not yet wired
-            };
             let Ok(i) = self.members.binary_search_by_key(&listener, |m| m.id) else {
+                continue;
+            };
+            let Some(payload) = mixed.payload() else {
+                // A recorder: its linear mix, silence included (the file keeps the timeline).
+                if let MemberIo::Recorder { writer, error } = &mut self.members[i].io {
+                    if let Some(w) = writer.as_mut() {
+                        if let Err(e) = w.write_samples(&mixed.to_linear()) {
+                            tracing::warn!(room = self.id, error = %e, "recording failed");
+                            *error = Some(e.to_string());
+                            *writer = None;
+                        }
+                    }
+                }
                 continue;
             };
             let MemberIo::Leg {
@@ -956,6 +1055,128 @@ mod stats_tests {
         assert!(
             (40..=60).contains(&late_got),
             "leg 2 got {late_got} packets in 1 s: one stream is 50"
+        );
+    }
+
+    fn goertzel(pcm: &[i16], freq: f64) -> f64 {
+        let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+        let coeff = 2.0 * w.cos();
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for &x in pcm {
+            let s0 = x as f64 + coeff * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        2.0 * (s1 * s1 + s2 * s2 - coeff * s1 * s2).max(0.0).sqrt() / pcm.len().max(1) as f64
+    }
+
+    /// Two legs speak their own tones into a room with two recorders: one hears everyone (the
+    /// file has both tones, in real time), one hears only the first leg (its tone, not the
+    /// other's). Removing a recorder completes its WAV and says so.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recorder_member_writes_what_its_rules_let_it_hear() {
+        let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let engine = MediaEngine::new(MediaConfig {
+            bind_ip: local,
+            advertise_ip: local,
+            port_min: 50000,
+            port_max: 54998,
+        });
+        let mut room = engine.create_room();
+        let mut events = room.take_events().expect("events");
+        let mut legs = Vec::new();
+        let mut phones = Vec::new();
+        let mut members = Vec::new();
+        for _ in 0..2 {
+            let leg = engine.allocate().await.expect("leg");
+            let phone = UdpSocket::bind((local, 0)).await.expect("phone");
+            leg.set_remote(RemoteMedia {
+                addr: phone.local_addr().expect("addr"),
+                codec: Codec::Pcmu,
+                pt: 0,
+                telephone_event_pt: None,
+            });
+            members.push(room.add_leg(&leg, Audience::All, Audience::All));
+            legs.push(leg);
+            phones.push(phone);
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "callplane-recorder-test-{}-{}",
+            std::process::id(),
+            engine.inner.next_leg_id.load(Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let all = room
+            .record(dir.join("all.wav"), Audience::All)
+            .expect("all");
+        let first = room
+            .record(dir.join("first.wav"), Audience::only([members[0]]))
+            .expect("first");
+
+        // One second of 500 Hz from the first phone and 1300 Hz from the second.
+        let targets: Vec<_> = legs.iter().map(|l| l.local_addr()).collect();
+        let mut pkt = [0u8; RTP_HEADER_LEN + FRAME_SAMPLES];
+        let start = Instant::now();
+        for n in 0..50u16 {
+            for (k, (phone, freq)) in phones.iter().zip([500.0, 1300.0]).enumerate() {
+                let pcm: Vec<i16> = (0..FRAME_SAMPLES)
+                    .map(|i| {
+                        let t = (n as usize * FRAME_SAMPLES + i) as f64 / 8000.0;
+                        (6000.0 * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
+                    })
+                    .collect();
+                let h = write_rtp_header(
+                    &mut pkt,
+                    n == 0,
+                    0,
+                    n,
+                    u32::from(n) * FRAME_SAMPLES as u32,
+                    0x1000 + k as u32,
+                );
+                crate::g711::encode_ulaw(&pcm, &mut pkt[h..]);
+                phone.send_to(&pkt, targets[k]).await.expect("send");
+            }
+            tokio::time::sleep_until((start + FRAME * u32::from(n + 1)).into()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        room.remove(all);
+        room.remove(first);
+        let mut finished = Vec::new();
+        while finished.len() < 2 {
+            match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
+                Ok(Some(RoomEvent::RecordingFinished {
+                    member,
+                    samples,
+                    error,
+                })) => {
+                    assert_eq!(error, None);
+                    finished.push((member, samples));
+                }
+                Ok(Some(_)) => {}
+                other => panic!("no RecordingFinished: {other:?}"),
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        for (member, samples) in &finished {
+            // One frame per tick from when it joined: about the second and a bit it was there.
+            let secs = *samples as f64 / 8000.0;
+            assert!(
+                secs > 0.9 && secs < elapsed + 0.3,
+                "recorder {member:?} wrote {secs:.2} s over {elapsed:.2} s"
+            );
+        }
+        let all_pcm = crate::wav::load_wav_8k(dir.join("all.wav")).expect("all.wav");
+        let first_pcm = crate::wav::load_wav_8k(dir.join("first.wav")).expect("first.wav");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (a5, a13) = (goertzel(&all_pcm, 500.0), goertzel(&all_pcm, 1300.0));
+        let (f5, f13) = (goertzel(&first_pcm, 500.0), goertzel(&first_pcm, 1300.0));
+        assert!(
+            a5 > 1000.0 && a13 > 1000.0,
+            "all.wav: 500 Hz {a5:.0}, 1300 Hz {a13:.0}"
+        );
+        assert!(
+            f5 > 1000.0 && f13 < 100.0,
+            "first.wav: 500 Hz {f5:.0}, 1300 Hz {f13:.0}"
         );
     }
 }
