@@ -23,7 +23,9 @@ use crate::webhook::{Outcome, WebhookClient, WebhookKind, WebhookRequest};
 use bytes::Bytes;
 use callplane_media::room::{Audience, MemberId};
 use callplane_media::sdp::{negotiate, Direction, LocalSdp, Negotiated, SessionDescription};
-use callplane_media::{DtmfSource, MediaEngine, MediaEvent, MediaLeg, RemoteMedia, Room};
+use callplane_media::{
+    DtmfSource, MediaEngine, MediaEvent, MediaHandle, MediaLeg, RemoteMedia, Room,
+};
 use callplane_sip::{
     InboundCall, InboundEvent, OutboundCall, OutboundEvent, OutboundLeg, SipServer, Transport,
 };
@@ -134,7 +136,8 @@ fn whole_seconds(d: Duration) -> u64 {
 
 /// One destination being called by a BRIDGE block, once its INVITE went out.
 struct Attempt {
-    media: MediaLeg,
+    /// Drives the callee's RTP endpoint; the endpoint itself belongs to the leg's task.
+    media: MediaHandle,
     /// Our session description toward this callee, for the whole dialog.
     sdp: LocalSdp,
     /// The outbound leg's own task.
@@ -243,7 +246,8 @@ struct Call {
     bye_done: Option<tokio::sync::oneshot::Receiver<()>>,
     /// The caller's leg state as this session drives and sees it (for `leg.state` events).
     caller_state: LegState,
-    media: MediaLeg,
+    /// Drives the caller's RTP endpoint; the endpoint itself belongs to the caller's leg task.
+    media: MediaHandle,
     media_events: mpsc::Receiver<MediaEvent>,
     media_gone: bool,
     /// Our session description toward the caller, for the whole dialog.
@@ -524,7 +528,10 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
     let mut held = Mailbox::new(svc.next_owner.fetch_add(1, Ordering::Relaxed));
     let leg_id = LegId(svc.next_leg.fetch_add(1, Ordering::Relaxed));
     let (leg_tx, leg_events) = mpsc::unbounded_channel();
-    let leg = spawn_inbound(leg_id, leg, held.adopt(leg_id, 1), leg_tx);
+    // The leg's task owns the caller's RTP endpoint too: it lives as long as the dialog.
+    let media_owner = media;
+    let media = media_owner.handle();
+    let leg = spawn_inbound(leg_id, leg, media_owner, held.adopt(leg_id, 1), leg_tx);
     let (commands_tx, commands) = mpsc::unbounded_channel();
     svc.calls.insert(
         &uuid,
@@ -1570,14 +1577,21 @@ impl Call {
                     });
                 }
                 let Launched { leg, media, sdp } = *l;
-                let leg =
-                    spawn_outbound(leg_id, leg, owner, b.events_tx.clone(), AttemptEvent::Sip);
+                let handle = media.handle();
+                let leg = spawn_outbound(
+                    leg_id,
+                    leg,
+                    media,
+                    owner,
+                    b.events_tx.clone(),
+                    AttemptEvent::Sip,
+                );
                 if let Some(reason) = slot.hangup_pending.take() {
                     // Dial gave it up while it was launching.
                     leg.hangup(reason);
                 }
                 slot.live = Some(Attempt {
-                    media,
+                    media: handle,
                     sdp,
                     leg,
                     started: Instant::now(),

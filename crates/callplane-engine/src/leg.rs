@@ -7,6 +7,7 @@
 //! the owner's commands (ringing, answer, reject, hang-up) and moves, so the leg outlives the
 //! owner that created it once it is moved, and no owner awaits a SIP transaction.
 
+use callplane_media::MediaLeg;
 use callplane_sip::{InboundEvent, InboundLeg, OutboundEvent, OutboundLeg};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -201,12 +202,15 @@ const DRAIN: Duration = Duration::from_secs(32);
 pub fn spawn_outbound<E: Send + 'static>(
     id: LegId,
     mut leg: OutboundLeg,
+    media: MediaLeg,
     owner: Owner,
     events: mpsc::UnboundedSender<Addressed<E>>,
     wrap: fn(OutboundEvent) -> E,
 ) -> LegHandle<E> {
     let (tx, mut commands) = mpsc::unbounded_channel::<LegCommand<E>>();
     tokio::spawn(async move {
+        // The leg's RTP endpoint: closed when the dialog is over (or hung up), not before.
+        let mut media = Some(media);
         let mut owner = owner;
         let mut events = events;
         let mut state = LegState::Calling;
@@ -226,6 +230,8 @@ pub fn spawn_outbound<E: Send + 'static>(
                         };
                         state = LegState::Ending;
                         leg.hangup(reason).await;
+                        // No media while the last transaction drains: the port is free again.
+                        drop(media.take());
                         let drain = async { while leg.next_event().await.is_some() {} };
                         let _ = tokio::time::timeout(DRAIN, drain).await;
                         tracing::trace!(leg = id.0, ?state, "leg ended");
@@ -315,11 +321,14 @@ impl InboundLegHandle {
 pub fn spawn_inbound(
     id: LegId,
     mut leg: InboundLeg,
+    media: MediaLeg,
     owner: Owner,
     events: mpsc::UnboundedSender<Addressed<InboundEvent>>,
 ) -> InboundLegHandle {
     let (tx, mut commands) = mpsc::unbounded_channel::<InboundCommand>();
     tokio::spawn(async move {
+        // The caller's RTP endpoint lives as long as the dialog (and moves with the leg).
+        let _media = media;
         let mut owner = owner;
         let mut events = events;
         let mut state = LegState::Calling;

@@ -26,7 +26,7 @@ pub use sdp::{
     build_sdp, negotiate, Direction, LocalSdp, Negotiated, SdpError, SdpParams, SessionDescription,
 };
 pub use session::{
-    DtmfSource, MediaConfig, MediaEngine, MediaError, MediaEvent, MediaLeg, MediaTotals,
-    RemoteMedia, Room, RoomEvent, StreamStats,
+    DtmfSource, MediaConfig, MediaEngine, MediaError, MediaEvent, MediaHandle, MediaLeg,
+    MediaTotals, RemoteMedia, Room, RoomEvent, StreamStats,
 };
 pub use wav::{decode_wav_8k, load_wav_8k, WavError, WavWriter};

@@ -515,10 +515,12 @@ impl MediaEngine {
             cfg.advertise_ip
         };
         MediaLeg {
-            shared,
-            cmd: cmd_tx,
+            handle: MediaHandle {
+                shared,
+                cmd: cmd_tx,
+                local_addr: SocketAddr::new(ip, port),
+            },
             events: Some(ev_rx),
-            local_addr: SocketAddr::new(ip, port),
         }
     }
 }
@@ -531,15 +533,45 @@ impl MediaEngine {
 ///
 /// All methods are non-blocking: they queue a command for the leg's task, which
 /// applies them in order.
+///
+/// The leg's controls are on [`MediaHandle`] (this derefs to it): whoever drives the leg — a
+/// session, a bridge — may hold a handle, while the `MediaLeg` itself stays with the owner of
+/// the endpoint (the SIP leg's task), so the endpoint lives exactly as long as its dialog.
 #[derive(Debug)]
 pub struct MediaLeg {
-    shared: Arc<LegShared>,
-    cmd: mpsc::UnboundedSender<Command>,
+    handle: MediaHandle,
     events: Option<mpsc::Receiver<MediaEvent>>,
-    local_addr: SocketAddr,
+}
+
+impl std::ops::Deref for MediaLeg {
+    type Target = MediaHandle;
+    fn deref(&self) -> &MediaHandle {
+        &self.handle
+    }
 }
 
 impl MediaLeg {
+    /// Its event stream (DTMF, RTP timeout, playback finished), once.
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<MediaEvent>> {
+        self.events.take()
+    }
+
+    /// A handle that drives this leg without owning it (dropping the handle closes nothing).
+    pub fn handle(&self) -> MediaHandle {
+        self.handle.clone()
+    }
+}
+
+/// Drives one RTP endpoint (see [`MediaLeg`]); clones drive the same endpoint. Commands to an
+/// endpoint that was closed are ignored.
+#[derive(Debug, Clone)]
+pub struct MediaHandle {
+    shared: Arc<LegShared>,
+    cmd: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddr,
+}
+
+impl MediaHandle {
     /// Advertise IP + bound port, to put in SDP.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -556,11 +588,6 @@ impl MediaLeg {
     /// latched and used as the destination; packets from other sources are dropped.
     pub fn set_remote(&self, r: RemoteMedia) {
         self.send(Command::SetRemote(r));
-    }
-
-    /// The event receiver; `Some` only on the first call.
-    pub fn take_events(&mut self) -> Option<mpsc::Receiver<MediaEvent>> {
-        self.events.take()
     }
 
     /// Queue 8 kHz mono audio after anything already queued. Returns the play id
@@ -628,7 +655,7 @@ impl MediaLeg {
     /// telephone-event; DTMF events are still reported on the receiving leg). Any
     /// previous bridge of either leg is replaced. Playback/DTMF on a leg temporarily
     /// takes precedence over the audio relayed to it.
-    pub fn bridge(&self, other: &MediaLeg) {
+    pub fn bridge(&self, other: &MediaHandle) {
         if other.shared.id == self.shared.id {
             return;
         }

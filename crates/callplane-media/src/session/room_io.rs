@@ -278,7 +278,7 @@ impl Room {
 
     /// Adds a leg with its audio rules. The leg leaves any bridge it was in; it leaves the
     /// room with [`Room::remove`], when the room is dropped or when the leg closes.
-    pub fn add_leg(&self, leg: &MediaLeg, heard_by: Audience, hears: Audience) -> MemberId {
+    pub fn add_leg(&self, leg: &MediaHandle, heard_by: Audience, hears: Audience) -> MemberId {
         let member = self.next_id();
         let (frames_tx, frames) = mpsc::channel(ROOM_QUEUE);
         let _ = self.cmd.send(RoomCmd::AddLeg {
