@@ -229,11 +229,13 @@ pub fn spawn_outbound<E: Send + 'static>(
                             _ => None,
                         };
                         state = LegState::Ending;
-                        leg.hangup(reason).await;
+                        // Boxed, here and below: the hang-up's state would otherwise be part
+                        // of every leg task's future for the whole call.
+                        Box::pin(leg.hangup(reason)).await;
                         // No media while the last transaction drains: the port is free again.
                         drop(media.take());
                         let drain = async { while leg.next_event().await.is_some() {} };
-                        let _ = tokio::time::timeout(DRAIN, drain).await;
+                        let _ = Box::pin(tokio::time::timeout(DRAIN, drain)).await;
                         tracing::trace!(leg = id.0, ?state, "leg ended");
                         return;
                     }
@@ -363,7 +365,7 @@ pub fn spawn_inbound(
                             _ => (None, None),
                         };
                         if state == LegState::Answered || state == LegState::Held {
-                            leg.hangup(reason).await;
+                            Box::pin(leg.hangup(reason)).await;
                         } else {
                             // Every owner is gone before answer: the call cannot go on.
                             leg.reject(500, reason);
