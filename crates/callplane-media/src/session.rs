@@ -762,6 +762,7 @@ enum Command {
     /// leg that moved on to another room or bridge keeps its new peer).
     RoomUnbridge {
         room_id: u64,
+        member: crate::room::MemberId,
     },
     /// Become a member of a room (see `room_io`).
     JoinRoom(room_io::RoomLink),
@@ -769,6 +770,7 @@ enum Command {
     RoomMix(bool),
     LeaveRoom {
         room_id: u64,
+        member: crate::room::MemberId,
     },
     Close,
 }
@@ -1337,8 +1339,13 @@ impl LegTask {
                 }
             }
             Command::Unbridge => self.detach_peer(),
-            Command::RoomUnbridge { room_id } => {
-                if self.room.as_ref().is_some_and(|r| r.room_id == room_id) {
+            Command::RoomUnbridge { room_id, member } => {
+                // Still that membership (not a later one in the same room, after a re-join).
+                if self
+                    .room
+                    .as_ref()
+                    .is_some_and(|r| r.room_id == room_id && r.member == member)
+                {
                     self.detach_peer();
                 }
             }
@@ -1358,8 +1365,12 @@ impl LegTask {
                     r.mixing = on;
                 }
             }
-            Command::LeaveRoom { room_id } => {
-                if self.room.as_ref().is_some_and(|r| r.room_id == room_id) {
+            Command::LeaveRoom { room_id, member } => {
+                if self
+                    .room
+                    .as_ref()
+                    .is_some_and(|r| r.room_id == room_id && r.member == member)
+                {
                     self.room = None;
                 }
             }

@@ -248,6 +248,7 @@ impl MediaEngine {
             base: self.inner.base,
             payload: [0; RTP_HEADER_LEN + FRAME_SAMPLES],
             count: RoomCount::new(self.inner.rooms.clone()),
+            last_tick: None,
         };
         tokio::spawn(task.run());
         Room {
@@ -422,6 +423,9 @@ struct RoomTask {
     base: Instant,
     payload: [u8; RTP_HEADER_LEN + FRAME_SAMPLES],
     count: RoomCount,
+    /// When the last mixing tick ran: ticks the clock skipped (an overloaded machine) are
+    /// written to recorders as silence, so a recording keeps the call's length.
+    last_tick: Option<Instant>,
 }
 
 fn send_leg(cmd: &mpsc::WeakUnboundedSender<Command>, c: Command) {
@@ -436,6 +440,10 @@ impl RoomTask {
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             let mixing = self.relay.is_none() && !self.members.is_empty();
+            if !mixing {
+                // The clock stops: the next tick starts a new run, nothing was skipped.
+                self.last_tick = None;
+            }
             tokio::select! {
                 cmd = self.cmd_rx.recv() => match cmd {
                     Some(c) => self.handle(c),
@@ -450,14 +458,24 @@ impl RoomTask {
         // The handle is gone: every leg leaves.
         if let Some((a, _)) = self.relay.take() {
             if let Some(MemberIo::Leg { cmd, .. }) = self.io(a) {
-                send_leg(cmd, Command::RoomUnbridge { room_id: self.id });
+                send_leg(
+                    cmd,
+                    Command::RoomUnbridge {
+                        room_id: self.id,
+                        member: a,
+                    },
+                );
             }
         }
         for m in std::mem::take(&mut self.members) {
             match m.io {
-                MemberIo::Leg { cmd, .. } => {
-                    send_leg(&cmd, Command::LeaveRoom { room_id: self.id })
-                }
+                MemberIo::Leg { cmd, .. } => send_leg(
+                    &cmd,
+                    Command::LeaveRoom {
+                        room_id: self.id,
+                        member: m.id,
+                    },
+                ),
                 MemberIo::Recorder { writer, error } => self.finish_recording(m.id, writer, error),
                 MemberIo::Player { .. } => {}
             }
@@ -540,6 +558,29 @@ impl RoomTask {
                         // sends LegLink after its JoinRoom, so saying it again now lands.
                         if *mixing {
                             send_leg(cmd, Command::RoomMix(true));
+                        }
+                    }
+                    // Likewise a BridgeWith of the fast path, ignored by a leg that had not
+                    // joined yet (it only accepts a room's relay while it is a member).
+                    if let Some((a, b)) = self.relay.filter(|(a, b)| *a == member || *b == member) {
+                        let other = if a == member { b } else { a };
+                        if let (
+                            Some(MemberIo::Leg { cmd: mine, .. }),
+                            Some(MemberIo::Leg {
+                                leg_id,
+                                cmd: theirs,
+                                ..
+                            }),
+                        ) = (self.io(member), self.io(other))
+                        {
+                            send_leg(
+                                mine,
+                                Command::BridgeWith {
+                                    peer_id: *leg_id,
+                                    peer_cmd: theirs.clone(),
+                                    room: Some(self.id),
+                                },
+                            );
                         }
                     }
                     self.target_changed(member, target);
@@ -665,14 +706,32 @@ impl RoomTask {
                 // Both ends: the one that left may be in another room or bridge by now (it
                 // then ignores this), the one that stays must stop relaying to it.
                 let id = self.id;
-                send_leg(cmd, Command::RoomUnbridge { room_id: id });
+                send_leg(
+                    cmd,
+                    Command::RoomUnbridge {
+                        room_id: id,
+                        member,
+                    },
+                );
                 let other = if a == member { b } else { a };
                 if let Some(MemberIo::Leg { cmd: o, .. }) = self.io(other) {
-                    send_leg(o, Command::RoomUnbridge { room_id: id });
+                    send_leg(
+                        o,
+                        Command::RoomUnbridge {
+                            room_id: id,
+                            member: other,
+                        },
+                    );
                 }
                 self.relay = None;
             }
-            send_leg(cmd, Command::LeaveRoom { room_id: self.id });
+            send_leg(
+                cmd,
+                Command::LeaveRoom {
+                    room_id: self.id,
+                    member,
+                },
+            );
         }
         true
     }
@@ -686,7 +745,13 @@ impl RoomTask {
         }
         if let Some((a, _)) = self.relay.take() {
             if let Some(MemberIo::Leg { cmd, .. }) = self.io(a) {
-                send_leg(cmd, Command::RoomUnbridge { room_id: self.id });
+                send_leg(
+                    cmd,
+                    Command::RoomUnbridge {
+                        room_id: self.id,
+                        member: a,
+                    },
+                );
             }
         }
         let relay_legs = fast.and_then(|(a, b)| match (self.io(a), self.io(b)) {
@@ -740,6 +805,26 @@ impl RoomTask {
 
     fn on_tick(&mut self) {
         let started = Instant::now();
+        if let Some(last) = self.last_tick.replace(started) {
+            let elapsed = started.saturating_duration_since(last);
+            // Whole frames beyond this one that no tick covered (at most 10 s worth).
+            let missed = (elapsed.as_micros() / FRAME.as_micros())
+                .saturating_sub(1)
+                .min(500);
+            if missed > 0 {
+                let silence = [0i16; FRAME_SAMPLES];
+                for m in &mut self.members {
+                    if let MemberIo::Recorder {
+                        writer: Some(w), ..
+                    } = &mut m.io
+                    {
+                        for _ in 0..missed {
+                            let _ = w.write_samples(&silence);
+                        }
+                    }
+                }
+            }
+        }
         let now_us = started.saturating_duration_since(self.base).as_micros() as u64 + 1;
         let (mut sent, mut errors, mut trimmed) = (0u64, 0u64, 0u64);
         let mut finished: Vec<MemberId> = Vec::new();
