@@ -24,7 +24,7 @@ use bytes::Bytes;
 use callplane_media::room::{Audience, MemberId};
 use callplane_media::sdp::{negotiate, Direction, LocalSdp, Negotiated, SessionDescription};
 use callplane_media::{
-    DtmfSource, MediaEngine, MediaEvent, MediaHandle, MediaLeg, RemoteMedia, Room,
+    DtmfSource, MediaEngine, MediaEvent, MediaHandle, MediaLeg, RemoteMedia, Room, RoomEvent,
 };
 use callplane_sip::{
     InboundCall, InboundEvent, OutboundCall, OutboundEvent, OutboundLeg, SipServer, Transport,
@@ -184,6 +184,11 @@ enum TaskDone {
         attempt: AttemptId,
         audio: Arc<[i16]>,
     },
+    /// A prompt played into that bridge's room is over.
+    BridgePlayerDone {
+        bridge: u64,
+        attempt: AttemptId,
+    },
 }
 
 /// A connected bridge promoted to a mixing room, so that prompts can be played into it; its
@@ -191,6 +196,11 @@ enum TaskDone {
 struct BridgeRoom {
     room: Room,
     attempt: AttemptId,
+    /// Prompts rendering for it, and playing in it: when both are none, the pair goes back to
+    /// a plain bridge (the room would keep mixing two legs with different codecs, or a held
+    /// one, and the plain relay carries RFC 4733 digits).
+    rendering: u32,
+    playing: u32,
 }
 
 /// What an attempt's tasks report: its SIP events, and keypad digits its media detected.
@@ -727,9 +737,11 @@ impl Call {
             return;
         }
         let sdp = self.local_sdp();
-        // The leg's task sends the 200 (a failure there is logged; the caller's CANCEL or the
-        // dialog's failure then arrives as an event).
-        self.leg.answer(sdp);
+        if let Err(e) = self.leg.answer(sdp) {
+            // The caller cancelled first: its CANCEL arrives as an event.
+            warn!(call = %self.uuid, error = %e, "answer failed");
+            return;
+        }
         // From now on the caller hears a continuous stream whatever the plan does.
         self.media.set_fill_silence(true);
         self.answered = true;
@@ -816,14 +828,34 @@ impl Call {
                 return Err(PlayRefused::NotConnected);
             };
             let mut room = self.svc.media.create_room();
-            // Nothing here waits for the room's events.
-            drop(room.take_events());
+            if let Some(mut events) = room.take_events() {
+                let done = self.tasks_tx.clone();
+                let bridge = b.serial;
+                tokio::spawn(async move {
+                    while let Some(ev) = events.recv().await {
+                        if let RoomEvent::PlayerFinished { .. } = ev {
+                            let d = TaskDone::BridgePlayerDone {
+                                bridge,
+                                attempt: winner,
+                            };
+                            if done.send(d).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
             room.add_leg(&self.media, Audience::All, Audience::All);
             room.add_leg(&callee.media, Audience::All, Audience::All);
             b.room = Some(BridgeRoom {
                 room,
                 attempt: winner,
+                rendering: 0,
+                playing: 0,
             });
+        }
+        if let Some(r) = b.room.as_mut() {
+            r.rendering += 1;
         }
         info!(call = %self.uuid, prompts = prompts.len(), "playing into the bridge");
         let serial = b.serial;
@@ -854,14 +886,53 @@ impl Call {
 
     /// Rendered prompts for the bridge: into its room, if that pair is still connected.
     fn mix_into_bridge(&mut self, serial: u64, attempt: AttemptId, audio: Arc<[i16]>) {
-        let Some(b) = self.bridge.as_ref().filter(|b| b.serial == serial) else {
+        let Some(b) = self.bridge.as_mut().filter(|b| b.serial == serial) else {
             return;
         };
-        if audio.is_empty() || b.connected != Some(attempt) || b.bridged != Some(attempt) {
+        let connected = b.connected == Some(attempt) && b.bridged == Some(attempt);
+        let Some(r) = b.room.as_mut().filter(|r| r.attempt == attempt) else {
+            return;
+        };
+        r.rendering = r.rendering.saturating_sub(1);
+        if connected && !audio.is_empty() {
+            r.room.play(audio, Audience::All);
+            r.playing += 1;
+        }
+        self.dissolve_bridge_room(serial, attempt);
+    }
+
+    /// A prompt in the bridge's room is over.
+    fn bridge_player_done(&mut self, serial: u64, attempt: AttemptId) {
+        if let Some(r) = self
+            .bridge
+            .as_mut()
+            .filter(|b| b.serial == serial)
+            .and_then(|b| b.room.as_mut())
+            .filter(|r| r.attempt == attempt)
+        {
+            r.playing = r.playing.saturating_sub(1);
+        }
+        self.dissolve_bridge_room(serial, attempt);
+    }
+
+    /// Nothing renders or plays into the bridge's room any more: the pair relays as a plain
+    /// bridge again (the legs leave the room as they bridge).
+    fn dissolve_bridge_room(&mut self, serial: u64, attempt: AttemptId) {
+        let Some(b) = self.bridge.as_mut().filter(|b| b.serial == serial) else {
+            return;
+        };
+        if !b
+            .room
+            .as_ref()
+            .is_some_and(|r| r.attempt == attempt && r.rendering == 0 && r.playing == 0)
+        {
             return;
         }
-        if let Some(r) = b.room.as_ref().filter(|r| r.attempt == attempt) {
-            r.room.play(audio, Audience::All);
+        b.room = None;
+        if b.connected == Some(attempt) && b.bridged == Some(attempt) {
+            if let Some(callee) = b.live(attempt) {
+                self.media.bridge(&callee.media);
+            }
         }
     }
 
@@ -873,6 +944,9 @@ impl Call {
                 attempt,
                 audio,
             } => self.mix_into_bridge(bridge, attempt, audio),
+            TaskDone::BridgePlayerDone { bridge, attempt } => {
+                self.bridge_player_done(bridge, attempt)
+            }
             TaskDone::Launched {
                 bridge,
                 attempt,
@@ -1072,8 +1146,9 @@ impl Call {
                 variables: self.flow.variables().as_map().clone(),
             },
         );
-        // The call is over and recorded; its end is when our BYE's transaction is too (as
-        // long as a BYE can take).
+        // The call is over and recorded: no command can reach it any more. Its end is when
+        // our BYE's transaction is too (as long as a BYE can take).
+        self.svc.calls.remove(&self.uuid);
         if let Some(done) = self.bye_done.take() {
             let _ = tokio::time::timeout(Duration::from_secs(35), done).await;
         }

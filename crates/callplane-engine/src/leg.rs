@@ -8,7 +8,7 @@
 //! owner that created it once it is moved, and no owner awaits a SIP transaction.
 
 use callplane_media::MediaLeg;
-use callplane_sip::{InboundEvent, InboundLeg, OutboundEvent, OutboundLeg};
+use callplane_sip::{Answerer, InboundEvent, InboundLeg, OutboundEvent, OutboundLeg};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -231,9 +231,10 @@ pub fn spawn_outbound<E: Send + 'static>(
                         state = LegState::Ending;
                         // Boxed, here and below: the hang-up's state would otherwise be part
                         // of every leg task's future for the whole call.
-                        Box::pin(leg.hangup(reason)).await;
-                        // No media while the last transaction drains: the port is free again.
+                        // No media while the CANCEL/BYE and the last transaction run: the
+                        // port is free again at once.
                         drop(media.take());
+                        Box::pin(leg.hangup(reason)).await;
                         let drain = async { while leg.next_event().await.is_some() {} };
                         let _ = Box::pin(tokio::time::timeout(DRAIN, drain)).await;
                         tracing::trace!(leg = id.0, ?state, "leg ended");
@@ -262,8 +263,6 @@ pub fn spawn_outbound<E: Send + 'static>(
 pub enum InboundCommand {
     /// 180, or 183 with early media when an SDP is given.
     Ringing(Option<String>),
-    /// 200 OK with our SDP answer.
-    Answer(String),
     /// A final non-2xx with an RFC 3326 Reason value; the leg ends.
     Reject { status: u16, reason: Option<String> },
     /// BYE after answer (a Reason value); `done` is told once its transaction is over.
@@ -283,6 +282,7 @@ pub enum InboundCommand {
 pub struct InboundLegHandle {
     pub id: LegId,
     commands: mpsc::UnboundedSender<InboundCommand>,
+    answerer: Answerer,
 }
 
 impl InboundLegHandle {
@@ -290,8 +290,10 @@ impl InboundLegHandle {
         let _ = self.commands.send(InboundCommand::Ringing(sdp));
     }
 
-    pub fn answer(&self, sdp: String) {
-        let _ = self.commands.send(InboundCommand::Answer(sdp));
+    /// 200 OK with our SDP answer, sent now (not queued), so the owner knows whether the
+    /// call is answered: an error when the caller cancelled first.
+    pub fn answer(&self, sdp: String) -> Result<(), callplane_sip::SipError> {
+        self.answerer.answer(sdp)
     }
 
     pub fn reject(&self, status: u16, reason: Option<String>) {
@@ -328,6 +330,7 @@ pub fn spawn_inbound(
     events: mpsc::UnboundedSender<Addressed<InboundEvent>>,
 ) -> InboundLegHandle {
     let (tx, mut commands) = mpsc::unbounded_channel::<InboundCommand>();
+    let answerer = leg.answerer();
     tokio::spawn(async move {
         // The caller's RTP endpoint lives as long as the dialog (and moves with the leg).
         let _media = media;
@@ -335,7 +338,13 @@ pub fn spawn_inbound(
         let mut events = events;
         let mut state = LegState::Calling;
         loop {
+            if leg.is_answered() && !matches!(state, LegState::Answered | LegState::Held) {
+                state = LegState::Answered;
+            }
             tokio::select! {
+                // The owner's commands first: a reject queued before the owner went away is
+                // still carried out.
+                biased;
                 cmd = commands.recv() => match cmd {
                     Some(InboundCommand::Ringing(sdp)) => {
                         if matches!(state, LegState::Calling | LegState::Ringing) {
@@ -343,10 +352,6 @@ pub fn spawn_inbound(
                         }
                         leg.ringing(sdp);
                     }
-                    Some(InboundCommand::Answer(sdp)) => match leg.answer(sdp) {
-                        Ok(()) => state = LegState::Answered,
-                        Err(e) => tracing::warn!(leg = id.0, error = %e, "answer failed"),
-                    },
                     Some(InboundCommand::MoveTo { owner: o, events: e }) => {
                         if o.epoch > owner.epoch {
                             owner = o;
@@ -364,7 +369,7 @@ pub fn spawn_inbound(
                             Some(InboundCommand::Hangup { reason, done }) => (reason, done),
                             _ => (None, None),
                         };
-                        if state == LegState::Answered || state == LegState::Held {
+                        if leg.is_answered() {
                             Box::pin(leg.hangup(reason)).await;
                         } else {
                             // Every owner is gone before answer: the call cannot go on.
@@ -383,14 +388,21 @@ pub fn spawn_inbound(
                         if s.contains("a=sendonly") || s.contains("a=inactive"));
                     state = state.after_inbound(&ev, hold);
                     let addressed = Addressed { leg: id, owner, event: ev };
-                    if events.send(addressed).is_err() || state.is_ended() {
+                    // An owner that is gone still has its last commands queued (or none,
+                    // and then its dropped handle ends the leg): keep going until then.
+                    let _ = events.send(addressed);
+                    if state.is_ended() {
                         return;
                     }
                 }
             }
         }
     });
-    InboundLegHandle { id, commands: tx }
+    InboundLegHandle {
+        id,
+        commands: tx,
+        answerer,
+    }
 }
 
 #[cfg(test)]

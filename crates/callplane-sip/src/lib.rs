@@ -14,7 +14,7 @@ mod server;
 mod validate;
 
 pub use server::{
-    InboundCall, InboundEvent, InboundLeg, OutboundCall, OutboundEvent, OutboundLeg,
+    Answerer, InboundCall, InboundEvent, InboundLeg, OutboundCall, OutboundEvent, OutboundLeg,
     ReinviteResponder, SipConfig, SipDirectory, SipServer,
 };
 

@@ -337,12 +337,21 @@ impl InboundLeg {
 
     /// 200 OK with our SDP answer.
     pub fn answer(&self, sdp: String) -> Result<(), SipError> {
-        let headers = vec![Header::ContentType("application/sdp".into())];
-        self.dialog
-            .accept(Some(headers), Some(sdp.into_bytes()))
-            .map_err(SipError::from)?;
-        self.flags.answered.store(true, Ordering::Release);
-        Ok(())
+        self.answerer().answer(sdp)
+    }
+
+    /// What sends this leg's 200 OK from another task than the one that owns the leg, so its
+    /// owner learns at once whether the answer went out.
+    pub fn answerer(&self) -> Answerer {
+        Answerer {
+            dialog: self.dialog.clone(),
+            flags: self.flags.clone(),
+        }
+    }
+
+    /// Whether our 200 OK went out.
+    pub fn is_answered(&self) -> bool {
+        self.flags.answered.load(Ordering::Acquire)
     }
 
     /// A final non-2xx response, with an optional Reason header value (RFC 3326).
@@ -387,6 +396,26 @@ impl InboundLeg {
     /// The next event; None once the dialog is gone. Cancel-safe.
     pub async fn next_event(&mut self) -> Option<InboundEvent> {
         self.events.recv().await
+    }
+}
+
+/// Sends an inbound leg's 200 OK (see [`InboundLeg::answerer`]).
+#[derive(Clone)]
+pub struct Answerer {
+    dialog: InviteDialog,
+    flags: Arc<LegFlags>,
+}
+
+impl Answerer {
+    /// 200 OK with our SDP answer; an error when the INVITE's transaction is already over
+    /// (the caller cancelled first).
+    pub fn answer(&self, sdp: String) -> Result<(), SipError> {
+        let headers = vec![Header::ContentType("application/sdp".into())];
+        self.dialog
+            .accept(Some(headers), Some(sdp.into_bytes()))
+            .map_err(SipError::from)?;
+        self.flags.answered.store(true, Ordering::Release);
+        Ok(())
     }
 }
 
