@@ -1351,6 +1351,70 @@ async fn interrupt_reaches_calls_in_scope_only() {
     assert_eq!(done, ["call-acme", "call-acme", "call-beta"]);
 }
 
+#[tokio::test]
+async fn run_blocks_checks_scope_body_and_blocks_before_the_call() {
+    let f = fixture();
+    let chime = || json!({"blocks": [{"blockType": "ANNOUNCEMENT", "announcementName": "chime"}]});
+    let path = "/v1/calls/call-acme/blocks";
+    f.call("POST", path, None, Some(chime()))
+        .await
+        .expect(401, "unauthorized", None);
+    f.call("POST", path, Some(ACCOUNT), Some(chime()))
+        .await
+        .expect(403, "forbidden", None);
+    // Out of scope or unknown: 404, as if it did not exist.
+    f.call(
+        "POST",
+        "/v1/calls/call-beta/blocks",
+        Some(CUSTOMER),
+        Some(chime()),
+    )
+    .await
+    .expect(404, "not_found", None);
+    f.call("POST", "/v1/calls/nope/blocks", Some(ADMIN), Some(chime()))
+        .await
+        .expect(404, "not_found", None);
+    // The body: an object with a non-empty `blocks` list of valid blocks.
+    f.call("POST", path, Some(CUSTOMER), Some(json!({"blocks": []})))
+        .await
+        .expect(400, "validation_failed", Some("blocks"));
+    f.call("POST", path, Some(CUSTOMER), Some(json!({})))
+        .await
+        .expect(400, "invalid_json", Some("blocks"));
+    f.call(
+        "POST",
+        path,
+        Some(CUSTOMER),
+        Some(json!({"blocks": [], "extra": 1})),
+    )
+    .await
+    .expect(400, "invalid_json", Some("extra"));
+    f.call(
+        "POST",
+        path,
+        Some(CUSTOMER),
+        Some(json!({"blocks": [{"blockType": "ANNOUNCEMENT"}]})),
+    )
+    .await
+    .expect(400, "validation_failed", Some("blocks[0].announcementName"));
+    // Valid, but not a block that can run on a call yet.
+    f.call(
+        "POST",
+        path,
+        Some(CUSTOMER),
+        Some(json!({"blocks": [
+            {"blockType": "SAY", "text": "hello"},
+            {"blockType": "HANGUP", "hangupCause": "NORMAL_CLEARING"}
+        ]})),
+    )
+    .await
+    .expect(409, "conflict", Some("blocks[1].blockType"));
+    // The fake's calls have no connected callee.
+    f.call("POST", path, Some(CUSTOMER), Some(chime()))
+        .await
+        .expect(409, "conflict", None);
+}
+
 #[test]
 fn serde_messages_map_to_fields() {
     assert_eq!(
