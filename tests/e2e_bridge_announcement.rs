@@ -16,49 +16,6 @@ const ANNOUNCEMENT_HZ: f64 = 900.0;
 const HEARD: f64 = 1200.0;
 const SILENT: f64 = 300.0;
 
-fn tone(freq: f64, secs: f64, amplitude: f64) -> Vec<i16> {
-    (0..(secs * 8000.0) as usize)
-        .map(|n| (amplitude * (2.0 * std::f64::consts::PI * freq * n as f64 / 8000.0).sin()) as i16)
-        .collect()
-}
-
-/// An 8 kHz 16-bit mono WAV of `samples`.
-fn write_wav(path: &std::path::Path, samples: &[i16]) {
-    let data_len = (samples.len() * 2) as u32;
-    let mut b = Vec::with_capacity(44 + data_len as usize);
-    b.extend_from_slice(b"RIFF");
-    b.extend_from_slice(&(36 + data_len).to_le_bytes());
-    b.extend_from_slice(b"WAVEfmt ");
-    b.extend_from_slice(&16u32.to_le_bytes());
-    b.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    b.extend_from_slice(&1u16.to_le_bytes()); // mono
-    b.extend_from_slice(&8000u32.to_le_bytes());
-    b.extend_from_slice(&16000u32.to_le_bytes());
-    b.extend_from_slice(&2u16.to_le_bytes());
-    b.extend_from_slice(&16u16.to_le_bytes());
-    b.extend_from_slice(b"data");
-    b.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        b.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, b).expect("write WAV");
-}
-
-fn amplitude(pcm: &[i16], freq: f64) -> f64 {
-    if pcm.is_empty() {
-        return 0.0;
-    }
-    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in pcm {
-        let s0 = x as f64 + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    2.0 * (s1 * s1 + s2 * s2 - coeff * s1 * s2).max(0.0).sqrt() / pcm.len() as f64
-}
-
 fn heard(rtp: &RtpPeer, from: Instant, to: Instant) -> Vec<i16> {
     let packets: Vec<RtpPacket> = rtp
         .packets()
@@ -72,9 +29,9 @@ fn levels(pcm: &[i16]) -> String {
     format!(
         "{} samples; caller {CALLER_HZ} Hz: {:.0}, callee {CALLEE_HZ} Hz: {:.0}, announcement {ANNOUNCEMENT_HZ} Hz: {:.0}",
         pcm.len(),
-        amplitude(pcm, CALLER_HZ),
-        amplitude(pcm, CALLEE_HZ),
-        amplitude(pcm, ANNOUNCEMENT_HZ)
+        tone_amplitude(pcm, CALLER_HZ),
+        tone_amplitude(pcm, CALLEE_HZ),
+        tone_amplitude(pcm, ANNOUNCEMENT_HZ)
     )
 }
 
@@ -106,7 +63,11 @@ fn an_announcement_into_a_connected_call_is_heard_with_the_far_end() {
         std::process::id(),
         free_port()
     ));
-    write_wav(&wav, &tone(ANNOUNCEMENT_HZ, 1.5, 5000.0));
+    std::fs::write(
+        &wav,
+        pcm16_wav(8000, 1, &sine(ANNOUNCEMENT_HZ, 1.5, 5000.0)),
+    )
+    .expect("write WAV");
 
     let callee_rtp = RtpPeer::new();
     let mut callee = Sipp::uas("uas_answer.xml")
@@ -163,8 +124,8 @@ fn an_announcement_into_a_connected_call_is_heard_with_the_far_end() {
     let start = Instant::now();
     let mut played = None;
     std::thread::scope(|s| {
-        s.spawn(|| caller_rtp.send_pcm(&tone(CALLER_HZ, 6.0, 6000.0)));
-        s.spawn(|| callee_rtp.send_pcm(&tone(CALLEE_HZ, 6.0, 6000.0)));
+        s.spawn(|| caller_rtp.send_pcm(&sine(CALLER_HZ, 6.0, 6000.0)));
+        s.spawn(|| callee_rtp.send_pcm(&sine(CALLEE_HZ, 6.0, 6000.0)));
         std::thread::sleep(Duration::from_millis(1500));
         // Not an ANNOUNCEMENT or SAY: refused, naming the block.
         let r = post_blocks(
@@ -243,37 +204,37 @@ fn an_announcement_into_a_connected_call_is_heard_with_the_far_end() {
             ctx()
         );
         assert!(
-            amplitude(&b, other_hz) > HEARD,
+            tone_amplitude(&b, other_hz) > HEARD,
             "{who} hears the other party before: {}",
             ctx()
         );
         assert!(
-            amplitude(&b, ANNOUNCEMENT_HZ) < SILENT,
+            tone_amplitude(&b, ANNOUNCEMENT_HZ) < SILENT,
             "no announcement before: {}",
             ctx()
         );
         assert!(
-            amplitude(&d, ANNOUNCEMENT_HZ) > HEARD,
+            tone_amplitude(&d, ANNOUNCEMENT_HZ) > HEARD,
             "{who} hears the announcement: {}",
             ctx()
         );
         assert!(
-            amplitude(&d, other_hz) > HEARD,
+            tone_amplitude(&d, other_hz) > HEARD,
             "{who} still hears the other party while it plays (mixed, not substituted): {}",
             ctx()
         );
         assert!(
-            amplitude(&d, own_hz) < SILENT,
+            tone_amplitude(&d, own_hz) < SILENT,
             "{who} never hears itself: {}",
             ctx()
         );
         assert!(
-            amplitude(&a, other_hz) > HEARD,
+            tone_amplitude(&a, other_hz) > HEARD,
             "{who} hears the other party after: {}",
             ctx()
         );
         assert!(
-            amplitude(&a, ANNOUNCEMENT_HZ) < SILENT,
+            tone_amplitude(&a, ANNOUNCEMENT_HZ) < SILENT,
             "the announcement is over: {}",
             ctx()
         );

@@ -40,19 +40,6 @@ fn connect(
     callee_rtp.set_remote(sdp_audio_addr(invite.body()).expect("SDP in the INVITE"));
 }
 
-/// Goertzel amplitude of `freq` in `pcm`.
-fn amplitude(pcm: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in pcm {
-        let s0 = x as f64 + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    2.0 * (s1 * s1 + s2 * s2 - coeff * s1 * s2).max(0.0).sqrt() / pcm.len().max(1) as f64
-}
-
 #[test]
 fn callee_rfc4733_digits_reach_the_caller_and_the_session() {
     let callee_rtp = RtpPeer::new();
@@ -128,11 +115,11 @@ fn callee_digits_reach_a_caller_without_telephone_event_in_band() {
     let pcm = pcm_of(&packets);
     let best = pcm
         .chunks(800)
-        .map(|c| amplitude(c, 770.0).min(amplitude(c, 1336.0)))
+        .map(|c| tone_amplitude(c, 770.0).min(tone_amplitude(c, 1336.0)))
         .fold(0.0, f64::max);
     let other = pcm
         .chunks(800)
-        .map(|c| amplitude(c, 697.0).max(amplitude(c, 1477.0)))
+        .map(|c| tone_amplitude(c, 697.0).max(tone_amplitude(c, 1477.0)))
         .fold(0.0, f64::max);
     assert!(
         best > 1000.0 && other < best / 4.0,

@@ -58,26 +58,7 @@ fn join(server: &Server, number: &str, hangup_after_ms: Option<u64>) -> Caller {
 }
 
 fn tone(freq: f64, secs: f64) -> Vec<i16> {
-    (0..(secs * 8000.0) as usize)
-        .map(|n| (AMPLITUDE * (2.0 * std::f64::consts::PI * freq * n as f64 / 8000.0).sin()) as i16)
-        .collect()
-}
-
-/// The amplitude of the `freq` component of `pcm` (Goertzel).
-fn amplitude(pcm: &[i16], freq: f64) -> f64 {
-    if pcm.is_empty() {
-        return 0.0;
-    }
-    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in pcm {
-        let s0 = x as f64 + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    2.0 * power.max(0.0).sqrt() / pcm.len() as f64
+    sine(freq, secs, AMPLITUDE)
 }
 
 /// What `c` received between `from` and `to`, decoded.
@@ -107,7 +88,7 @@ fn speak(speakers: &[(&Caller, f64)], secs: f64) -> Instant {
 fn describe(pcm: &[i16], freqs: &[f64]) -> String {
     freqs
         .iter()
-        .map(|f| format!("{f} Hz: {:.0}", amplitude(pcm, *f)))
+        .map(|f| format!("{f} Hz: {:.0}", tone_amplitude(pcm, *f)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -123,7 +104,7 @@ fn assert_hears(who: &str, pcm: &[i16], present: &[f64], absent: &[f64], server:
     );
     for f in present {
         assert!(
-            amplitude(pcm, *f) > HEARD,
+            tone_amplitude(pcm, *f) > HEARD,
             "{who} should hear the {f} Hz tone: {}\n{}",
             describe(pcm, &all),
             server.log_tail()
@@ -131,7 +112,7 @@ fn assert_hears(who: &str, pcm: &[i16], present: &[f64], absent: &[f64], server:
     }
     for f in absent {
         assert!(
-            amplitude(pcm, *f) < SILENT,
+            tone_amplitude(pcm, *f) < SILENT,
             "{who} should not hear the {f} Hz tone: {}\n{}",
             describe(pcm, &all),
             server.log_tail()

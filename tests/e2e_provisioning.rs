@@ -236,25 +236,8 @@ fn bursts(rate: u32, scale: f64) -> Vec<i16> {
 }
 
 fn stereo_wav(rate: u32, mono: &[i16]) -> Vec<u8> {
-    let data_len = (mono.len() * 4) as u32;
-    let mut v = Vec::with_capacity(44 + data_len as usize);
-    v.extend_from_slice(b"RIFF");
-    v.extend_from_slice(&(36 + data_len).to_le_bytes());
-    v.extend_from_slice(b"WAVEfmt ");
-    v.extend_from_slice(&16u32.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    v.extend_from_slice(&2u16.to_le_bytes()); // stereo
-    v.extend_from_slice(&rate.to_le_bytes());
-    v.extend_from_slice(&(rate * 4).to_le_bytes());
-    v.extend_from_slice(&4u16.to_le_bytes());
-    v.extend_from_slice(&16u16.to_le_bytes());
-    v.extend_from_slice(b"data");
-    v.extend_from_slice(&data_len.to_le_bytes());
-    for s in mono {
-        v.extend_from_slice(&s.to_le_bytes());
-        v.extend_from_slice(&s.to_le_bytes());
-    }
-    v
+    let both: Vec<i16> = mono.iter().flat_map(|&s| [s, s]).collect();
+    pcm16_wav(rate, 2, &both)
 }
 
 fn upload(server: &Server, tenant: &str, name: &str, wav: &[u8]) -> HttpResponse {

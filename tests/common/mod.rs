@@ -1806,6 +1806,52 @@ pub fn pcm_of(packets: &[RtpPacket]) -> Vec<i16> {
         .collect()
 }
 
+/// `secs` of a sine at `freq` Hz and `amplitude`, 8 kHz.
+pub fn sine(freq: f64, secs: f64, amplitude: f64) -> Vec<i16> {
+    (0..(secs * 8000.0) as usize)
+        .map(|n| (amplitude * (2.0 * std::f64::consts::PI * freq * n as f64 / 8000.0).sin()) as i16)
+        .collect()
+}
+
+/// The amplitude of the `freq` component of 8 kHz `pcm` (Goertzel); 0 for no samples.
+pub fn tone_amplitude(pcm: &[i16], freq: f64) -> f64 {
+    if pcm.is_empty() {
+        return 0.0;
+    }
+    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in pcm {
+        let s0 = x as f64 + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    2.0 * (s1 * s1 + s2 * s2 - coeff * s1 * s2).max(0.0).sqrt() / pcm.len() as f64
+}
+
+/// A 16-bit PCM WAV file of `samples` (interleaved when `channels` > 1).
+pub fn pcm16_wav(rate: u32, channels: u16, samples: &[i16]) -> Vec<u8> {
+    let data_len = (samples.len() * 2) as u32;
+    let block = 2 * u32::from(channels);
+    let mut v = Vec::with_capacity(44 + data_len as usize);
+    v.extend_from_slice(b"RIFF");
+    v.extend_from_slice(&(36 + data_len).to_le_bytes());
+    v.extend_from_slice(b"WAVEfmt ");
+    v.extend_from_slice(&16u32.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    v.extend_from_slice(&channels.to_le_bytes());
+    v.extend_from_slice(&rate.to_le_bytes());
+    v.extend_from_slice(&(rate * block).to_le_bytes());
+    v.extend_from_slice(&(block as u16).to_le_bytes());
+    v.extend_from_slice(&16u16.to_le_bytes());
+    v.extend_from_slice(b"data");
+    v.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        v.extend_from_slice(&s.to_le_bytes());
+    }
+    v
+}
+
 /// Median of the gaps between consecutive arrivals.
 pub fn median_interarrival(packets: &[RtpPacket]) -> Option<Duration> {
     let mut gaps: Vec<Duration> = packets
