@@ -941,6 +941,35 @@ mod stats_tests {
     use super::*;
     use std::net::Ipv4Addr;
 
+    /// An engine on loopback with RTP ports from `port_min`, and `n` PCMU legs, each sending to
+    /// a phone socket of its own.
+    async fn engine_with_legs(
+        port_min: u16,
+        n: usize,
+    ) -> (MediaEngine, Vec<MediaLeg>, Vec<UdpSocket>) {
+        let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let engine = MediaEngine::new(MediaConfig {
+            bind_ip: local,
+            advertise_ip: local,
+            port_min,
+            port_max: port_min + 4998,
+        });
+        let (mut legs, mut phones) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let leg = engine.allocate().await.expect("leg");
+            let phone = UdpSocket::bind((local, 0)).await.expect("phone");
+            leg.set_remote(RemoteMedia {
+                addr: phone.local_addr().expect("addr"),
+                codec: Codec::Pcmu,
+                pt: 0,
+                telephone_event_pt: None,
+            });
+            legs.push(leg);
+            phones.push(phone);
+        }
+        (engine, legs, phones)
+    }
+
     #[test]
     fn tick_histogram_counts_per_bucket() {
         let stats = RoomStats::default();
@@ -967,28 +996,10 @@ mod stats_tests {
     /// sends, and a member leg that closes or the room ending takes them off the gauges.
     #[tokio::test]
     async fn a_mixing_room_counts_ticks_members_and_frames() {
-        let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let engine = MediaEngine::new(MediaConfig {
-            bind_ip: local,
-            advertise_ip: local,
-            port_min: 40000,
-            port_max: 44998,
-        });
+        let (engine, mut legs, phones) = engine_with_legs(40000, 3).await;
         let room = engine.create_room();
-        let mut legs = Vec::new();
-        let mut phones = Vec::new();
-        for _ in 0..3 {
-            let leg = engine.allocate().await.expect("leg");
-            let phone = UdpSocket::bind((local, 0)).await.expect("phone");
-            leg.set_remote(RemoteMedia {
-                addr: phone.local_addr().expect("addr"),
-                codec: Codec::Pcmu,
-                pt: 0,
-                telephone_event_pt: None,
-            });
-            room.add_leg(&leg, Audience::All, Audience::All);
-            legs.push(leg);
-            phones.push(phone);
+        for leg in &legs {
+            room.add_leg(leg, Audience::All, Audience::All);
         }
         // Every member gets the room's stream (comfort silence: nobody speaks).
         let mut buf = [0u8; 2048];
@@ -1030,28 +1041,10 @@ mod stats_tests {
     /// and not keep its own silence fill going beside the room's stream.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_leg_told_to_mix_before_it_joined_still_mixes() {
-        let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let engine = MediaEngine::new(MediaConfig {
-            bind_ip: local,
-            advertise_ip: local,
-            port_min: 45000,
-            port_max: 49998,
-        });
+        let (engine, legs, phones) = engine_with_legs(45000, 3).await;
         let room = engine.create_room();
-        let mut legs = Vec::new();
-        let mut phones = Vec::new();
-        for _ in 0..3 {
-            let leg = engine.allocate().await.expect("leg");
-            let phone = UdpSocket::bind((local, 0)).await.expect("phone");
-            leg.set_remote(RemoteMedia {
-                addr: phone.local_addr().expect("addr"),
-                codec: Codec::Pcmu,
-                pt: 0,
-                telephone_event_pt: None,
-            });
+        for leg in &legs {
             leg.set_fill_silence(true);
-            legs.push(leg);
-            phones.push(phone);
         }
         room.add_leg(&legs[0], Audience::All, Audience::All);
         room.add_leg(&legs[1], Audience::All, Audience::All);
@@ -1160,31 +1153,13 @@ mod stats_tests {
     /// other's). Removing a recorder completes its WAV and says so.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_recorder_member_writes_what_its_rules_let_it_hear() {
-        let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let engine = MediaEngine::new(MediaConfig {
-            bind_ip: local,
-            advertise_ip: local,
-            port_min: 50000,
-            port_max: 54998,
-        });
+        let (engine, legs, phones) = engine_with_legs(50000, 2).await;
         let mut room = engine.create_room();
         let mut events = room.take_events().expect("events");
-        let mut legs = Vec::new();
-        let mut phones = Vec::new();
-        let mut members = Vec::new();
-        for _ in 0..2 {
-            let leg = engine.allocate().await.expect("leg");
-            let phone = UdpSocket::bind((local, 0)).await.expect("phone");
-            leg.set_remote(RemoteMedia {
-                addr: phone.local_addr().expect("addr"),
-                codec: Codec::Pcmu,
-                pt: 0,
-                telephone_event_pt: None,
-            });
-            members.push(room.add_leg(&leg, Audience::All, Audience::All));
-            legs.push(leg);
-            phones.push(phone);
-        }
+        let members: Vec<MemberId> = legs
+            .iter()
+            .map(|leg| room.add_leg(leg, Audience::All, Audience::All))
+            .collect();
         let dir = std::env::temp_dir().join(format!(
             "callplane-recorder-test-{}-{}",
             std::process::id(),
