@@ -339,10 +339,11 @@ def run_sipp_setup(work, server, service, rate, calls, timeout_s, limit=None):
     return out
 
 
-def invite_to_200_from_shortmsg(path):
-    """INVITE->200 per call (ms) from a SIPp -trace_shortmsg log: tab-separated date, time,
-    epoch seconds with microseconds, S(ent)/R(eceived), Call-ID, CSeq, first line. From the first
-    INVITE sent (not its retransmissions) to the first 200 received for it."""
+def invite_to_200_timed(path):
+    """(epoch seconds the first INVITE was sent, INVITE->200 in ms) per call from a SIPp
+    -trace_shortmsg log: tab-separated date, time, epoch seconds with microseconds,
+    S(ent)/R(eceived), Call-ID, CSeq, first line. From the first INVITE sent (not its
+    retransmissions) to the first 200 received for it."""
     sent, out = {}, []
     with open(path, errors="replace") as f:
         for line in f:
@@ -352,8 +353,14 @@ def invite_to_200_from_shortmsg(path):
             if p[3] == "S" and p[6].startswith("INVITE ") and p[4] not in sent:
                 sent[p[4]] = float(p[2])
             elif p[3] == "R" and p[6].startswith("SIP/2.0 200") and p[4] in sent:
-                out.append(1000 * (float(p[2]) - sent.pop(p[4])))
+                t = sent.pop(p[4])
+                out.append((t, 1000 * (float(p[2]) - t)))
     return out
+
+
+def invite_to_200_from_shortmsg(path):
+    """INVITE->200 per call (ms), see invite_to_200_timed."""
+    return [ms for _, ms in invite_to_200_timed(path)]
 
 
 def sipp_failure_details(run):

@@ -39,22 +39,6 @@ print(f"unlocked {time.time():.6f}", flush=True)
 """
 
 
-def setup_times(path):
-    """(time the first INVITE was sent, INVITE->200 in ms) per call from a -trace_shortmsg log."""
-    sent, out = {}, []
-    with open(path, errors="replace") as f:
-        for line in f:
-            p = line.rstrip("\n").split("\t")
-            if len(p) < 7 or not p[5].endswith(" INVITE"):
-                continue
-            if p[3] == "S" and p[6].startswith("INVITE ") and p[4] not in sent:
-                sent[p[4]] = float(p[2])
-            elif p[3] == "R" and p[6].startswith("SIP/2.0 200") and p[4] in sent:
-                t = sent.pop(p[4])
-                out.append((t, 1000 * (float(p[2]) - t)))
-    return out
-
-
 def summary(ms):
     if not ms:
         return "no samples"
@@ -105,7 +89,7 @@ inboundAddresses = ["127.0.0.1"]
         import glob
         samples = []
         for f in glob.glob(os.path.join(result["dir"], "*_shortmessages.log")):
-            samples += setup_times(f)
+            samples += common.invite_to_200_timed(f)
         during = [ms for t, ms in samples if locked <= t <= unlocked]
         outside = [ms for t, ms in samples if not locked <= t <= unlocked]
         deadline = time.time() + 60
