@@ -299,6 +299,55 @@ fn is_dtmf(d: char) -> bool {
     matches!(d, '0'..='9' | '*' | '#' | 'A'..='D')
 }
 
+/// Resolves `prompts` (files, espeak-ng for TTS) on a blocking thread and joins them; a prompt
+/// that cannot be had is skipped with a log line (nothing at all: empty audio).
+async fn render_prompts(
+    lib: Arc<PromptLibrary>,
+    tenant: String,
+    prompts: Vec<Prompt>,
+) -> Arc<[i16]> {
+    let resolved = tokio::task::spawn_blocking(move || {
+        let mut out: Vec<Arc<[i16]>> = Vec::new();
+        for p in &prompts {
+            match lib.resolve_blocking(&tenant, p) {
+                Ok(a) => out.push(a),
+                Err(e) => warn!(prompt = ?p, error = %e, "prompt unavailable; skipped"),
+            }
+        }
+        out
+    })
+    .await
+    .unwrap_or_default();
+    if resolved.len() == 1 {
+        resolved[0].clone()
+    } else {
+        resolved.iter().flat_map(|a| a.iter().copied()).collect()
+    }
+}
+
+/// The events of a leg whose state went from `was` to `state`: its `leg.state`, and
+/// `call.held` / `call.unheld` when its hold changed.
+fn leg_state_events(
+    party: Party,
+    attempt: Option<u32>,
+    destination: Option<String>,
+    was: LegState,
+    state: LegState,
+) -> Vec<EventKind> {
+    let mut out = vec![EventKind::Leg {
+        party,
+        attempt,
+        destination,
+        state,
+    }];
+    match (was, state) {
+        (_, LegState::Held) => out.push(EventKind::Held { party }),
+        (LegState::Held, LegState::Answered) => out.push(EventKind::Unheld { party }),
+        _ => {}
+    }
+    out
+}
+
 /// Whether a party's offer puts the call on hold (RFC 3264 §8.4: it stops receiving).
 fn holds(direction: Direction) -> bool {
     matches!(direction, Direction::SendOnly | Direction::Inactive)
@@ -759,27 +808,10 @@ impl Call {
     /// Resolves the prompts off the actor (files, espeak-ng for SAY); `TaskDone::Prompts`
     /// starts the playback, so a CANCEL or BYE is handled at once while they render.
     fn play(&mut self, flow_id: u64, prompts: Vec<Prompt>) {
-        let lib = self.svc.prompts.clone();
-        let tenant = self.tenant.name.clone();
+        let render = render_prompts(self.svc.prompts.clone(), self.tenant.name.clone(), prompts);
         let done = self.tasks_tx.clone();
         tokio::spawn(async move {
-            let resolved = tokio::task::spawn_blocking(move || {
-                let mut out: Vec<Arc<[i16]>> = Vec::new();
-                for p in &prompts {
-                    match lib.resolve_blocking(&tenant, p) {
-                        Ok(a) => out.push(a),
-                        Err(e) => warn!(prompt = ?p, error = %e, "prompt unavailable; skipped"),
-                    }
-                }
-                out
-            })
-            .await
-            .unwrap_or_default();
-            let audio: Arc<[i16]> = if resolved.len() == 1 {
-                resolved[0].clone()
-            } else {
-                resolved.iter().flat_map(|a| a.iter().copied()).collect()
-            };
+            let audio = render.await;
             let _ = done.send(TaskDone::Prompts { flow_id, audio });
         });
     }
@@ -859,26 +891,14 @@ impl Call {
         }
         info!(call = %self.uuid, prompts = prompts.len(), "playing into the bridge");
         let serial = b.serial;
-        let lib = self.svc.prompts.clone();
-        let tenant = self.tenant.name.clone();
+        let render = render_prompts(self.svc.prompts.clone(), self.tenant.name.clone(), prompts);
         let done = self.tasks_tx.clone();
         tokio::spawn(async move {
-            let audio = tokio::task::spawn_blocking(move || {
-                let mut out: Vec<i16> = Vec::new();
-                for p in &prompts {
-                    match lib.resolve_blocking(&tenant, p) {
-                        Ok(a) => out.extend_from_slice(&a),
-                        Err(e) => warn!(prompt = ?p, error = %e, "prompt unavailable; skipped"),
-                    }
-                }
-                out
-            })
-            .await
-            .unwrap_or_default();
+            let audio = render.await;
             let _ = done.send(TaskDone::BridgePrompts {
                 bridge: serial,
                 attempt: winner,
-                audio: audio.into(),
+                audio,
             });
         });
         Ok(())
@@ -1167,21 +1187,14 @@ impl Call {
             return;
         }
         self.caller_state = state;
-        self.emit(EventKind::Leg {
-            party: Party::Caller,
-            attempt: None,
-            destination: None,
-            state,
-        });
-        match (was, state) {
-            (_, LegState::Held) => self.emit(EventKind::Held {
-                party: Party::Caller,
-            }),
-            (LegState::Held, LegState::Answered) => self.emit(EventKind::Unheld {
-                party: Party::Caller,
-            }),
-            _ => {}
+        for e in leg_state_events(Party::Caller, None, None, was, state) {
+            self.emit(e);
         }
+    }
+
+    /// Where a BRIDGE destination's leg goes, for its events.
+    fn destination_of(&self, record: usize) -> Option<String> {
+        self.legs.get(record).map(|l| l.destination.clone())
     }
 
     /// A keypad digit from the caller (`source` None: SIP INFO): to the flow, unless the
@@ -1680,13 +1693,17 @@ impl Call {
             }
         }
         if let Some(record) = launched {
-            let destination = self.legs.get(record).map(|l| l.destination.clone());
-            self.emit(EventKind::Leg {
-                party: Party::Callee,
-                attempt: Some(attempt.0),
+            let calling = LegState::Calling;
+            let destination = self.destination_of(record);
+            for e in leg_state_events(
+                Party::Callee,
+                Some(attempt.0),
                 destination,
-                state: LegState::Calling,
-            });
+                calling,
+                calling,
+            ) {
+                self.emit(e);
+            }
         }
         self.run_dial();
     }
@@ -1703,15 +1720,16 @@ impl Call {
         match slot.live.as_mut() {
             Some(a) => {
                 a.leg.hangup(reason);
-                if !a.state.is_ended() && a.state != LegState::Ending {
+                let was = a.state;
+                if !was.is_ended() && was != LegState::Ending {
                     a.state = LegState::Ending;
-                    let destination = self.legs.get(record).map(|l| l.destination.clone());
-                    self.emit(EventKind::Leg {
-                        party: Party::Callee,
-                        attempt: Some(attempt.0),
-                        destination,
-                        state: LegState::Ending,
-                    });
+                    let destination = self.destination_of(record);
+                    let ending = LegState::Ending;
+                    for e in
+                        leg_state_events(Party::Callee, Some(attempt.0), destination, was, ending)
+                    {
+                        self.emit(e);
+                    }
                 }
             }
             None => slot.hangup_pending = Some(reason),
@@ -1805,28 +1823,12 @@ impl Call {
         };
         let was = a.state;
         let state = was.after_outbound(&ev, early, hold);
-        let mut changes = Vec::new();
         if state != was {
             a.state = state;
-            let destination = self.legs.get(record).map(|l| l.destination.clone());
-            changes.push(EventKind::Leg {
-                party: Party::Callee,
-                attempt: Some(attempt.0),
-                destination,
-                state,
-            });
-            match (was, state) {
-                (_, LegState::Held) => changes.push(EventKind::Held {
-                    party: Party::Callee,
-                }),
-                (LegState::Held, LegState::Answered) => changes.push(EventKind::Unheld {
-                    party: Party::Callee,
-                }),
-                _ => {}
+            let destination = self.destination_of(record);
+            for e in leg_state_events(Party::Callee, Some(attempt.0), destination, was, state) {
+                self.emit(e);
             }
-        }
-        for c in changes {
-            self.events.publish(c);
         }
         let Some(b) = self.bridge.as_mut() else {
             return;

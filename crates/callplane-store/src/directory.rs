@@ -91,12 +91,16 @@ impl DirectoryCell {
     }
 }
 
+/// The `directory_version` row.
+fn read_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT version FROM directory_version WHERE id = 1")?
+        .query_row([], |row| row.get(0))
+}
+
 /// Reads the whole directory in one read transaction.
 pub(crate) fn load(conn: &mut Connection) -> Result<SipDirectoryView, StoreError> {
     let tx = conn.transaction()?;
-    let version: i64 = tx
-        .prepare_cached("SELECT version FROM directory_version WHERE id = 1")?
-        .query_row([], |row| row.get(0))?;
+    let version = read_version(&tx)?;
     let mut users = HashMap::new();
     {
         let mut stmt = tx.prepare_cached(
@@ -178,11 +182,7 @@ impl Store {
 
     /// The `directory_version` in the database now.
     fn directory_version(&self) -> Result<i64, StoreError> {
-        let conn = self.read();
-        let version = conn
-            .prepare_cached("SELECT version FROM directory_version WHERE id = 1")?
-            .query_row([], |row| row.get(0))?;
-        Ok(version)
+        Ok(read_version(&self.read())?)
     }
 
     /// Starts a thread that reloads the directory when another process changed it, checking
