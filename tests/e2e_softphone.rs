@@ -383,6 +383,69 @@ fn tcp_only_phone_call_to_a_plan_completes_and_hangs_up_cleanly() {
     );
 }
 
+/// The same call over UDP: answered, the announcement heard, the server's BYE, a clean CDR.
+#[test]
+fn udp_phone_call_to_a_plan_completes_and_hangs_up_cleanly() {
+    let prov = format!(
+        "{}{}",
+        tenant_with_prompts(),
+        number_with_plan("100", "main", WELCOME_THEN_CLEARING)
+    );
+    let server = Server::start(&prov, true);
+    let port = server.sip_port().to_string();
+    let phone = Phone::run(
+        &server,
+        &[
+            "call",
+            "--transport",
+            "udp",
+            "--sip-port",
+            &port,
+            "--number",
+            "100",
+            "--wait-disconnect",
+            "40",
+        ],
+        Duration::from_secs(120),
+    );
+    let r = &phone.result;
+    let call = &r["call"];
+    phone.check(
+        &server,
+        r["confirmed"] == Value::Bool(true),
+        "the phone's call (INVITE over UDP) must reach CONFIRMED",
+    );
+    phone.check(
+        &server,
+        r["disconnected_by"].as_str() == Some("server"),
+        format!(
+            "the call must end with the server's BYE (after the announcement), ended by {}",
+            r["disconnected_by"]
+        ),
+    );
+    let secs = call["confirmed_to_disconnected"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
+    phone.check(
+        &server,
+        secs < 10.0,
+        format!("the server's BYE must come right after the announcement: {secs} s"),
+    );
+    let rx = call["rtp_rx_packets"].as_u64().unwrap_or(0);
+    phone.check(
+        &server,
+        rx > 50,
+        format!("the phone must receive the announcement's RTP (> 50 packets), got {rx}"),
+    );
+    let cid = call["sip_call_id"].as_str().expect("the call's Call-ID");
+    let cdr = server.cdr_for_call_id(cid);
+    phone.check(
+        &server,
+        cdr.hangup_cause == "NORMAL_CLEARING",
+        format!("the CDR must say NORMAL_CLEARING:\n{}", cdr_text(&cdr)),
+    );
+}
+
 #[test]
 fn bridged_softphone_hold_gets_recvonly_with_same_session_and_higher_version() {
     let started = Instant::now();

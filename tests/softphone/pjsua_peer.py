@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """A real softphone for the end-to-end tests: PJSUA2 (pip package pjsua2-python), SIP over
-TCP only (the endpoint has one TCP transport and no UDP one), a null audio device, RTP/UDP
-media, voice activity detection off (the phone itself sends RTP all the time).
+one transport only (TCP by default, or `--transport udp`: the endpoint has no other), a null
+audio device, RTP/UDP media, voice activity detection off (the phone itself sends RTP all the
+time).
 
 Run by tests/e2e_softphone.rs:
 
-    pjsua_peer.py call --sip-port N --number 100 [--wait-disconnect 40]
-        Calls sip:<number>@127.0.0.1:N;transport=tcp, waits for CONFIRMED, then for the
+    pjsua_peer.py call --sip-port N --number 100 [--wait-disconnect 40] [--transport udp]
+        Calls sip:<number>@127.0.0.1:N;transport=<tcp|udp>, waits for CONFIRMED, then for the
         server to end the call (at most --wait-disconnect seconds, then the phone hangs up).
     pjsua_peer.py call --sip-port N --number 300 --sample 45
         The same, but for --sample seconds after CONFIRMED reads the RTP receive counter every
@@ -325,8 +326,9 @@ class PeerAccount(pj.Account):
 
 
 class Peer:
-    def __init__(self, sip_port):
+    def __init__(self, sip_port, transport="tcp"):
         self.sip_port = sip_port
+        self.transport = transport
         self.to_answer = []  # (when, call): 200 OK at that time
         self.ep = pj.Endpoint()
         self.ep.libCreate()
@@ -345,15 +347,16 @@ class Peer:
         cfg.logConfig.decor = pj.PJ_LOG_HAS_SENDER
         cfg.medConfig.noVad = True
         self.ep.libInit(cfg)
-        # SIP over TCP only: no UDP transport at all, so nothing can fall back to UDP.
+        # SIP over one transport only, so nothing can fall back to the other.
         tcfg = pj.TransportConfig()
         tcfg.port = 0
         tcfg.boundAddress = "127.0.0.1"
-        self.tid = self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tcfg)
+        kind = pj.PJSIP_TRANSPORT_TCP if transport == "tcp" else pj.PJSIP_TRANSPORT_UDP
+        self.tid = self.ep.transportCreate(kind, tcfg)
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
         info = self.ep.transportGetInfo(self.tid)
-        log(f"PJSUA2 {self.ep.libVersion().full} started, SIP TCP transport {info.localName}")
+        log(f"PJSUA2 {self.ep.libVersion().full} started, SIP {transport} transport {info.localName}")
         self.accounts = []
         self.calls = []
 
@@ -363,7 +366,7 @@ class Peer:
         acfg.sipConfig.transportId = self.tid
         acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
         if registrar_user:
-            acfg.regConfig.registrarUri = f"sip:127.0.0.1:{self.sip_port};transport=tcp"
+            acfg.regConfig.registrarUri = f"sip:127.0.0.1:{self.sip_port};transport={self.transport}"
             acfg.regConfig.timeoutSec = 300
             acfg.sipConfig.authCreds.append(
                 pj.AuthCredInfo("digest", "*", registrar_user, 0, password)
@@ -381,7 +384,7 @@ class Peer:
         prm = pj.CallOpParam(True)
         prm.opt.audioCount = 1
         prm.opt.videoCount = 0
-        uri = f"sip:{number}@127.0.0.1:{self.sip_port};transport=tcp"
+        uri = f"sip:{number}@127.0.0.1:{self.sip_port};transport={self.transport}"
         log(f"{name}: calling {uri}")
         call.makeCall(uri, prm)
         return call
@@ -611,11 +614,12 @@ def main():
     ap.add_argument("--sample", type=int, default=0)
     ap.add_argument("--user", default="bob")
     ap.add_argument("--password", default="")
+    ap.add_argument("--transport", choices=["tcp", "udp"], default="tcp")
     args = ap.parse_args()
 
     result = {"scenario": args.scenario}
     try:
-        peer = Peer(args.sip_port)
+        peer = Peer(args.sip_port, args.transport)
     except pj.Error as e:
         log(f"PJSUA2 did not start: {e.info()}")
         print("RESULT " + json.dumps({"scenario": args.scenario, "error": e.info()}), flush=True)
