@@ -265,6 +265,10 @@ struct Call {
     /// The caller's last offer (initial INVITE or re-INVITE), negotiated.
     offer: Negotiated,
     answered: bool,
+    /// The flow answered for a prompt that is still rendering (its flow play id): the 200 OK
+    /// goes out with the audio ready, so the caller hears ringback rather than dead air
+    /// meanwhile and a CANCEL still ends the call with 487.
+    answer_with: Option<u64>,
     flow: CallFlow,
     /// The flow's play id of what the media leg is playing, keyed by the media's play id.
     playing: Option<(u64, u64)>,
@@ -621,6 +625,7 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         sdp: LocalSdp::new(rand_u64(), media_addr),
         offer: negotiated,
         answered: false,
+        answer_with: None,
         flow,
         playing: None,
         bridge: None,
@@ -736,8 +741,18 @@ impl Call {
 
     async fn run_actions(&mut self) {
         while let Some(action) = self.flow.poll_action() {
+            if self.answer_with.is_some() && !matches!(action, Action::Play { .. }) {
+                // The flow went on before the prompt was ready: answer as it asked.
+                self.answer_with = None;
+                self.answer();
+            }
             match action {
-                Action::Answer => self.answer(),
+                Action::Answer => match self.flow.peek_action() {
+                    Some(Action::Play { id, .. }) if !self.answered => {
+                        self.answer_with = Some(*id);
+                    }
+                    _ => self.answer(),
+                },
                 Action::Play { id, prompts } => self.play(id, prompts),
                 Action::StopPlay => {
                     self.media.stop_play();
@@ -818,7 +833,18 @@ impl Call {
 
     /// Prompts are ready: play them, unless the flow moved on meanwhile.
     fn start_playback(&mut self, flow_id: u64, audio: Arc<[i16]>) {
-        if self.ended.is_some() || !self.flow.is_playing(flow_id) {
+        if self.ended.is_some() {
+            return;
+        }
+        if self.answer_with == Some(flow_id) {
+            self.answer_with = None;
+            self.answer();
+            if !self.answered {
+                // The caller cancelled first: its CANCEL arrives as an event.
+                return;
+            }
+        }
+        if !self.flow.is_playing(flow_id) {
             return;
         }
         if audio.is_empty() {

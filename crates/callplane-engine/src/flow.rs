@@ -331,6 +331,11 @@ impl CallFlow {
         self.actions.pop_front()
     }
 
+    /// The action [`CallFlow::poll_action`] returns next, left in place.
+    pub fn peek_action(&self) -> Option<&Action> {
+        self.actions.front()
+    }
+
     /// When `handle_timeout` must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timer
