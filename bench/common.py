@@ -458,3 +458,86 @@ def fmt_webhook_latency(w):
 
 def fmt_outcomes(outcomes):
     return ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items(), key=lambda kv: -kv[1]) if v) or "none"
+
+
+# ----- The events WebSocket, spoken with the standard library only ---------------------------
+
+class EventsSocket:
+    """A client of `GET /v1/events` over a plain socket (RFC 6455 framing; server frames are
+    unmasked, ours are masked). `feed()` takes bytes read from the socket and returns the text
+    messages completed; pings are answered by `feed` itself."""
+
+    def __init__(self, port, key, query="", timeout=10):
+        import base64
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        nonce = base64.b64encode(os.urandom(16)).decode()
+        q = f"token={key}" + (f"&{query}" if query else "")
+        self.sock.sendall((f"GET /v1/events?{q} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                           f"Sec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise RuntimeError("events socket closed during the handshake")
+            head += chunk
+        status, rest = head.split(b"\r\n\r\n", 1)
+        if b" 101 " not in status.split(b"\r\n")[0]:
+            raise RuntimeError("events handshake refused: " + status.decode(errors="replace"))
+        self.buf = bytearray(rest)
+        self.closed = None
+        self.queue = []
+
+    def send_json(self, obj):
+        self._send(0x1, json.dumps(obj).encode())
+
+    def _send(self, opcode, payload):
+        mask = os.urandom(4)
+        n = len(payload)
+        if n < 126:
+            hdr = bytes([0x80 | opcode, 0x80 | n])
+        elif n < 65536:
+            hdr = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            hdr = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(hdr + mask + body)
+
+    def feed(self, data):
+        """Appends `data`; returns the JSON messages now complete."""
+        self.buf += data
+        out = []
+        while True:
+            b = self.buf
+            if len(b) < 2:
+                return out
+            opcode, n, i = b[0] & 0x0F, b[1] & 0x7F, 2
+            if n == 126:
+                if len(b) < 4:
+                    return out
+                n, i = int.from_bytes(b[2:4], "big"), 4
+            elif n == 127:
+                if len(b) < 10:
+                    return out
+                n, i = int.from_bytes(b[2:10], "big"), 10
+            if len(b) < i + n:
+                return out
+            payload = bytes(b[i:i + n])
+            del b[:i + n]
+            if opcode == 0x1:
+                out.append(json.loads(payload))
+            elif opcode == 0x9:
+                self._send(0xA, payload)
+            elif opcode == 0x8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                self.closed = (code, payload[2:].decode(errors="replace"))
+
+    def recv_json(self):
+        """Blocks for the next JSON message (the socket's timeout applies)."""
+        self.queue.extend(self.feed(b""))
+        while not self.queue:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("events socket closed")
+            self.queue.extend(self.feed(chunk))
+        return self.queue.pop(0)

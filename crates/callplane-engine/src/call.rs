@@ -17,7 +17,9 @@ use crate::leg::{
     spawn_inbound, spawn_outbound, Addressed, InboundLegHandle, LegHandle, LegId, LegState, Mailbox,
 };
 use crate::prompts::PromptLibrary;
-use crate::registry::{CallCommand, CallHandle, PlayRefused};
+use crate::registry::{
+    leg_id, CallCommand, CallHandle, CallInfo, CommandRefused, LegInfo, PlayRefused,
+};
 use crate::variables::CallVariables;
 use crate::webhook::{Outcome, WebhookClient, WebhookKind, WebhookRequest};
 use bytes::Bytes;
@@ -78,6 +80,8 @@ enum HangupBy {
     Caller,
     Callee,
     System,
+    /// An API command (`POST /v1/calls/{id}/hangup`).
+    Api,
 }
 
 impl HangupBy {
@@ -86,6 +90,7 @@ impl HangupBy {
             HangupBy::Caller => "caller",
             HangupBy::Callee => "callee",
             HangupBy::System => "system",
+            HangupBy::Api => "api",
         }
     }
 }
@@ -586,7 +591,11 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         );
         svc.callstate.register(&uuid, sender);
     }
-    let events = CallEvents::new(svc.events.clone(), uuid.clone(), Some(tenant.name.clone()));
+    let mut events = CallEvents::new(svc.events.clone(), uuid.clone(), Some(tenant.name.clone()));
+    events.set_number(&number.number);
+    if let Some(user) = &authenticated_user {
+        events.add_line(user);
+    }
     // The session owns the caller's leg in epoch 1; the leg is a task of its own.
     let mut held = Mailbox::new(svc.next_owner.fetch_add(1, Ordering::Relaxed));
     let leg_id = LegId(svc.next_leg.fetch_add(1, Ordering::Relaxed));
@@ -600,6 +609,7 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         &uuid,
         CallHandle {
             tenant: tenant.name.clone(),
+            number: number.number.clone(),
             commands: commands_tx,
         },
     );
@@ -727,6 +737,19 @@ impl Call {
                     CallCommand::PlayIntoBridge { blocks, reply } => {
                         let _ = reply.send(self.play_into_bridge(blocks));
                     }
+                    CallCommand::Snapshot { reply } => {
+                        let _ = reply.send(self.snapshot());
+                    }
+                    CallCommand::Hangup { cause, reply } => {
+                        if self.ended.is_some() {
+                            let _ = reply.send(Err(CommandRefused::Ending));
+                        } else {
+                            info!(call = %self.uuid, cause = cause.as_str(), "hung up by the API");
+                            self.flow.stop();
+                            self.hangup(cause, HangupBy::Api).await;
+                            let _ = reply.send(Ok(self.snapshot()));
+                        }
+                    }
                 },
                 _ = sleep_until_opt(bridge_deadline) => self.on_bridge_timeout(),
                 _ = self.svc.shutdown.cancelled() => {
@@ -809,7 +832,7 @@ impl Call {
         // From now on the caller hears a continuous stream whatever the plan does.
         self.media.set_fill_silence(true);
         self.answered = true;
-        self.emit(EventKind::Answered);
+        self.emit_for(0, EventKind::Answered);
         self.set_caller_state(LegState::Answered);
         let now = now_utc();
         self.answer_time = Some(now);
@@ -1192,9 +1215,12 @@ impl Call {
                 variables: self.flow.variables().as_map().clone(),
             },
         );
-        // The call is over and recorded: no command can reach it any more. Its end is when
+        // The call is over and recorded: no command can reach it any more (those already
+        // queued are dropped unanswered: the API reports the call as gone). Its end is when
         // our BYE's transaction is too (as long as a BYE can take).
         self.svc.calls.remove(&self.uuid);
+        self.commands.close();
+        while self.commands.try_recv().is_ok() {}
         if let Some(done) = self.bye_done.take() {
             let _ = tokio::time::timeout(Duration::from_secs(35), done).await;
         }
@@ -1203,6 +1229,11 @@ impl Call {
     /// Publishes one of this call's events.
     fn emit(&mut self, kind: EventKind) {
         self.events.publish(kind);
+    }
+
+    /// Publishes an event about one of the call's legs (by its index in `legs`, 0 = caller).
+    fn emit_for(&mut self, leg: usize, kind: EventKind) {
+        self.events.publish_for(Some(leg as u32), kind);
     }
 
     /// The caller's leg is now in `state`: a `leg.state` event when that is a change (an
@@ -1214,7 +1245,7 @@ impl Call {
         }
         self.caller_state = state;
         for e in leg_state_events(Party::Caller, None, None, was, state) {
-            self.emit(e);
+            self.emit_for(0, e);
         }
     }
 
@@ -1226,10 +1257,13 @@ impl Call {
     /// A keypad digit from the caller (`source` None: SIP INFO): to the flow, unless the
     /// caller talks to a callee; then to the callee where the media relay cannot carry it.
     fn on_digit(&mut self, digit: char, source: Option<DtmfSource>) {
-        self.emit(EventKind::Dtmf {
-            digit,
-            party: Party::Caller,
-        });
+        self.emit_for(
+            0,
+            EventKind::Dtmf {
+                digit,
+                party: Party::Caller,
+            },
+        );
         let Some(a) = self.bridged_callee() else {
             self.flow.handle(Input::Digit(digit), Instant::now());
             return;
@@ -1259,10 +1293,19 @@ impl Call {
             return;
         }
         debug!(call = %self.uuid, %digit, ?source, "callee DTMF");
-        self.emit(EventKind::Dtmf {
+        let record = self
+            .bridge
+            .as_ref()
+            .and_then(|b| b.slots.get(attempt.0 as usize))
+            .map(|s| s.record);
+        let kind = EventKind::Dtmf {
             digit,
             party: Party::Callee,
-        });
+        };
+        match record {
+            Some(r) => self.emit_for(r, kind),
+            None => self.emit(kind),
+        }
         let mut digits = self
             .flow
             .variables()
@@ -1594,6 +1637,9 @@ impl Call {
             );
             return;
         };
+        if dest.destination_type == DestinationType::SipUser {
+            self.events.add_line(&dest.destination);
+        }
         let record = self.legs.len();
         self.legs.push(LegRecord {
             direction: "outbound",
@@ -1728,7 +1774,7 @@ impl Call {
                 calling,
                 calling,
             ) {
-                self.emit(e);
+                self.emit_for(record, e);
             }
         }
         self.run_dial();
@@ -1754,7 +1800,7 @@ impl Call {
                     for e in
                         leg_state_events(Party::Callee, Some(attempt.0), destination, was, ending)
                     {
-                        self.emit(e);
+                        self.emit_for(record, e);
                     }
                 }
             }
@@ -1790,10 +1836,13 @@ impl Call {
             self.post_leg_callback(&url, "answer", Vec::new());
         }
         self.answer();
-        self.emit(EventKind::Bridged {
-            destination,
-            destination_type,
-        });
+        self.emit_for(
+            record,
+            EventKind::Bridged {
+                destination,
+                destination_type,
+            },
+        );
         self.flow.handle(Input::BridgeConnected, Instant::now());
     }
 
@@ -1853,7 +1902,7 @@ impl Call {
             a.state = state;
             let destination = self.destination_of(record);
             for e in leg_state_events(Party::Callee, Some(attempt.0), destination, was, state) {
-                self.emit(e);
+                self.emit_for(record, e);
             }
         }
         let Some(b) = self.bridge.as_mut() else {
@@ -1960,6 +2009,69 @@ impl Call {
 }
 
 /// Where a caller sits in a conference.
+impl Call {
+    /// The call as the API shows it now.
+    fn snapshot(&self) -> CallInfo {
+        let mut legs = Vec::with_capacity(self.legs.len());
+        for (i, l) in self.legs.iter().enumerate() {
+            let state = if i == 0 {
+                self.caller_state
+            } else {
+                self.bridge
+                    .as_ref()
+                    .and_then(|b| b.slots.iter().find(|s| s.record == i))
+                    .and_then(|s| s.live.as_ref())
+                    .map(|a| a.state)
+                    .unwrap_or(if l.end.is_some() || self.bridge.is_none() {
+                        LegState::Ended
+                    } else {
+                        LegState::Calling
+                    })
+            };
+            legs.push(LegInfo {
+                id: leg_id(&self.uuid, i as u32),
+                index: i as u32,
+                party: if i == 0 { "caller" } else { "callee" },
+                direction: l.direction,
+                destination_type: l.destination_type.clone(),
+                destination: l.destination.clone(),
+                state: state.as_str(),
+                start_time: l.start,
+                answer_time: l.answer,
+                end_time: l.end,
+                sip_status: l.sip_status,
+                hangup_cause: l.cause.map(HangupCause::as_str),
+            });
+        }
+        let bridged_to = self.bridged_callee().and_then(|_| {
+            let b = self.bridge.as_ref()?;
+            let slot = b.slots.get(b.connected?.0 as usize)?;
+            Some(leg_id(&self.uuid, slot.record as u32))
+        });
+        CallInfo {
+            id: self.uuid.clone(),
+            sip_call_id: self.sip_call_id.clone(),
+            tenant: self.tenant.name.clone(),
+            direction: "inbound",
+            from: self.caller.clone(),
+            to: self.called.clone(),
+            number: self.number.number.clone(),
+            lines: self.events.scope().lines.clone(),
+            state: if self.ended.is_some() && !self.caller_state.is_ended() {
+                LegState::Ending.as_str()
+            } else {
+                self.caller_state.as_str()
+            },
+            bridged_to,
+            conference: self.conference.as_ref().map(|c| c.name.clone()),
+            start_time: self.start,
+            answer_time: self.answer_time,
+            legs,
+            variables: self.flow.variables().as_map().clone(),
+        }
+    }
+}
+
 struct ConferenceSeat {
     name: String,
     room: Arc<Room>,

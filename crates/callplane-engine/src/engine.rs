@@ -119,6 +119,71 @@ impl Engine {
         self.event_counters.snapshot()
     }
 
+    /// The call as it is now; `None` when no call with that id is running.
+    pub async fn call_info(&self, call_id: &str) -> Option<crate::registry::CallInfo> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self
+            .svc
+            .calls
+            .send(call_id, CallCommand::Snapshot { reply })
+        {
+            return None;
+        }
+        answer.await.ok()
+    }
+
+    /// The active calls whose `(tenant, number)` `keep` accepts, as they are now, oldest
+    /// first. Every call is asked at once; a call that ends meanwhile is left out.
+    pub async fn list_calls(
+        &self,
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Vec<crate::registry::CallInfo> {
+        let asked: Vec<_> = self
+            .svc
+            .calls
+            .list(|h| keep(&h.tenant, &h.number))
+            .into_iter()
+            .filter_map(|(_, h)| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                h.commands
+                    .send(CallCommand::Snapshot { reply })
+                    .is_ok()
+                    .then_some(answer)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(asked.len());
+        for answer in asked {
+            if let Ok(info) = answer.await {
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Ends the call with `cause`: `None` when no call with that id is running, else the call
+    /// as it is once ending, or why it cannot be ended.
+    pub async fn hangup(
+        &self,
+        call_id: &str,
+        cause: crate::hangup::HangupCause,
+    ) -> Option<Result<crate::registry::CallInfo, crate::registry::CommandRefused>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self
+            .svc
+            .calls
+            .send(call_id, CallCommand::Hangup { cause, reply })
+        {
+            return None;
+        }
+        answer.await.ok()
+    }
+
+    /// Subscribes to every call event of this node (the API's WebSocket, for instance).
+    pub fn subscribe(&self, subscriber: Arc<dyn crate::events::EventSubscriber>) {
+        self.svc.events.subscribe(subscriber);
+    }
+
     /// Asks the call's actor to stop its running block (the next webhook request goes out at
     /// once under CALL_CONTROL). False when no call with that id is running.
     pub fn interrupt(&self, call_id: &str) -> bool {

@@ -177,12 +177,26 @@ impl EventKind {
     }
 }
 
+/// Whom a call concerns, for realms and subscriptions: the number it was called on and the
+/// lines (SIP users) it involves — the phone that placed it, and every SIP user it dialled,
+/// from the moment the dialling starts. It only grows during a call.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventScope {
+    pub number: Option<String>,
+    pub lines: Vec<String>,
+}
+
 /// One state change of one call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallEvent {
     pub call_id: String,
     /// The call's tenant, when it reached one (realms filter on it).
     pub tenant: Option<String>,
+    /// The call's number and lines as of this event (shared, cheap to clone).
+    pub scope: Arc<EventScope>,
+    /// The leg the event is about, by its index in the call (the CDR's `legIndex`: 0 is the
+    /// caller), when it is about one.
+    pub leg: Option<u32>,
     /// 1, 2, 3… per call, in publishing order.
     pub seq: u64,
     pub time: DateTime<Utc>,
@@ -228,6 +242,7 @@ pub struct CallEvents {
     bus: Arc<dyn EventBus>,
     call_id: String,
     tenant: Option<String>,
+    scope: Arc<EventScope>,
     seq: u64,
 }
 
@@ -237,15 +252,40 @@ impl CallEvents {
             bus,
             call_id,
             tenant,
+            scope: Arc::default(),
             seq: 0,
         }
     }
 
+    /// The number the call was called on, for the events that follow.
+    pub fn set_number(&mut self, number: &str) {
+        Arc::make_mut(&mut self.scope).number = Some(number.to_string());
+    }
+
+    /// A line (SIP user) the call now involves, for the events that follow.
+    pub fn add_line(&mut self, line: &str) {
+        if !self.scope.lines.iter().any(|l| l == line) {
+            Arc::make_mut(&mut self.scope).lines.push(line.to_string());
+        }
+    }
+
+    /// The call's number and lines so far.
+    pub fn scope(&self) -> &EventScope {
+        &self.scope
+    }
+
     pub fn publish(&mut self, kind: EventKind) {
+        self.publish_for(None, kind);
+    }
+
+    /// Publishes an event about one leg (its index in the call, 0 = the caller).
+    pub fn publish_for(&mut self, leg: Option<u32>, kind: EventKind) {
         self.seq += 1;
         self.bus.publish(CallEvent {
             call_id: self.call_id.clone(),
             tenant: self.tenant.clone(),
+            scope: self.scope.clone(),
+            leg,
             seq: self.seq,
             time: Utc::now(),
             kind,
@@ -386,6 +426,8 @@ mod tests {
         let ev = |kind| CallEvent {
             call_id: "c".into(),
             tenant: None,
+            scope: Arc::default(),
+            leg: None,
             seq: 1,
             time: Utc::now(),
             kind,

@@ -9,6 +9,16 @@ use tokio::sync::mpsc;
 /// What the API (or later a queue or conference) can ask of a running call.
 #[derive(Debug)]
 pub enum CallCommand {
+    /// The call as it is now.
+    Snapshot {
+        reply: tokio::sync::oneshot::Sender<CallInfo>,
+    },
+    /// End the call with this cause (BYE after answer, the cause's final response before),
+    /// answered with the call as it is then (`ending`), or why it cannot.
+    Hangup {
+        cause: crate::hangup::HangupCause,
+        reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
+    },
     /// Stop the running block; a call under CALL_CONTROL sends its next webhook request at once.
     Interrupt,
     /// Play ANNOUNCEMENT / SAY blocks into the call's connected bridge, mixed with both
@@ -26,9 +36,82 @@ pub enum PlayRefused {
     NotConnected,
 }
 
+/// Why a command cannot apply to a call in its present state (the API's `409`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandRefused {
+    /// The call is already ending (hung up, its CDR being written).
+    Ending,
+}
+
+impl CommandRefused {
+    pub fn message(&self) -> &'static str {
+        match self {
+            CommandRefused::Ending => "the call is already ending",
+        }
+    }
+}
+
+/// A call in progress as the API shows it (`GET /v1/calls/{id}`), built by its actor.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallInfo {
+    pub id: String,
+    pub sip_call_id: String,
+    pub tenant: String,
+    /// `inbound`: offered to us (today every call starts so).
+    pub direction: &'static str,
+    /// The caller (From user part).
+    pub from: String,
+    /// The called number as dialled.
+    pub to: String,
+    /// The tenant's number the call came in on.
+    pub number: String,
+    /// The lines (SIP users) the call involves: the phone that placed it and those it dialled.
+    pub lines: Vec<String>,
+    /// The caller's leg state (`calling`, `ringing`, `early_media`, `answered`, `held`,
+    /// `ending`, `ended`).
+    pub state: &'static str,
+    /// The leg id of the callee the caller talks to, when bridged.
+    pub bridged_to: Option<String>,
+    /// The conference the caller is in.
+    pub conference: Option<String>,
+    pub start_time: chrono::DateTime<chrono::Utc>,
+    pub answer_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub legs: Vec<LegInfo>,
+    pub variables: std::collections::BTreeMap<String, String>,
+}
+
+/// One leg of a [`CallInfo`].
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LegInfo {
+    /// `<call id>.<index>`: the index is the leg's `legIndex` in the CDR (0 = the caller).
+    pub id: String,
+    pub index: u32,
+    /// `caller` or `callee`.
+    pub party: &'static str,
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    pub destination_type: Option<String>,
+    pub destination: String,
+    pub state: &'static str,
+    pub start_time: chrono::DateTime<chrono::Utc>,
+    pub answer_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub end_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub sip_status: Option<u16>,
+    pub hangup_cause: Option<&'static str>,
+}
+
+/// The public id of a call's leg: `<call id>.<index>`.
+pub fn leg_id(call_id: &str, index: u32) -> String {
+    format!("{call_id}.{index}")
+}
+
 #[derive(Clone)]
 pub struct CallHandle {
     pub tenant: String,
+    /// The tenant's number the call came in on.
+    pub number: String,
     pub commands: mpsc::UnboundedSender<CallCommand>,
 }
 
@@ -48,6 +131,15 @@ impl CallRegistry {
 
     pub fn get(&self, call_id: &str) -> Option<CallHandle> {
         self.lock().get(call_id).cloned()
+    }
+
+    /// Every active call `(id, handle)` whose tenant `keep` accepts.
+    pub fn list(&self, keep: impl Fn(&CallHandle) -> bool) -> Vec<(String, CallHandle)> {
+        self.lock()
+            .iter()
+            .filter(|(_, h)| keep(h))
+            .map(|(id, h)| (id.clone(), h.clone()))
+            .collect()
     }
 
     /// Sends a command to the call's actor; false when no such call is active.
