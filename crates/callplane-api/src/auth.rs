@@ -101,14 +101,24 @@ impl FromRequestParts<ApiState> for Caller {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be: Bearer <key>")
             })?;
-        match state.store.find_api_key(&hash_key(token))? {
-            Some(key) => Ok(Caller(key)),
-            None => Err(ApiError::unauthorized("unknown API key")),
-        }
+        Caller::from_token(&state.store, Some(token))
     }
 }
 
 impl Caller {
+    /// The key of a bearer token (from the header, or `?token=` where headers cannot be set).
+    pub fn from_token(store: &Store, token: Option<&str>) -> Result<Caller, ApiError> {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(ApiError::unauthorized(
+                "an API key is required: Authorization: Bearer <key>",
+            ));
+        };
+        match store.find_api_key(&hash_key(token))? {
+            Some(key) => Ok(Caller(key)),
+            None => Err(ApiError::unauthorized("unknown API key")),
+        }
+    }
+
     pub fn realm(&self) -> ApiRealm {
         self.0.realm
     }
@@ -134,6 +144,32 @@ impl Caller {
             ApiRealm::Customer => key.tenant.as_deref() == Some(tenant.name.as_str()),
             ApiRealm::Account => false,
         }
+    }
+
+    /// What of the calls in progress (and their events) the key may see and command.
+    pub fn call_scope(&self, store: &Store) -> Result<CallScope, ApiError> {
+        let key = &self.0;
+        Ok(match key.realm {
+            ApiRealm::Admin => CallScope::All,
+            ApiRealm::Reseller => match &key.reseller {
+                Some(r) => CallScope::Tenants(
+                    store
+                        .list_tenants_of_reseller(r)?
+                        .into_iter()
+                        .map(|t| t.name)
+                        .collect(),
+                ),
+                None => CallScope::Tenants(Default::default()),
+            },
+            ApiRealm::Customer => CallScope::Tenants(key.tenant.iter().cloned().collect()),
+            ApiRealm::Account => match (&key.tenant, &key.sip_user) {
+                (Some(tenant), Some(user)) => CallScope::Line {
+                    tenant: tenant.clone(),
+                    user: user.clone(),
+                },
+                _ => CallScope::Tenants(Default::default()),
+            },
+        })
     }
 
     /// Whether the key's scope includes the tenant of this name (absent tenants are not).
@@ -174,5 +210,39 @@ impl Caller {
                     && other.tenant == me.tenant
             }
         })
+    }
+}
+
+/// The calls a key covers: every call (`admin`), the calls of some tenants (`reseller`: its
+/// tenants as of when the scope was read; `customer`: its one tenant), or the calls on one line
+/// (`account`: calls its SIP user placed or that dialled it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallScope {
+    All,
+    Tenants(std::collections::BTreeSet<String>),
+    Line { tenant: String, user: String },
+}
+
+impl CallScope {
+    /// Whether calls of this tenant may be in scope at all (a pre-filter: a line scope still
+    /// needs [`CallScope::covers_lines`]).
+    pub fn may_cover_tenant(&self, tenant: &str) -> bool {
+        match self {
+            CallScope::All => true,
+            CallScope::Tenants(t) => t.contains(tenant),
+            CallScope::Line { tenant: t, .. } => t == tenant,
+        }
+    }
+
+    /// Whether a call of `tenant` involving `lines` is in scope.
+    pub fn covers(&self, tenant: Option<&str>, lines: &[String]) -> bool {
+        match (self, tenant) {
+            (CallScope::All, _) => true,
+            (_, None) => false,
+            (CallScope::Tenants(t), Some(tenant)) => t.contains(tenant),
+            (CallScope::Line { tenant: t, user }, Some(tenant)) => {
+                t == tenant && lines.iter().any(|l| l == user)
+            }
+        }
     }
 }

@@ -49,6 +49,30 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
+/// A JSON body that may be left out: an empty body (whatever its content type) is `None`,
+/// anything else must be JSON as for [`JsonBody`]. For commands whose fields are all optional.
+#[derive(Debug)]
+pub struct OptionalJsonBody(pub Option<Value>);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let media = media_type(req.headers());
+        let bytes = Bytes::from_request(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(None));
+        }
+        match media {
+            Some(m) if is_json(&m) => {}
+            _ => return Err(ApiError::unsupported_media_type("application/json")),
+        }
+        serde_json::from_slice(&bytes)
+            .map(|v| OptionalJsonBody(Some(v)))
+            .map_err(|e| ApiError::invalid_json(format!("the body is not valid JSON: {e}"), None))
+    }
+}
+
 /// A raw body of at most the route's limit, for uploads.
 pub struct RawBody(pub Bytes);
 

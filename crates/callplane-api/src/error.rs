@@ -152,6 +152,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The `error` object of the answer's body, for replies on the events WebSocket.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(Inner {
+            code: self.code,
+            message: &self.message,
+            field: self.field.as_deref(),
+            errors: &self.errors,
+        })
+        .unwrap_or_default()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body {
@@ -163,6 +176,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut res = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UPGRADE_REQUIRED {
+            res.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -8,6 +8,7 @@ pub mod auth;
 mod body;
 mod calls;
 pub mod error;
+pub mod events_ws;
 mod resources;
 mod serve;
 pub mod validation;
@@ -30,7 +31,7 @@ use std::sync::Arc;
 
 pub use auth::{generate_key, hash_key, resolve_api_key, MIN_KEY_CHARS};
 pub use body::{JSON_BODY_LIMIT, WAV_BODY_LIMIT};
-pub use calls::{CallControl, PlayFuture};
+pub use calls::{BoxFuture, CallControl, CallFilter, HangupFuture, PlayFuture};
 pub use error::ApiError;
 /// The metrics client `MetricsSource` encodes with, for implementors.
 pub use prometheus_client;
@@ -68,18 +69,36 @@ pub struct ApiState {
     /// Absolute; uploads go to `<data_dir>/announcements/`.
     pub data_dir: PathBuf,
     pub calls: Arc<dyn CallControl>,
+    /// The events WebSocket's fan-out.
+    pub events: Arc<events_ws::EventHub>,
+    /// Cancelled when the server shuts down: WebSockets close with 1001.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl ApiState {
     /// `data_dir` is made absolute, since announcement files are recorded by path and the
     /// engine resolves relative paths against the prompts directory.
+    /// Starts the events hub (a task: call it inside the runtime) with its default timers.
     pub fn new(store: Store, data_dir: impl Into<PathBuf>, calls: Arc<dyn CallControl>) -> Self {
+        Self::with_events(store, data_dir, calls, events_ws::EventsConfig::default())
+    }
+
+    /// As [`ApiState::new`], with the events WebSocket's timers and limits.
+    pub fn with_events(
+        store: Store,
+        data_dir: impl Into<PathBuf>,
+        calls: Arc<dyn CallControl>,
+        events: events_ws::EventsConfig,
+    ) -> Self {
         let data_dir = data_dir.into();
         let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
+        let hub = events_ws::EventHub::start(events, |s| calls.subscribe(s));
         ApiState {
             store,
             data_dir,
             calls,
+            events: hub,
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
@@ -161,8 +180,12 @@ api_routes! {
     post "/v1/apikeys" => apikeys::create;
     get "/v1/apikeys/{name}" => apikeys::get_one;
     delete "/v1/apikeys/{name}" => apikeys::delete;
+    get "/v1/calls" => calls::list;
+    get "/v1/calls/{id}" => calls::get_one;
+    post "/v1/calls/{id}/hangup" => calls::hangup;
     post "/v1/calls/{id}/interrupt" => calls::interrupt;
     post "/v1/calls/{id}/blocks" => calls::run_blocks;
+    get "/v1/events" => events_ws::events;
 }
 
 /// The hand-written OpenAPI 3.1 description of [`ROUTES`].

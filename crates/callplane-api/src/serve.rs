@@ -87,6 +87,7 @@ async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits, pe
     }
     let clock = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let io = TokioIo::new(Activity {
         inner: stream,
         clock,
@@ -97,7 +98,10 @@ async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits, pe
         // Applies to every request head on the connection (so a client that sent its first
         // byte late may take up to twice the timeout for its first head: still bounded).
         .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(io, first_request_activates(app, permit.clone()));
+        .serve_connection(io, first_request_activates(app, permit.clone(), fd))
+        // `GET /v1/events` upgrades to a WebSocket; the socket then holds the connection's
+        // permit (see [`ConnectionPermit`]) and keeps its own timers.
+        .with_upgrades();
     tokio::select! {
         _ = conn => {}
         _ = idle(clock, last, limits.idle_timeout) => {}
@@ -110,17 +114,50 @@ async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits, pe
 fn first_request_activates(
     app: Router,
     permit: Arc<Permit>,
+    fd: std::os::fd::RawFd,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = axum::response::Response,
     Error = std::convert::Infallible,
     Future = impl Send,
 > + Clone {
-    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         permit.activate();
+        if is_websocket_upgrade(&req) {
+            limit_send_buffer(fd);
+        }
+        req.extensions_mut()
+            .insert(ConnectionPermit(permit.clone()));
         tower::ServiceExt::oneshot(app.clone(), req)
     })
 }
+
+/// Kernel send buffer of a WebSocket connection (Linux doubles it for its bookkeeping). Left
+/// to autotuning, a loopback or LAN socket's buffer grows to 4 MiB: a thousand event clients
+/// that stopped reading could pin 4 GiB, and a stuck client would hide thousands of events in
+/// the kernel before its session's queue (which closes it) even filled.
+pub const WEBSOCKET_SEND_BUFFER: usize = 64 * 1024;
+
+fn is_websocket_upgrade<B>(req: &hyper::Request<B>) -> bool {
+    req.headers()
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn limit_send_buffer(fd: std::os::fd::RawFd) {
+    // SAFETY: the service runs only while hyper holds the connection, which owns `fd`; the
+    // borrow ends before this function returns.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    if let Err(e) = socket2::SockRef::from(&fd).set_send_buffer_size(WEBSOCKET_SEND_BUFFER) {
+        debug!(error = %e, "cannot set a WebSocket's send buffer");
+    }
+}
+
+/// The connection's place within the listener's limits, handed to the request: a WebSocket
+/// keeps it for as long as the socket is open, so upgraded connections count too.
+#[derive(Clone)]
+pub struct ConnectionPermit(#[allow(dead_code)] Arc<Permit>);
 
 /// Resolves once no bytes have moved for `timeout`.
 async fn idle(clock: Instant, last: Arc<AtomicU64>, timeout: Duration) {

@@ -35,17 +35,83 @@ impl MetricsSource for NoMetrics {
     }
 }
 
-/// Calls in progress by id → tenant; records interrupts.
+/// Calls in progress by id → (tenant, lines); records interrupts and hang-ups. It stands in
+/// for the engine only to check the API's routing, realms and bodies; the end-to-end tests
+/// drive real calls.
 #[derive(Default)]
 struct FakeCalls {
-    calls: HashMap<String, String>,
+    calls: HashMap<String, (String, Vec<String>)>,
     interrupted: Mutex<Vec<String>>,
+    hung_up: Mutex<Vec<(String, String)>>,
+}
+
+impl FakeCalls {
+    fn info(&self, id: &str, state: &'static str) -> Option<callplane_engine::registry::CallInfo> {
+        let (tenant, lines) = self.calls.get(id)?;
+        Some(callplane_engine::registry::CallInfo {
+            id: id.to_string(),
+            sip_call_id: format!("sip-{id}"),
+            tenant: tenant.clone(),
+            direction: "inbound",
+            from: "caller".into(),
+            to: "100".into(),
+            number: "100".into(),
+            lines: lines.clone(),
+            state,
+            bridged_to: None,
+            conference: None,
+            start_time: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            answer_time: None,
+            legs: Vec::new(),
+            variables: Default::default(),
+        })
+    }
 }
 
 impl CallControl for FakeCalls {
     fn call_tenant(&self, call_id: &str) -> Option<String> {
-        self.calls.get(call_id).cloned()
+        self.calls.get(call_id).map(|c| c.0.clone())
     }
+
+    fn call_info(
+        &self,
+        call_id: &str,
+    ) -> crate::BoxFuture<Option<callplane_engine::registry::CallInfo>> {
+        let info = self.info(call_id, "answered");
+        Box::pin(async move { info })
+    }
+
+    fn list_calls(
+        &self,
+        keep: crate::CallFilter,
+    ) -> crate::BoxFuture<Vec<callplane_engine::registry::CallInfo>> {
+        let mut ids: Vec<&String> = self.calls.keys().collect();
+        ids.sort();
+        let list = ids
+            .into_iter()
+            .filter_map(|id| self.info(id, "answered"))
+            .filter(|c| keep(&c.tenant, &c.number))
+            .collect();
+        Box::pin(async move { list })
+    }
+
+    fn hangup(
+        &self,
+        call_id: &str,
+        cause: callplane_engine::hangup::HangupCause,
+    ) -> crate::HangupFuture {
+        let answer = self.info(call_id, "ending").map(|info| {
+            let mut done = self.hung_up.lock().unwrap_or_else(|e| e.into_inner());
+            if done.iter().any(|(id, _)| id == call_id) {
+                return Err(callplane_engine::registry::CommandRefused::Ending);
+            }
+            done.push((call_id.to_string(), cause.as_str().to_string()));
+            Ok(info)
+        });
+        Box::pin(async move { answer })
+    }
+
+    fn subscribe(&self, _subscriber: Arc<dyn callplane_engine::events::EventSubscriber>) {}
 
     fn interrupt(&self, call_id: &str) -> bool {
         if let Ok(mut v) = self.interrupted.lock() {
@@ -170,11 +236,15 @@ fn fixture() -> Fixture {
         store.create_api_key(&k, &hash_key(secret)).expect("key");
     }
     let calls = Arc::new(FakeCalls {
-        calls: [("call-acme", "acme"), ("call-beta", "beta")]
-            .into_iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect(),
-        interrupted: Mutex::new(Vec::new()),
+        calls: [
+            ("call-acme", "acme", "alice"),
+            ("call-beta", "beta", "bob"),
+            ("call-carol", "acme", "carol"),
+        ]
+        .into_iter()
+        .map(|(a, b, l)| (a.to_string(), (b.to_string(), vec![l.to_string()])))
+        .collect(),
+        ..FakeCalls::default()
     });
     let dir = TempDir::new();
     let state = ApiState::new(store.clone(), dir.0.clone(), calls.clone());
@@ -539,7 +609,6 @@ async fn account_keys_read_their_own_sip_user_only() {
         ("GET", "/v1/tenants/acme"),
         ("DELETE", "/v1/tenants/acme/sipusers/alice"),
         ("GET", "/v1/apikeys"),
-        ("POST", "/v1/calls/call-acme/interrupt"),
     ] {
         f.call(method, path, Some(ACCOUNT), None)
             .await
@@ -1359,9 +1428,15 @@ async fn run_blocks_checks_scope_body_and_blocks_before_the_call() {
     f.call("POST", path, None, Some(chime()))
         .await
         .expect(401, "unauthorized", None);
-    f.call("POST", path, Some(ACCOUNT), Some(chime()))
-        .await
-        .expect(403, "forbidden", None);
+    // An account key reaches the calls on its own line only.
+    f.call(
+        "POST",
+        "/v1/calls/call-carol/blocks",
+        Some(ACCOUNT),
+        Some(chime()),
+    )
+    .await
+    .expect(404, "not_found", None);
     // Out of scope or unknown: 404, as if it did not exist.
     f.call(
         "POST",
@@ -1675,4 +1750,150 @@ async fn api_keys_may_not_delete_themselves_nor_the_last_admin() {
         .call("DELETE", "/v1/apikeys/acme-app", Some(RESELLER), None)
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
+}
+
+fn ids(a: &Answer) -> Vec<String> {
+    a.body
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|c| c["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn calls_are_listed_and_read_within_the_key_realm() {
+    let f = fixture();
+    let all = f.call("GET", "/v1/calls", Some(ADMIN), None).await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.body);
+    assert_eq!(ids(&all), ["call-acme", "call-beta", "call-carol"]);
+    let acme = f.call("GET", "/v1/calls", Some(CUSTOMER), None).await;
+    assert_eq!(ids(&acme), ["call-acme", "call-carol"]);
+    let reseller = f.call("GET", "/v1/calls", Some(RESELLER), None).await;
+    assert_eq!(ids(&reseller), ["call-acme", "call-carol"]);
+    // An account key sees the calls on its own line only.
+    let alice = f.call("GET", "/v1/calls", Some(ACCOUNT), None).await;
+    assert_eq!(ids(&alice), ["call-acme"]);
+    let line = f
+        .call("GET", "/v1/calls?line=carol", Some(CUSTOMER), None)
+        .await;
+    assert_eq!(ids(&line), ["call-carol"]);
+    let none = f
+        .call("GET", "/v1/calls?number=999", Some(ADMIN), None)
+        .await;
+    assert_eq!(ids(&none), Vec::<String>::new());
+    f.call("GET", "/v1/calls?colour=red", Some(ADMIN), None)
+        .await
+        .expect(400, "validation_failed", Some("colour"));
+    f.call("GET", "/v1/calls", None, None)
+        .await
+        .expect(401, "unauthorized", None);
+
+    let one = f
+        .call("GET", "/v1/calls/call-acme", Some(ACCOUNT), None)
+        .await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.body);
+    assert_eq!(one.body["tenant"], "acme");
+    assert_eq!(one.body["lines"], json!(["alice"]));
+    for (path, key) in [
+        ("/v1/calls/call-carol", ACCOUNT),
+        ("/v1/calls/call-beta", CUSTOMER),
+        ("/v1/calls/call-beta", RESELLER),
+        ("/v1/calls/nothing", ADMIN),
+    ] {
+        f.call("GET", path, Some(key), None)
+            .await
+            .expect(404, "not_found", None);
+    }
+}
+
+#[tokio::test]
+async fn hangup_takes_a_cause_checks_it_and_refuses_a_call_already_ending() {
+    let f = fixture();
+    let path = "/v1/calls/call-acme/hangup";
+    f.call(
+        "POST",
+        path,
+        Some(CUSTOMER),
+        Some(json!({"hangupCause": "BUSY"})),
+    )
+    .await
+    .expect(400, "validation_failed", Some("hangupCause"));
+    f.call(
+        "POST",
+        path,
+        Some(CUSTOMER),
+        Some(json!({"cause": "USER_BUSY"})),
+    )
+    .await
+    .expect(400, "invalid_json", Some("cause"));
+    f.call(
+        "POST",
+        path,
+        Some(CUSTOMER),
+        Some(json!({"hangupCause": 17})),
+    )
+    .await
+    .expect(400, "invalid_json", Some("hangupCause"));
+    f.call(
+        "POST",
+        "/v1/calls/call-acme/hangup",
+        Some(CUSTOMER_BETA),
+        None,
+    )
+    .await
+    .expect(404, "not_found", None);
+    let a = f
+        .call(
+            "POST",
+            path,
+            Some(CUSTOMER),
+            Some(json!({"hangupCause": "USER_BUSY"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["state"], "ending");
+    f.call("POST", path, Some(CUSTOMER), None)
+        .await
+        .expect(409, "conflict", Some("state"));
+    // No body at all: NORMAL_CLEARING.
+    let b = f
+        .call("POST", "/v1/calls/call-carol/hangup", Some(ADMIN), None)
+        .await;
+    assert_eq!(b.status, StatusCode::OK, "{}", b.body);
+    let done = f
+        .calls
+        .hung_up
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        done,
+        [
+            ("call-acme".to_string(), "USER_BUSY".to_string()),
+            ("call-carol".to_string(), "NORMAL_CLEARING".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_account_key_commands_the_calls_on_its_line_only() {
+    let f = fixture();
+    let a = f
+        .call("POST", "/v1/calls/call-acme/interrupt", Some(ACCOUNT), None)
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    f.call(
+        "POST",
+        "/v1/calls/call-carol/interrupt",
+        Some(ACCOUNT),
+        None,
+    )
+    .await
+    .expect(404, "not_found", None);
+    f.call("POST", "/v1/calls/call-carol/hangup", Some(ACCOUNT), None)
+        .await
+        .expect(404, "not_found", None);
 }

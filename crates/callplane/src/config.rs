@@ -80,6 +80,17 @@ pub struct ServerSection {
     pub ask_url_ring_timeout: u32,
     /// This node's name (the ask-URL `server` field); default: the machine's host name.
     pub node_name: Option<String>,
+    /// Seconds between the events WebSocket's pings; a client that has not answered the last
+    /// one by the next is closed.
+    pub events_ping_interval: f64,
+    /// Seconds an events WebSocket client may send no message of its own (`ping`,
+    /// `subscribe`, a command) before it is closed; 0: never.
+    pub events_inactivity_timeout: f64,
+    /// Events held per WebSocket session (sent or not, for resuming); a client more than this
+    /// many behind is closed (`queue_overflow`).
+    pub events_queue: usize,
+    /// Seconds a WebSocket session stays resumable after its socket closed.
+    pub events_resume_window: f64,
 }
 
 impl Default for ServerSection {
@@ -117,6 +128,10 @@ impl Default for ServerSection {
             webhook_max_per_host: callplane_engine::webhook::WebhookConfig::default().max_per_host,
             node_name: None,
             ask_url_ring_timeout: callplane_engine::flow::DEFAULT_ASK_URL_RING_SECONDS,
+            events_ping_interval: 20.0,
+            events_inactivity_timeout: 0.0,
+            events_queue: 1000,
+            events_resume_window: 60.0,
         }
     }
 }
@@ -407,6 +422,7 @@ impl Config {
             1,
             10_000_000,
         );
+        range("eventsQueue", s.events_queue as u64, 1, 1_000_000);
         range(
             "httpMaxConnections",
             s.http_max_connections as u64,
@@ -424,6 +440,8 @@ impl Config {
             ("sipTcpIdleTimeout", s.sip_tcp_idle_timeout),
             ("httpHeaderReadTimeout", s.http_header_read_timeout),
             ("httpIdleTimeout", s.http_idle_timeout),
+            ("eventsPingInterval", s.events_ping_interval),
+            ("eventsResumeWindow", s.events_resume_window),
         ] {
             if !(0.05..=86_400.0).contains(&v) {
                 errors.push(FieldError {
@@ -432,6 +450,18 @@ impl Config {
                     message: format!("must be between 0.05 and 86400 seconds (got {v})"),
                 });
             }
+        }
+        if s.events_inactivity_timeout != 0.0
+            && !(0.05..=86_400.0).contains(&s.events_inactivity_timeout)
+        {
+            errors.push(FieldError {
+                object: "server".into(),
+                field: "eventsInactivityTimeout".into(),
+                message: format!(
+                    "must be 0 (off) or between 0.05 and 86400 seconds (got {})",
+                    s.events_inactivity_timeout
+                ),
+            });
         }
         if s.digest_algorithms.is_empty() {
             errors.push(FieldError {

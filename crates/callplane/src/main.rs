@@ -388,6 +388,7 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
     tokio::spawn(async move { runner.run(calls).await });
 
     let mut http_addr = None;
+    let mut api_shutdown = None;
     if let Some(addr) = s.http {
         let source = Arc::new(metrics::Metrics {
             engine: engine.clone(),
@@ -395,11 +396,19 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
             media: media.clone(),
             http_connections: std::sync::OnceLock::new(),
         });
-        let api = callplane_api::ApiState::new(
+        let api = callplane_api::ApiState::with_events(
             store.clone(),
             s.data_dir.clone(),
             Arc::new(engine.clone()),
+            callplane_api::events_ws::EventsConfig {
+                ping_interval: secs(s.events_ping_interval),
+                inactivity_timeout: (s.events_inactivity_timeout > 0.0)
+                    .then(|| secs(s.events_inactivity_timeout)),
+                queue: s.events_queue,
+                resume_window: secs(s.events_resume_window),
+            },
         );
+        api_shutdown = Some(api.shutdown.clone());
         let limits = callplane_api::HttpLimits {
             connections: ConnectionLimits {
                 max_total: budget.http,
@@ -430,6 +439,10 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
     }
 
     shutdown_signal().await;
+    if let Some(t) = api_shutdown {
+        // Event sockets close (1001) instead of waiting for events that will not come.
+        t.cancel();
+    }
     // Finished calls always leave a CDR: end the calls in progress (their BYEs still need the
     // SIP stack), then stop SIP and write out the queue.
     let active = engine.active_calls();

@@ -1,0 +1,813 @@
+//! The events WebSocket, `GET /v1/events`: every call event of the bus, in the key's realm,
+//! filtered by what the client subscribed to, numbered per session; commands on the same
+//! socket. See `docs/api.md` ("Events WebSocket") for the protocol.
+//!
+//! How it is built, so that a slow client never slows calls:
+//! - The [`EventHub`] is a bus subscriber whose `on_event` only queues the event for the hub's
+//!   own task (nothing at all while no session exists). That task renders each event's JSON
+//!   once and appends it to the ring of every session it matches.
+//! - A session's ring holds its last `queue` events. A connection sends what its client has
+//!   not had yet; when an event would push out one that was not sent, the session has
+//!   overflowed and is closed with a reason (`queue_overflow`), whatever its socket is doing.
+//! - A session whose socket went away is kept for the resume window: events go on being
+//!   numbered into its ring, and a client reconnecting with `?session=<id>&resume=<last seq>`
+//!   gets exactly what it missed, in order, or `resume_failed` saying why.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use callplane_engine::events::{CallEvent, EventKind, EventScope, EventSubscriber};
+use callplane_engine::registry::leg_id;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{CallScope, Caller};
+use crate::error::ApiError;
+use crate::ApiState;
+
+/// The WebSocket's timers and limits (`[server] events…` in the config file).
+#[derive(Debug, Clone, Copy)]
+pub struct EventsConfig {
+    /// The server pings this often; a client that has not answered the last ping by the next
+    /// one is closed.
+    pub ping_interval: Duration,
+    /// A client that sends no message of its own (`subscribe`, `ping`, a command) for this
+    /// long is closed; `None`: never.
+    pub inactivity_timeout: Option<Duration>,
+    /// Events a session holds for its client (sent or not, for resuming); one more unsent
+    /// than this and the session is closed.
+    pub queue: usize,
+    /// How long a session outlives its socket, resumable.
+    pub resume_window: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            ping_interval: Duration::from_secs(20),
+            inactivity_timeout: None,
+            queue: 1000,
+            resume_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Close codes (RFC 6455 §7.4; 4000–4999 are the application's).
+const CLOSE_OVERFLOW: u16 = 4008;
+const CLOSE_PONG_TIMEOUT: u16 = 4001;
+const CLOSE_INACTIVE: u16 = 4002;
+const CLOSE_SHUTDOWN: u16 = 1001;
+
+/// One event as the hub fans it out: what filters look at, and its JSON without `seq`.
+struct Frame {
+    call_id: String,
+    tenant: Option<String>,
+    scope: Arc<EventScope>,
+    /// The conference the call is in (or the event is about).
+    conference: Option<String>,
+    /// The event's JSON object minus its opening `{`: a session's frame is `{"seq":N,` + it.
+    tail: Arc<str>,
+}
+
+/// What a client subscribed to; empty lists mean everything in the key's scope.
+#[derive(Debug, Clone, Default)]
+struct Subscription {
+    lines: BTreeSet<String>,
+    numbers: BTreeSet<String>,
+    calls: BTreeSet<String>,
+    conferences: BTreeSet<String>,
+}
+
+impl Subscription {
+    fn matches(&self, f: &Frame) -> bool {
+        if self.lines.is_empty()
+            && self.numbers.is_empty()
+            && self.calls.is_empty()
+            && self.conferences.is_empty()
+        {
+            return true;
+        }
+        self.calls.contains(&f.call_id)
+            || f.scope.lines.iter().any(|l| self.lines.contains(l))
+            || f.scope
+                .number
+                .as_ref()
+                .is_some_and(|n| self.numbers.contains(n))
+            || f.conference
+                .as_ref()
+                .is_some_and(|c| self.conferences.contains(c))
+    }
+}
+
+struct Filter {
+    scope: CallScope,
+    /// `None` until the client's first `subscribe`: nothing is delivered before it.
+    sub: Option<Subscription>,
+}
+
+struct Queue {
+    /// `(seq, tail)` of the last `queue` events, oldest first.
+    ring: VecDeque<(u64, Arc<str>)>,
+    /// The seq the next event gets.
+    next_seq: u64,
+    /// The last seq handed to the client's socket.
+    sent: u64,
+    attached: bool,
+    detached_at: Option<Instant>,
+}
+
+struct Session {
+    id: String,
+    /// The API key's name: only the same key may resume the session.
+    key: String,
+    filter: Mutex<Filter>,
+    queue: Mutex<Queue>,
+    notify: Notify,
+    /// Cancelled when the session must close: overflow (the reason is kept), shutdown.
+    closed: CancellationToken,
+    close_reason: Mutex<Option<(u16, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Session {
+    /// Appends a frame if the session's realm and subscription let it through.
+    fn offer(&self, f: &Frame, cap: usize) {
+        {
+            let filter = lock(&self.filter);
+            let Some(sub) = &filter.sub else { return };
+            if !filter.scope.covers(f.tenant.as_deref(), &f.scope.lines) || !sub.matches(f) {
+                return;
+            }
+        }
+        let mut q = lock(&self.queue);
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        q.ring.push_back((seq, f.tail.clone()));
+        if q.ring.len() > cap {
+            if let Some((lost, _)) = q.ring.pop_front() {
+                if lost > q.sent {
+                    drop(q);
+                    self.close(
+                        CLOSE_OVERFLOW,
+                        format!("queue_overflow: more than {cap} events unread"),
+                    );
+                    return;
+                }
+            }
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    fn close(&self, code: u16, reason: String) {
+        let mut r = lock(&self.close_reason);
+        if r.is_none() {
+            *r = Some((code, reason));
+        }
+        drop(r);
+        self.closed.cancel();
+    }
+
+    /// The frames after `sent`, at most `max`.
+    fn pending(&self, max: usize) -> Vec<(u64, Arc<str>)> {
+        let q = lock(&self.queue);
+        q.ring
+            .iter()
+            .filter(|(s, _)| *s > q.sent)
+            .take(max)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Fans the bus's events out to the WebSocket sessions.
+pub struct EventHub {
+    cfg: EventsConfig,
+    sessions: RwLock<HashMap<String, Arc<Session>>>,
+    count: AtomicUsize,
+    tx: mpsc::UnboundedSender<CallEvent>,
+}
+
+/// The hub as a bus subscriber: queues each event for the hub's task, without waiting.
+struct HubSubscriber(Arc<EventHub>);
+
+impl EventSubscriber for HubSubscriber {
+    fn on_event(&self, event: &CallEvent) {
+        if self.0.count.load(Ordering::Relaxed) > 0 {
+            let _ = self.0.tx.send(event.clone());
+        }
+    }
+}
+
+impl EventHub {
+    /// Starts the hub's task; `subscribe` hands the subscriber to the event bus.
+    pub fn start(
+        cfg: EventsConfig,
+        subscribe: impl FnOnce(Arc<dyn EventSubscriber>),
+    ) -> Arc<EventHub> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(EventHub {
+            cfg,
+            sessions: RwLock::default(),
+            count: AtomicUsize::new(0),
+            tx,
+        });
+        subscribe(Arc::new(HubSubscriber(hub.clone())));
+        tokio::spawn(fan_out(Arc::downgrade(&hub), rx));
+        hub
+    }
+
+    pub fn config(&self) -> EventsConfig {
+        self.cfg
+    }
+
+    /// Sessions open or resumable.
+    pub fn sessions(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn insert(&self, s: Arc<Session>) {
+        let mut m = self
+            .sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        m.insert(s.id.clone(), s);
+        self.count.store(m.len(), Ordering::Relaxed);
+    }
+
+    fn remove(&self, id: &str) {
+        let mut m = self
+            .sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        m.remove(id);
+        self.count.store(m.len(), Ordering::Relaxed);
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    /// Drops sessions detached longer than the resume window, and closed ones.
+    fn sweep(&self) {
+        let window = self.cfg.resume_window;
+        let expired: Vec<String> = self
+            .sessions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|s| {
+                let q = lock(&s.queue);
+                !q.attached
+                    && (s.closed.is_cancelled()
+                        || q.detached_at.is_some_and(|t| t.elapsed() >= window))
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        for id in expired {
+            self.remove(&id);
+        }
+    }
+}
+
+/// The hub's task: renders each event once and offers it to every session.
+async fn fan_out(hub: std::sync::Weak<EventHub>, mut rx: mpsc::UnboundedReceiver<CallEvent>) {
+    // The conference each call is in, for `conferences` subscriptions.
+    let mut in_conference: HashMap<String, String> = HashMap::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return };
+                let Some(hub) = hub.upgrade() else { return };
+                let conference = match &ev.kind {
+                    EventKind::ConferenceJoined { conference, .. } => {
+                        in_conference.insert(ev.call_id.clone(), conference.clone());
+                        Some(conference.clone())
+                    }
+                    EventKind::ConferenceLeft { conference } => {
+                        in_conference.remove(&ev.call_id);
+                        Some(conference.clone())
+                    }
+                    EventKind::Finished { .. } => in_conference.remove(&ev.call_id),
+                    _ => in_conference.get(&ev.call_id).cloned(),
+                };
+                let frame = Frame {
+                    tail: render_tail(&ev).into(),
+                    call_id: ev.call_id,
+                    tenant: ev.tenant,
+                    scope: ev.scope,
+                    conference,
+                };
+                let cap = hub.cfg.queue;
+                let sessions = hub.sessions.read().unwrap_or_else(PoisonError::into_inner);
+                for s in sessions.values() {
+                    s.offer(&frame, cap);
+                }
+            }
+            _ = sweep.tick() => {
+                let Some(hub) = hub.upgrade() else { return };
+                hub.sweep();
+            }
+        }
+    }
+}
+
+/// An event's JSON without `seq` and without the opening brace.
+fn render_tail(ev: &CallEvent) -> String {
+    let v = json!({
+        "type": ev.kind.name(),
+        "callId": ev.call_id,
+        "legId": ev.leg.map(|i| leg_id(&ev.call_id, i)),
+        "time": ev.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "callSeq": ev.seq,
+        "tenant": ev.tenant,
+        "data": ev.kind.data(),
+    });
+    let s = v.to_string();
+    s.strip_prefix('{').map(str::to_string).unwrap_or(s)
+}
+
+fn frame_text(seq: u64, tail: &str) -> String {
+    if tail == "}" {
+        format!("{{\"seq\":{seq}}}")
+    } else {
+        format!("{{\"seq\":{seq},{tail}")
+    }
+}
+
+/// `GET /v1/events` — upgrades to the events WebSocket. The key comes as `Authorization:
+/// Bearer <key>` or `?token=<key>` (browsers cannot set headers on a WebSocket); a request that
+/// is not a WebSocket handshake is `426`;
+/// `?session=<id>&resume=<last seq>` resumes a session.
+pub async fn events(
+    State(st): State<ApiState>,
+    permit: Option<axum::Extension<crate::serve::ConnectionPermit>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let mut token = None;
+    let mut session = None;
+    let mut resume = None;
+    for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "token" => token = Some(v.into_owned()),
+            "session" => session = Some(v.into_owned()),
+            "resume" => {
+                resume = Some(v.parse::<u64>().map_err(|_| {
+                    ApiError::invalid_field(
+                        "query",
+                        "resume",
+                        "must be the last seq received (a whole number)",
+                    )
+                })?)
+            }
+            other => {
+                return Err(ApiError::invalid_field(
+                    "query",
+                    other,
+                    "unknown query parameter (expected token, session, resume)",
+                ))
+            }
+        }
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim().to_string())
+        });
+    let caller = Caller::from_token(&st.store, bearer.or(token).as_deref())?;
+    let ws = ws.map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            format!("GET /v1/events is a WebSocket (Upgrade: websocket): {e}"),
+        )
+    })?;
+    let scope = caller.call_scope(&st.store)?;
+    Ok(ws
+        .max_message_size(64 * 1024)
+        // Each frame goes to the socket as it is sent, so the session's queue (not a hidden
+        // write buffer) is what a slow client fills.
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .on_upgrade(move |socket| async move {
+            run(socket, st, caller, scope, session, resume).await;
+            drop(permit);
+        }))
+}
+
+/// What the client asked to resume, and whether it could.
+enum Resumed {
+    No,
+    Yes(Arc<Session>),
+    Failed(&'static str),
+}
+
+fn resume_session(
+    hub: &EventHub,
+    key: &str,
+    session: Option<String>,
+    resume: Option<u64>,
+) -> Resumed {
+    let (id, last) = match (session, resume) {
+        (None, None) => return Resumed::No,
+        (Some(_), None) | (None, Some(_)) => {
+            return Resumed::Failed("resuming needs both session and resume")
+        }
+        (Some(id), Some(last)) => (id, last),
+    };
+    let Some(s) = hub.get(&id) else {
+        return Resumed::Failed("no such session (or its resume window is over)");
+    };
+    if s.key != key {
+        return Resumed::Failed("no such session (or its resume window is over)");
+    }
+    if s.closed.is_cancelled() {
+        return Resumed::Failed("the session was closed (its queue overflowed)");
+    }
+    let mut q = lock(&s.queue);
+    if q.attached {
+        return Resumed::Failed("the session is still connected");
+    }
+    if last >= q.next_seq {
+        return Resumed::Failed("resume names a seq the session never sent");
+    }
+    let oldest = q.ring.front().map(|(s, _)| *s).unwrap_or(q.next_seq);
+    if last + 1 < oldest {
+        return Resumed::Failed("events after that seq are no longer held");
+    }
+    q.sent = last;
+    q.attached = true;
+    q.detached_at = None;
+    drop(q);
+    Resumed::Yes(s)
+}
+
+async fn run(
+    mut socket: WebSocket,
+    st: ApiState,
+    caller: Caller,
+    scope: CallScope,
+    session: Option<String>,
+    resume: Option<u64>,
+) {
+    let hub = st.events.clone();
+    let cfg = hub.cfg;
+    let key = caller.0.name.clone();
+    let (s, resumed) = match resume_session(&hub, &key, session, resume) {
+        Resumed::Yes(s) => (s, true),
+        other => {
+            if let Resumed::Failed(reason) = other {
+                let msg = json!({"type": "resume_failed", "reason": reason});
+                if socket
+                    .send(Message::Text(msg.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let s = Arc::new(Session {
+                id: uuid_like(),
+                key: key.clone(),
+                filter: Mutex::new(Filter { scope, sub: None }),
+                queue: Mutex::new(Queue {
+                    ring: VecDeque::new(),
+                    next_seq: 1,
+                    sent: 0,
+                    attached: true,
+                    detached_at: None,
+                }),
+                notify: Notify::new(),
+                closed: CancellationToken::new(),
+                close_reason: Mutex::new(None),
+            });
+            hub.insert(s.clone());
+            (s, false)
+        }
+    };
+    let hello = {
+        let q = lock(&s.queue);
+        json!({
+            "type": "hello",
+            "session": s.id,
+            "resumed": resumed,
+            "lastSeq": q.next_seq - 1,
+            "pingInterval": cfg.ping_interval.as_secs_f64(),
+            "resumeWindow": cfg.resume_window.as_secs_f64(),
+        })
+    };
+    let mut open = socket
+        .send(Message::Text(hello.to_string().into()))
+        .await
+        .is_ok();
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.ping_interval,
+        cfg.ping_interval,
+    );
+    let mut awaiting_pong = false;
+    let mut last_heard = tokio::time::Instant::now();
+    let mut close: Option<(u16, String)> = None;
+    // Frames already waiting (a resumed session) go out first.
+    s.notify.notify_one();
+    while open {
+        let inactive_at = cfg.inactivity_timeout.map(|t| last_heard + t);
+        tokio::select! {
+            biased;
+            _ = s.closed.cancelled() => {
+                close = lock(&s.close_reason).clone();
+                break;
+            }
+            msg = socket.recv() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(Message::Pong(_))) => awaiting_pong = false,
+                Some(Ok(Message::Ping(_))) | Some(Ok(Message::Binary(_))) => {}
+                Some(Ok(Message::Text(t))) => {
+                    last_heard = tokio::time::Instant::now();
+                    let reply = on_client_message(&st, &caller, &s, t.as_str()).await;
+                    if let Some(r) = reply {
+                        open = send_or_close(&mut socket, &s, r.to_string()).await;
+                    }
+                }
+            },
+            _ = s.notify.notified() => {
+                loop {
+                    let batch = s.pending(64);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for (seq, tail) in batch {
+                        if !send_or_close(&mut socket, &s, frame_text(seq, &tail)).await {
+                            open = false;
+                            break;
+                        }
+                        lock(&s.queue).sent = seq;
+                    }
+                    if !open {
+                        break;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if awaiting_pong {
+                    close = Some((CLOSE_PONG_TIMEOUT, "pong_timeout: no answer to the last ping".into()));
+                    break;
+                }
+                awaiting_pong = true;
+                open = send_or_close_msg(&mut socket, &s, Message::Ping(Default::default())).await;
+            }
+            _ = sleep_until_opt(inactive_at) => {
+                close = Some((CLOSE_INACTIVE, "inactive: no message from the client within the inactivity timeout".into()));
+                break;
+            }
+            _ = st.shutdown.cancelled() => {
+                close = Some((CLOSE_SHUTDOWN, "the server is shutting down".into()));
+                break;
+            }
+        }
+    }
+    if s.closed.is_cancelled() && close.is_none() {
+        close = lock(&s.close_reason).clone();
+    }
+    if let Some((code, reason)) = close.clone() {
+        tracing::info!(session = %s.id, key = %key, code, %reason, "events socket closed");
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // A client that reads nothing cannot take a close frame either: do not wait for it.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            socket.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+    // Overflowed or closed by us: gone; otherwise resumable for the window.
+    if close.is_some() {
+        s.closed.cancel();
+        hub.remove(&s.id);
+    } else {
+        let mut q = lock(&s.queue);
+        q.attached = false;
+        q.detached_at = Some(Instant::now());
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends a text frame unless the session is closed meanwhile (a blocked send to a client that
+/// reads nothing is abandoned when its queue overflows). False when the socket is done.
+async fn send_or_close(socket: &mut WebSocket, s: &Session, text: String) -> bool {
+    send_or_close_msg(socket, s, Message::Text(text.into())).await
+}
+
+async fn send_or_close_msg(socket: &mut WebSocket, s: &Session, msg: Message) -> bool {
+    tokio::select! {
+        r = socket.send(msg) => r.is_ok(),
+        _ = s.closed.cancelled() => false,
+    }
+}
+
+fn uuid_like() -> String {
+    let b: [u8; 16] = rand::random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Strings of a subscription list, or the field at fault.
+fn string_set(v: Option<&Value>, field: &str) -> Result<BTreeSet<String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(BTreeSet::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::invalid_json(
+                        format!("`{field}` must be an array of strings"),
+                        Some(format!("{field}[{i}]")),
+                    )
+                })
+            })
+            .collect(),
+        Some(_) => Err(ApiError::invalid_json(
+            format!("`{field}` must be an array of strings"),
+            Some(field.to_string()),
+        )),
+    }
+}
+
+fn error_reply(op: &str, id: Option<&Value>, e: &ApiError) -> Value {
+    json!({
+        "type": "error",
+        "op": op,
+        "id": id,
+        "status": e.status.as_u16(),
+        "error": e.to_json(),
+    })
+}
+
+/// One message from the client: `subscribe`, `ping` or `command`. Returns the reply.
+async fn on_client_message(
+    st: &ApiState,
+    caller: &Caller,
+    s: &Session,
+    text: &str,
+) -> Option<Value> {
+    let msg: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let err = ApiError::invalid_json(format!("not JSON: {e}"), None);
+            return Some(error_reply("", None, &err));
+        }
+    };
+    let op = msg.get("op").and_then(Value::as_str).unwrap_or("");
+    let id = msg.get("id");
+    match op {
+        "ping" => Some(json!({"type": "pong", "id": id})),
+        "subscribe" => {
+            let parsed = (|| {
+                Ok::<_, ApiError>(Subscription {
+                    lines: string_set(msg.get("lines"), "lines")?,
+                    numbers: string_set(msg.get("numbers"), "numbers")?,
+                    calls: string_set(msg.get("calls"), "calls")?,
+                    conferences: string_set(msg.get("conferences"), "conferences")?,
+                })
+            })();
+            let sub = match parsed {
+                Ok(sub) => sub,
+                Err(e) => return Some(error_reply(op, id, &e)),
+            };
+            if msg.get("control").and_then(Value::as_bool) == Some(true) {
+                let e = ApiError::invalid_field(
+                    "subscribe",
+                    "control",
+                    "offering inbound calls to an application (control: true) is not built yet",
+                );
+                return Some(error_reply(op, id, &e));
+            }
+            // A reseller's tenants are read again on every subscribe.
+            let scope = match caller.call_scope(&st.store) {
+                Ok(scope) => scope,
+                Err(e) => return Some(error_reply(op, id, &e)),
+            };
+            let reply = json!({
+                "type": "subscribed",
+                "id": id,
+                "lines": sub.lines,
+                "numbers": sub.numbers,
+                "calls": sub.calls,
+                "conferences": sub.conferences,
+            });
+            let mut f = lock(&s.filter);
+            f.scope = scope;
+            f.sub = Some(sub);
+            Some(reply)
+        }
+        "command" => Some(command(st, caller, id, &msg).await),
+        "" => Some(error_reply(
+            op,
+            id,
+            &ApiError::invalid_json("a message needs an `op`", Some("op".into())),
+        )),
+        other => Some(error_reply(
+            op,
+            id,
+            &ApiError::invalid_field(
+                "message",
+                "op",
+                format!("unknown op \"{other}\" (expected subscribe, ping, command)"),
+            ),
+        )),
+    }
+}
+
+/// `{"op":"command","id":…,"method":"calls.hangup","params":{…}}` → `{"type":"reply",…}`.
+async fn command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value) -> Value {
+    let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+    let mut params = match msg.get("params") {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => {
+            let e = ApiError::invalid_json("`params` must be an object", Some("params".into()));
+            return error_reply("command", id, &e);
+        }
+    };
+    let mut call_id = || match params.remove("callId") {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(ApiError::invalid_json(
+            "`params.callId` (a string) is required",
+            Some("params.callId".into()),
+        )),
+    };
+    let result: Result<Value, ApiError> = match method {
+        "calls.list" => {
+            let line = params
+                .get("line")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let number = params
+                .get("number")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            crate::calls::list_calls(st, caller, line, number)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default())
+        }
+        "calls.get" => match call_id() {
+            Ok(c) => crate::calls::get_call(st, caller, &c)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => Err(e),
+        },
+        "calls.hangup" => match call_id() {
+            Ok(c) => crate::calls::hangup_call(st, caller, &c, params)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => Err(e),
+        },
+        "calls.interrupt" => match call_id() {
+            Ok(c) => crate::calls::interrupt_call(st, caller, &c).await,
+            Err(e) => Err(e),
+        },
+        other => Err(ApiError::invalid_field(
+            "command",
+            "method",
+            format!(
+                "unknown method \"{other}\" (expected calls.list, calls.get, calls.hangup, \
+                 calls.interrupt)"
+            ),
+        )),
+    };
+    match result {
+        Ok(v) => json!({"type": "reply", "id": id, "method": method, "ok": true, "result": v}),
+        Err(e) => json!({
+            "type": "reply", "id": id, "method": method, "ok": false,
+            "status": e.status.as_u16(), "error": e.to_json(),
+        }),
+    }
+}
