@@ -242,6 +242,134 @@ impl BridgeRun {
     }
 }
 
+/// The leg a session runs its plan for: the caller of an inbound call, or the party an
+/// originated call reached (already answered when its session starts).
+enum CallerLeg {
+    Inbound(InboundLegHandle),
+    Outbound(LegHandle<OutboundEvent>),
+}
+
+impl CallerLeg {
+    fn ringing(&self, sdp: Option<String>) {
+        if let CallerLeg::Inbound(l) = self {
+            l.ringing(sdp);
+        }
+    }
+
+    fn answer(&self, sdp: String) -> Result<(), callplane_sip::SipError> {
+        match self {
+            CallerLeg::Inbound(l) => l.answer(sdp),
+            CallerLeg::Outbound(_) => Ok(()),
+        }
+    }
+
+    fn reject(&self, status: u16, reason: Option<String>) {
+        match self {
+            CallerLeg::Inbound(l) => l.reject(status, reason),
+            CallerLeg::Outbound(l) => l.hangup(reason),
+        }
+    }
+
+    /// BYE; the receiver fires when its transaction is over (an outbound leg's task does not
+    /// say: at once).
+    fn hangup(&self, reason: Option<String>) -> tokio::sync::oneshot::Receiver<()> {
+        match self {
+            CallerLeg::Inbound(l) => l.hangup(reason),
+            CallerLeg::Outbound(l) => {
+                l.hangup(reason);
+                tokio::sync::oneshot::channel().1
+            }
+        }
+    }
+}
+
+/// How a session presents itself to the destinations its BRIDGE blocks dial: by default the
+/// caller's number (or the called one, per CALL_SETTINGS `forwardAni`), no display name, no
+/// extra headers. Callback and click-to-dial set the caller ID the second party sees, and
+/// for a withheld one the `anonymous` identity and `Privacy` header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeIdentity {
+    /// The From user BRIDGE destinations see (overrides `forwardAni`).
+    pub caller_id: Option<String>,
+    pub display: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// What differs between the sessions of an inbound and an originated call when they start.
+struct SessionStart {
+    bridge_as: BridgeIdentity,
+    uuid: String,
+    sip_call_id: String,
+    tenant: Tenant,
+    number: Number,
+    caller: String,
+    called: String,
+    authenticated_user: Option<String>,
+    leg: CallerLeg,
+    direction: &'static str,
+    leg_events: mpsc::UnboundedReceiver<Addressed<InboundEvent>>,
+    held: Mailbox,
+    caller_state: LegState,
+    media: MediaHandle,
+    media_events: mpsc::Receiver<MediaEvent>,
+    sdp: LocalSdp,
+    offer: Negotiated,
+    flow: CallFlow,
+    first_leg: LegRecord,
+    start: DateTime<Utc>,
+    /// Set for an originated call: answered before its session starts.
+    answered: Option<(DateTime<Utc>, Instant)>,
+    commands: mpsc::UnboundedReceiver<CallCommand>,
+    events: CallEvents,
+}
+
+impl SessionStart {
+    fn into_call(self, svc: Arc<CallServices>) -> Call {
+        let (inputs_tx, inputs) = mpsc::unbounded_channel();
+        let (tasks_tx, tasks) = mpsc::unbounded_channel();
+        Call {
+            svc,
+            uuid: self.uuid,
+            sip_call_id: self.sip_call_id,
+            tenant: self.tenant,
+            number: self.number,
+            caller: self.caller,
+            called: self.called,
+            authenticated_user: self.authenticated_user,
+            leg: self.leg,
+            direction: self.direction,
+            bridge_as: self.bridge_as,
+            leg_events: self.leg_events,
+            held: self.held,
+            bye_done: None,
+            caller_state: self.caller_state,
+            media: self.media,
+            media_events: self.media_events,
+            media_gone: false,
+            sdp: self.sdp,
+            offer: self.offer,
+            answered: self.answered.is_some(),
+            answer_with: None,
+            flow: self.flow,
+            playing: None,
+            bridge: None,
+            conference: None,
+            bridges_run: 0,
+            tasks_tx,
+            tasks,
+            legs: vec![self.first_leg],
+            start: self.start,
+            answer_time: self.answered.map(|a| a.0),
+            answered_at: self.answered.map(|a| a.1),
+            ended: None,
+            inputs_tx,
+            inputs,
+            commands: self.commands,
+            events: self.events,
+        }
+    }
+}
+
 struct Call {
     svc: Arc<CallServices>,
     uuid: String,
@@ -252,8 +380,13 @@ struct Call {
     called: String,
     /// The SIP user who placed the call, when it came from a registered phone.
     authenticated_user: Option<String>,
-    /// The caller's leg: its own task, reporting here.
-    leg: InboundLegHandle,
+    /// The caller's leg (for a call we placed, the party we called first): its own task,
+    /// reporting here.
+    leg: CallerLeg,
+    /// `inbound` (offered to us) or `outbound` (placed through the API).
+    direction: &'static str,
+    /// Who BRIDGE destinations see calling (set by callback and click-to-dial).
+    bridge_as: BridgeIdentity,
     leg_events: mpsc::UnboundedReceiver<Addressed<InboundEvent>>,
     /// The legs this session holds (the caller's), in their current epoch.
     held: Mailbox,
@@ -613,10 +746,8 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
             commands: commands_tx,
         },
     );
-    let (inputs_tx, inputs) = mpsc::unbounded_channel();
-    let (tasks_tx, tasks) = mpsc::unbounded_channel();
-    let mut c = Call {
-        svc: svc.clone(),
+    let mut c = SessionStart {
+        bridge_as: BridgeIdentity::default(),
         uuid,
         sip_call_id,
         tenant,
@@ -624,26 +755,17 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         caller,
         called: called.clone(),
         authenticated_user,
-        leg,
+        leg: CallerLeg::Inbound(leg),
+        direction: "inbound",
         leg_events,
         held,
-        bye_done: None,
         caller_state: LegState::Calling,
         media,
         media_events,
-        media_gone: false,
         sdp: LocalSdp::new(rand_u64(), media_addr),
         offer: negotiated,
-        answered: false,
-        answer_with: None,
         flow,
-        playing: None,
-        bridge: None,
-        conference: None,
-        bridges_run: 0,
-        tasks_tx,
-        tasks,
-        legs: vec![LegRecord {
+        first_leg: LegRecord {
             direction: "inbound",
             destination_type: None,
             destination: called,
@@ -652,16 +774,13 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
             end: None,
             sip_status: None,
             cause: None,
-        }],
+        },
         start,
-        answer_time: None,
-        answered_at: None,
-        ended: None,
-        inputs_tx,
-        inputs,
+        answered: None,
         commands,
         events,
-    };
+    }
+    .into_call(svc.clone());
     c.emit(EventKind::Created {
         from: c.caller.clone(),
         to: c.called.clone(),
@@ -1664,14 +1783,17 @@ impl Call {
             live: None,
             hangup_pending: None,
         };
+        let id = &self.bridge_as;
         let job = LaunchJob {
             svc: self.svc.clone(),
             tenant: self.tenant.clone(),
-            caller: self.caller.clone(),
+            caller: id.caller_id.clone().unwrap_or_else(|| self.caller.clone()),
             called: self.called.clone(),
-            forward_ani: b.forward_ani,
+            forward_ani: b.forward_ani || id.caller_id.is_some(),
             kind: dest.destination_type,
             destination: dest.destination,
+            from_display: id.display.clone(),
+            extra_headers: id.headers.clone(),
         };
         let done = self.tasks_tx.clone();
         let bridge = b.serial;
@@ -2052,7 +2174,7 @@ impl Call {
             id: self.uuid.clone(),
             sip_call_id: self.sip_call_id.clone(),
             tenant: self.tenant.name.clone(),
-            direction: "inbound",
+            direction: self.direction,
             from: self.caller.clone(),
             to: self.called.clone(),
             number: self.number.number.clone(),
@@ -2071,6 +2193,9 @@ impl Call {
         }
     }
 }
+
+mod originate;
+pub use originate::{run_outbound_call, Originate};
 
 struct ConferenceSeat {
     name: String,
@@ -2184,6 +2309,10 @@ struct LaunchJob {
     forward_ani: bool,
     kind: DestinationType,
     destination: String,
+    /// The From display name (`anonymous` for a withheld caller ID).
+    from_display: Option<String>,
+    /// More INVITE headers (auto-answer, Privacy).
+    extra_headers: Vec<(String, String)>,
 }
 
 /// How long a trunk's host name may take to resolve.
@@ -2205,10 +2334,10 @@ impl LaunchJob {
             destination: target.addr,
             transport: target.transport,
             from_user: target.from_user,
-            from_display: None,
+            from_display: self.from_display.clone(),
             offer,
             credential: target.credential,
-            extra_headers: vec![],
+            extra_headers: self.extra_headers.clone(),
         };
         let leg = self
             .svc

@@ -179,6 +179,18 @@ impl Engine {
         answer.await.ok()
     }
 
+    /// Places a call (`POST /v1/calls`): dials the destination and runs the blocks once it
+    /// answers. Returns the call as it starts (`calling`); what becomes of it is told by its
+    /// events and its CDR.
+    pub fn originate(&self, req: crate::call::Originate) -> crate::registry::CallInfo {
+        crate::call::run_outbound_call(self.svc.clone(), req)
+    }
+
+    /// Whether the SIP user has a registered device now.
+    pub fn is_registered(&self, user: &str) -> bool {
+        !self.svc.sip.lookup_registration(user).is_empty()
+    }
+
     /// Subscribes to every call event of this node (the API's WebSocket, for instance).
     pub fn subscribe(&self, subscriber: Arc<dyn crate::events::EventSubscriber>) {
         self.svc.events.subscribe(subscriber);

@@ -58,7 +58,7 @@ pub struct CallInfo {
     pub id: String,
     pub sip_call_id: String,
     pub tenant: String,
-    /// `inbound`: offered to us (today every call starts so).
+    /// `inbound` (offered to us) or `outbound` (placed through the API).
     pub direction: &'static str,
     /// The caller (From user part).
     pub from: String,

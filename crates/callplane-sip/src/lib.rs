@@ -7,12 +7,14 @@ pub mod digest;
 pub mod flood;
 pub mod info_dtmf;
 pub mod listen;
+mod network;
 pub mod parse;
 pub mod registrar;
 pub mod screen;
 mod server;
 mod validate;
 
+pub use network::Network;
 pub use server::{
     Answerer, InboundCall, InboundEvent, InboundLeg, OutboundCall, OutboundEvent, OutboundLeg,
     ReinviteResponder, SipConfig, SipDirectory, SipServer,

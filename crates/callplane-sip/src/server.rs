@@ -566,6 +566,11 @@ async fn forward_outbound(
 }
 
 impl OutboundLeg {
+    /// The dialog's SIP Call-ID.
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
     /// The next event; None once the dialog is gone. Cancel-safe.
     pub async fn next_event(&mut self) -> Option<OutboundEvent> {
         self.events.recv().await
