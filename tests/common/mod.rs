@@ -11,6 +11,7 @@
 
 pub mod http;
 pub mod webhook;
+pub mod ws;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;

@@ -10,6 +10,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use callplane_engine::blocks::{parse_blocks, Block};
+use callplane_engine::call::Originate;
 use callplane_engine::events::EventSubscriber;
 use callplane_engine::hangup::HangupCause;
 use callplane_engine::registry::{CallInfo, CommandRefused, PlayRefused};
@@ -21,6 +22,7 @@ use crate::body::{object, JsonBody, OptionalJsonBody};
 use crate::error::ApiError;
 use crate::resources::P;
 use crate::ApiState;
+use callplane_store::ApiRealm;
 
 /// What the API may ask of the calls in progress. Implemented by the engine; the API's unit
 /// tests use a fake (the end-to-end tests drive the real engine).
@@ -40,6 +42,10 @@ pub trait CallControl: Send + Sync + 'static {
     fn hangup(&self, call_id: &str, cause: HangupCause) -> HangupFuture;
     /// Subscribes to every call event (the events WebSocket's hub).
     fn subscribe(&self, subscriber: Arc<dyn EventSubscriber>);
+    /// Places a call; answers it as it starts.
+    fn originate(&self, req: Originate) -> CallInfo;
+    /// Whether the SIP user has a registered device now.
+    fn is_registered(&self, user: &str) -> bool;
 }
 
 /// Which calls `list_calls` keeps, by `(tenant, number)`.
@@ -88,6 +94,14 @@ impl CallControl for callplane_engine::Engine {
 
     fn subscribe(&self, subscriber: Arc<dyn EventSubscriber>) {
         callplane_engine::Engine::subscribe(self, subscriber)
+    }
+
+    fn originate(&self, req: Originate) -> CallInfo {
+        callplane_engine::Engine::originate(self, req)
+    }
+
+    fn is_registered(&self, user: &str) -> bool {
+        callplane_engine::Engine::is_registered(self, user)
     }
 }
 
@@ -333,4 +347,459 @@ pub async fn run_blocks(
             Json(serde_json::json!({ "callId": id, "blocks": n, "mixedInto": "bridge" })),
         )),
     }
+}
+
+/// Fields `POST /v1/calls` takes.
+const CREATE_FIELDS: &[&str] = &[
+    "tenant",
+    "from",
+    "to",
+    "callerId",
+    "timeout",
+    "blocks",
+    "plan",
+    "callstateInfoUrl",
+];
+
+/// Default ring time of a placed call, seconds.
+pub const DEFAULT_RING_SECONDS: u64 = 30;
+
+/// `POST /v1/calls` — places a call: dials `to` (a BRIDGE destination object) showing
+/// `callerId`, and runs `blocks` (or the tenant's routing plan `plan`) once it answers.
+/// Answers `201` with the call as it starts (`state: calling`) and its `Location`.
+pub async fn create(
+    State(st): State<ApiState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<
+    (
+        StatusCode,
+        [(axum::http::HeaderName, String); 1],
+        Json<CallInfo>,
+    ),
+    ApiError,
+> {
+    let body = object(body)?;
+    let req = originate_request(&st, &caller, body, "call")?;
+    if req.destination_type == callplane_engine::blocks::DestinationType::SipUser
+        && !st.calls.is_registered(&req.destination)
+    {
+        return Err(ApiError::conflict(format!(
+            "SIP user \"{}\" has no registered device",
+            req.destination
+        ))
+        .with_field("to.destination"));
+    }
+    let info = st.calls.originate(req);
+    Ok((
+        StatusCode::CREATED,
+        [(
+            axum::http::header::LOCATION,
+            format!("/v1/calls/{}", info.id),
+        )],
+        Json(info),
+    ))
+}
+
+/// The call a `POST /v1/calls` body asks for, checked field by field (errors name them).
+pub(crate) fn originate_request(
+    st: &ApiState,
+    caller: &Caller,
+    mut body: serde_json::Map<String, Value>,
+    object_name: &str,
+) -> Result<Originate, ApiError> {
+    if let Some(k) = body.keys().find(|k| !CREATE_FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::invalid_json(
+            format!(
+                "unknown field `{k}`, expected one of {}",
+                CREATE_FIELDS.join(", ")
+            ),
+            Some(k.clone()),
+        ));
+    }
+    let text = |body: &mut serde_json::Map<String, Value>, field: &str| match body.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid_json(
+            format!("`{field}` must be a string"),
+            Some(field.to_string()),
+        )),
+    };
+    let invalid = |field: &str, msg: String| ApiError::invalid_field(object_name, field, msg);
+    // The tenant: the key's own, or (admin, reseller) the one named.
+    let named = text(&mut body, "tenant")?;
+    let key = &caller.0;
+    let tenant_name = match key.realm {
+        ApiRealm::Customer | ApiRealm::Account => {
+            let own = key.tenant.clone().unwrap_or_default();
+            if named.as_ref().is_some_and(|n| *n != own) {
+                return Err(ApiError::not_found(format!(
+                    "tenant \"{}\" not found",
+                    named.unwrap_or_default()
+                )));
+            }
+            own
+        }
+        ApiRealm::Admin | ApiRealm::Reseller => named
+            .ok_or_else(|| invalid("tenant", "required for an admin or reseller key".into()))?,
+    };
+    let tenant = if key.realm == ApiRealm::Account {
+        // An account key's tenant is its SIP user's (no tenant route is in its scope).
+        st.store
+            .get_tenant(&tenant_name)?
+            .ok_or_else(|| ApiError::not_found(format!("tenant \"{tenant_name}\" not found")))?
+    } else {
+        caller.tenant(&st.store, &tenant_name)?
+    };
+    // `from`: the SIP user the call is made for (an account key: its own).
+    let mut from = text(&mut body, "from")?;
+    if key.realm == ApiRealm::Account {
+        let own = key.sip_user.clone().unwrap_or_default();
+        if from.as_ref().is_some_and(|f| *f != own) {
+            return Err(ApiError::forbidden(
+                "an account key places calls for its own SIP user only",
+            )
+            .with_field("from"));
+        }
+        from = Some(own);
+    }
+    if let Some(f) = &from {
+        match st.store.get_sip_user(f)? {
+            Some(u) if u.tenant == tenant.name => {}
+            _ => {
+                return Err(invalid(
+                    "from",
+                    format!("no SIP user \"{f}\" in tenant \"{}\"", tenant.name),
+                ))
+            }
+        }
+    }
+    // `to`: a BRIDGE destination, checked by the BRIDGE block's own rules.
+    let to = match body.remove("to") {
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ApiError::invalid_json(
+                "`to` must be a destination object: {\"destinationType\", \"destination\"}",
+                Some("to".into()),
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid_json(
+                "missing field `to`",
+                Some("to".into()),
+            ))
+        }
+    };
+    let mut to_for_check = to.clone();
+    to_for_check
+        .entry("timeout".to_string())
+        .or_insert(Value::from(DEFAULT_RING_SECONDS));
+    let probe = serde_json::json!([{
+        "blockType": "BRIDGE", "bridgeMode": "SEQUENTIAL", "destinations": [to_for_check]
+    }]);
+    let destination = match callplane_engine::blocks::parse_blocks(&probe) {
+        Ok(mut b) => match b.pop() {
+            Some(Block::Bridge(mut bridge)) if !bridge.destinations.is_empty() => {
+                bridge.destinations.remove(0)
+            }
+            _ => return Err(invalid("to", "not a destination".into())),
+        },
+        Err(errors) => {
+            let list = errors
+                .into_iter()
+                .map(|e| callplane_store::FieldError {
+                    object: object_name.to_string(),
+                    field: e
+                        .field
+                        .strip_prefix("destinations[0]")
+                        .map(|rest| format!("to{rest}"))
+                        .unwrap_or_else(|| "to".to_string()),
+                    message: e.to_string(),
+                })
+                .collect();
+            return Err(ApiError::validation(list));
+        }
+    };
+    let timeout = match body.remove("timeout") {
+        None | Some(Value::Null) => destination
+            .timeout
+            .map(u64::from)
+            .unwrap_or(DEFAULT_RING_SECONDS),
+        Some(v) => match v.as_u64() {
+            Some(t) if (1..=600).contains(&t) => t,
+            _ => return Err(invalid("timeout", "must be whole seconds, 1 to 600".into())),
+        },
+    };
+    let caller_id = match text(&mut body, "callerId")? {
+        Some(c) => {
+            let ok = (1..=64).contains(&c.len())
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-_.*#".contains(&b));
+            if !ok {
+                return Err(invalid(
+                    "callerId",
+                    "1 to 64 of A-Z a-z 0-9 + - _ . * #".into(),
+                ));
+            }
+            c
+        }
+        None => from.clone().ok_or_else(|| {
+            invalid(
+                "callerId",
+                "required when `from` does not name a SIP user".into(),
+            )
+        })?,
+    };
+    let callstate_url = text(&mut body, "callstateInfoUrl")?;
+    if let Some(u) = &callstate_url {
+        if !callplane_store::model::is_http_url(u) {
+            return Err(invalid(
+                "callstateInfoUrl",
+                "must start with http:// or https://".into(),
+            ));
+        }
+    }
+    let blocks = match (body.remove("blocks"), text(&mut body, "plan")?) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("plan", "give `blocks` or `plan`, not both".into()))
+        }
+        (None, None) => {
+            return Err(invalid(
+                "blocks",
+                "a call needs `blocks` or a routing `plan` to run once answered".into(),
+            ))
+        }
+        (None, Some(plan)) => {
+            let p = st
+                .store
+                .get_routing_plan(&tenant.name, &plan)?
+                .ok_or_else(|| {
+                    invalid(
+                        "plan",
+                        format!("no routing plan \"{plan}\" in tenant \"{}\"", tenant.name),
+                    )
+                })?;
+            callplane_engine::blocks::parse_blocks(&Value::Array(p.blocks))
+                .map_err(|_| invalid("plan", format!("routing plan \"{plan}\" does not parse")))?
+        }
+        (Some(Value::Array(list)), None) => {
+            if list.is_empty() {
+                return Err(invalid("blocks", "must hold at least one block".into()));
+            }
+            let errors = crate::validation::block_errors(object_name, &list);
+            if !errors.is_empty() {
+                return Err(ApiError::validation(errors));
+            }
+            parse_blocks(&Value::Array(list))
+                .map_err(|_| invalid("blocks", "invalid blocks".into()))?
+        }
+        (Some(_), None) => {
+            return Err(ApiError::invalid_json(
+                "`blocks` must be an array of blocks",
+                Some("blocks".into()),
+            ))
+        }
+    };
+    Ok(Originate {
+        callstate_url,
+        destination_type: destination.destination_type,
+        destination: destination.destination,
+        caller_id,
+        from_display: None,
+        headers: Vec::new(),
+        ring_timeout: std::time::Duration::from_secs(timeout),
+        blocks,
+        number: None,
+        lines: from.into_iter().collect(),
+        variables: Vec::new(),
+        bridge_as: Default::default(),
+        tenant,
+    })
+}
+
+/// Fields `POST /v1/calls/callback` takes.
+const CALLBACK_FIELDS: &[&str] = &[
+    "tenant",
+    "from",
+    "first",
+    "second",
+    "callerId",
+    "firstCallerId",
+    "timeout",
+    "billingAccount",
+    "callstateInfoUrl",
+];
+
+/// The number part of a destination, as a caller ID (`4930111@trunk` → `4930111`).
+fn as_caller_id(destination: &Value) -> Option<Value> {
+    let d = destination.get("destination")?.as_str()?;
+    Some(Value::from(d.split('@').next().unwrap_or(d)))
+}
+
+/// `POST /v1/calls/callback` — connects two parties: calls `first` (showing `firstCallerId`,
+/// default the second party's number); when it answers, calls `second` (showing `callerId`,
+/// default the first party's number) and bridges them. `billingAccount` is kept in the call's
+/// variables and CDR (`billing_account`). Answers `201` with the call (its first leg
+/// `calling`); the second party is the BRIDGE's leg once dialled.
+pub async fn callback(
+    State(st): State<ApiState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<
+    (
+        StatusCode,
+        [(axum::http::HeaderName, String); 1],
+        Json<CallInfo>,
+    ),
+    ApiError,
+> {
+    let mut body = object(body)?;
+    if let Some(k) = body.keys().find(|k| !CALLBACK_FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::invalid_json(
+            format!(
+                "unknown field `{k}`, expected one of {}",
+                CALLBACK_FIELDS.join(", ")
+            ),
+            Some(k.clone()),
+        ));
+    }
+    let first = body
+        .remove("first")
+        .ok_or_else(|| ApiError::invalid_json("missing field `first`", Some("first".into())))?;
+    let second = match body.remove("second") {
+        Some(Value::Object(m)) => Value::Object(m),
+        Some(_) => {
+            return Err(ApiError::invalid_json(
+                "`second` must be a destination object",
+                Some("second".into()),
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid_json(
+                "missing field `second`",
+                Some("second".into()),
+            ))
+        }
+    };
+    let billing = match body.remove("billingAccount") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s))
+            if (1..=128).contains(&s.len()) && !s.chars().any(char::is_control) =>
+        {
+            Some(s)
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "callback",
+                "billingAccount",
+                "a string of 1 to 128 characters without control characters",
+            ))
+        }
+    };
+    let second_sees = body.remove("callerId");
+    // The second leg: a one-destination SEQUENTIAL BRIDGE, checked by the block's rules.
+    let mut second_dest = second.clone();
+    if let Value::Object(m) = &mut second_dest {
+        m.entry("timeout".to_string())
+            .or_insert(Value::from(DEFAULT_RING_SECONDS));
+    }
+    let bridge = serde_json::json!([{
+        "blockType": "BRIDGE", "bridgeMode": "SEQUENTIAL", "destinations": [second_dest]
+    }]);
+    let errors = crate::validation::block_errors(
+        "callback",
+        bridge.as_array().map(Vec::as_slice).unwrap_or(&[]),
+    );
+    if !errors.is_empty() {
+        let errors = errors
+            .into_iter()
+            .map(|mut e| {
+                e.field = e
+                    .field
+                    .strip_prefix("blocks[0].destinations[0]")
+                    .map(|rest| format!("second{rest}"))
+                    .unwrap_or_else(|| "second".into());
+                e
+            })
+            .collect();
+        return Err(ApiError::validation(errors));
+    }
+    let mut call = serde_json::Map::new();
+    for k in ["tenant", "from", "timeout", "callstateInfoUrl"] {
+        if let Some(v) = body.remove(k) {
+            call.insert(k.to_string(), v);
+        }
+    }
+    let first_sees = match body.remove("firstCallerId") {
+        None | Some(Value::Null) => as_caller_id(&second),
+        v => v,
+    };
+    if let Some(v) = first_sees {
+        call.insert("callerId".into(), v);
+    }
+    call.insert("to".into(), first.clone());
+    call.insert("blocks".into(), bridge);
+    let mut req = originate_request(&st, &caller, call, "callback").map_err(|mut e| {
+        // The first leg's fields by their callback names.
+        if let Some(f) = e.field.take() {
+            let renamed = match f.strip_prefix("to") {
+                Some(rest) => format!("first{rest}"),
+                None if f == "callerId" => "firstCallerId".into(),
+                None => f,
+            };
+            e.field = Some(renamed);
+            for fe in &mut e.errors {
+                if let Some(rest) = fe.field.strip_prefix("to") {
+                    fe.field = format!("first{rest}");
+                }
+            }
+        }
+        e
+    })?;
+    let second_id = match second_sees {
+        None | Some(Value::Null) => {
+            as_caller_id(&first).and_then(|v| v.as_str().map(str::to_string))
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(ApiError::invalid_json(
+                "`callerId` must be a string",
+                Some("callerId".into()),
+            ))
+        }
+    };
+    if let Some(c) = &second_id {
+        let ok = (1..=64).contains(&c.len())
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-_.*#".contains(&b));
+        if !ok {
+            return Err(ApiError::invalid_field(
+                "callback",
+                "callerId",
+                "1 to 64 of A-Z a-z 0-9 + - _ . * #",
+            ));
+        }
+    }
+    req.bridge_as.caller_id = second_id;
+    if let Some(b) = billing {
+        req.variables.push(("billing_account".into(), b));
+    }
+    if req.destination_type == callplane_engine::blocks::DestinationType::SipUser
+        && !st.calls.is_registered(&req.destination)
+    {
+        return Err(ApiError::conflict(format!(
+            "SIP user \"{}\" has no registered device",
+            req.destination
+        ))
+        .with_field("first.destination"));
+    }
+    let info = st.calls.originate(req);
+    Ok((
+        StatusCode::CREATED,
+        [(
+            axum::http::header::LOCATION,
+            format!("/v1/calls/{}", info.id),
+        )],
+        Json(info),
+    ))
 }

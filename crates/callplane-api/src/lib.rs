@@ -7,6 +7,7 @@ mod apikeys;
 pub mod auth;
 mod body;
 mod calls;
+pub mod click_to_dial;
 pub mod error;
 pub mod events_ws;
 mod resources;
@@ -73,6 +74,8 @@ pub struct ApiState {
     pub events: Arc<events_ws::EventHub>,
     /// Cancelled when the server shuts down: WebSockets close with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Who may use `GET /v1/call-init`.
+    pub click_to_dial: click_to_dial::ClickToDialConfig,
 }
 
 impl ApiState {
@@ -99,6 +102,7 @@ impl ApiState {
             calls,
             events: hub,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            click_to_dial: click_to_dial::ClickToDialConfig::default(),
         }
     }
 }
@@ -181,6 +185,9 @@ api_routes! {
     get "/v1/apikeys/{name}" => apikeys::get_one;
     delete "/v1/apikeys/{name}" => apikeys::delete;
     get "/v1/calls" => calls::list;
+    post "/v1/calls" => calls::create;
+    post "/v1/calls/callback" => calls::callback;
+    get "/v1/call-init" => click_to_dial::call_init;
     get "/v1/calls/{id}" => calls::get_one;
     post "/v1/calls/{id}/hangup" => calls::hangup;
     post "/v1/calls/{id}/interrupt" => calls::interrupt;

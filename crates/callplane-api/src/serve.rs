@@ -88,6 +88,7 @@ async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits, pe
     let clock = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let peer = stream.peer_addr().ok();
     let io = TokioIo::new(Activity {
         inner: stream,
         clock,
@@ -98,7 +99,7 @@ async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits, pe
         // Applies to every request head on the connection (so a client that sent its first
         // byte late may take up to twice the timeout for its first head: still bounded).
         .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(io, first_request_activates(app, permit.clone(), fd))
+        .serve_connection(io, first_request_activates(app, permit.clone(), fd, peer))
         // `GET /v1/events` upgrades to a WebSocket; the socket then holds the connection's
         // permit (see [`ConnectionPermit`]) and keeps its own timers.
         .with_upgrades();
@@ -115,6 +116,7 @@ fn first_request_activates(
     app: Router,
     permit: Arc<Permit>,
     fd: std::os::fd::RawFd,
+    peer: Option<SocketAddr>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = axum::response::Response,
@@ -128,6 +130,11 @@ fn first_request_activates(
         }
         req.extensions_mut()
             .insert(ConnectionPermit(permit.clone()));
+        if let Some(peer) = peer {
+            // The client's address, for routes that check where a request comes from.
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
         tower::ServiceExt::oneshot(app.clone(), req)
     })
 }

@@ -113,6 +113,24 @@ impl CallControl for FakeCalls {
 
     fn subscribe(&self, _subscriber: Arc<dyn callplane_engine::events::EventSubscriber>) {}
 
+    fn originate(
+        &self,
+        req: callplane_engine::call::Originate,
+    ) -> callplane_engine::registry::CallInfo {
+        let mut info = self.info("call-acme", "calling").expect("fixture call");
+        info.id = "placed".into();
+        info.tenant = req.tenant.name;
+        info.direction = "outbound";
+        info.to = req.destination;
+        info.from = req.caller_id;
+        info.lines = req.lines;
+        info
+    }
+
+    fn is_registered(&self, user: &str) -> bool {
+        user == "alice"
+    }
+
     fn interrupt(&self, call_id: &str) -> bool {
         if let Ok(mut v) = self.interrupted.lock() {
             v.push(call_id.to_string());
@@ -1896,4 +1914,131 @@ async fn an_account_key_commands_the_calls_on_its_line_only() {
     f.call("POST", "/v1/calls/call-carol/hangup", Some(ACCOUNT), None)
         .await
         .expect(404, "not_found", None);
+}
+
+#[tokio::test]
+async fn placing_a_call_checks_its_fields_realm_and_destination() {
+    let f = fixture();
+    let to_alice = json!({"destinationType": "SIP_USER", "destination": "alice"});
+    let hangup = json!([{"blockType": "HANGUP", "hangupCause": "NORMAL_CLEARING"}]);
+    // A customer key places calls in its tenant.
+    let a = f
+        .call(
+            "POST",
+            "/v1/calls",
+            Some(CUSTOMER),
+            Some(json!({"to": to_alice, "callerId": "+4922100", "blocks": hangup})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.headers["location"], "/v1/calls/placed");
+    assert_eq!(a.body["direction"], "outbound");
+    assert_eq!(a.body["to"], "alice");
+    // An account key: for its own SIP user only, which is also the default caller ID.
+    let b = f
+        .call(
+            "POST",
+            "/v1/calls",
+            Some(ACCOUNT),
+            Some(json!({"to": to_alice, "plan": "main"})),
+        )
+        .await;
+    assert_eq!(b.status, StatusCode::CREATED, "{}", b.body);
+    assert_eq!(b.body["from"], "alice");
+    assert_eq!(b.body["lines"], json!(["alice"]));
+    f.call(
+        "POST",
+        "/v1/calls",
+        Some(ACCOUNT),
+        Some(json!({"to": to_alice, "from": "carol", "plan": "main"})),
+    )
+    .await
+    .expect(403, "forbidden", Some("from"));
+    // Admin keys name the tenant.
+    f.call(
+        "POST",
+        "/v1/calls",
+        Some(ADMIN),
+        Some(json!({"to": to_alice, "callerId": "1", "blocks": hangup})),
+    )
+    .await
+    .expect(400, "validation_failed", Some("tenant"));
+    f.call(
+        "POST",
+        "/v1/calls",
+        Some(CUSTOMER),
+        Some(json!({"tenant": "beta", "to": to_alice, "callerId": "1", "blocks": hangup})),
+    )
+    .await
+    .expect(404, "not_found", None);
+    // A SIP user without a registered device.
+    f.call(
+        "POST",
+        "/v1/calls",
+        Some(CUSTOMER),
+        Some(json!({"to": {"destinationType": "SIP_USER", "destination": "carol"}, "callerId": "1", "blocks": hangup})),
+    )
+    .await
+    .expect(409, "conflict", Some("to.destination"));
+    for (body, code, field) in [
+        (
+            json!({"callerId": "1", "blocks": hangup}),
+            "invalid_json",
+            "to",
+        ),
+        (
+            json!({"to": {"destinationType": "FAX", "destination": "1"}, "callerId": "1", "blocks": hangup}),
+            "validation_failed",
+            "to.destinationType",
+        ),
+        (
+            json!({"to": {"destinationType": "EXTERNALNUMBER", "destination": "12ab"}, "callerId": "1", "blocks": hangup}),
+            "validation_failed",
+            "to.destination",
+        ),
+        (
+            json!({"to": to_alice, "blocks": hangup}),
+            "validation_failed",
+            "callerId",
+        ),
+        (
+            json!({"to": to_alice, "callerId": "1"}),
+            "validation_failed",
+            "blocks",
+        ),
+        (
+            json!({"to": to_alice, "callerId": "1", "plan": "main", "blocks": hangup}),
+            "validation_failed",
+            "plan",
+        ),
+        (
+            json!({"to": to_alice, "callerId": "1", "plan": "nope"}),
+            "validation_failed",
+            "plan",
+        ),
+        (
+            json!({"to": to_alice, "callerId": "1", "blocks": [{"blockType": "HANGUP"}]}),
+            "validation_failed",
+            "blocks[0].hangupCause",
+        ),
+        (
+            json!({"to": to_alice, "callerId": "1", "blocks": hangup, "timeout": 0}),
+            "validation_failed",
+            "timeout",
+        ),
+        (
+            json!({"to": to_alice, "callerId": "1", "blocks": hangup, "callstateInfoUrl": "ftp://x"}),
+            "validation_failed",
+            "callstateInfoUrl",
+        ),
+        (
+            json!({"to": to_alice, "callerId": "1", "blocks": hangup, "colour": 1}),
+            "invalid_json",
+            "colour",
+        ),
+    ] {
+        f.call("POST", "/v1/calls", Some(CUSTOMER), Some(body.clone()))
+            .await
+            .expect(400, code, Some(field));
+    }
 }

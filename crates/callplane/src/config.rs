@@ -3,6 +3,7 @@
 //! field named, before anything starts.
 
 use anyhow::{bail, Context};
+use callplane_sip::Network;
 use callplane_store::model::{ApiKey, ApiRealm, FieldError, Provisioning, Validate};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -176,6 +177,26 @@ pub fn default_prompts_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts"))
 }
 
+/// `[clickToDial]`: who may use `GET /v1/call-init`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ClickToDialSection {
+    /// Source networks (CIDR) allowed to call the route; others get 403.
+    pub allow_from: Vec<String>,
+    /// Whether a request from `allowFrom` needs no API key (plain GET links from phones and
+    /// CRMs); it then acts within the tenant of the `user` it names.
+    pub keyless: bool,
+}
+
+impl Default for ClickToDialSection {
+    fn default() -> Self {
+        ClickToDialSection {
+            allow_from: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            keyless: false,
+        }
+    }
+}
+
 /// The file's shape: `[server]` plus the provisioning lists. Spelled out rather than
 /// flattened so that TOML errors keep their line numbers.
 #[derive(Debug, Deserialize)]
@@ -183,6 +204,8 @@ pub fn default_prompts_dir() -> PathBuf {
 struct ConfigFile {
     #[serde(default)]
     server: ServerSection,
+    #[serde(default)]
+    click_to_dial: ClickToDialSection,
     #[serde(default)]
     tenants: Vec<callplane_store::model::Tenant>,
     #[serde(default)]
@@ -238,45 +261,9 @@ pub struct ConfiguredApiKey {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerSection,
+    pub click_to_dial: ClickToDialSection,
     pub provisioning: Provisioning,
     pub api_keys: Vec<ConfiguredApiKey>,
-}
-
-/// A parsed CIDR network.
-#[derive(Debug, Clone, Copy)]
-pub struct Network {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Network {
-    pub fn parse(s: &str) -> Option<Network> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a.trim().parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
-            None => max,
-        };
-        Some(Network { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => {
-                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-                u32::from(n) & mask == u32::from(i) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(i)) => {
-                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
-                u128::from(n) & mask == u128::from(i) & mask
-            }
-            _ => false,
-        }
-    }
 }
 
 impl Config {
@@ -287,6 +274,7 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim()))?;
         let mut cfg = Config {
             server: file.server,
+            click_to_dial: file.click_to_dial,
             provisioning: Provisioning {
                 tenants: file.tenants,
                 numbers: file.numbers,
@@ -368,6 +356,15 @@ impl Config {
                     object,
                     field: "key".into(),
                     message: format!("same key as apiKeys[{first}]"),
+                });
+            }
+        }
+        for (i, n) in self.click_to_dial.allow_from.iter().enumerate() {
+            if Network::parse(n).is_none() {
+                errors.push(FieldError {
+                    object: "clickToDial".into(),
+                    field: format!("allowFrom[{i}]"),
+                    message: format!("{n:?} is not an address or CIDR network"),
                 });
             }
         }
@@ -516,6 +513,7 @@ impl Config {
         }
         Config {
             server,
+            click_to_dial: ClickToDialSection::default(),
             provisioning,
             api_keys: Vec::new(),
         }

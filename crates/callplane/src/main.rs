@@ -11,9 +11,10 @@ use callplane_engine::{Engine, EngineConfig};
 use callplane_media::{MediaConfig, MediaEngine};
 use callplane_sip::digest::Algorithm;
 use callplane_sip::listen::ConnectionLimits;
+use callplane_sip::Network;
 use callplane_sip::{SipConfig, SipDirectory, SipServer};
 use callplane_store::{CdrWriter, Store};
-use config::{Config, Network};
+use config::Config;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -267,6 +268,7 @@ fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
 
 async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
     let s = &cfg.server;
+    let click_to_dial = &cfg.click_to_dial;
     // 0700 / 0600: the database holds trunk passwords, signing secrets and HA1 values.
     callplane_store::create_private_dir(&s.data_dir)
         .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
@@ -396,7 +398,7 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
             media: media.clone(),
             http_connections: std::sync::OnceLock::new(),
         });
-        let api = callplane_api::ApiState::with_events(
+        let mut api = callplane_api::ApiState::with_events(
             store.clone(),
             s.data_dir.clone(),
             Arc::new(engine.clone()),
@@ -409,6 +411,14 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
             },
         );
         api_shutdown = Some(api.shutdown.clone());
+        api.click_to_dial = callplane_api::click_to_dial::ClickToDialConfig {
+            allow_from: click_to_dial
+                .allow_from
+                .iter()
+                .filter_map(|n| Network::parse(n))
+                .collect(),
+            keyless: click_to_dial.keyless,
+        };
         let limits = callplane_api::HttpLimits {
             connections: ConnectionLimits {
                 max_total: budget.http,
