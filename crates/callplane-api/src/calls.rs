@@ -613,6 +613,7 @@ pub(crate) fn originate_request(
         lines: from.into_iter().collect(),
         variables: Vec::new(),
         bridge_as: Default::default(),
+        call_uuid: None,
         tenant,
     })
 }

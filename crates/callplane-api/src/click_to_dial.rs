@@ -245,6 +245,7 @@ pub async fn call_init(
             ("presented_number".into(), presented),
         ],
         bridge_as,
+        call_uuid: None,
     });
     Ok(Json(info))
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events_ws;
 mod resources;
 mod serve;
+pub mod tenios;
 pub mod validation;
 
 #[cfg(test)]
@@ -76,6 +77,8 @@ pub struct ApiState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Who may use `GET /v1/call-init`.
     pub click_to_dial: click_to_dial::ClickToDialConfig,
+    /// TENIOS makecall requests and their states.
+    pub makecalls: Arc<tenios::MakecallTracker>,
 }
 
 impl ApiState {
@@ -96,6 +99,8 @@ impl ApiState {
         let data_dir = data_dir.into();
         let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
         let hub = events_ws::EventHub::start(events, |s| calls.subscribe(s));
+        let makecalls = Arc::new(tenios::MakecallTracker::default());
+        calls.subscribe(makecalls.clone());
         ApiState {
             store,
             data_dir,
@@ -103,6 +108,7 @@ impl ApiState {
             events: hub,
             shutdown: tokio_util::sync::CancellationToken::new(),
             click_to_dial: click_to_dial::ClickToDialConfig::default(),
+            makecalls,
         }
     }
 }
@@ -193,6 +199,9 @@ api_routes! {
     post "/v1/calls/{id}/interrupt" => calls::interrupt;
     post "/v1/calls/{id}/blocks" => calls::run_blocks;
     get "/v1/events" => events_ws::events;
+    post "/makecall/init" => tenios::makecall_init;
+    post "/makecall/status" => tenios::makecall_status;
+    post "/interrupt-ecc-block" => tenios::interrupt_ecc_block;
 }
 
 /// The hand-written OpenAPI 3.1 description of [`ROUTES`].

@@ -34,6 +34,9 @@ pub struct Originate {
     pub variables: Vec<(String, String)>,
     /// How the session's BRIDGE blocks present the call to the second party.
     pub bridge_as: BridgeIdentity,
+    /// The call's id, when the caller chose it (to name it in the variables it starts
+    /// with); else a new one.
+    pub call_uuid: Option<uuid::Uuid>,
 }
 
 /// What the pre-answer loop knows, for snapshots.
@@ -84,7 +87,7 @@ impl Dialling {
 /// Registers the call (so the API sees and can end it at once) and returns it as it starts
 /// (`calling`); the call then runs on its own task.
 pub fn run_outbound_call(svc: Arc<CallServices>, req: Originate) -> CallInfo {
-    let uuid = uuid::Uuid::new_v4();
+    let uuid = req.call_uuid.unwrap_or_else(uuid::Uuid::new_v4);
     let id = uuid.to_string();
     let mut lines = req.lines.clone();
     if req.destination_type == DestinationType::SipUser && !lines.contains(&req.destination) {

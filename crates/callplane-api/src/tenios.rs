@@ -1,0 +1,359 @@
+//! TENIOS-compatible side APIs, for applications written against TENIOS: `POST /makecall/init`,
+//! `POST /makecall/status` and `POST /interrupt-ecc-block`, with TENIOS's bodies (`access_key`
+//! in the body, snake_case fields) and answers (`{"id": 66195}`, `{"success": true}`, errors
+//! `400 {"error_code", "error_message", "fields"}`). The `access_key` is an API key of ours.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, PoisonError};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use callplane_engine::blocks::{parse_blocks, DestinationType};
+use callplane_engine::call::{BridgeIdentity, Originate};
+use callplane_engine::events::{CallEvent, EventKind, EventSubscriber};
+use serde_json::{json, Map, Value};
+
+use crate::auth::Caller;
+use crate::ApiState;
+
+/// How many makecall requests are remembered for `/makecall/status` (oldest forgotten first).
+const TRACKED: usize = 10_000;
+
+/// A makecall request's state, as `/makecall/status` reports it (the states of TENIOS's
+/// callback API that apply to one outbound call running a plan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MakecallStatus {
+    /// Accepted; the destination is not being called yet.
+    Requested,
+    /// The destination is being called.
+    CallingA,
+    /// The destination did not answer, was busy or unreachable.
+    CallAFailed,
+    /// The destination answered; the number's routing plan runs.
+    Connected,
+    /// The call ended after it was answered.
+    Disconnected,
+}
+
+impl MakecallStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            MakecallStatus::Requested => "REQUESTED",
+            MakecallStatus::CallingA => "CALLING_A",
+            MakecallStatus::CallAFailed => "CALL_A_FAILED",
+            MakecallStatus::Connected => "CONNECTED",
+            MakecallStatus::Disconnected => "DISCONNECTED",
+        }
+    }
+}
+
+struct Tracked {
+    call_id: String,
+    tenant: String,
+    status: MakecallStatus,
+}
+
+#[derive(Default)]
+struct TrackerState {
+    next_id: u64,
+    by_id: BTreeMap<u64, Tracked>,
+    by_call: HashMap<String, u64>,
+}
+
+/// Numbers makecall requests and follows their calls' events (a bus subscriber).
+#[derive(Default)]
+pub struct MakecallTracker(Mutex<TrackerState>);
+
+impl MakecallTracker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new request id (1, 2, 3… per process).
+    fn track(&self, call_id: &str, tenant: &str) -> u64 {
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = s.next_id;
+        s.by_id.insert(
+            id,
+            Tracked {
+                call_id: call_id.to_string(),
+                tenant: tenant.to_string(),
+                status: MakecallStatus::Requested,
+            },
+        );
+        s.by_call.insert(call_id.to_string(), id);
+        while s.by_id.len() > TRACKED {
+            if let Some((_, old)) = s.by_id.pop_first() {
+                s.by_call.remove(&old.call_id);
+            }
+        }
+        id
+    }
+
+    fn status(&self, id: u64) -> Option<(String, MakecallStatus)> {
+        self.lock()
+            .by_id
+            .get(&id)
+            .map(|t| (t.tenant.clone(), t.status))
+    }
+}
+
+impl EventSubscriber for MakecallTracker {
+    fn on_event(&self, event: &CallEvent) {
+        let mut s = self.lock();
+        let Some(id) = s.by_call.get(&event.call_id).copied() else {
+            return;
+        };
+        let Some(t) = s.by_id.get_mut(&id) else {
+            return;
+        };
+        t.status = match (&event.kind, t.status) {
+            (EventKind::Created { .. }, _) => MakecallStatus::CallingA,
+            (EventKind::Answered, _) => MakecallStatus::Connected,
+            (EventKind::Hangup { .. }, MakecallStatus::Connected) => MakecallStatus::Disconnected,
+            (EventKind::Hangup { .. }, _) => MakecallStatus::CallAFailed,
+            (_, status) => status,
+        };
+        if matches!(event.kind, EventKind::Finished { .. }) {
+            let call = t.call_id.clone();
+            s.by_call.remove(&call);
+        }
+    }
+}
+
+/// A TENIOS-style error: `400 {"error_code", "error_message", "fields"}` (with
+/// `"success": false` on the routes that answer `success`).
+pub struct TeniosError {
+    code: &'static str,
+    message: String,
+    fields: Vec<&'static str>,
+    success_field: bool,
+}
+
+impl TeniosError {
+    fn new(code: &'static str, message: impl Into<String>, fields: &[&'static str]) -> Self {
+        TeniosError {
+            code,
+            message: message.into(),
+            fields: fields.to_vec(),
+            success_field: false,
+        }
+    }
+
+    fn bad_credentials() -> Self {
+        TeniosError::new("BAD_CREDENTIALS", "Bad credentials", &[])
+    }
+
+    fn with_success(mut self) -> Self {
+        self.success_field = true;
+        self
+    }
+}
+
+impl IntoResponse for TeniosError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "error_code": self.code,
+            "error_message": self.message,
+            "fields": self.fields,
+        });
+        if self.success_field {
+            body["success"] = Value::Bool(false);
+        }
+        (StatusCode::BAD_REQUEST, Json(body)).into_response()
+    }
+}
+
+/// The request's fields: a JSON object (what TENIOS's clients send) or a form.
+fn fields(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, TeniosError> {
+    let form =
+        crate::body::media_type(headers).is_some_and(|m| m == "application/x-www-form-urlencoded");
+    if form {
+        return Ok(form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(TeniosError::new(
+            "INVALID_REQUEST",
+            "the body must be a JSON object",
+            &[],
+        )),
+    }
+}
+
+/// A string field (numbers are taken as written, as TENIOS clients send ids either way).
+fn text(m: &Map<String, Value>, k: &str) -> Option<String> {
+    match m.get(k)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn caller(st: &ApiState, m: &Map<String, Value>) -> Result<Caller, TeniosError> {
+    let key = text(m, "access_key").ok_or_else(TeniosError::bad_credentials)?;
+    Caller::from_token(&st.store, Some(&key)).map_err(|_| TeniosError::bad_credentials())
+}
+
+/// `POST /makecall/init` — calls `destination_number`; when it answers, runs the routing plan of
+/// `tenios_number` (one of the key's numbers) with `callback_id` and `callback_bleg_uuid` among
+/// its variables. Answers `{"id": <request id>}`.
+pub async fn makecall_init(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, TeniosError> {
+    let m = fields(&headers, &body)?;
+    let caller = caller(&st, &m)?;
+    let destination = text(&m, "destination_number")
+        .filter(|d| callplane_store::model::is_valid_number(d))
+        .ok_or_else(|| {
+            TeniosError::new(
+                "INVALID_DESTINATION_NUMBER",
+                "destination_number must be a phone number (optional '+', digits)",
+                &["destination_number"],
+            )
+        })?;
+    let invalid_number = || {
+        TeniosError::new(
+            "INVALID_TENIOS_NUMBER",
+            "tenios_number must be a number of your account",
+            &["tenios_number"],
+        )
+    };
+    let tenios_number = text(&m, "tenios_number").ok_or_else(invalid_number)?;
+    let (number, tenant) = st
+        .store
+        .find_number(&tenios_number)
+        .ok()
+        .flatten()
+        .ok_or_else(invalid_number)?;
+    let scope = caller
+        .call_scope(&st.store)
+        .map_err(|_| TeniosError::bad_credentials())?;
+    if !scope.covers(Some(&tenant.name), &[]) {
+        return Err(invalid_number());
+    }
+    let caller_id = match text(&m, "caller_id") {
+        Some(c) => {
+            let ok = (1..=64).contains(&c.len())
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-_.*#".contains(&b));
+            if !ok {
+                return Err(TeniosError::new(
+                    "INVALID_CALLER_ID",
+                    "caller_id must be a phone number",
+                    &["caller_id"],
+                ));
+            }
+            c
+        }
+        None => tenios_number.clone(),
+    };
+    let callstate_url = text(&m, "callstate_info_url");
+    if callstate_url
+        .as_deref()
+        .is_some_and(|u| !callplane_store::model::is_http_url(u))
+    {
+        return Err(TeniosError::new(
+            "INVALID_CALLSTATE_INFO_URL",
+            "callstate_info_url must be an http(s) URL",
+            &["callstate_info_url"],
+        ));
+    }
+    if tenant.default_trunk.is_none() {
+        return Err(TeniosError::new(
+            "NO_TRUNK",
+            "the account has no default trunk to call destination_number through",
+            &["destination_number"],
+        ));
+    }
+    let plan = st
+        .store
+        .get_routing_plan(&tenant.name, &number.routing_plan)
+        .ok()
+        .flatten()
+        .and_then(|p| parse_blocks(&Value::Array(p.blocks)).ok())
+        .ok_or_else(|| {
+            TeniosError::new(
+                "INVALID_TENIOS_NUMBER",
+                "tenios_number has no valid routing plan",
+                &["tenios_number"],
+            )
+        })?;
+    let call_uuid = uuid::Uuid::new_v4();
+    // Tracked before the call starts, so that none of its events is missed.
+    let request_id = st.makecalls.track(&call_uuid.to_string(), &tenant.name);
+    st.calls.originate(Originate {
+        destination_type: DestinationType::ExternalNumber,
+        destination: destination.clone(),
+        caller_id,
+        from_display: None,
+        headers: Vec::new(),
+        ring_timeout: std::time::Duration::from_secs(crate::calls::DEFAULT_RING_SECONDS),
+        blocks: plan,
+        callstate_url: callstate_url.or(number.callstate_info_url.clone()),
+        number: Some(number.number.clone()),
+        lines: Vec::new(),
+        variables: vec![
+            ("callback_id".into(), request_id.to_string()),
+            ("callback_bleg_uuid".into(), call_uuid.to_string()),
+        ],
+        bridge_as: BridgeIdentity::default(),
+        call_uuid: Some(call_uuid),
+        tenant: tenant.clone(),
+    });
+    Ok(Json(json!({ "id": request_id })))
+}
+
+/// `POST /makecall/status` `{access_key, id}` → `{"id", "status"}`.
+pub async fn makecall_status(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, TeniosError> {
+    let m = fields(&headers, &body)?;
+    let caller = caller(&st, &m)?;
+    let unknown = || TeniosError::new("INVALID_ID", "no makecall request with this id", &["id"]);
+    let id: u64 = text(&m, "id")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(unknown)?;
+    let (tenant, status) = st.makecalls.status(id).ok_or_else(unknown)?;
+    let scope = caller
+        .call_scope(&st.store)
+        .map_err(|_| TeniosError::bad_credentials())?;
+    if !scope.covers(Some(&tenant), &[]) {
+        return Err(unknown());
+    }
+    Ok(Json(json!({ "id": id, "status": status.as_str() })))
+}
+
+/// `POST /interrupt-ecc-block` `{access_key, call_uuid}` — stops the call's running Call Control
+/// block, so its next request goes out at once → `{"success": true}`.
+pub async fn interrupt_ecc_block(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, TeniosError> {
+    let m = fields(&headers, &body).map_err(TeniosError::with_success)?;
+    let caller = caller(&st, &m).map_err(TeniosError::with_success)?;
+    let call = text(&m, "call_uuid").ok_or_else(|| {
+        TeniosError::new("INVALID_CALL_UUID", "call_uuid is required", &["call_uuid"])
+            .with_success()
+    })?;
+    match crate::calls::interrupt_call(&st, &caller, &call).await {
+        Ok(_) => Ok(Json(json!({ "success": true }))),
+        Err(_) => Err(TeniosError::new(
+            "CALL_NOT_FOUND",
+            "no call in progress with this call_uuid",
+            &["call_uuid"],
+        )
+        .with_success()),
+    }
+}
