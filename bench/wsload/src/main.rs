@@ -1,0 +1,162 @@
+//! `wsload --port P --key K --clients N --duration S`: N WebSocket subscribers on
+//! `ws://127.0.0.1:P/v1/events`, each subscribed to everything in the key's scope, reading for
+//! S seconds. Prints one JSON line: clients connected, events received (total, least and most
+//! per client), frames closed by the server, and the delivery delay — arrival time minus the
+//! event's `time` (milliseconds, both on this machine's clock) — p50/p99/max.
+//!
+//! The event's time is parsed from its fixed RFC 3339 form (`…T18:17:43.279Z`) by hand: the
+//! load runs on the server's machine and must cost it as little as possible.
+
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Delay histogram, 1 ms buckets up to 10 s.
+const BUCKETS: usize = 10_000;
+
+fn arg(args: &[String], name: &str, default: &str) -> String {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// Milliseconds since the epoch of `…"time":"2026-12-04T18:17:43.279Z"…`, without a date
+/// library: days from the civil date (Howard Hinnant's algorithm).
+fn event_ms(text: &str) -> Option<i64> {
+    let i = text.find("\"time\":\"")? + 8;
+    let t = text.get(i..i + 24)?.as_bytes();
+    let n =
+        |a: usize, b: usize| -> Option<i64> { std::str::from_utf8(&t[a..b]).ok()?.parse().ok() };
+    let (y, m, d) = (n(0, 4)?, n(5, 7)?, n(8, 10)?);
+    let (hh, mm, ss, ms) = (n(11, 13)?, n(14, 16)?, n(17, 19)?, n(20, 23)?);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Totals {
+    hist: Vec<u64>,
+    per_client: Vec<u64>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let port: u16 = arg(&args, "--port", "8080").parse().expect("--port");
+    let key = arg(&args, "--key", "");
+    let clients: usize = arg(&args, "--clients", "100").parse().expect("--clients");
+    let duration: u64 = arg(&args, "--duration", "30").parse().expect("--duration");
+    let connected = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicU64::new(0));
+    let totals = Arc::new(Mutex::new(Totals {
+        hist: vec![0; BUCKETS],
+        per_client: Vec::new(),
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(duration);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (key, connected, closed, totals) = (
+            key.clone(),
+            connected.clone(),
+            closed.clone(),
+            totals.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let url = format!("ws://127.0.0.1:{port}/v1/events?token={key}");
+            let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                return;
+            };
+            let _ = tcp.set_nodelay(true);
+            let Ok((mut ws, _)) = tokio_tungstenite::client_async(url, tcp).await else {
+                return;
+            };
+            let _hello = ws.next().await;
+            if ws
+                .send(Message::Text(r#"{"op":"subscribe"}"#.into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let _subscribed = ws.next().await;
+            connected.fetch_add(1, Ordering::Relaxed);
+            let mut hist = vec![0u64; BUCKETS];
+            let mut count = 0u64;
+            loop {
+                let msg = tokio::select! {
+                    m = ws.next() => m,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                };
+                match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        if let Some(at) = event_ms(t.as_str()) {
+                            let delay = (now_ms() - at).clamp(0, BUCKETS as i64 - 1) as usize;
+                            hist[delay] += 1;
+                            count += 1;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        closed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+            let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
+            for (a, b) in t.hist.iter_mut().zip(hist) {
+                *a += b;
+            }
+            t.per_client.push(count);
+        }));
+        // Connect gradually: the server's accept queue is not the subject here.
+        if tasks.len() % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!("{{\"ready\":{}}}", connected.load(Ordering::Relaxed));
+    for t in tasks {
+        let _ = t.await;
+    }
+    let t = totals.lock().unwrap_or_else(|e| e.into_inner());
+    let total: u64 = t.hist.iter().sum();
+    let pct = |q: f64| -> usize {
+        let want = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in t.hist.iter().enumerate() {
+            seen += n;
+            if seen >= want.max(1) {
+                return i;
+            }
+        }
+        0
+    };
+    let max = t.hist.iter().rposition(|n| *n > 0).unwrap_or(0);
+    println!(
+        "{{\"clients\":{clients},\"connected\":{},\"closed_by_server\":{},\"events\":{total},\
+         \"per_client_min\":{},\"per_client_max\":{},\"delay_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}}}}",
+        connected.load(Ordering::Relaxed),
+        closed.load(Ordering::Relaxed),
+        t.per_client.iter().min().copied().unwrap_or(0),
+        t.per_client.iter().max().copied().unwrap_or(0),
+        pct(0.50),
+        pct(0.99),
+        max
+    );
+}
