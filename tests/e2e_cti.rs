@@ -122,6 +122,45 @@ fn the_api_lists_reads_and_hangs_up_a_call_and_a_websocket_sees_its_events_in_or
     assert_eq!(get(&server, &format!("/v1/calls/{id}"), ALICE).status, 404);
     let r = post(&server, &format!("/v1/calls/{id}/hangup"), ALICE, None);
     assert_eq!(r.status, 404, "{}", r.describe());
+    // Keypad digits to the caller, as RFC 4733 events (it offered telephone-event/8000 on 101).
+    let r = post(
+        &server,
+        &format!("/v1/calls/{id}/dtmf"),
+        ADMIN,
+        Some(json!({"digits": "4#"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let mut ev: Vec<u8> = rtp
+            .packets()
+            .iter()
+            .filter(|p| p.pt == 101 && !p.payload.is_empty())
+            .map(|p| p.payload[0])
+            .collect();
+        ev.dedup();
+        if ev.len() >= 2 || Instant::now() > deadline {
+            break ev;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(events, [4, 11], "RFC 4733 events for 4 and #");
+    let r = post(
+        &server,
+        &format!("/v1/calls/{id}/dtmf"),
+        ADMIN,
+        Some(json!({"digits": "4", "leg": format!("{id}.7")})),
+    );
+    assert_eq!(r.status, 404, "{}", r.describe());
+    let r = post(
+        &server,
+        &format!("/v1/calls/{id}/dtmf"),
+        ADMIN,
+        Some(json!({"digits": "x"})),
+    );
+    assert_eq!(r.status, 400, "{}", r.describe());
+    assert_eq!(r.error().1.as_deref(), Some("digits"));
+
     let r = post(
         &server,
         &format!("/v1/calls/{id}/hangup"),

@@ -182,6 +182,16 @@ fn a_placed_call_that_is_busy_or_hung_up_while_ringing_leaves_its_cdr() {
         assert!(std::time::Instant::now() < deadline, "{}", c.describe());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Digits to a party that has not answered: 409, naming the state.
+    let d = http::json(
+        server.http_port(),
+        "POST",
+        &format!("/v1/calls/{id}/dtmf"),
+        Some(ADMIN),
+        Some(&json!({"digits": "1"})),
+    );
+    assert_eq!(d.status, 409, "{}", d.describe());
+    assert_eq!(d.error().1.as_deref(), Some("state"));
     let h = http::json(
         server.http_port(),
         "POST",

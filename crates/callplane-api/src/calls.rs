@@ -44,6 +44,8 @@ pub trait CallControl: Send + Sync + 'static {
     fn subscribe(&self, subscriber: Arc<dyn EventSubscriber>);
     /// Places a call; answers it as it starts.
     fn originate(&self, req: Originate) -> CallInfo;
+    /// Sends keypad digits to one leg (by index); `None` when the call is gone.
+    fn send_dtmf(&self, call_id: &str, leg: u32, digits: String) -> HangupFuture;
     /// Whether the SIP user has a registered device now.
     fn is_registered(&self, user: &str) -> bool;
 }
@@ -51,7 +53,7 @@ pub trait CallControl: Send + Sync + 'static {
 /// Which calls `list_calls` keeps, by `(tenant, number)`.
 pub type CallFilter = Box<dyn Fn(&str, &str) -> bool + Send>;
 
-/// The answer of [`CallControl::hangup`].
+/// The answer of [`CallControl::hangup`] and the other commands that answer with the call.
 pub type HangupFuture = BoxFuture<Option<Result<CallInfo, CommandRefused>>>;
 
 /// A boxed future answering a [`CallControl`] question.
@@ -98,6 +100,12 @@ impl CallControl for callplane_engine::Engine {
 
     fn originate(&self, req: Originate) -> CallInfo {
         callplane_engine::Engine::originate(self, req)
+    }
+
+    fn send_dtmf(&self, call_id: &str, leg: u32, digits: String) -> HangupFuture {
+        let engine = self.clone();
+        let call_id = call_id.to_string();
+        Box::pin(async move { engine.send_dtmf(&call_id, leg, digits).await })
     }
 
     fn is_registered(&self, user: &str) -> bool {
@@ -250,6 +258,95 @@ pub(crate) async fn hangup_call(
     scoped_call(st, caller, id).await?;
     match st.calls.hangup(id, cause).await {
         None => Err(call_not_found(id)),
+        Some(Err(why)) => Err(ApiError::conflict(why.message()).with_field("state")),
+        Some(Ok(info)) => Ok(info),
+    }
+}
+
+/// `POST /v1/calls/{id}/dtmf` `{"digits": "12#", "leg": "<leg id>"}` — keypad digits to one
+/// leg (default the call's first leg: the caller, or the party a placed call reached), RFC
+/// 4733 where it negotiated telephone-event, else in band.
+pub async fn dtmf(
+    State(st): State<ApiState>,
+    caller: Caller,
+    P(id): P<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<CallInfo>, ApiError> {
+    send_dtmf(&st, &caller, &id, object(body)?).await.map(Json)
+}
+
+pub(crate) async fn send_dtmf(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+    mut body: serde_json::Map<String, Value>,
+) -> Result<CallInfo, ApiError> {
+    if let Some(k) = body
+        .keys()
+        .find(|k| !["digits", "leg"].contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid_json(
+            format!("unknown field `{k}`, expected `digits` or `leg`"),
+            Some(k.clone()),
+        ));
+    }
+    let digits = match body.remove("digits") {
+        Some(Value::String(d)) => d,
+        Some(_) => {
+            return Err(ApiError::invalid_json(
+                "`digits` must be a string",
+                Some("digits".into()),
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid_json(
+                "missing field `digits`",
+                Some("digits".into()),
+            ))
+        }
+    };
+    if !(1..=64).contains(&digits.len())
+        || !digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D'))
+    {
+        return Err(ApiError::invalid_field(
+            "dtmf",
+            "digits",
+            "1 to 64 of 0-9 * # A B C D",
+        ));
+    }
+    let leg = match body.remove("leg") {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(l)) => {
+            let index = l
+                .rsplit_once('.')
+                .filter(|(call, _)| *call == id)
+                .and_then(|(_, i)| i.parse::<u32>().ok());
+            match index {
+                Some(i) => i,
+                None => {
+                    return Err(ApiError::invalid_field(
+                        "dtmf",
+                        "leg",
+                        format!("not a leg of call {id} (leg ids are <call id>.<index>)"),
+                    ))
+                }
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_json(
+                "`leg` must be a leg id",
+                Some("leg".into()),
+            ))
+        }
+    };
+    scoped_call(st, caller, id).await?;
+    match st.calls.send_dtmf(id, leg, digits).await {
+        None => Err(call_not_found(id)),
+        Some(Err(CommandRefused::NoSuchLeg)) => {
+            Err(ApiError::not_found(format!("call {id} has no leg {leg}")).with_field("leg"))
+        }
         Some(Err(why)) => Err(ApiError::conflict(why.message()).with_field("state")),
         Some(Ok(info)) => Ok(info),
     }

@@ -864,12 +864,18 @@ async fn command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value
             Ok(c) => crate::calls::interrupt_call(st, caller, &c).await,
             Err(e) => Err(e),
         },
+        "calls.dtmf" => match call_id() {
+            Ok(c) => crate::calls::send_dtmf(st, caller, &c, params)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => Err(e),
+        },
         other => Err(ApiError::invalid_field(
             "command",
             "method",
             format!(
                 "unknown method \"{other}\" (expected calls.list, calls.get, calls.hangup, \
-                 calls.interrupt)"
+                 calls.interrupt, calls.dtmf)"
             ),
         )),
     };

@@ -196,6 +196,7 @@ api_routes! {
     get "/v1/call-init" => click_to_dial::call_init;
     get "/v1/calls/{id}" => calls::get_one;
     post "/v1/calls/{id}/hangup" => calls::hangup;
+    post "/v1/calls/{id}/dtmf" => calls::dtmf;
     post "/v1/calls/{id}/interrupt" => calls::interrupt;
     post "/v1/calls/{id}/blocks" => calls::run_blocks;
     get "/v1/events" => events_ws::events;

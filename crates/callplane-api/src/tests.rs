@@ -131,6 +131,17 @@ impl CallControl for FakeCalls {
         user == "alice"
     }
 
+    fn send_dtmf(&self, call_id: &str, leg: u32, _digits: String) -> crate::HangupFuture {
+        let answer = self.info(call_id, "answered").map(|info| {
+            if leg == 0 {
+                Ok(info)
+            } else {
+                Err(callplane_engine::registry::CommandRefused::NoSuchLeg)
+            }
+        });
+        Box::pin(async move { answer })
+    }
+
     fn interrupt(&self, call_id: &str) -> bool {
         if let Ok(mut v) = self.interrupted.lock() {
             v.push(call_id.to_string());

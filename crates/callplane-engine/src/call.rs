@@ -859,6 +859,10 @@ impl Call {
                     CallCommand::Snapshot { reply } => {
                         let _ = reply.send(self.snapshot());
                     }
+                    CallCommand::SendDtmf { leg, digits, reply } => {
+                        let r = self.send_dtmf(leg, &digits).map(|()| self.snapshot());
+                        let _ = reply.send(r);
+                    }
                     CallCommand::Hangup { cause, reply } => {
                         if self.ended.is_some() {
                             let _ = reply.send(Err(CommandRefused::Ending));
@@ -2132,6 +2136,40 @@ impl Call {
 
 /// Where a caller sits in a conference.
 impl Call {
+    /// Queues `digits` toward one leg (0: the caller; else a BRIDGE destination's).
+    fn send_dtmf(&mut self, leg: u32, digits: &str) -> Result<(), CommandRefused> {
+        if self.ended.is_some() {
+            return Err(CommandRefused::Ending);
+        }
+        let media = if leg == 0 {
+            if !self.answered {
+                return Err(CommandRefused::NotAnswered);
+            }
+            &self.media
+        } else {
+            let i = leg as usize;
+            if i >= self.legs.len() {
+                return Err(CommandRefused::NoSuchLeg);
+            }
+            let live = self
+                .bridge
+                .as_ref()
+                .and_then(|b| b.slots.iter().find(|s| s.record == i))
+                .and_then(|s| s.live.as_ref());
+            match live {
+                None => return Err(CommandRefused::LegEnded),
+                Some(a) if a.answered_at.is_none() => return Err(CommandRefused::NotAnswered),
+                Some(a) if a.state.is_ended() => return Err(CommandRefused::LegEnded),
+                Some(a) => &a.media,
+            }
+        };
+        for d in digits.chars() {
+            media.send_dtmf(d);
+        }
+        info!(call = %self.uuid, leg, digits = digits.len(), "sending DTMF for the API");
+        Ok(())
+    }
+
     /// The call as the API shows it now.
     fn snapshot(&self) -> CallInfo {
         let mut legs = Vec::with_capacity(self.legs.len());

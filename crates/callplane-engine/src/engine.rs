@@ -191,6 +191,24 @@ impl Engine {
         !self.svc.sip.lookup_registration(user).is_empty()
     }
 
+    /// Sends keypad digits to leg `leg` of the call; `None` when no such call is running.
+    pub async fn send_dtmf(
+        &self,
+        call_id: &str,
+        leg: u32,
+        digits: String,
+    ) -> Option<Result<crate::registry::CallInfo, crate::registry::CommandRefused>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self
+            .svc
+            .calls
+            .send(call_id, CallCommand::SendDtmf { leg, digits, reply })
+        {
+            return None;
+        }
+        answer.await.ok()
+    }
+
     /// Subscribes to every call event of this node (the API's WebSocket, for instance).
     pub fn subscribe(&self, subscriber: Arc<dyn crate::events::EventSubscriber>) {
         self.svc.events.subscribe(subscriber);

@@ -19,6 +19,13 @@ pub enum CallCommand {
         cause: crate::hangup::HangupCause,
         reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
     },
+    /// Send keypad digits to one leg (its index in the call), RFC 4733 where it negotiated
+    /// telephone-event, else in band; answered with the call once the digits are queued.
+    SendDtmf {
+        leg: u32,
+        digits: String,
+        reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
+    },
     /// Stop the running block; a call under CALL_CONTROL sends its next webhook request at once.
     Interrupt,
     /// Play ANNOUNCEMENT / SAY blocks into the call's connected bridge, mixed with both
@@ -41,12 +48,21 @@ pub enum PlayRefused {
 pub enum CommandRefused {
     /// The call is already ending (hung up, its CDR being written).
     Ending,
+    /// The leg is not answered yet (it rings, or is being dialled).
+    NotAnswered,
+    /// The leg has ended.
+    LegEnded,
+    /// The call has no leg with this index.
+    NoSuchLeg,
 }
 
 impl CommandRefused {
     pub fn message(&self) -> &'static str {
         match self {
             CommandRefused::Ending => "the call is already ending",
+            CommandRefused::NotAnswered => "the leg is not answered yet",
+            CommandRefused::LegEnded => "the leg has ended",
+            CommandRefused::NoSuchLeg => "the call has no such leg",
         }
     }
 }

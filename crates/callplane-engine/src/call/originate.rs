@@ -425,6 +425,10 @@ fn dialling_command(d: &Dialling, cmd: CallCommand) -> Option<HangupCause> {
             let _ = reply.send(Ok(info));
             Some(cause)
         }
+        CallCommand::SendDtmf { reply, .. } => {
+            let _ = reply.send(Err(CommandRefused::NotAnswered));
+            None
+        }
         CallCommand::Interrupt => None,
         CallCommand::PlayIntoBridge { reply, .. } => {
             let _ = reply.send(Err(PlayRefused::NotConnected));
