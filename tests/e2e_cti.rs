@@ -196,6 +196,13 @@ fn the_api_lists_reads_and_hangs_up_a_call_and_a_websocket_sees_its_events_in_or
     let again = post(&server, &format!("/v1/calls/{id}/hangup"), ADMIN, None);
     assert_eq!(again.status, 404, "{}", again.describe());
 
+    // The call's history: on its number for the admin; nothing for another line's key.
+    let h = get(&server, "/v1/cdrs?number=700", ADMIN).json();
+    assert_eq!(h["items"][0]["callId"], id.as_str(), "{h}");
+    assert_eq!(h["items"][0]["hangupBy"], "api", "{h}");
+    assert_eq!(get(&server, "/v1/cdrs", ALICE).json()["items"], json!([]));
+    assert_eq!(get(&server, "/v1/cdrs?line=bob", ALICE).status, 403);
+
     let events = events_until_finished(&mut admin, &id);
     assert_eq!(types(&events), CALL_EVENTS, "{events:#?}");
     for (i, e) in events.iter().enumerate() {

@@ -208,6 +208,41 @@ fn a_placed_call_that_is_busy_or_hung_up_while_ringing_leaves_its_cdr() {
     assert_eq!(cdr.hangup_cause, "CALL_REJECTED", "{}", cdr_text(&cdr));
     assert_eq!(cdr.hangup_by, "api", "{}", cdr_text(&cdr));
 
+    // History: both calls, newest first, a page at a time.
+    let page = |q: &str| {
+        let r = http::json(
+            server.http_port(),
+            "GET",
+            &format!("/v1/cdrs{q}"),
+            Some(ADMIN),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        r.json()
+    };
+    let first = page("?limit=1");
+    assert_eq!(first["items"].as_array().map(Vec::len), Some(1), "{first}");
+    assert_eq!(first["items"][0]["callId"], id.as_str(), "{first}");
+    assert_eq!(first["items"][0]["hangupCause"], "CALL_REJECTED");
+    let next = first["next"].as_str().expect("a next page");
+    let second = page(&format!("?limit=1&cursor={next}"));
+    assert_eq!(second["items"][0]["hangupCause"], "USER_BUSY", "{second}");
+    let third = page(&format!(
+        "?limit=1&cursor={}",
+        second["next"].as_str().unwrap_or("")
+    ));
+    assert_eq!(third["items"], json!([]), "{third}");
+    assert_eq!(third["next"], Value::Null);
+    let r = http::json(
+        server.http_port(),
+        "GET",
+        "/v1/cdrs?limit=0",
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.describe());
+    assert_eq!(r.error().1.as_deref(), Some("limit"));
+
     // Not registered: 409 at once, nothing placed.
     let r = place(
         &server,

@@ -10,6 +10,7 @@ mod calls;
 pub mod click_to_dial;
 pub mod error;
 pub mod events_ws;
+mod history;
 mod resources;
 mod serve;
 pub mod tenios;
@@ -200,6 +201,7 @@ api_routes! {
     post "/v1/calls/{id}/interrupt" => calls::interrupt;
     post "/v1/calls/{id}/blocks" => calls::run_blocks;
     get "/v1/events" => events_ws::events;
+    get "/v1/cdrs" => history::list;
     post "/makecall/init" => tenios::makecall_init;
     post "/makecall/status" => tenios::makecall_status;
     post "/interrupt-ecc-block" => tenios::interrupt_ecc_block;

@@ -570,6 +570,7 @@ fn reject_call(
                 hangup_cause: cause.as_str().into(),
             }],
             variables,
+            lines: call.authenticated_user.iter().cloned().collect(),
         },
     );
 }
@@ -1318,6 +1319,7 @@ impl Call {
             jitter_ms = format!("{:.1}", stats.jitter_ms),
             "call ended"
         );
+        let lines = self.events.scope().lines.clone();
         write_cdr(
             &mut self.events,
             Cdr {
@@ -1336,6 +1338,7 @@ impl Call {
                 recording_path: None,
                 legs,
                 variables: self.flow.variables().as_map().clone(),
+                lines,
             },
         );
         // The call is over and recorded: no command can reach it any more (those already

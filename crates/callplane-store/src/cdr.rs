@@ -81,6 +81,83 @@ impl Store {
     }
 }
 
+/// Which CDRs `query_cdrs` returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct CdrQuery {
+    /// Only these tenants' CDRs; `None`: every tenant's (and those of calls refused before
+    /// they reached one).
+    pub tenants: Option<Vec<String>>,
+    /// Only calls that involved this SIP user.
+    pub line: Option<String>,
+    /// Only calls that came in on (or were placed for) this number.
+    pub number: Option<String>,
+    /// Started at or after / before.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Older than this `(start time, call id)`: the page after the one that ended there.
+    pub after: Option<(chrono::DateTime<chrono::Utc>, String)>,
+    pub limit: usize,
+}
+
+impl Store {
+    /// A page of CDRs matching `q`, newest first (start time, then call id), with legs,
+    /// variables and lines.
+    pub fn query_cdrs(&self, q: &CdrQuery) -> Result<Vec<Cdr>, StoreError> {
+        use rusqlite::types::Value;
+        let mut sql = format!("SELECT {CDR_COLS} FROM cdrs WHERE 1 = 1");
+        let mut args: Vec<Value> = Vec::new();
+        let mut arg = |v: Value| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        if let Some(tenants) = &q.tenants {
+            let list: Vec<String> = tenants
+                .iter()
+                .map(|t| arg(Value::Text(t.clone())))
+                .collect();
+            if list.is_empty() {
+                return Ok(Vec::new());
+            }
+            sql += &format!(" AND tenant IN ({})", list.join(", "));
+        }
+        if let Some(l) = &q.line {
+            let a = arg(Value::Text(l.clone()));
+            sql += &format!(" AND call_id IN (SELECT call_id FROM cdr_lines WHERE line = {a})");
+        }
+        if let Some(n) = &q.number {
+            let a = arg(Value::Text(n.clone()));
+            sql += &format!(" AND number = {a}");
+        }
+        if let Some(t) = &q.from {
+            let a = arg(Value::Text(time_text(t)));
+            sql += &format!(" AND start_time >= {a}");
+        }
+        if let Some(t) = &q.to {
+            let a = arg(Value::Text(time_text(t)));
+            sql += &format!(" AND start_time < {a}");
+        }
+        if let Some((t, id)) = &q.after {
+            let a = arg(Value::Text(time_text(t)));
+            let b = arg(Value::Text(id.clone()));
+            sql += &format!(" AND (start_time < {a} OR (start_time = {a} AND call_id < {b}))");
+        }
+        let limit = arg(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+        sql += &format!(" ORDER BY start_time DESC, call_id DESC LIMIT {limit}");
+        let mut conn = self.read();
+        let tx = conn.transaction()?;
+        let cdrs: Vec<Cdr> = tx
+            .prepare(&sql)?
+            .query_map(rusqlite::params_from_iter(args), cdr_from_row)?
+            .collect::<Result<_, _>>()?;
+        let cdrs = cdrs
+            .into_iter()
+            .map(|c| with_details(&tx, c))
+            .collect::<Result<_, _>>()?;
+        tx.commit()?;
+        Ok(cdrs)
+    }
+}
+
 /// A CDR row without legs and variables.
 fn cdr_from_row(row: &Row<'_>) -> rusqlite::Result<Cdr> {
     let SqlTime(start_time) = row.get(5)?;
@@ -102,6 +179,7 @@ fn cdr_from_row(row: &Row<'_>) -> rusqlite::Result<Cdr> {
         recording_path: row.get(12)?,
         legs: Vec::new(),
         variables: BTreeMap::new(),
+        lines: Vec::new(),
     })
 }
 
@@ -134,6 +212,10 @@ fn with_details(conn: &Connection, mut cdr: Cdr) -> Result<Cdr, StoreError> {
     cdr.variables = conn
         .prepare_cached("SELECT name, value FROM cdr_variables WHERE call_id = ?1")?
         .query_map([&cdr.call_id], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    cdr.lines = conn
+        .prepare_cached("SELECT line FROM cdr_lines WHERE call_id = ?1 ORDER BY line")?
+        .query_map([&cdr.call_id], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(cdr)
 }
@@ -183,6 +265,11 @@ fn insert_one(tx: &Connection, cdr: &Cdr) -> Result<(), StoreError> {
         )?;
         for (name, value) in &cdr.variables {
             insert_var.execute(params![cdr.call_id, name, value])?;
+        }
+        let mut insert_line =
+            tx.prepare_cached("INSERT OR IGNORE INTO cdr_lines (call_id, line) VALUES (?1, ?2)")?;
+        for line in &cdr.lines {
+            insert_line.execute(params![cdr.call_id, line])?;
         }
     }
     Ok(())

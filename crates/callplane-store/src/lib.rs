@@ -14,6 +14,7 @@ mod sql;
 mod store;
 mod writer;
 
+pub use cdr::CdrQuery;
 pub use directory::{SipDirectoryView, WATCH_INTERVAL as DIRECTORY_WATCH_INTERVAL};
 pub use error::StoreError;
 pub use migrations::SCHEMA_VERSION;

@@ -173,6 +173,17 @@ CREATE TRIGGER numbers_update_directory AFTER UPDATE ON numbers
 CREATE TRIGGER numbers_delete_directory AFTER DELETE ON numbers
     BEGIN UPDATE directory_version SET version = version + 1 WHERE id = 1; END;
 "#,
+    // 6: the lines (SIP users) a call involved, so that call history can be asked for by line
+    // and an account key sees its own line's CDRs; and call history by number.
+    r#"
+CREATE TABLE cdr_lines (
+    call_id TEXT NOT NULL REFERENCES cdrs (call_id) ON DELETE CASCADE,
+    line    TEXT NOT NULL,
+    PRIMARY KEY (call_id, line)
+);
+CREATE INDEX cdr_lines_by_line ON cdr_lines (line);
+CREATE INDEX cdrs_by_number_start_time ON cdrs (number, start_time);
+"#,
 ];
 
 /// Steps written in Rust that run after a version's SQL, in the same transaction.

@@ -254,6 +254,9 @@ pub struct Cdr {
     pub recording_path: Option<String>,
     pub legs: Vec<CdrLeg>,
     pub variables: BTreeMap<String, String>,
+    /// The SIP users the call involved: the phone that placed it and those it dialled.
+    #[serde(default)]
+    pub lines: Vec<String>,
 }
 
 /// One leg of a call (the inbound leg or an outbound BRIDGE attempt).

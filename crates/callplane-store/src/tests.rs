@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::migrations::{self, SCHEMA_VERSION};
 use crate::model::*;
-use crate::{CdrWriter, Store, StoreError, TenantUsage, DEFAULT_REALM};
+use crate::{CdrQuery, CdrWriter, Store, StoreError, TenantUsage, DEFAULT_REALM};
 
 /// A unique directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -188,6 +188,7 @@ fn sample_cdr(call_id: &str, start: DateTime<Utc>) -> Cdr {
             },
         ],
         variables,
+        lines: vec!["alice".into()],
     }
 }
 
@@ -1464,4 +1465,80 @@ fn reads_and_the_directory_do_not_wait_for_a_held_write_lock() {
     other.execute_batch("COMMIT").unwrap();
     writer.flush();
     assert!(store.get_cdr("queued").unwrap().is_some());
+}
+
+#[test]
+fn cdrs_are_queried_by_tenant_line_number_time_and_pages() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.db(), DEFAULT_REALM).expect("open");
+    let t0 = Utc::now() - Duration::hours(1);
+    for i in 0..5 {
+        let mut c = sample_cdr(&format!("call-{i}"), t0 + Duration::minutes(i));
+        if i == 4 {
+            c.tenant = Some("other".into());
+            c.lines = vec!["bob".into()];
+            c.number = "200".into();
+        }
+        store.insert_cdr(&c).expect("insert");
+    }
+    let ids = |v: Vec<Cdr>| v.into_iter().map(|c| c.call_id).collect::<Vec<_>>();
+    let all = store
+        .query_cdrs(&CdrQuery {
+            limit: 10,
+            ..CdrQuery::default()
+        })
+        .expect("query");
+    assert_eq!(ids(all), ["call-4", "call-3", "call-2", "call-1", "call-0"]);
+    let page = store
+        .query_cdrs(&CdrQuery {
+            tenants: Some(vec!["acme".into()]),
+            limit: 2,
+            ..CdrQuery::default()
+        })
+        .expect("query");
+    assert_eq!(page[0].lines, ["alice"]);
+    let last = page.last().map(|c| (c.start_time, c.call_id.clone()));
+    assert_eq!(ids(page), ["call-3", "call-2"]);
+    let next = store
+        .query_cdrs(&CdrQuery {
+            tenants: Some(vec!["acme".into()]),
+            limit: 2,
+            after: last,
+            ..CdrQuery::default()
+        })
+        .expect("query");
+    assert_eq!(ids(next), ["call-1", "call-0"]);
+    let bob = store
+        .query_cdrs(&CdrQuery {
+            line: Some("bob".into()),
+            limit: 10,
+            ..CdrQuery::default()
+        })
+        .expect("query");
+    assert_eq!(ids(bob), ["call-4"]);
+    let by_number = store
+        .query_cdrs(&CdrQuery {
+            number: Some("200".into()),
+            limit: 10,
+            ..CdrQuery::default()
+        })
+        .expect("query");
+    assert_eq!(ids(by_number), ["call-4"]);
+    let window = store
+        .query_cdrs(&CdrQuery {
+            from: Some(t0 + Duration::minutes(1)),
+            to: Some(t0 + Duration::minutes(3)),
+            limit: 10,
+            ..CdrQuery::default()
+        })
+        .expect("query");
+    assert_eq!(ids(window), ["call-2", "call-1"]);
+    let none = store
+        .query_cdrs(&CdrQuery {
+            tenants: Some(vec![]),
+            limit: 10,
+            ..CdrQuery::default()
+        })
+        .expect("query");
+    assert!(none.is_empty());
 }

@@ -495,6 +495,7 @@ fn finish_unanswered(
                 hangup_cause: cause.as_str().into(),
             }],
             variables,
+            lines: d.lines.clone(),
         },
     );
     svc.calls.remove(&d.uuid);
