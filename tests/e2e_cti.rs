@@ -230,6 +230,14 @@ fn the_api_lists_reads_and_hangs_up_a_call_and_a_websocket_sees_its_events_in_or
     assert_eq!(reply["id"], "c1");
     assert_eq!(reply["ok"], false);
     assert_eq!(reply["status"], 404, "{reply}");
+    // The same command id again is not run again: its first reply, marked replayed.
+    send(
+        &mut admin,
+        json!({"op": "command", "id": "c1", "method": "calls.hangup", "params": {"callId": id}}),
+    );
+    let again = next_json(&mut admin).expect("reply");
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(again["status"], 404, "{again}");
     send(&mut admin, json!({"op": "ping", "id": 7}));
     assert_eq!(
         next_json(&mut admin),

@@ -817,7 +817,51 @@ async fn on_client_message(
 }
 
 /// `{"op":"command","id":…,"method":"calls.hangup","params":{…}}` → `{"type":"reply",…}`.
+/// A command that changes a call and carries an `id` is run once per key and id: a retry gets
+/// the first reply again (`"replayed": true`).
 async fn command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value) -> Value {
+    let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+    let changes = matches!(method, "calls.hangup" | "calls.interrupt" | "calls.dtmf");
+    let key = id.filter(|_| changes).map(|v| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    let Some(key) = key else {
+        return run_command(st, caller, id, msg).await;
+    };
+    let request = format!("{method}\n{}", msg.get("params").unwrap_or(&Value::Null));
+    let (claim, slot) =
+        crate::idempotency::socket_claim(st, &caller.0.name, &key, request.as_bytes());
+    match claim {
+        crate::idempotency::Claim::Replay(stored) => {
+            let mut v: Value = serde_json::from_slice(&stored.body).unwrap_or(Value::Null);
+            v["replayed"] = Value::Bool(true);
+            v
+        }
+        crate::idempotency::Claim::Conflict(why) => {
+            let e = ApiError::conflict(why).with_field("id");
+            json!({"type": "reply", "id": id, "method": method, "ok": false,
+                   "status": 409, "error": e.to_json()})
+        }
+        crate::idempotency::Claim::Run => {
+            let reply = run_command(st, caller, id, msg).await;
+            let status = reply["status"].as_u64().unwrap_or(200);
+            let keep = status < 500;
+            st.idempotency.finish(
+                slot,
+                keep.then(|| crate::idempotency::Stored {
+                    status: axum::http::StatusCode::OK,
+                    content_type: None,
+                    location: None,
+                    body: reply.to_string().into(),
+                }),
+            );
+            reply
+        }
+    }
+}
+
+async fn run_command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value) -> Value {
     let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
     let mut params = match msg.get("params") {
         None | Some(Value::Null) => serde_json::Map::new(),

@@ -11,6 +11,7 @@ pub mod click_to_dial;
 pub mod error;
 pub mod events_ws;
 mod history;
+pub mod idempotency;
 mod resources;
 mod serve;
 pub mod tenios;
@@ -80,6 +81,8 @@ pub struct ApiState {
     pub click_to_dial: click_to_dial::ClickToDialConfig,
     /// TENIOS makecall requests and their states.
     pub makecalls: Arc<tenios::MakecallTracker>,
+    /// Answers kept for `Idempotency-Key` retries.
+    pub idempotency: Arc<idempotency::Idempotency>,
 }
 
 impl ApiState {
@@ -110,6 +113,7 @@ impl ApiState {
             shutdown: tokio_util::sync::CancellationToken::new(),
             click_to_dial: click_to_dial::ClickToDialConfig::default(),
             makecalls,
+            idempotency: Arc::default(),
         }
     }
 }
@@ -128,6 +132,10 @@ pub fn router(source: Shared) -> Router {
 /// unknown routes and methods.
 pub fn app(source: Shared, api: ApiState) -> Router {
     api_router()
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            idempotency::layer,
+        ))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .fallback(no_route)
         .with_state(api)

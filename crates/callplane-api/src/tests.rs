@@ -505,7 +505,9 @@ async fn openapi_is_public_and_describes_every_route() {
                 ps.iter()
                     .filter_map(|p| p["$ref"].as_str())
                     .filter_map(|r| r.rsplit('/').next())
-                    .filter_map(|n| doc["components"]["parameters"][n]["name"].as_str())
+                    .map(|n| &doc["components"]["parameters"][n])
+                    .filter(|p| p["in"] == "path")
+                    .filter_map(|p| p["name"].as_str())
                     .map(str::to_string)
                     .collect()
             })
@@ -2052,4 +2054,45 @@ async fn placing_a_call_checks_its_fields_realm_and_destination() {
             .await
             .expect(400, code, Some(field));
     }
+}
+
+#[tokio::test]
+async fn a_command_retried_with_its_idempotency_key_runs_once() {
+    let f = fixture();
+    let send = |key: &'static str, body: &'static str| {
+        let app = f.app.clone();
+        async move {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v1/calls/call-acme/hangup")
+                .header(header::AUTHORIZATION, format!("Bearer {CUSTOMER}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("Idempotency-Key", key)
+                .body(Body::from(body))
+                .expect("request");
+            app.oneshot(req).await.expect("infallible")
+        }
+    };
+    let first = send("k-1", r#"{"hangupCause":"USER_BUSY"}"#).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    // The retry: the same answer, not a second hang-up (which the fake would refuse, 409).
+    let again = send("k-1", r#"{"hangupCause":"USER_BUSY"}"#).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let body = axum::body::to_bytes(again.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["state"], "ending");
+    // The key names one request: another body under it is refused.
+    let other = send("k-1", r#"{"hangupCause":"CALL_REJECTED"}"#).await;
+    assert_eq!(other.status(), StatusCode::CONFLICT);
+    // Without the key the fake sees the second hang-up, and refuses it.
+    let plain = f
+        .call("POST", "/v1/calls/call-acme/hangup", Some(CUSTOMER), None)
+        .await;
+    plain.expect(409, "conflict", Some("state"));
+    let done = f.calls.hung_up.lock().map(|v| v.len()).unwrap_or(0);
+    assert_eq!(done, 1, "executed once");
 }
