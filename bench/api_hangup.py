@@ -33,6 +33,8 @@ def provisioning(prompt):
 [[apiKeys]]
 name = "bench"
 realm = "admin"
+# The load is one client: no per-key rate limit.
+rateLimit = 0
 key = "{KEY}"
 
 [[tenants]]

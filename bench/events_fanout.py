@@ -47,6 +47,8 @@ def main():
 [[apiKeys]]
 name = "bench"
 realm = "admin"
+# The load is one client: no per-key rate limit.
+rateLimit = 0
 key = "{KEY}"
 """ + common.answer_play_hangup(prompt)
     extra = ("httpMaxConnections = 4096\nhttpMaxConnectionsPerSource = 4096\n"

@@ -15,13 +15,15 @@ use tungstenite::Message;
 
 const ADMIN: &str = "cp_cti_e2e_admin_key_0123456789";
 const ALICE: &str = "cp_cti_e2e_alice_key_0123456789";
+const SLOW: &str = "cp_cti_e2e_slow_key_01234567890";
 
 /// A plan that answers and then waits for digits for a minute: the call stays up until the
 /// API (or the caller) ends it.
 fn server(extra_server: &str) -> Server {
     let mut prov = format!(
         "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN}\"\n\n\
-         [[apiKeys]]\nname = \"alice-line\"\nrealm = \"account\"\nsipUser = \"alice\"\nkey = \"{ALICE}\"\n\n"
+         [[apiKeys]]\nname = \"alice-line\"\nrealm = \"account\"\nsipUser = \"alice\"\nkey = \"{ALICE}\"\n\n\
+         [[apiKeys]]\nname = \"slow\"\nrealm = \"customer\"\ntenant = \"t1\"\nkey = \"{SLOW}\"\nrateLimit = 1\n\n"
     );
     prov.push_str(&tenant_with_prompts());
     prov.push_str(
@@ -338,6 +340,16 @@ fn a_resumed_session_gets_exactly_the_events_it_missed() {
 #[test]
 fn events_need_a_key_and_a_websocket() {
     let server = server("");
+    // A key with rateLimit = 1: a burst of 10, then 429 with Retry-After; other keys go on.
+    let statuses: Vec<u16> = (0..11)
+        .map(|_| get(&server, "/v1/calls", SLOW).status)
+        .collect();
+    assert_eq!(&statuses[..10], [200; 10], "{statuses:?}");
+    let limited = get(&server, "/v1/calls", SLOW);
+    assert_eq!(limited.status, 429, "{}", limited.describe());
+    assert_eq!(limited.error().0, "rate_limited");
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    assert_eq!(get(&server, "/v1/calls", ADMIN).status, 200);
     let r = http::json(server.http_port(), "GET", "/v1/events", None, None);
     assert_eq!(r.status, 401, "{}", r.describe());
     let r = get(&server, "/v1/events", ADMIN);

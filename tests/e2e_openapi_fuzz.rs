@@ -82,7 +82,7 @@ fn openapi_document_matches_the_server_under_schemathesis() {
     let tool = schemathesis();
     // Objects named in tests/schemathesis.toml's dictionaries.
     let prov = format!(
-        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN_KEY}\"\n\n\
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN_KEY}\"\nrateLimit = 0\n\n\
          [[tenants]]\nname = \"acme\"\ncustomerNumber = 500001\nsigningSecret = \"fuzz-hmac\"\n\n\
          [[routingPlans]]\ntenant = \"acme\"\nname = \"main\"\n\
          blocks = [{{ blockType = \"HANGUP\", hangupCause = \"NORMAL_CLEARING\" }}]\n\n\

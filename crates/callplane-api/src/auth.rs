@@ -101,11 +101,21 @@ impl FromRequestParts<ApiState> for Caller {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be: Bearer <key>")
             })?;
-        Caller::from_token(&state.store, Some(token))
+        Caller::admitted(state, Some(token))
     }
 }
 
 impl Caller {
+    /// The key of a bearer token, counted against its request rate (`429` when over it).
+    pub fn admitted(state: &ApiState, token: Option<&str>) -> Result<Caller, ApiError> {
+        let caller = Caller::from_token(&state.store, token)?;
+        state
+            .rate_limits
+            .admit(&caller.0.name)
+            .map_err(ApiError::rate_limited)?;
+        Ok(caller)
+    }
+
     /// The key of a bearer token (from the header, or `?token=` where headers cannot be set).
     pub fn from_token(store: &Store, token: Option<&str>) -> Result<Caller, ApiError> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {

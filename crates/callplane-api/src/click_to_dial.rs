@@ -105,7 +105,7 @@ pub async fn call_init(
                 .then(|| rest.trim().to_string())
         });
     let caller = match bearer.or(token) {
-        Some(t) => Some(Caller::from_token(&st.store, Some(&t))?),
+        Some(t) => Some(Caller::admitted(&st, Some(&t))?),
         None if st.click_to_dial.keyless => None,
         None => {
             return Err(ApiError::unauthorized(

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Every problem, for `validation_failed`.
     pub errors: Vec<FieldError>,
+    /// Seconds for `Retry-After` (a `429`).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -41,6 +43,19 @@ impl ApiError {
             message: message.into(),
             field: None,
             errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// 429 `rate_limited`: the key is over its request rate; retry after `seconds`.
+    pub fn rate_limited(seconds: u64) -> ApiError {
+        ApiError {
+            retry_after: Some(seconds),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests for this API key; retry in {seconds} s"),
+            )
         }
     }
 
@@ -176,6 +191,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut res = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
         if self.status == StatusCode::UPGRADE_REQUIRED {
             res.headers_mut()
                 .insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -399,7 +399,7 @@ pub async fn events(
                 .eq_ignore_ascii_case("bearer")
                 .then(|| rest.trim().to_string())
         });
-    let caller = Caller::from_token(&st.store, bearer.or(token).as_deref())?;
+    let caller = Caller::admitted(&st, bearer.or(token).as_deref())?;
     let ws = ws.map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::UPGRADE_REQUIRED,

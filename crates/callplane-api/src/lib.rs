@@ -12,6 +12,7 @@ pub mod error;
 pub mod events_ws;
 mod history;
 pub mod idempotency;
+pub mod ratelimit;
 mod resources;
 mod serve;
 pub mod tenios;
@@ -83,6 +84,8 @@ pub struct ApiState {
     pub makecalls: Arc<tenios::MakecallTracker>,
     /// Answers kept for `Idempotency-Key` retries.
     pub idempotency: Arc<idempotency::Idempotency>,
+    /// Per-key request rates.
+    pub rate_limits: Arc<ratelimit::RateLimits>,
 }
 
 impl ApiState {
@@ -114,6 +117,7 @@ impl ApiState {
             click_to_dial: click_to_dial::ClickToDialConfig::default(),
             makecalls,
             idempotency: Arc::default(),
+            rate_limits: Arc::default(),
         }
     }
 }

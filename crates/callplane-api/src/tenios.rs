@@ -198,7 +198,13 @@ fn text(m: &Map<String, Value>, k: &str) -> Option<String> {
 
 fn caller(st: &ApiState, m: &Map<String, Value>) -> Result<Caller, TeniosError> {
     let key = text(m, "access_key").ok_or_else(TeniosError::bad_credentials)?;
-    Caller::from_token(&st.store, Some(&key)).map_err(|_| TeniosError::bad_credentials())
+    match Caller::admitted(st, Some(&key)) {
+        Ok(c) => Ok(c),
+        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
+            Err(TeniosError::new("TOO_MANY_REQUESTS", e.message, &[]))
+        }
+        Err(_) => Err(TeniosError::bad_credentials()),
+    }
 }
 
 /// `POST /makecall/init` — calls `destination_number`; when it answers, runs the routing plan of

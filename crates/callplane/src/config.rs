@@ -92,6 +92,9 @@ pub struct ServerSection {
     pub events_queue: usize,
     /// Seconds a WebSocket session stays resumable after its socket closed.
     pub events_resume_window: f64,
+    /// API requests per second per key (burst twice that, at least 10) unless the key sets
+    /// its own `rateLimit`; 0: no limit.
+    pub api_rate_limit: u32,
 }
 
 impl Default for ServerSection {
@@ -133,6 +136,7 @@ impl Default for ServerSection {
             events_inactivity_timeout: 0.0,
             events_queue: 1000,
             events_resume_window: 60.0,
+            api_rate_limit: 100,
         }
     }
 }
@@ -232,6 +236,8 @@ struct ApiKeyEntry {
     tenant: Option<String>,
     reseller: Option<String>,
     sip_user: Option<String>,
+    /// Requests per second (0: unlimited); default the server's `apiRateLimit`.
+    rate_limit: Option<u32>,
 }
 
 // By hand so that the secret never reaches a log line.
@@ -255,6 +261,8 @@ pub struct ConfiguredApiKey {
     pub key: ApiKey,
     pub key_sha256: String,
     secret_chars: usize,
+    /// Requests per second for this key (`0`: unlimited); else the server's `apiRateLimit`.
+    pub rate_limit: Option<u32>,
 }
 
 /// A loaded and validated configuration.
@@ -287,6 +295,7 @@ impl Config {
                 .api_keys
                 .into_iter()
                 .map(|k| ConfiguredApiKey {
+                    rate_limit: k.rate_limit,
                     key_sha256: callplane_api::hash_key(&k.key),
                     secret_chars: k.key.chars().count(),
                     key: ApiKey {
