@@ -40,20 +40,7 @@ fn a_placed_call_rings_the_phone_runs_its_blocks_and_hangs_up() {
     let (mut ws, _) = connect(&server, &format!("token={ADMIN}"));
     subscribe(&mut ws, json!({"op": "subscribe", "lines": ["alice"]}));
     let phone_rtp = RtpPeer::new();
-    let mut phone = Sipp::uac("register_then_answer.xml", server.sip_addr())
-        .service("alice")
-        .arg("-au")
-        .arg("alice")
-        .arg("-ap")
-        .arg("secret")
-        .arg("-oocsf")
-        .arg(sipp_scenario("ooc_answer.xml").to_str().unwrap())
-        .set("rtp_port", phone_rtp.port())
-        .set("stay_ms", 6000)
-        .spawn();
-    phone.wait_for_message("the 200 to the REGISTER", Duration::from_secs(10), |m| {
-        !m.sent && m.status() == Some(200)
-    });
+    let phone = registered_phone(&server, "alice", "secret", phone_rtp.port(), 6000);
 
     let r = place(
         &server,
@@ -419,21 +406,7 @@ fn click_to_dial_rings_the_user_first_then_bridges_the_target() {
     );
     let server = Server::start(&prov, true);
     let phone_rtp = RtpPeer::new();
-    let mut phone = Sipp::uac("register_then_answer.xml", server.sip_addr())
-        .service("alice")
-        .arg("-au")
-        .arg("alice")
-        .arg("-ap")
-        .arg("secret")
-        .arg("-oocsf")
-        .arg(sipp_scenario("ooc_answer.xml").to_str().unwrap())
-        .set("rtp_port", phone_rtp.port())
-        .set("stay_ms", 14000)
-        .timeout_s(40)
-        .spawn();
-    phone.wait_for_message("the 200 to the REGISTER", Duration::from_secs(10), |m| {
-        !m.sent && m.status() == Some(200)
-    });
+    let mut phone = registered_phone(&server, "alice", "secret", phone_rtp.port(), 14000);
 
     // Refusals first: unknown user, a user with no phone, a bad number.
     let r = call_init(&server, "user=nobody&to=4930555");

@@ -1068,6 +1068,34 @@ impl Sipp {
     }
 }
 
+/// A phone registered as `user` (digest password `password`) that answers every call to it
+/// (`ooc_answer.xml`, media at `rtp_port`) and stays up `stay_ms`; returned once its REGISTER
+/// got its 200.
+pub fn registered_phone(
+    server: &Server,
+    user: &str,
+    password: &str,
+    rtp_port: u16,
+    stay_ms: u32,
+) -> SippProcess {
+    let mut phone = Sipp::uac("register_then_answer.xml", server.sip_addr())
+        .service(user)
+        .arg("-au")
+        .arg(user)
+        .arg("-ap")
+        .arg(password)
+        .arg("-oocsf")
+        .arg(sipp_scenario("ooc_answer.xml").to_str().unwrap_or_default())
+        .set("rtp_port", rtp_port)
+        .set("stay_ms", stay_ms)
+        .timeout_s(stay_ms / 1000 + 30)
+        .spawn();
+    phone.wait_for_message("the 200 to the REGISTER", Duration::from_secs(10), |m| {
+        !m.sent && m.status() == Some(200)
+    });
+    phone
+}
+
 /// `run_sipp("uac_announcement.xml", &["127.0.0.1:5060", "-s", "100"])`: the raw form, for
 /// scenarios that need nothing from the builder.
 pub fn run_sipp(scenario: &str, args: &[&str]) -> SippResult {

@@ -93,10 +93,7 @@ impl FromRequestParts<ApiState> for Caller {
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| {
-                let (scheme, rest) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-            })
+            .and_then(bearer_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be: Bearer <key>")
@@ -104,6 +101,28 @@ impl FromRequestParts<ApiState> for Caller {
         Caller::admitted(state, Some(token))
     }
 }
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+/// The bearer token of a request's `Authorization` header, if it has one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_token(v).map(str::to_string)
+}
+
+/// A caller ID we present (a From user): 1 to 64 of `A-Z a-z 0-9 + - _ . * #`.
+pub fn valid_caller_id(c: &str) -> bool {
+    (1..=64).contains(&c.len())
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-_.*#".contains(&b))
+}
+
+/// What [`valid_caller_id`] allows, for error messages.
+pub const CALLER_ID_RULE: &str = "1 to 64 of A-Z a-z 0-9 + - _ . * #";
 
 impl Caller {
     /// The key of a bearer token, counted against its request rate (`429` when over it).

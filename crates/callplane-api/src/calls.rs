@@ -18,7 +18,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use crate::auth::{CallScope, Caller};
-use crate::body::{object, JsonBody, OptionalJsonBody};
+use crate::body::{object, only_fields, JsonBody, OptionalJsonBody};
 use crate::error::ApiError;
 use crate::resources::P;
 use crate::ApiState;
@@ -228,12 +228,7 @@ pub(crate) async fn hangup_call(
     mut body: serde_json::Map<String, Value>,
 ) -> Result<CallInfo, ApiError> {
     let mut cause = HangupCause::NormalClearing;
-    if let Some(k) = body.keys().find(|k| k.as_str() != "hangupCause") {
-        return Err(ApiError::invalid_json(
-            format!("unknown field `{k}`, expected `hangupCause`"),
-            Some(k.clone()),
-        ));
-    }
+    only_fields(&body, &["hangupCause"])?;
     match body.remove("hangupCause") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => {
@@ -281,15 +276,7 @@ pub(crate) async fn send_dtmf(
     id: &str,
     mut body: serde_json::Map<String, Value>,
 ) -> Result<CallInfo, ApiError> {
-    if let Some(k) = body
-        .keys()
-        .find(|k| !["digits", "leg"].contains(&k.as_str()))
-    {
-        return Err(ApiError::invalid_json(
-            format!("unknown field `{k}`, expected `digits` or `leg`"),
-            Some(k.clone()),
-        ));
-    }
+    only_fields(&body, &["digits", "leg"])?;
     let digits = match body.remove("digits") {
         Some(Value::String(d)) => d,
         Some(_) => {
@@ -387,12 +374,7 @@ pub async fn run_blocks(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     scoped_call(&st, &caller, &id).await?;
     let mut body = object(body)?;
-    if let Some(k) = body.keys().find(|k| k.as_str() != "blocks") {
-        return Err(ApiError::invalid_json(
-            format!("unknown field `{k}`, expected `blocks`"),
-            Some(k.clone()),
-        ));
-    }
+    only_fields(&body, &["blocks"])?;
     let list = match body.remove("blocks") {
         Some(Value::Array(list)) => list,
         Some(_) => {
@@ -446,6 +428,36 @@ pub async fn run_blocks(
     }
 }
 
+/// What `POST /v1/calls` and the callback answer: `201` with the call and its `Location`.
+type Placed = (
+    StatusCode,
+    [(axum::http::HeaderName, String); 1],
+    Json<CallInfo>,
+);
+
+/// Places the call, unless it would ring a SIP user with no registered device (`409` naming
+/// `field`: nothing is dialled).
+fn place(st: &ApiState, req: Originate, field: &str) -> Result<Placed, ApiError> {
+    if req.destination_type == callplane_engine::blocks::DestinationType::SipUser
+        && !st.calls.is_registered(&req.destination)
+    {
+        return Err(ApiError::conflict(format!(
+            "SIP user \"{}\" has no registered device",
+            req.destination
+        ))
+        .with_field(field));
+    }
+    let info = st.calls.originate(req);
+    Ok((
+        StatusCode::CREATED,
+        [(
+            axum::http::header::LOCATION,
+            format!("/v1/calls/{}", info.id),
+        )],
+        Json(info),
+    ))
+}
+
 /// Fields `POST /v1/calls` takes.
 const CREATE_FIELDS: &[&str] = &[
     "tenant",
@@ -468,34 +480,10 @@ pub async fn create(
     State(st): State<ApiState>,
     caller: Caller,
     JsonBody(body): JsonBody,
-) -> Result<
-    (
-        StatusCode,
-        [(axum::http::HeaderName, String); 1],
-        Json<CallInfo>,
-    ),
-    ApiError,
-> {
+) -> Result<Placed, ApiError> {
     let body = object(body)?;
     let req = originate_request(&st, &caller, body, "call")?;
-    if req.destination_type == callplane_engine::blocks::DestinationType::SipUser
-        && !st.calls.is_registered(&req.destination)
-    {
-        return Err(ApiError::conflict(format!(
-            "SIP user \"{}\" has no registered device",
-            req.destination
-        ))
-        .with_field("to.destination"));
-    }
-    let info = st.calls.originate(req);
-    Ok((
-        StatusCode::CREATED,
-        [(
-            axum::http::header::LOCATION,
-            format!("/v1/calls/{}", info.id),
-        )],
-        Json(info),
-    ))
+    place(&st, req, "to.destination")
 }
 
 /// The call a `POST /v1/calls` body asks for, checked field by field (errors name them).
@@ -505,15 +493,7 @@ pub(crate) fn originate_request(
     mut body: serde_json::Map<String, Value>,
     object_name: &str,
 ) -> Result<Originate, ApiError> {
-    if let Some(k) = body.keys().find(|k| !CREATE_FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::invalid_json(
-            format!(
-                "unknown field `{k}`, expected one of {}",
-                CREATE_FIELDS.join(", ")
-            ),
-            Some(k.clone()),
-        ));
-    }
+    only_fields(&body, CREATE_FIELDS)?;
     let text = |body: &mut serde_json::Map<String, Value>, field: &str| match body.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -629,14 +609,8 @@ pub(crate) fn originate_request(
     };
     let caller_id = match text(&mut body, "callerId")? {
         Some(c) => {
-            let ok = (1..=64).contains(&c.len())
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+-_.*#".contains(&b));
-            if !ok {
-                return Err(invalid(
-                    "callerId",
-                    "1 to 64 of A-Z a-z 0-9 + - _ . * #".into(),
-                ));
+            if !crate::auth::valid_caller_id(&c) {
+                return Err(invalid("callerId", crate::auth::CALLER_ID_RULE.into()));
             }
             c
         }
@@ -743,24 +717,9 @@ pub async fn callback(
     State(st): State<ApiState>,
     caller: Caller,
     JsonBody(body): JsonBody,
-) -> Result<
-    (
-        StatusCode,
-        [(axum::http::HeaderName, String); 1],
-        Json<CallInfo>,
-    ),
-    ApiError,
-> {
+) -> Result<Placed, ApiError> {
     let mut body = object(body)?;
-    if let Some(k) = body.keys().find(|k| !CALLBACK_FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::invalid_json(
-            format!(
-                "unknown field `{k}`, expected one of {}",
-                CALLBACK_FIELDS.join(", ")
-            ),
-            Some(k.clone()),
-        ));
-    }
+    only_fields(&body, CALLBACK_FIELDS)?;
     let first = body
         .remove("first")
         .ok_or_else(|| ApiError::invalid_json("missing field `first`", Some("first".into())))?;
@@ -867,14 +826,11 @@ pub async fn callback(
         }
     };
     if let Some(c) = &second_id {
-        let ok = (1..=64).contains(&c.len())
-            && c.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+-_.*#".contains(&b));
-        if !ok {
+        if !crate::auth::valid_caller_id(c) {
             return Err(ApiError::invalid_field(
                 "callback",
                 "callerId",
-                "1 to 64 of A-Z a-z 0-9 + - _ . * #",
+                crate::auth::CALLER_ID_RULE,
             ));
         }
     }
@@ -882,22 +838,5 @@ pub async fn callback(
     if let Some(b) = billing {
         req.variables.push(("billing_account".into(), b));
     }
-    if req.destination_type == callplane_engine::blocks::DestinationType::SipUser
-        && !st.calls.is_registered(&req.destination)
-    {
-        return Err(ApiError::conflict(format!(
-            "SIP user \"{}\" has no registered device",
-            req.destination
-        ))
-        .with_field("first.destination"));
-    }
-    let info = st.calls.originate(req);
-    Ok((
-        StatusCode::CREATED,
-        [(
-            axum::http::header::LOCATION,
-            format!("/v1/calls/{}", info.id),
-        )],
-        Json(info),
-    ))
+    place(&st, req, "first.destination")
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use callplane_engine::blocks::{parse_blocks, DestinationType};
 use callplane_engine::call::{BridgeIdentity, Originate};
@@ -55,12 +55,6 @@ fn flag(field: &str, v: &str) -> Result<bool, ApiError> {
     }
 }
 
-fn valid_caller_id(c: &str) -> bool {
-    (1..=64).contains(&c.len())
-        && c.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-_.*#".contains(&b))
-}
-
 /// `GET /v1/call-init?user=&to=[&from=&cidnum=&clir=1&prv=1&autoAnswer=1]`.
 pub async fn call_init(
     State(st): State<ApiState>,
@@ -95,16 +89,7 @@ pub async fn call_init(
         }
     }
     // A key as everywhere else; without one only where the operator allowed keyless links.
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| rest.trim().to_string())
-        });
-    let caller = match bearer.or(token) {
+    let caller = match crate::auth::bearer(&headers).or(token) {
         Some(t) => Some(Caller::admitted(&st, Some(&t))?),
         None if st.click_to_dial.keyless => None,
         None => {
@@ -131,11 +116,11 @@ pub async fn call_init(
         ));
     }
     if let Some(c) = &cidnum {
-        if !valid_caller_id(c) {
+        if !crate::auth::valid_caller_id(c) {
             return Err(ApiError::invalid_field(
                 "call-init",
                 "cidnum",
-                "1 to 64 of A-Z a-z 0-9 + - _ . * #",
+                crate::auth::CALLER_ID_RULE,
             ));
         }
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use callplane_engine::events::{CallEvent, EventKind, EventScope, EventSubscriber};
 use callplane_engine::registry::leg_id;
@@ -390,16 +390,7 @@ pub async fn events(
             }
         }
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| rest.trim().to_string())
-        });
-    let caller = Caller::admitted(&st, bearer.or(token).as_deref())?;
+    let caller = Caller::admitted(&st, crate::auth::bearer(&headers).or(token).as_deref())?;
     let ws = ws.map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::UPGRADE_REQUIRED,

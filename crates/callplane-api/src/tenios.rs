@@ -248,10 +248,7 @@ pub async fn makecall_init(
     }
     let caller_id = match text(&m, "caller_id") {
         Some(c) => {
-            let ok = (1..=64).contains(&c.len())
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+-_.*#".contains(&b));
-            if !ok {
+            if !crate::auth::valid_caller_id(&c) {
                 return Err(TeniosError::new(
                     "INVALID_CALLER_ID",
                     "caller_id must be a phone number",

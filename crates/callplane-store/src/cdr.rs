@@ -63,21 +63,10 @@ impl Store {
 
     /// The newest `limit` CDRs (by start time, newest first), with legs and variables.
     pub fn list_cdrs(&self, limit: usize) -> Result<Vec<Cdr>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut conn = self.read();
-        let tx = conn.transaction()?;
-        let cdrs: Vec<Cdr> = tx
-            .prepare_cached(&format!(
-                "SELECT {CDR_COLS} FROM cdrs ORDER BY start_time DESC, call_id DESC LIMIT ?1"
-            ))?
-            .query_map([limit], cdr_from_row)?
-            .collect::<Result<_, _>>()?;
-        let cdrs = cdrs
-            .into_iter()
-            .map(|c| with_details(&tx, c))
-            .collect::<Result<_, _>>()?;
-        tx.commit()?;
-        Ok(cdrs)
+        self.query_cdrs(&CdrQuery {
+            limit,
+            ..CdrQuery::default()
+        })
     }
 }
 
