@@ -312,11 +312,19 @@ pub(crate) async fn send_dtmf(
                 .and_then(|(_, i)| i.parse::<u32>().ok());
             match index {
                 Some(i) => i,
+                None if l
+                    .rsplit_once('.')
+                    .is_some_and(|(_, i)| i.parse::<u32>().is_ok()) =>
+                {
+                    return Err(
+                        ApiError::not_found(format!("call {id} has no leg {l}")).with_field("leg")
+                    )
+                }
                 None => {
                     return Err(ApiError::invalid_field(
                         "dtmf",
                         "leg",
-                        format!("not a leg of call {id} (leg ids are <call id>.<index>)"),
+                        "not a leg id (leg ids are <call id>.<index>)",
                     ))
                 }
             }
@@ -597,6 +605,21 @@ pub(crate) fn originate_request(
             return Err(ApiError::validation(list));
         }
     };
+    // A SIP user of another tenant is not ours to ring (nor to learn whether it is online).
+    if destination.destination_type == callplane_engine::blocks::DestinationType::SipUser {
+        match st.store.get_sip_user(&destination.destination)? {
+            Some(u) if u.tenant == tenant.name => {}
+            _ => {
+                return Err(invalid(
+                    "to.destination",
+                    format!(
+                        "no SIP user \"{}\" in tenant \"{}\"",
+                        destination.destination, tenant.name
+                    ),
+                ))
+            }
+        }
+    }
     let timeout = match body.remove("timeout") {
         None | Some(Value::Null) => destination
             .timeout

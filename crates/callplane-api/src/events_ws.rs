@@ -63,11 +63,16 @@ impl Default for EventsConfig {
 /// meanwhile shares the wake-up and the write.
 const COALESCE: Duration = Duration::from_millis(10);
 
+/// A write to a socket that does not complete in this long ends the connection (the session
+/// stays resumable): a client that reads nothing cannot hold its task and connection forever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Close codes (RFC 6455 §7.4; 4000–4999 are the application's).
 const CLOSE_OVERFLOW: u16 = 4008;
 const CLOSE_PONG_TIMEOUT: u16 = 4001;
 const CLOSE_INACTIVE: u16 = 4002;
 const CLOSE_SHUTDOWN: u16 = 1001;
+const CLOSE_KEY_REVOKED: u16 = 4003;
 
 /// One event as the hub fans it out: what filters look at, and its JSON without `seq`.
 struct Frame {
@@ -207,7 +212,15 @@ struct HubSubscriber(Arc<EventHub>);
 
 impl EventSubscriber for HubSubscriber {
     fn on_event(&self, event: &CallEvent) {
-        if self.0.count.load(Ordering::Relaxed) > 0 {
+        // Conference membership and a call's end always go through, so the hub's map of who
+        // is in which conference stays right while no socket is open.
+        let membership = matches!(
+            event.kind,
+            EventKind::ConferenceJoined { .. }
+                | EventKind::ConferenceLeft { .. }
+                | EventKind::Finished { .. }
+        );
+        if membership || self.0.count.load(Ordering::Relaxed) > 0 {
             let _ = self.0.tx.send(event.clone());
         }
     }
@@ -310,6 +323,10 @@ async fn fan_out(hub: std::sync::Weak<EventHub>, mut rx: mpsc::UnboundedReceiver
                     EventKind::Finished { .. } => in_conference.remove(&ev.call_id),
                     _ => in_conference.get(&ev.call_id).cloned(),
                 };
+                if hub.count.load(Ordering::Relaxed) == 0 {
+                    // Only kept the conference map up to date: nobody to send it to.
+                    continue;
+                }
                 let frame = Frame {
                     tail: render_tail(&ev).into(),
                     call_id: ev.call_id,
@@ -368,29 +385,35 @@ pub async fn events(
     let mut token = None;
     let mut session = None;
     let mut resume = None;
+    // The key first: a request without one is 401, whatever else is wrong with it.
+    let mut bad_param = None;
     for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "token" => token = Some(v.into_owned()),
             "session" => session = Some(v.into_owned()),
-            "resume" => {
-                resume = Some(v.parse::<u64>().map_err(|_| {
-                    ApiError::invalid_field(
+            "resume" => match v.parse::<u64>() {
+                Ok(r) => resume = Some(r),
+                Err(_) => {
+                    bad_param.get_or_insert(ApiError::invalid_field(
                         "query",
                         "resume",
                         "must be the last seq received (a whole number)",
-                    )
-                })?)
-            }
+                    ));
+                }
+            },
             other => {
-                return Err(ApiError::invalid_field(
+                bad_param.get_or_insert(ApiError::invalid_field(
                     "query",
                     other,
                     "unknown query parameter (expected token, session, resume)",
-                ))
+                ));
             }
         }
     }
     let caller = Caller::admitted(&st, crate::auth::bearer(&headers).or(token).as_deref())?;
+    if let Some(e) = bad_param {
+        return Err(e);
+    }
     let ws = ws.map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::UPGRADE_REQUIRED,
@@ -612,6 +635,13 @@ async fn run(
                 }
             }
             _ = ping.tick() => {
+                // A key deleted since the handshake (or with its tenant or SIP user) ends the
+                // socket, and its session.
+                if !matches!(st.store.get_api_key(&key), Ok(Some(_))) {
+                    close = Some((CLOSE_KEY_REVOKED, "key_revoked: the API key no longer exists".into()));
+                    s.closed.cancel();
+                    break;
+                }
                 if awaiting_pong {
                     close = Some((CLOSE_PONG_TIMEOUT, "pong_timeout: no answer to the last ping".into()));
                     break;
@@ -645,8 +675,11 @@ async fn run(
         )
         .await;
     }
-    // Overflowed or closed by us: gone; otherwise resumable for the window.
-    if close.is_some() {
+    // Overflowed, revoked, or the server going down: gone. A connection lost (or closed for
+    // a missed pong or inactivity) leaves the session resumable for the window.
+    let ends_session =
+        s.closed.is_cancelled() || matches!(close, Some((CLOSE_SHUTDOWN | CLOSE_KEY_REVOKED, _)));
+    if ends_session {
         s.closed.cancel();
         hub.remove(&s.id);
     } else {
@@ -684,6 +717,7 @@ async fn send_batch(socket: &mut WebSocket, s: &Session, frames: Vec<(u64, Arc<s
     tokio::select! {
         r = write => r.is_ok(),
         _ = s.closed.cancelled() => false,
+        _ = tokio::time::sleep(SEND_TIMEOUT) => false,
     }
 }
 
@@ -691,6 +725,8 @@ async fn send_or_close_msg(socket: &mut WebSocket, s: &Session, msg: Message) ->
     tokio::select! {
         r = socket.send(msg) => r.is_ok(),
         _ = s.closed.cancelled() => false,
+        // A client that takes nothing for this long (replies, pings) is gone.
+        _ = tokio::time::sleep(SEND_TIMEOUT) => false,
     }
 }
 
@@ -789,7 +825,19 @@ async fn on_client_message(
             f.sub = Some(sub);
             Some(reply)
         }
-        "command" => Some(command(st, caller, id, &msg).await),
+        "command" => {
+            if let Err(secs) = st.rate_limits.admit(&caller.0.name) {
+                return Some(error_reply(op, id, &ApiError::rate_limited(secs)));
+            }
+            if !matches!(st.store.get_api_key(&caller.0.name), Ok(Some(_))) {
+                s.close(
+                    CLOSE_KEY_REVOKED,
+                    "key_revoked: the API key no longer exists".into(),
+                );
+                return None;
+            }
+            Some(command(st, caller, id, &msg).await)
+        }
         "" => Some(error_reply(
             op,
             id,

@@ -90,7 +90,7 @@ impl Idempotency {
         let now = Instant::now();
         // Forget what is too old or too many.
         while let Some(&(old, at)) = inner.order.front() {
-            if now.duration_since(at) < KEEP && inner.order.len() <= CAPACITY {
+            if now.duration_since(at) < KEEP && inner.entries.len() < CAPACITY {
                 break;
             }
             inner.order.pop_front();
@@ -164,11 +164,15 @@ pub async fn layer(State(st): State<ApiState>, req: Request, next: Next) -> Resp
         return ApiError::invalid_field("request", "Idempotency-Key", "1 to 255 characters")
             .into_response();
     }
-    let who = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes().to_vec())
-        .unwrap_or_default();
+    // Only an authenticated key has answers kept (by its name): a request without one is
+    // answered 401 by its route and must not touch anyone's kept answers.
+    let who = match crate::auth::bearer(req.headers())
+        .and_then(|t| crate::auth::Caller::from_token(&st.store, Some(&t)).ok())
+    {
+        Some(c) => format!("http\u{0}{}", c.0.name),
+        None => return next.run(req).await,
+    };
+    let who = who.into_bytes();
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, crate::JSON_BODY_LIMIT).await {
         Ok(b) => b,
@@ -225,7 +229,8 @@ fn replay(s: Stored) -> Response {
 }
 
 /// For the events socket: the reply to a command whose `id` was seen from this key.
-pub fn socket_claim(st: &ApiState, who: &str, id: &str, request: &[u8]) -> (Claim, [u8; 32]) {
+pub fn socket_claim(st: &ApiState, key_name: &str, id: &str, request: &[u8]) -> (Claim, [u8; 32]) {
+    let who = format!("socket\u{0}{key_name}");
     st.idempotency
         .claim(who.as_bytes(), id.as_bytes(), &[b"socket", request])
 }

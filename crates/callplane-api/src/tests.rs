@@ -1999,6 +1999,12 @@ async fn placing_a_call_checks_its_fields_realm_and_destination() {
             "invalid_json",
             "to",
         ),
+        // Another tenant's SIP user: not ours to ring, nor to learn whether it is online.
+        (
+            json!({"to": {"destinationType": "SIP_USER", "destination": "bob"}, "callerId": "1", "blocks": hangup}),
+            "validation_failed",
+            "to.destination",
+        ),
         (
             json!({"to": {"destinationType": "FAX", "destination": "1"}, "callerId": "1", "blocks": hangup}),
             "validation_failed",
