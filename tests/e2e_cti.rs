@@ -320,6 +320,31 @@ fn a_resumed_session_gets_exactly_the_events_it_missed() {
     // The same events as the other socket saw (it numbered them the same: one call).
     assert_eq!(missed, expected);
 
+    // A resume while the old connection is still open takes the session over: the old
+    // socket is closed (4009), the new one goes on from the seq it names.
+    let last_now = missed.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+    let (_taker, hello) = connect(
+        &server,
+        &format!("token={ADMIN}&session={session}&resume={last_now}"),
+    );
+    assert_eq!(hello["resumed"], true, "{hello}");
+    let mut closed_with = None;
+    for _ in 0..100 {
+        match ws.read() {
+            Ok(Message::Close(f)) => {
+                closed_with = f.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        closed_with,
+        Some(4009),
+        "the old socket is closed as taken over"
+    );
+
     // A session that does not exist: resume_failed, then a new session.
     let stream = TcpStream::connect(("127.0.0.1", server.http_port())).expect("connect");
     stream

@@ -63,6 +63,9 @@ impl Default for EventsConfig {
 /// meanwhile shares the wake-up and the write.
 const COALESCE: Duration = Duration::from_millis(10);
 
+/// Events queued for the hub's task at most (calls never wait for it).
+const HUB_QUEUE: usize = 65_536;
+
 /// A write to a socket that does not complete in this long ends the connection (the session
 /// stays resumable): a client that reads nothing cannot hold its task and connection forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,6 +76,7 @@ const CLOSE_PONG_TIMEOUT: u16 = 4001;
 const CLOSE_INACTIVE: u16 = 4002;
 const CLOSE_SHUTDOWN: u16 = 1001;
 const CLOSE_KEY_REVOKED: u16 = 4003;
+const CLOSE_TAKEN_OVER: u16 = 4009;
 
 /// One event as the hub fans it out: what filters look at, and its JSON without `seq`.
 struct Frame {
@@ -130,6 +134,9 @@ struct Queue {
     sent: u64,
     attached: bool,
     detached_at: Option<Instant>,
+    /// Counts the sockets the session was served on: a socket that lost it to a newer one
+    /// (a resume while the old connection was half-open) changes nothing any more.
+    attachment: u64,
 }
 
 struct Session {
@@ -142,6 +149,8 @@ struct Session {
     /// Cancelled when the session must close: overflow (the reason is kept), shutdown.
     closed: CancellationToken,
     close_reason: Mutex<Option<(u16, String)>>,
+    /// Cancelled when a newer socket takes the session over.
+    taken_over: Mutex<CancellationToken>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -204,7 +213,10 @@ pub struct EventHub {
     cfg: EventsConfig,
     sessions: RwLock<HashMap<String, Arc<Session>>>,
     count: AtomicUsize,
-    tx: mpsc::UnboundedSender<CallEvent>,
+    tx: mpsc::Sender<CallEvent>,
+    /// Set when an event could not be queued for the hub (its task fell [`HUB_QUEUE`] behind):
+    /// every session then misses it, and is closed rather than left with a gap.
+    dropped: std::sync::atomic::AtomicBool,
 }
 
 /// The hub as a bus subscriber: queues each event for the hub's task, without waiting.
@@ -220,8 +232,10 @@ impl EventSubscriber for HubSubscriber {
                 | EventKind::ConferenceLeft { .. }
                 | EventKind::Finished { .. }
         );
-        if membership || self.0.count.load(Ordering::Relaxed) > 0 {
-            let _ = self.0.tx.send(event.clone());
+        if (membership || self.0.count.load(Ordering::Relaxed) > 0)
+            && self.0.tx.try_send(event.clone()).is_err()
+        {
+            self.0.dropped.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -232,12 +246,13 @@ impl EventHub {
         cfg: EventsConfig,
         subscribe: impl FnOnce(Arc<dyn EventSubscriber>),
     ) -> Arc<EventHub> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(HUB_QUEUE);
         let hub = Arc::new(EventHub {
             cfg,
             sessions: RwLock::default(),
             count: AtomicUsize::new(0),
             tx,
+            dropped: std::sync::atomic::AtomicBool::new(false),
         });
         subscribe(Arc::new(HubSubscriber(hub.clone())));
         events_runtime().spawn(fan_out(Arc::downgrade(&hub), rx));
@@ -302,7 +317,7 @@ impl EventHub {
 }
 
 /// The hub's task: renders each event once and offers it to every session.
-async fn fan_out(hub: std::sync::Weak<EventHub>, mut rx: mpsc::UnboundedReceiver<CallEvent>) {
+async fn fan_out(hub: std::sync::Weak<EventHub>, mut rx: mpsc::Receiver<CallEvent>) {
     // The conference each call is in, for `conferences` subscriptions.
     let mut in_conference: HashMap<String, String> = HashMap::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -311,6 +326,13 @@ async fn fan_out(hub: std::sync::Weak<EventHub>, mut rx: mpsc::UnboundedReceiver
             ev = rx.recv() => {
                 let Some(ev) = ev else { return };
                 let Some(hub) = hub.upgrade() else { return };
+                if hub.dropped.swap(false, Ordering::Relaxed) {
+                    let sessions = hub.sessions.read().unwrap_or_else(PoisonError::into_inner);
+                    tracing::warn!(sessions = sessions.len(), "events hub fell behind: closing every events session");
+                    for s in sessions.values() {
+                        s.close(CLOSE_OVERFLOW, "hub_overflow: the server dropped events; reconnect".into());
+                    }
+                }
                 let conference = match &ev.kind {
                     EventKind::ConferenceJoined { conference, .. } => {
                         in_conference.insert(ev.call_id.clone(), conference.clone());
@@ -515,9 +537,6 @@ fn resume_session(
         return Resumed::Failed("the session was closed (its queue overflowed)");
     }
     let mut q = lock(&s.queue);
-    if q.attached {
-        return Resumed::Failed("the session is still connected");
-    }
     if last >= q.next_seq {
         return Resumed::Failed("resume names a seq the session never sent");
     }
@@ -528,7 +547,12 @@ fn resume_session(
     q.sent = last;
     q.attached = true;
     q.detached_at = None;
+    // A socket still attached (a half-open connection the client gave up on) loses the
+    // session to this one.
+    q.attachment += 1;
     drop(q);
+    let fresh = CancellationToken::new();
+    std::mem::replace(&mut *lock(&s.taken_over), fresh).cancel();
     Resumed::Yes(s)
 }
 
@@ -566,15 +590,18 @@ async fn run(
                     sent: 0,
                     attached: true,
                     detached_at: None,
+                    attachment: 1,
                 }),
                 notify: Notify::new(),
                 closed: CancellationToken::new(),
                 close_reason: Mutex::new(None),
+                taken_over: Mutex::new(CancellationToken::new()),
             });
             hub.insert(s.clone());
             (s, false)
         }
     };
+    let (mine, taken_over) = (lock(&s.queue).attachment, lock(&s.taken_over).clone());
     let hello = {
         let q = lock(&s.queue);
         json!({
@@ -607,6 +634,10 @@ async fn run(
                 close = lock(&s.close_reason).clone();
                 break;
             }
+            _ = taken_over.cancelled() => {
+                close = Some((CLOSE_TAKEN_OVER, "taken_over: the session was resumed on another connection".into()));
+                break;
+            }
             msg = socket.recv() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
@@ -631,7 +662,11 @@ async fn run(
                         open = false;
                         break;
                     }
-                    lock(&s.queue).sent = last;
+                    let mut q = lock(&s.queue);
+                    if q.attachment != mine {
+                        break;
+                    }
+                    q.sent = last;
                 }
             }
             _ = ping.tick() => {
@@ -684,8 +719,10 @@ async fn run(
         hub.remove(&s.id);
     } else {
         let mut q = lock(&s.queue);
-        q.attached = false;
-        q.detached_at = Some(Instant::now());
+        if q.attachment == mine {
+            q.attached = false;
+            q.detached_at = Some(Instant::now());
+        }
     }
 }
 
