@@ -1,6 +1,7 @@
 //! The `callplane` binary: loads the config (or the built-in demo), opens the store, and wires
 //! SIP, media, the engine and the HTTP server together. No call logic lives here.
 
+mod cli;
 mod config;
 mod logging;
 mod metrics;
@@ -20,18 +21,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::{info, warn};
 
-const USAGE: &str = "usage:
-  callplane serve [--config FILE] [--data-dir DIR]   run the switch (no config: the loopback demo)
-  callplane config check FILE                        validate a config file and exit
-  callplane plan validate FILE                       validate a JSON block list and exit
-  callplane apikey create --realm REALM [--name N] [--tenant T] [--reseller R] [--sip-user U]
-                          [--config FILE | --data-dir DIR]
-                                                     create an API key and print it (once)
-  callplane version";
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match run(args) {
+    use clap::Parser;
+    // clap prints usage errors and --help / --version itself (exit 2 and 0).
+    let cli = cli::Cli::parse();
+    let code = match run(cli.command) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -41,26 +35,10 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(args: Vec<String>) -> anyhow::Result<()> {
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
-        ["serve", rest @ ..] => {
-            let mut config = None;
-            let mut data_dir = None;
-            let mut it = rest.iter();
-            while let Some(a) = it.next() {
-                match *a {
-                    "--config" => {
-                        config = Some(PathBuf::from(it.next().context("--config needs a file")?))
-                    }
-                    "--data-dir" => {
-                        data_dir = Some(PathBuf::from(
-                            it.next().context("--data-dir needs a directory")?,
-                        ))
-                    }
-                    other => bail!("unknown argument {other:?}\n{USAGE}"),
-                }
-            }
+fn run(command: cli::Command) -> anyhow::Result<()> {
+    use cli::{ApikeyCommand, CallsCommand, Command, ConfigCommand, PlanCommand};
+    match command {
+        Command::Serve { config, data_dir } => {
             let mut cfg = match &config {
                 Some(path) => Config::load(path)?,
                 None => Config::demo(PathBuf::from("callplane-data")),
@@ -70,68 +48,77 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
             }
             serve(cfg, config.is_none())
         }
-        ["config", "check", file] => {
-            Config::load(&PathBuf::from(file))?;
-            println!("{file}: ok");
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            Config::load(&file)?;
+            println!("{}: ok", file.display());
             Ok(())
         }
-        ["plan", "validate", file] => {
+        Command::Plan {
+            command: PlanCommand::Validate { file },
+        } => {
+            let name = file.display().to_string();
             let text =
-                std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {name}"))?;
             let value: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{file}: not JSON: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{name}: not JSON: {e}"))?;
             // Either a bare block list or a plan object with `blocks`.
             let blocks = value.get("blocks").cloned().unwrap_or(value);
             match callplane_engine::blocks::parse_blocks(&blocks) {
                 Ok(b) => {
-                    println!("{file}: ok ({} blocks)", b.len());
+                    println!("{name}: ok ({} blocks)", b.len());
                     Ok(())
                 }
                 Err(errs) => {
-                    let list: Vec<String> = errs.iter().map(|e| format!("  {file}: {e}")).collect();
+                    let list: Vec<String> = errs.iter().map(|e| format!("  {name}: {e}")).collect();
                     bail!("{} error(s):\n{}", errs.len(), list.join("\n"))
                 }
             }
         }
-        ["apikey", "create", rest @ ..] => apikey_create(rest),
-        ["version"] | ["--version"] => {
+        Command::Apikey {
+            command: ApikeyCommand::Create(args),
+        } => apikey_create(args),
+        Command::Calls {
+            command:
+                CallsCommand::List {
+                    line,
+                    number,
+                    json,
+                    api,
+                },
+        } => cli::calls_list(&api, line, number, json),
+        Command::Call {
+            from,
+            to,
+            tenant,
+            caller_id,
+            api,
+        } => cli::call(&api, &from, &to, tenant, caller_id),
+        Command::Hangup { id, cause, api } => cli::hangup(&api, &id, cause),
+        Command::Events { line, number, api } => cli::events(&api, line, number),
+        Command::Version => {
             println!("callplane {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        _ => bail!("{USAGE}"),
     }
 }
 
 /// `callplane apikey create`: a new random key stored (as its hash) in the data directory's
 /// database; the key is printed once, on stdout alone, so a script can capture it.
-fn apikey_create(args: &[&str]) -> anyhow::Result<()> {
-    let mut realm = None;
-    let (mut name, mut tenant, mut reseller, mut sip_user) = (None, None, None, None);
-    let (mut config, mut data_dir) = (None, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .map(|v| v.to_string())
-                .with_context(|| format!("{a} needs a value"))
-        };
-        match *a {
-            "--realm" => {
-                let r = value()?;
-                realm = Some(callplane_store::ApiRealm::parse(&r).with_context(|| {
-                    format!("unknown realm {r:?}: admin, reseller, customer or account")
-                })?)
-            }
-            "--name" => name = Some(value()?),
-            "--tenant" => tenant = Some(value()?),
-            "--reseller" => reseller = Some(value()?),
-            "--sip-user" => sip_user = Some(value()?),
-            "--config" => config = Some(PathBuf::from(value()?)),
-            "--data-dir" => data_dir = Some(PathBuf::from(value()?)),
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    let realm = realm.context("--realm is required")?;
+fn apikey_create(args: cli::ApikeyCreate) -> anyhow::Result<()> {
+    let cli::ApikeyCreate {
+        realm,
+        name,
+        tenant,
+        reseller,
+        sip_user,
+        config,
+        data_dir,
+    } = args;
+    let realm = callplane_store::ApiRealm::parse(&realm).with_context(|| {
+        format!("unknown realm {realm:?}: admin, reseller, customer or account")
+    })?;
     // The SIP realm matters only if this is the first open of an older database (its SIP
     // passwords are then hashed for it): the config's, or the default one.
     let (dir, sip_realm) = match (data_dir, config) {
