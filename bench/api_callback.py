@@ -54,14 +54,7 @@ def main():
     first, first_port = uas(work, "first", total, 0, timeout)
     second, second_port = uas(work, "second", total, int(a.hold * 1000), timeout)
     time.sleep(1)
-    prov = f"""
-[[apiKeys]]
-name = "bench"
-realm = "admin"
-# The load is one client: no per-key rate limit.
-rateLimit = 0
-key = "{KEY}"
-
+    prov = common.bench_api_key(KEY) + f"""
 [[tenants]]
 name = "bench"
 customerNumber = 1

@@ -29,14 +29,7 @@ KEY = "cp_bench_api_hangup_admin_key_0001"
 
 
 def provisioning(prompt):
-    return f"""
-[[apiKeys]]
-name = "bench"
-realm = "admin"
-# The load is one client: no per-key rate limit.
-rateLimit = 0
-key = "{KEY}"
-
+    return common.bench_api_key(KEY) + f"""
 [[tenants]]
 name = "bench"
 customerNumber = 1

@@ -86,6 +86,18 @@ blocks = [
 """
 
 
+def bench_api_key(key):
+    """Provisioning TOML: the admin API key `bench` a load client uses (no rate limit: the
+    whole load comes from that one key)."""
+    return f"""
+[[apiKeys]]
+name = "bench"
+realm = "admin"
+rateLimit = 0
+key = "{key}"
+"""
+
+
 class Server:
     """The callplane binary with a config written from `provisioning` (TOML text)."""
 

@@ -43,14 +43,7 @@ def main():
     work = tempfile.mkdtemp(prefix="callplane-fanout-")
     prompt = os.path.join(work, "tone.wav")
     common.write_tone_wav(prompt, 1.0)
-    prov = f"""
-[[apiKeys]]
-name = "bench"
-realm = "admin"
-# The load is one client: no per-key rate limit.
-rateLimit = 0
-key = "{KEY}"
-""" + common.answer_play_hangup(prompt)
+    prov = common.bench_api_key(KEY) + common.answer_play_hangup(prompt)
     extra = ("httpMaxConnections = 4096\nhttpMaxConnectionsPerSource = 4096\n"
              "eventsQueue = 10000\n")
     srv = common.Server(prov, extra_server=extra, nofile=20000)

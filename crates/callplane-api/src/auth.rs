@@ -85,6 +85,14 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        // Already looked up by the idempotency layer: only its rate is left to count.
+        if let Some(c) = parts.extensions.remove::<Caller>() {
+            state
+                .rate_limits
+                .admit(&c.0.name)
+                .map_err(ApiError::rate_limited)?;
+            return Ok(c);
+        }
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
             return Err(ApiError::unauthorized(
                 "an API key is required: Authorization: Bearer <key>",

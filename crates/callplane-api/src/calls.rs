@@ -114,21 +114,29 @@ impl CallControl for callplane_engine::Engine {
 }
 
 /// The call `id`, if it runs and the key's scope covers it; else `404` whether or not it runs.
-/// Returns the call's tenant; for an `account` key the call's lines are checked too.
-async fn scoped_call(st: &ApiState, caller: &Caller, id: &str) -> Result<String, ApiError> {
-    let not_found = || ApiError::not_found(format!("call \"{id}\" not found"));
-    let tenant = st.calls.call_tenant(id).ok_or_else(not_found)?;
+/// For an `account` key the call's lines decide, so its snapshot is taken: it is returned.
+async fn scoped_call(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Option<CallInfo>, ApiError> {
+    let tenant = st.calls.call_tenant(id).ok_or_else(|| call_not_found(id))?;
     let scope = caller.call_scope(&st.store)?;
     if !scope.may_cover_tenant(&tenant) {
-        return Err(not_found());
+        return Err(call_not_found(id));
     }
     if let CallScope::Line { .. } = scope {
-        let info = st.calls.call_info(id).await.ok_or_else(not_found)?;
+        let info = st
+            .calls
+            .call_info(id)
+            .await
+            .ok_or_else(|| call_not_found(id))?;
         if !scope.covers(Some(&info.tenant), &info.lines) {
-            return Err(not_found());
+            return Err(call_not_found(id));
         }
+        return Ok(Some(info));
     }
-    Ok(tenant)
+    Ok(None)
 }
 
 fn call_not_found(id: &str) -> ApiError {
@@ -196,7 +204,9 @@ pub(crate) async fn get_call(
     caller: &Caller,
     id: &str,
 ) -> Result<CallInfo, ApiError> {
-    scoped_call(st, caller, id).await?;
+    if let Some(info) = scoped_call(st, caller, id).await? {
+        return Ok(info);
+    }
     st.calls
         .call_info(id)
         .await

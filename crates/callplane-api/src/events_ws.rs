@@ -224,13 +224,12 @@ struct HubSubscriber(Arc<EventHub>);
 
 impl EventSubscriber for HubSubscriber {
     fn on_event(&self, event: &CallEvent) {
-        // Conference membership and a call's end always go through, so the hub's map of who
-        // is in which conference stays right while no socket is open.
+        // Conference membership always goes through, so the hub's map of who is in which
+        // conference stays right while no socket is open (a call that ends in a conference
+        // leaves it first, with its own event).
         let membership = matches!(
             event.kind,
-            EventKind::ConferenceJoined { .. }
-                | EventKind::ConferenceLeft { .. }
-                | EventKind::Finished { .. }
+            EventKind::ConferenceJoined { .. } | EventKind::ConferenceLeft { .. }
         );
         if (membership || self.0.count.load(Ordering::Relaxed) > 0)
             && self.0.tx.try_send(event.clone()).is_err()

@@ -166,14 +166,15 @@ pub async fn layer(State(st): State<ApiState>, req: Request, next: Next) -> Resp
     }
     // Only an authenticated key has answers kept (by its name): a request without one is
     // answered 401 by its route and must not touch anyone's kept answers.
-    let who = match crate::auth::bearer(req.headers())
+    let Some(caller) = crate::auth::bearer(req.headers())
         .and_then(|t| crate::auth::Caller::from_token(&st.store, Some(&t)).ok())
-    {
-        Some(c) => format!("http\u{0}{}", c.0.name),
-        None => return next.run(req).await,
+    else {
+        return next.run(req).await;
     };
-    let who = who.into_bytes();
-    let (parts, body) = req.into_parts();
+    let who = format!("http\u{0}{}", caller.0.name).into_bytes();
+    let (mut parts, body) = req.into_parts();
+    // The route's `Caller` extractor takes it from here instead of looking the key up again.
+    parts.extensions.insert(caller);
     let bytes = match axum::body::to_bytes(body, crate::JSON_BODY_LIMIT).await {
         Ok(b) => b,
         Err(_) => return ApiError::payload_too_large(crate::JSON_BODY_LIMIT).into_response(),

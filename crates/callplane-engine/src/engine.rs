@@ -121,15 +121,10 @@ impl Engine {
 
     /// The call as it is now; `None` when no call with that id is running.
     pub async fn call_info(&self, call_id: &str) -> Option<crate::registry::CallInfo> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if !self
-            .svc
+        self.svc
             .calls
-            .send(call_id, CallCommand::Snapshot { reply })
-        {
-            return None;
-        }
-        answer.await.ok()
+            .ask(call_id, |reply| CallCommand::Snapshot { reply })
+            .await
     }
 
     /// The active calls whose `(tenant, number)` `keep` accepts, as they are now, oldest
@@ -168,15 +163,10 @@ impl Engine {
         call_id: &str,
         cause: crate::hangup::HangupCause,
     ) -> Option<Result<crate::registry::CallInfo, crate::registry::CommandRefused>> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if !self
-            .svc
+        self.svc
             .calls
-            .send(call_id, CallCommand::Hangup { cause, reply })
-        {
-            return None;
-        }
-        answer.await.ok()
+            .ask(call_id, |reply| CallCommand::Hangup { cause, reply })
+            .await
     }
 
     /// Places a call (`POST /v1/calls`): dials the destination and runs the blocks once it
@@ -198,15 +188,14 @@ impl Engine {
         leg: u32,
         digits: String,
     ) -> Option<Result<crate::registry::CallInfo, crate::registry::CommandRefused>> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if !self
-            .svc
+        self.svc
             .calls
-            .send(call_id, CallCommand::SendDtmf { leg, digits, reply })
-        {
-            return None;
-        }
-        answer.await.ok()
+            .ask(call_id, |reply| CallCommand::SendDtmf {
+                leg,
+                digits,
+                reply,
+            })
+            .await
     }
 
     /// Subscribes to every call event of this node (the API's WebSocket, for instance).
@@ -228,15 +217,12 @@ impl Engine {
         call_id: &str,
         blocks: Vec<crate::blocks::Block>,
     ) -> Option<Result<(), crate::registry::PlayRefused>> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if !self
-            .svc
+        self.svc
             .calls
-            .send(call_id, CallCommand::PlayIntoBridge { blocks, reply })
-        {
-            return None;
-        }
-        // A call that ends before it read the command drops `reply`: gone, as if not found.
-        answer.await.ok()
+            .ask(call_id, |reply| CallCommand::PlayIntoBridge {
+                blocks,
+                reply,
+            })
+            .await
     }
 }

@@ -158,6 +158,21 @@ impl CallRegistry {
             .collect()
     }
 
+    /// Sends the command `make` builds around a reply channel and waits for the answer.
+    /// `None` when no such call is active, or it ended before it read the command (it drops
+    /// the reply): gone, as if not found.
+    pub async fn ask<T>(
+        &self,
+        call_id: &str,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> CallCommand,
+    ) -> Option<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self.send(call_id, make(reply)) {
+            return None;
+        }
+        answer.await.ok()
+    }
+
     /// Sends a command to the call's actor; false when no such call is active.
     pub fn send(&self, call_id: &str, cmd: CallCommand) -> bool {
         self.get(call_id)
