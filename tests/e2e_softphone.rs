@@ -18,7 +18,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -678,4 +678,124 @@ fn collect_digits_wait_of_45s_keeps_receiving_rtp() {
         "collect_digits_wait_of_45s_keeps_receiving_rtp: {:.1}s",
         started.elapsed().as_secs_f64()
     );
+}
+
+const API_KEY: &str = "cp_softphone_e2e_admin_key_0123456";
+
+/// A call placed through the API (`POST /v1/calls`) to a registered PJSUA2 phone, over one
+/// transport: the phone is rung, answers, hears the blocks and gets the server's BYE.
+fn api_call_to_a_registered_softphone(transport: &str) {
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{API_KEY}\"\n\n{}{BOB}",
+        tenant_with_prompts()
+    );
+    let server = Server::start(&prov, true);
+    let port = server.sip_port().to_string();
+    let body = json!({
+        "tenant": "t1",
+        "to": {"destinationType": "SIP_USER", "destination": "bob"},
+        "callerId": "+4922199",
+        "blocks": [
+            {"blockType": "ANNOUNCEMENT", "announcementName": "welcome"},
+            {"blockType": "HANGUP", "hangupCause": "NORMAL_CLEARING"}
+        ]
+    });
+    let (phone, placed) = std::thread::scope(|s| {
+        let phone = s.spawn(|| {
+            Phone::run(
+                &server,
+                &[
+                    "answer",
+                    "--transport",
+                    transport,
+                    "--sip-port",
+                    &port,
+                    "--user",
+                    "bob",
+                    "--password",
+                    "bob-secret-7",
+                    "--wait-call",
+                    "30",
+                    "--wait-disconnect",
+                    "40",
+                ],
+                Duration::from_secs(120),
+            )
+        });
+        // Placed as soon as the phone's registration is in (409 until then).
+        let deadline = Instant::now() + Duration::from_secs(25);
+        let placed = loop {
+            let r = http::json(
+                server.http_port(),
+                "POST",
+                "/v1/calls",
+                Some(API_KEY),
+                Some(&body),
+            );
+            if r.status == 201 || Instant::now() > deadline {
+                break r;
+            }
+            assert_eq!(r.status, 409, "{}", r.describe());
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        (phone.join().expect("the phone's thread"), placed)
+    });
+    assert_eq!(
+        placed.status,
+        201,
+        "{}\n{}",
+        placed.describe(),
+        server.log_tail()
+    );
+    let id = placed.json()["id"].as_str().expect("id").to_string();
+    let r = &phone.result;
+    phone.check(
+        &server,
+        r["register_status"].as_u64() == Some(200),
+        format!("bob's REGISTER over {transport} must get 200"),
+    );
+    phone.check(
+        &server,
+        r["confirmed"] == Value::Bool(true),
+        "the placed call must be CONFIRMED",
+    );
+    phone.check(
+        &server,
+        r["disconnected_by"].as_str() == Some("server"),
+        format!(
+            "the HANGUP block must end it with our BYE, ended by {}",
+            r["disconnected_by"]
+        ),
+    );
+    let from = r["invite"]["text"].as_str().unwrap_or_default().to_string();
+    phone.check(
+        &server,
+        from.contains("sip:+4922199@"),
+        "the phone must see callerId in the INVITE's From",
+    );
+    let rx = r["call"]["rtp_rx_packets"].as_u64().unwrap_or(0);
+    phone.check(
+        &server,
+        rx > 50,
+        format!("the phone must hear the announcement (> 50 RTP packets), got {rx}"),
+    );
+    let cdr = server.wait_for_cdr("the placed call's CDR", move |c| c.call_id == id);
+    phone.check(
+        &server,
+        cdr.hangup_cause == "NORMAL_CLEARING" && cdr.answer_time.is_some(),
+        format!(
+            "the CDR must show an answered call cleared normally:\n{}",
+            cdr_text(&cdr)
+        ),
+    );
+}
+
+#[test]
+fn an_api_call_rings_a_tcp_softphone_that_answers_and_hears_the_blocks() {
+    api_call_to_a_registered_softphone("tcp");
+}
+
+#[test]
+fn an_api_call_rings_a_udp_softphone_that_answers_and_hears_the_blocks() {
+    api_call_to_a_registered_softphone("udp");
 }

@@ -17,6 +17,11 @@ Run by tests/e2e_softphone.rs:
         same endpoint; <user> answers the server's INVITE, puts the call on hold once it is
         confirmed (re-INVITE with a=sendonly), waits for the 200, then hangs up.
 
+    pjsua_peer.py answer --sip-port N --user bob --password secret [--transport udp]
+        Registers <user> (digest auth) and waits (--wait-call seconds) for a call to it, e.g.
+        one placed through the API; answers it (180, then 200 after 0.3 s), then waits for
+        the server to end it (at most --wait-disconnect seconds, then the phone hangs up).
+
 Prints exactly one line `RESULT {json}` on stdout (facts only: the Rust test decides what is
 right), everything else goes to stderr. Exits 0 even when something expected did not happen;
 exit 2 means bad arguments or PJSUA2 could not start. Every wait is bounded.
@@ -605,11 +610,43 @@ def scenario_hold(peer, args, result):
     result["flow"] = flow(msgs)
 
 
+def scenario_answer(peer, args, result):
+    acc = peer.account(args.user, registrar_user=args.user, password=args.password)
+    registered = peer.wait(10, lambda: acc.reg_status is not None and acc.reg_status // 100 != 1)
+    result["register_status"] = acc.reg_status
+    if not registered or acc.reg_status != 200:
+        log(f"registration failed: {acc.reg_status}")
+        result["flow"] = flow(messages(peer.writer))
+        return
+    result["got_call"] = peer.wait(args.wait_call, lambda: bool(acc.incoming))
+    if not acc.incoming:
+        log(f"no call within {args.wait_call} s")
+        result["flow"] = flow(messages(peer.writer))
+        return
+    call = acc.incoming[0]
+    peer.wait(15, lambda: call.confirmed_at is not None or call.disconnected_at is not None)
+    result["confirmed"] = call.confirmed_at is not None
+    peer.wait(args.wait_disconnect, lambda: call.disconnected_at is not None)
+    if call.disconnected_at is None:
+        log(f"the server did not end the call within {args.wait_disconnect} s")
+        peer.hangup(call)
+        peer.wait(10, lambda: call.disconnected_at is not None)
+    peer.wait(0.5, lambda: False)
+    msgs = messages(peer.writer)
+    cid = call.sip_call_id
+    result["call"] = call.summary()
+    result["disconnected_by"] = disconnected_by(msgs, cid)
+    invite = find(msgs, lambda m: m.dir == "rx" and m.method() == "INVITE" and m.call_id() == cid)
+    result["invite"] = invite.to_json() if invite else None
+    result["flow"] = flow(msgs)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("scenario", choices=["call", "hold"])
+    ap.add_argument("scenario", choices=["call", "hold", "answer"])
     ap.add_argument("--sip-port", type=int, required=True)
-    ap.add_argument("--number", required=True)
+    ap.add_argument("--number", default="")
+    ap.add_argument("--wait-call", type=float, default=20.0)
     ap.add_argument("--wait-disconnect", type=float, default=40.0)
     ap.add_argument("--sample", type=int, default=0)
     ap.add_argument("--user", default="bob")
@@ -628,6 +665,8 @@ def main():
     try:
         if args.scenario == "call":
             scenario_call(peer, args, result)
+        elif args.scenario == "answer":
+            scenario_answer(peer, args, result)
         else:
             scenario_hold(peer, args, result)
     except pj.Error as e:
