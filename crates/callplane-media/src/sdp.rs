@@ -628,6 +628,16 @@ impl LocalSdp {
         )
     }
 
+    /// The answer to `offer` while we hold the peer (music on hold goes to it): we only send,
+    /// or nothing at all when the peer does not receive.
+    pub fn answer_holding(&mut self, offer: &Negotiated) -> String {
+        let direction = match offer.direction {
+            Direction::SendRecv | Direction::RecvOnly => Direction::SendOnly,
+            Direction::SendOnly | Direction::Inactive => Direction::Inactive,
+        };
+        self.describe(vec![offer.codec], offer.telephone_event_pt, direction)
+    }
+
     /// Takes note of the peer's answer to our offer: later descriptions carry only what was
     /// agreed (the codec it chose, its telephone-event type or none).
     pub fn agreed(&mut self, answer: &Negotiated) {

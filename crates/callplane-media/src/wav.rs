@@ -399,7 +399,7 @@ const HEADER_LEN: u64 = 44;
 /// Largest data chunk that keeps the RIFF size in 32 bits.
 const MAX_DATA_BYTES: u64 = u32::MAX as u64 - (HEADER_LEN - 8);
 
-/// Incremental writer of 8 kHz mono 16-bit PCM WAV files (call recording).
+/// Incremental writer of 8 kHz 16-bit PCM WAV files, mono or stereo (call recording).
 ///
 /// The header is written up front with zero sizes and fixed up by [`WavWriter::finalize`]
 /// (or, best-effort, on drop). Writes go through a 32 KiB buffer, so appending one
@@ -408,17 +408,29 @@ const MAX_DATA_BYTES: u64 = u32::MAX as u64 - (HEADER_LEN - 8);
 pub struct WavWriter {
     file: Option<BufWriter<File>>,
     data_bytes: u64,
+    channels: u16,
 }
 
 impl WavWriter {
-    /// Create (truncate) `path` and write the header.
+    /// Create (truncate) `path` and write the header of a mono file.
     pub fn create(path: impl AsRef<Path>) -> Result<Self, WavError> {
+        Self::create_with_channels(path, 1)
+    }
+
+    /// Create (truncate) `path` for a stereo file: samples are written interleaved, left
+    /// first ([`WavWriter::write_samples`] with pairs).
+    pub fn create_stereo(path: impl AsRef<Path>) -> Result<Self, WavError> {
+        Self::create_with_channels(path, 2)
+    }
+
+    fn create_with_channels(path: impl AsRef<Path>, channels: u16) -> Result<Self, WavError> {
         let file = File::create(path)?;
         let mut w = BufWriter::with_capacity(32 * 1024, file);
-        w.write_all(&wav_header(0))?;
+        w.write_all(&wav_header(0, channels))?;
         Ok(WavWriter {
             file: Some(w),
             data_bytes: 0,
+            channels,
         })
     }
 
@@ -455,9 +467,9 @@ impl WavWriter {
         Ok(())
     }
 
-    /// Samples written so far.
+    /// Samples written so far (per channel: the file's length in 8 kHz samples).
     pub fn samples_written(&self) -> u64 {
-        self.data_bytes / 2
+        self.data_bytes / 2 / u64::from(self.channels)
     }
 
     /// Flush, fix the RIFF and data sizes and close the file.
@@ -471,7 +483,7 @@ impl WavWriter {
         };
         let mut file = w.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
-        file.write_all(&wav_header(self.data_bytes as u32))?;
+        file.write_all(&wav_header(self.data_bytes as u32, self.channels))?;
         file.flush()?;
         Ok(())
     }
@@ -485,8 +497,8 @@ impl Drop for WavWriter {
     }
 }
 
-/// 44-byte canonical header for 8 kHz mono 16-bit PCM with `data_bytes` of samples.
-fn wav_header(data_bytes: u32) -> [u8; 44] {
+/// 44-byte canonical header for 8 kHz 16-bit PCM with `data_bytes` of samples.
+fn wav_header(data_bytes: u32, channels: u16) -> [u8; 44] {
     let mut h = [0u8; 44];
     h[0..4].copy_from_slice(b"RIFF");
     h[4..8].copy_from_slice(&(data_bytes.saturating_add(36)).to_le_bytes());
@@ -494,10 +506,10 @@ fn wav_header(data_bytes: u32) -> [u8; 44] {
     h[12..16].copy_from_slice(b"fmt ");
     h[16..20].copy_from_slice(&16u32.to_le_bytes());
     h[20..22].copy_from_slice(&FORMAT_PCM.to_le_bytes());
-    h[22..24].copy_from_slice(&1u16.to_le_bytes());
+    h[22..24].copy_from_slice(&channels.to_le_bytes());
     h[24..28].copy_from_slice(&TARGET_RATE.to_le_bytes());
-    h[28..32].copy_from_slice(&(TARGET_RATE * 2).to_le_bytes());
-    h[32..34].copy_from_slice(&2u16.to_le_bytes());
+    h[28..32].copy_from_slice(&(TARGET_RATE * 2 * u32::from(channels)).to_le_bytes());
+    h[32..34].copy_from_slice(&(2 * channels).to_le_bytes());
     h[34..36].copy_from_slice(&16u16.to_le_bytes());
     h[36..40].copy_from_slice(b"data");
     h[40..44].copy_from_slice(&data_bytes.to_le_bytes());

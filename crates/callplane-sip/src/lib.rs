@@ -17,7 +17,7 @@ mod validate;
 pub use network::Network;
 pub use server::{
     Answerer, InboundCall, InboundEvent, InboundLeg, OutboundCall, OutboundEvent, OutboundLeg,
-    ReinviteResponder, SipConfig, SipDirectory, SipServer,
+    ReinviteAnswer, ReinviteResponder, Reinviter, SipConfig, SipDirectory, SipServer,
 };
 
 /// The transport a SIP peer uses.

@@ -178,6 +178,39 @@ impl ReinviteResponder {
     }
 }
 
+/// Sends re-INVITEs on a leg's dialog from any task (hold and resume from our side), so the
+/// task that owns the leg keeps reading its events while the transaction runs.
+#[derive(Clone)]
+pub struct Reinviter {
+    dialog: InviteDialog,
+}
+
+/// The peer's final answer to our re-INVITE.
+#[derive(Debug, Clone)]
+pub struct ReinviteAnswer {
+    pub status: u16,
+    /// Its SDP answer (a 2xx's body), when it carried one.
+    pub sdp: Option<String>,
+}
+
+impl Reinviter {
+    /// Sends a re-INVITE with our `sdp` offer and waits for its final response (a 491 glare
+    /// is retried after RFC 3261's random wait, at most three times). An error when the dialog
+    /// is not confirmed (no ACK yet, or over) or the transaction failed.
+    pub async fn reinvite(&self, sdp: String) -> Result<ReinviteAnswer, SipError> {
+        let headers = vec![Header::ContentType("application/sdp".into())];
+        let resp = self
+            .dialog
+            .reinvite_with_glare_retry(Some(headers), Some(sdp.into_bytes()), 3)
+            .await?
+            .ok_or_else(|| SipError::Stack("the dialog is not confirmed".into()))?;
+        let status = resp.status_code.code();
+        let sdp = ((200..300).contains(&status) && !resp.body.is_empty())
+            .then(|| String::from_utf8_lossy(&resp.body).into_owned());
+        Ok(ReinviteAnswer { status, sdp })
+    }
+}
+
 /// What an in-dialog request means to the leg's owner, once the stack's side is answered.
 enum InDialog {
     Dtmf(char),
@@ -346,6 +379,13 @@ impl InboundLeg {
         Answerer {
             dialog: self.dialog.clone(),
             flags: self.flags.clone(),
+        }
+    }
+
+    /// What sends re-INVITEs on this leg's dialog from another task.
+    pub fn reinviter(&self) -> Reinviter {
+        Reinviter {
+            dialog: self.dialog.clone(),
         }
     }
 
@@ -569,6 +609,13 @@ impl OutboundLeg {
     /// The dialog's SIP Call-ID.
     pub fn call_id(&self) -> &str {
         &self.call_id
+    }
+
+    /// What sends re-INVITEs on this leg's dialog (once answered) from another task.
+    pub fn reinviter(&self) -> Reinviter {
+        Reinviter {
+            dialog: self.dialog.clone(),
+        }
     }
 
     /// The next event; None once the dialog is gone. Cancel-safe.

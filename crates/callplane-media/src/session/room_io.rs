@@ -172,6 +172,8 @@ pub(super) enum RoomCmd {
         member: MemberId,
         samples: Arc<[i16]>,
         heard_by: Audience,
+        /// Starts again at its end (music on hold) until removed.
+        looped: bool,
     },
     SetRules {
         member: MemberId,
@@ -189,6 +191,9 @@ pub(super) enum RoomCmd {
         member: MemberId,
         writer: crate::wav::WavWriter,
         hears: Audience,
+        /// A stereo file: `member` is its left channel, this member (and what it hears) the
+        /// right.
+        right: Option<(MemberId, Audience)>,
     },
 }
 
@@ -305,11 +310,22 @@ impl Room {
     /// Plays `samples` into the room once, heard by `heard_by`; a
     /// [`RoomEvent::PlayerFinished`] follows.
     pub fn play(&self, samples: Arc<[i16]>, heard_by: Audience) -> MemberId {
+        self.add_player(samples, heard_by, false)
+    }
+
+    /// Plays `samples` into the room over and over (music on hold), heard by `heard_by`, until
+    /// [`Room::remove`]; then a [`RoomEvent::PlayerFinished`] follows.
+    pub fn play_looped(&self, samples: Arc<[i16]>, heard_by: Audience) -> MemberId {
+        self.add_player(samples, heard_by, true)
+    }
+
+    fn add_player(&self, samples: Arc<[i16]>, heard_by: Audience, looped: bool) -> MemberId {
         let member = self.next_id();
         let _ = self.cmd.send(RoomCmd::AddPlayer {
             member,
             samples,
             heard_by,
+            looped,
         });
         member
     }
@@ -329,6 +345,28 @@ impl Room {
             member,
             writer,
             hears,
+            right: None,
+        });
+        Ok(member)
+    }
+
+    /// Like [`Room::record`], into a stereo file: the left channel is what `left` lets it hear,
+    /// the right what `right` does (one party per channel). The returned member (the left
+    /// channel's) stands for the whole recorder: remove it to complete the file.
+    pub fn record_stereo(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        left: Audience,
+        right: Audience,
+    ) -> Result<MemberId, crate::wav::WavError> {
+        let writer = crate::wav::WavWriter::create_stereo(path)?;
+        let member = self.next_id();
+        let right_member = self.next_id();
+        let _ = self.cmd.send(RoomCmd::AddRecorder {
+            member,
+            writer,
+            hears: left,
+            right: Some((right_member, right)),
         });
         Ok(member)
     }
@@ -389,12 +427,18 @@ enum MemberIo {
     Player {
         samples: Arc<[i16]>,
         pos: usize,
+        looped: bool,
     },
     Recorder {
         /// `None` once writing failed (reported when it is removed).
         writer: Option<crate::wav::WavWriter>,
         error: Option<String>,
+        /// A stereo recorder's right channel (this member is the left one): each tick both
+        /// channels' mixes are kept in their members' `frame` and written interleaved.
+        right: Option<MemberId>,
     },
+    /// The right channel of a stereo recorder: only a listener in the graph.
+    RecorderChannel,
 }
 
 #[derive(Debug)]
@@ -476,8 +520,10 @@ impl RoomTask {
                         member: m.id,
                     },
                 ),
-                MemberIo::Recorder { writer, error } => self.finish_recording(m.id, writer, error),
-                MemberIo::Player { .. } => {}
+                MemberIo::Recorder { writer, error, .. } => {
+                    self.finish_recording(m.id, writer, error)
+                }
+                MemberIo::Player { .. } | MemberIo::RecorderChannel => {}
             }
         }
         let _ = self.self_cmd;
@@ -603,31 +649,52 @@ impl RoomTask {
                 member,
                 samples,
                 heard_by,
+                looped,
             } => {
+                // An empty loop would never advance: it plays (nothing) once.
+                let looped = looped && !samples.is_empty();
                 if self
                     .graph
                     .add_with_id(member, MemberKind::Player, heard_by, Audience::None)
                 {
-                    self.insert(member, MemberIo::Player { samples, pos: 0 });
+                    self.insert(
+                        member,
+                        MemberIo::Player {
+                            samples,
+                            pos: 0,
+                            looped,
+                        },
+                    );
                 }
             }
             RoomCmd::AddRecorder {
                 member,
                 writer,
                 hears,
+                right,
             } => {
-                if self
+                if !self
                     .graph
                     .add_with_id(member, MemberKind::Recorder, Audience::None, hears)
                 {
-                    self.insert(
-                        member,
-                        MemberIo::Recorder {
-                            writer: Some(writer),
-                            error: None,
-                        },
-                    );
+                    return;
                 }
+                let right = right.and_then(|(id, hears)| {
+                    self.graph
+                        .add_with_id(id, MemberKind::Recorder, Audience::None, hears)
+                        .then_some(id)
+                });
+                if let Some(id) = right {
+                    self.insert(id, MemberIo::RecorderChannel);
+                }
+                self.insert(
+                    member,
+                    MemberIo::Recorder {
+                        writer: Some(writer),
+                        error: None,
+                        right,
+                    },
+                );
             }
             RoomCmd::SetRules {
                 member,
@@ -696,7 +763,15 @@ impl RoomTask {
         };
         let m = self.members.remove(i);
         self.graph.remove(member);
-        if let MemberIo::Recorder { writer, error } = m.io {
+        if let MemberIo::Recorder {
+            writer,
+            error,
+            right,
+        } = m.io
+        {
+            if let Some(r) = right {
+                self.remove(r);
+            }
             self.finish_recording(member, writer, error);
             return true;
         }
@@ -803,6 +878,35 @@ impl RoomTask {
         }
     }
 
+    /// Each stereo recorder writes this tick's two channels, interleaved.
+    fn write_stereo_recordings(&mut self) {
+        for li in 0..self.members.len() {
+            let MemberIo::Recorder {
+                right: Some(r),
+                writer: Some(_),
+                ..
+            } = &self.members[li].io
+            else {
+                continue;
+            };
+            let right = self.index(*r).map(|ri| self.members[ri].frame);
+            let m = &mut self.members[li];
+            let right = right.unwrap_or([0; FRAME_SAMPLES]);
+            let mut both = [0i16; FRAME_SAMPLES * 2];
+            for (k, pair) in both.chunks_exact_mut(2).enumerate() {
+                pair[0] = m.frame[k];
+                pair[1] = right[k];
+            }
+            if let MemberIo::Recorder { writer, error, .. } = &mut m.io {
+                if let Some(Err(e)) = writer.as_mut().map(|w| w.write_samples(&both)) {
+                    tracing::warn!(room = self.id, error = %e, "recording failed");
+                    *error = Some(e.to_string());
+                    *writer = None;
+                }
+            }
+        }
+    }
+
     fn on_tick(&mut self) {
         let started = Instant::now();
         if let Some(last) = self.last_tick.replace(started) {
@@ -815,10 +919,13 @@ impl RoomTask {
                 let silence = [0i16; FRAME_SAMPLES];
                 for m in &mut self.members {
                     if let MemberIo::Recorder {
-                        writer: Some(w), ..
+                        writer: Some(w),
+                        right,
+                        ..
                     } = &mut m.io
                     {
-                        for _ in 0..missed {
+                        let channels = if right.is_some() { 2 } else { 1 };
+                        for _ in 0..missed * channels {
                             let _ = w.write_samples(&silence);
                         }
                     }
@@ -844,18 +951,31 @@ impl RoomTask {
                         trimmed += 1;
                     }
                 }
-                MemberIo::Player { samples, pos } => {
-                    let rest = samples.get(*pos..).unwrap_or(&[]);
-                    let n = rest.len().min(FRAME_SAMPLES);
-                    m.frame[..n].copy_from_slice(&rest[..n]);
-                    m.frame[n..].fill(0);
-                    *pos += n;
-                    m.speaking = n > 0;
-                    if *pos >= samples.len() {
-                        finished.push(m.id);
+                MemberIo::Player {
+                    samples,
+                    pos,
+                    looped,
+                } => {
+                    let mut n = 0;
+                    while n < FRAME_SAMPLES {
+                        let rest = samples.get(*pos..).unwrap_or(&[]);
+                        let k = rest.len().min(FRAME_SAMPLES - n);
+                        m.frame[n..n + k].copy_from_slice(&rest[..k]);
+                        n += k;
+                        *pos += k;
+                        if *pos < samples.len() {
+                            break;
+                        }
+                        if !*looped {
+                            finished.push(m.id);
+                            break;
+                        }
+                        *pos = 0;
                     }
+                    m.frame[n..].fill(0);
+                    m.speaking = n > 0;
                 }
-                MemberIo::Recorder { .. } => {}
+                MemberIo::Recorder { .. } | MemberIo::RecorderChannel => {}
             }
         }
         let inputs = self
@@ -870,14 +990,26 @@ impl RoomTask {
             };
             let Some(payload) = mixed.payload() else {
                 // A recorder: its linear mix, silence included (the file keeps the timeline).
-                if let MemberIo::Recorder { writer, error } = &mut self.members[i].io {
-                    if let Some(w) = writer.as_mut() {
-                        if let Err(e) = w.write_samples(&mixed.to_linear()) {
-                            tracing::warn!(room = self.id, error = %e, "recording failed");
-                            *error = Some(e.to_string());
-                            *writer = None;
+                let m = &mut self.members[i];
+                match &mut m.io {
+                    MemberIo::Recorder {
+                        writer,
+                        error,
+                        right: None,
+                    } => {
+                        if let Some(w) = writer.as_mut() {
+                            if let Err(e) = w.write_samples(&mixed.to_linear()) {
+                                tracing::warn!(room = self.id, error = %e, "recording failed");
+                                *error = Some(e.to_string());
+                                *writer = None;
+                            }
                         }
                     }
+                    // A stereo channel: kept until both are there (written below).
+                    MemberIo::Recorder { .. } | MemberIo::RecorderChannel => {
+                        m.frame = mixed.to_linear();
+                    }
+                    _ => {}
                 }
                 continue;
             };
@@ -915,6 +1047,7 @@ impl RoomTask {
                 }
             }
         }
+        self.write_stereo_recordings();
         self.count
             .stats
             .record_tick(started.elapsed(), sent, errors, trimmed);
@@ -1148,9 +1281,11 @@ mod stats_tests {
         2.0 * (s1 * s1 + s2 * s2 - coeff * s1 * s2).max(0.0).sqrt() / pcm.len().max(1) as f64
     }
 
-    /// Two legs speak their own tones into a room with two recorders: one hears everyone (the
-    /// file has both tones, in real time), one hears only the first leg (its tone, not the
-    /// other's). Removing a recorder completes its WAV and says so.
+    /// Two legs speak their own tones into a room with recorders: one hears everyone (the file
+    /// has both tones, in real time), one hears only the first leg (its tone, not the
+    /// other's), a stereo one has the first leg on the left and the second on the right, and
+    /// one hears only a looped player of a 0.25 s tone (heard to the end: it loops). Removing
+    /// a recorder completes its WAV and says so.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_recorder_member_writes_what_its_rules_let_it_hear() {
         let (engine, legs, phones) = engine_with_legs(50000, 2).await;
@@ -1172,6 +1307,22 @@ mod stats_tests {
         let first = room
             .record(dir.join("first.wav"), Audience::only([members[0]]))
             .expect("first");
+        let stereo = room
+            .record_stereo(
+                dir.join("stereo.wav"),
+                Audience::only([members[0]]),
+                Audience::only([members[1]]),
+            )
+            .expect("stereo");
+        let tone: Vec<i16> = (0..2000)
+            .map(|i| {
+                (5000.0 * (2.0 * std::f64::consts::PI * 700.0 * i as f64 / 8000.0).sin()) as i16
+            })
+            .collect();
+        let music = room.play_looped(tone.into(), Audience::All);
+        let looped = room
+            .record(dir.join("looped.wav"), Audience::only([music]))
+            .expect("looped");
 
         // One second of 500 Hz from the first phone and 1300 Hz from the second.
         let targets: Vec<_> = legs.iter().map(|l| l.local_addr()).collect();
@@ -1201,8 +1352,12 @@ mod stats_tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         room.remove(all);
         room.remove(first);
+        room.remove(stereo);
+        room.remove(looped);
+        room.remove(music);
         let mut finished = Vec::new();
-        while finished.len() < 2 {
+        let mut player_done = false;
+        while finished.len() < 4 || !player_done {
             match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
                 Ok(Some(RoomEvent::RecordingFinished {
                     member,
@@ -1211,6 +1366,10 @@ mod stats_tests {
                 })) => {
                     assert_eq!(error, None);
                     finished.push((member, samples));
+                }
+                Ok(Some(RoomEvent::PlayerFinished { member })) => {
+                    assert_eq!(member, music);
+                    player_done = true;
                 }
                 Ok(Some(_)) => {}
                 other => panic!("no RecordingFinished: {other:?}"),
@@ -1227,7 +1386,40 @@ mod stats_tests {
         }
         let all_pcm = crate::wav::load_wav_8k(dir.join("all.wav")).expect("all.wav");
         let first_pcm = crate::wav::load_wav_8k(dir.join("first.wav")).expect("first.wav");
+        let looped_pcm = crate::wav::load_wav_8k(dir.join("looped.wav")).expect("looped.wav");
+        let stereo_raw = std::fs::read(dir.join("stereo.wav")).expect("stereo.wav");
         let _ = std::fs::remove_dir_all(&dir);
+        // The stereo file: a 2-channel header, then left/right pairs.
+        assert_eq!(u16::from_le_bytes([stereo_raw[22], stereo_raw[23]]), 2);
+        assert_eq!(
+            u32::from_le_bytes(stereo_raw[40..44].try_into().expect("4 bytes")) as usize,
+            stereo_raw.len() - 44,
+            "data size fixed up"
+        );
+        let samples: Vec<i16> = stereo_raw[44..]
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+        let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+        let (l5, l13) = (goertzel(&left, 500.0), goertzel(&left, 1300.0));
+        let (r5, r13) = (goertzel(&right, 500.0), goertzel(&right, 1300.0));
+        assert!(
+            l5 > 1000.0 && l13 < 100.0,
+            "stereo left: 500 Hz {l5:.0}, 1300 Hz {l13:.0}"
+        );
+        assert!(
+            r13 > 1000.0 && r5 < 100.0,
+            "stereo right: 500 Hz {r5:.0}, 1300 Hz {r13:.0}"
+        );
+        // The 0.25 s tone is still heard in the last quarter of a second and more: it looped.
+        let tail = &looped_pcm[looped_pcm.len().saturating_sub(2000)..];
+        assert!(
+            looped_pcm.len() > 6000 && goertzel(tail, 700.0) > 1000.0,
+            "looped player: {} samples, 700 Hz at the end {:.0}",
+            looped_pcm.len(),
+            goertzel(tail, 700.0)
+        );
         let (a5, a13) = (goertzel(&all_pcm, 500.0), goertzel(&all_pcm, 1300.0));
         let (f5, f13) = (goertzel(&first_pcm, 500.0), goertzel(&first_pcm, 1300.0));
         assert!(
