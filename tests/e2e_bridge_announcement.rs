@@ -16,15 +16,6 @@ const ANNOUNCEMENT_HZ: f64 = 900.0;
 const HEARD: f64 = 1200.0;
 const SILENT: f64 = 300.0;
 
-fn heard(rtp: &RtpPeer, from: Instant, to: Instant) -> Vec<i16> {
-    let packets: Vec<RtpPacket> = rtp
-        .packets()
-        .into_iter()
-        .filter(|p| p.arrival >= from && p.arrival <= to && p.pt == 0)
-        .collect();
-    pcm_of(&packets)
-}
-
 fn levels(pcm: &[i16]) -> String {
     format!(
         "{} samples; caller {CALLER_HZ} Hz: {:.0}, callee {CALLEE_HZ} Hz: {:.0}, announcement {ANNOUNCEMENT_HZ} Hz: {:.0}",
@@ -33,17 +24,6 @@ fn levels(pcm: &[i16]) -> String {
         tone_amplitude(pcm, CALLEE_HZ),
         tone_amplitude(pcm, ANNOUNCEMENT_HZ)
     )
-}
-
-/// The call id from the server's "call started" log line.
-fn call_id(server: &Server) -> String {
-    let line = server
-        .wait_for_log("call started", Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail()));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("call="))
-        .map(|w| w.trim_matches('"').to_string())
-        .unwrap_or_else(|| panic!("no call= in {line:?}"))
 }
 
 fn post_blocks(server: &Server, id: &str, body: serde_json::Value) -> http::HttpResponse {
@@ -100,7 +80,7 @@ fn an_announcement_into_a_connected_call_is_heard_with_the_far_end() {
         .set("hangup_after_ms", 9000)
         .timeout_s(60)
         .spawn();
-    let id = call_id(&server);
+    let id = server.started_call_id();
 
     // Before the callee answers: nothing to play into.
     let r = post_blocks(
@@ -183,9 +163,9 @@ fn an_announcement_into_a_connected_call_is_heard_with_the_far_end() {
         ("caller", &caller_rtp, CALLEE_HZ, CALLER_HZ),
         ("callee", &callee_rtp, CALLER_HZ, CALLEE_HZ),
     ] {
-        let b = heard(rtp, before.0, before.1);
-        let d = heard(rtp, during.0, during.1);
-        let a = heard(rtp, after.0, after.1);
+        let b = rtp.heard(before.0, before.1);
+        let d = rtp.heard(during.0, during.1);
+        let a = rtp.heard(after.0, after.1);
         println!("{who} before: {}", levels(&b));
         println!("{who} during: {}", levels(&d));
         println!("{who} after:  {}", levels(&a));

@@ -244,16 +244,6 @@ fn a_placed_call_that_is_busy_or_hung_up_while_ringing_leaves_its_cdr() {
     assert_eq!(r.error().1.as_deref(), Some("to.destination"));
 }
 
-/// What `rtp` received (PCMU) between two instants.
-fn heard(rtp: &RtpPeer, from: std::time::Instant, to: std::time::Instant) -> Vec<i16> {
-    let packets: Vec<RtpPacket> = rtp
-        .packets()
-        .into_iter()
-        .filter(|p| p.arrival >= from && p.arrival <= to && p.pt == 0)
-        .collect();
-    pcm_of(&packets)
-}
-
 #[test]
 fn a_callback_connects_two_parties_who_hear_each_other() {
     const FIRST_HZ: f64 = 600.0;
@@ -327,8 +317,8 @@ fn a_callback_connects_two_parties_who_hear_each_other() {
         start + Duration::from_millis(500),
         start + Duration::from_millis(2800),
     );
-    let at_first = heard(&first_rtp, window.0, window.1);
-    let at_second = heard(&second_rtp, window.0, window.1);
+    let at_first = first_rtp.heard(window.0, window.1);
+    let at_second = second_rtp.heard(window.0, window.1);
     assert!(
         tone_amplitude(&at_first, SECOND_HZ) > 1000.0
             && tone_amplitude(&at_first, FIRST_HZ) < 300.0,
@@ -482,8 +472,8 @@ fn click_to_dial_rings_the_user_first_then_bridges_the_target() {
         start + Duration::from_millis(500),
         start + Duration::from_millis(2300),
     );
-    let at_phone = heard(&phone_rtp, window.0, window.1);
-    let at_target = heard(&target_rtp, window.0, window.1);
+    let at_phone = phone_rtp.heard(window.0, window.1);
+    let at_target = target_rtp.heard(window.0, window.1);
     assert!(
         tone_amplitude(&at_phone, TARGET_HZ) > 1000.0,
         "the user hears the target: {:.0}",

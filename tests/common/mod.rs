@@ -457,6 +457,17 @@ impl Server {
     }
 
     /// Waits for a log line containing `needle`.
+    /// The id of the (first) call the server logged as started (`call started call=…`).
+    pub fn started_call_id(&self) -> String {
+        let line = self
+            .wait_for_log("call started", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("call="))
+            .map(|w| w.trim_matches('"').to_string())
+            .unwrap_or_else(|| panic!("no call= in {line:?}"))
+    }
+
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<String, String> {
         self.logs.wait_for(2, timeout, |l| l.contains(needle))
     }
@@ -1615,6 +1626,16 @@ impl RtpPeer {
     /// Copies of every packet received so far.
     pub fn packets(&self) -> Vec<RtpPacket> {
         self.state.0.lock().unwrap().packets.clone()
+    }
+
+    /// What it received (PCMU audio) between two instants, decoded.
+    pub fn heard(&self, from: Instant, to: Instant) -> Vec<i16> {
+        let packets: Vec<RtpPacket> = self
+            .packets()
+            .into_iter()
+            .filter(|p| p.arrival >= from && p.arrival <= to && p.pt == 0)
+            .collect();
+        pcm_of(&packets)
     }
 
     pub fn packet_count(&self) -> usize {

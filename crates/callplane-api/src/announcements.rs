@@ -28,21 +28,6 @@ const WAV_TYPES: &[&str] = &[
     "application/octet-stream",
 ];
 
-/// A name as one safe file name component: ASCII letters, digits, `-` and `_` kept, `.` kept
-/// except in first position (so no `..`, no hidden files), everything else `%XX`. Names are
-/// free text in the model; this keeps them from naming another directory.
-pub(crate) fn file_component(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for (i, b) in name.bytes().enumerate() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Where uploads live.
 fn uploads_dir(st: &ApiState) -> PathBuf {
     st.data_dir.join("announcements")
@@ -51,8 +36,8 @@ fn uploads_dir(st: &ApiState) -> PathBuf {
 /// `<dataDir>/announcements/<tenant>/<name>.wav`.
 pub(crate) fn upload_path(st: &ApiState, tenant: &str, name: &str) -> PathBuf {
     uploads_dir(st)
-        .join(file_component(tenant))
-        .join(format!("{}.wav", file_component(name)))
+        .join(callplane_store::file_component(tenant))
+        .join(format!("{}.wav", callplane_store::file_component(name)))
 }
 
 /// Removes the file of a deleted announcement when it is one of our uploads (files named by

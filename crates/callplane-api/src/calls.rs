@@ -13,7 +13,7 @@ use callplane_engine::blocks::{parse_blocks, Block};
 use callplane_engine::call::Originate;
 use callplane_engine::events::EventSubscriber;
 use callplane_engine::hangup::HangupCause;
-use callplane_engine::registry::{CallInfo, CommandRefused, PlayRefused};
+use callplane_engine::registry::{CallInfo, CommandRefused, ControlCommand, PlayRefused};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -48,6 +48,8 @@ pub trait CallControl: Send + Sync + 'static {
     fn send_dtmf(&self, call_id: &str, leg: u32, digits: String) -> HangupFuture;
     /// Whether the SIP user has a registered device now.
     fn is_registered(&self, user: &str) -> bool;
+    /// Holds, mutes, records… (see [`ControlCommand`]); `None` when the call is gone.
+    fn control(&self, call_id: &str, cmd: ControlCommand) -> HangupFuture;
 }
 
 /// Which calls `list_calls` keeps, by `(tenant, number)`.
@@ -110,6 +112,12 @@ impl CallControl for callplane_engine::Engine {
 
     fn is_registered(&self, user: &str) -> bool {
         callplane_engine::Engine::is_registered(self, user)
+    }
+
+    fn control(&self, call_id: &str, cmd: ControlCommand) -> HangupFuture {
+        let engine = self.clone();
+        let call_id = call_id.to_string();
+        Box::pin(async move { engine.control(&call_id, cmd).await })
     }
 }
 
@@ -313,48 +321,191 @@ pub(crate) async fn send_dtmf(
             "1 to 64 of 0-9 * # A B C D",
         ));
     }
-    let leg = match body.remove("leg") {
-        None | Some(Value::Null) => 0,
+    let leg = leg_index(id, "dtmf", body.remove("leg"))?.unwrap_or(0);
+    scoped_call(st, caller, id).await?;
+    command_answer(id, st.calls.send_dtmf(id, leg, digits).await)
+}
+
+/// A body's `leg` (a leg id `<call id>.<index>` of call `id`): its index, `None` when left
+/// out. A leg id of another call, or one that is not a leg id, is refused naming `leg`.
+fn leg_index(id: &str, object: &str, leg: Option<Value>) -> Result<Option<u32>, ApiError> {
+    match leg {
+        None | Some(Value::Null) => Ok(None),
         Some(Value::String(l)) => {
             let index = l
                 .rsplit_once('.')
                 .filter(|(call, _)| *call == id)
                 .and_then(|(_, i)| i.parse::<u32>().ok());
             match index {
-                Some(i) => i,
+                Some(i) => Ok(Some(i)),
                 None if l
                     .rsplit_once('.')
                     .is_some_and(|(_, i)| i.parse::<u32>().is_ok()) =>
                 {
-                    return Err(
-                        ApiError::not_found(format!("call {id} has no leg {l}")).with_field("leg")
-                    )
+                    Err(ApiError::not_found(format!("call {id} has no leg {l}")).with_field("leg"))
                 }
-                None => {
-                    return Err(ApiError::invalid_field(
-                        "dtmf",
-                        "leg",
-                        "not a leg id (leg ids are <call id>.<index>)",
-                    ))
-                }
+                None => Err(ApiError::invalid_field(
+                    object,
+                    "leg",
+                    "not a leg id (leg ids are <call id>.<index>)",
+                )),
             }
         }
+        Some(_) => Err(ApiError::invalid_json(
+            "`leg` must be a leg id",
+            Some("leg".into()),
+        )),
+    }
+}
+
+/// A call command's answer as the API gives it: the call, `404` when it is gone (or has no
+/// such leg), `409` naming why the command cannot apply.
+fn command_answer(
+    id: &str,
+    answer: Option<Result<CallInfo, CommandRefused>>,
+) -> Result<CallInfo, ApiError> {
+    match answer {
+        None => Err(call_not_found(id)),
+        Some(Err(CommandRefused::NoSuchLeg)) => {
+            Err(ApiError::not_found(format!("call {id} has no such leg")).with_field("leg"))
+        }
+        Some(Err(why)) => Err(ApiError::conflict(why.message()).with_field(why.field())),
+        Some(Ok(info)) => Ok(info),
+    }
+}
+
+/// The party commands: hold, unhold, mute and unmute one leg of the connected call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PartyCommand {
+    Hold,
+    Unhold,
+    Mute,
+    Unmute,
+}
+
+impl PartyCommand {
+    fn name(self) -> &'static str {
+        match self {
+            PartyCommand::Hold => "hold",
+            PartyCommand::Unhold => "unhold",
+            PartyCommand::Mute => "mute",
+            PartyCommand::Unmute => "unmute",
+        }
+    }
+
+    fn command(self, leg: Option<u32>) -> ControlCommand {
+        match self {
+            PartyCommand::Hold => ControlCommand::Hold { leg },
+            PartyCommand::Unhold => ControlCommand::Unhold { leg },
+            PartyCommand::Mute => ControlCommand::Mute { leg },
+            PartyCommand::Unmute => ControlCommand::Unmute { leg },
+        }
+    }
+}
+
+/// `POST /v1/calls/{id}/hold` (and `unhold`, `mute`, `unmute`) `{"leg": "<leg id>"}`
+/// (optional; default leg 0): answers the call as it is then.
+pub(crate) async fn party_command(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+    what: PartyCommand,
+    mut body: serde_json::Map<String, Value>,
+) -> Result<CallInfo, ApiError> {
+    only_fields(&body, &["leg"])?;
+    let leg = leg_index(id, what.name(), body.remove("leg"))?;
+    scoped_call(st, caller, id).await?;
+    command_answer(id, st.calls.control(id, what.command(leg)).await)
+}
+
+/// An optional JSON body as an object (empty when left out).
+fn optional_object(body: OptionalJsonBody) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match body.0 {
+        Some(v) => object(v),
+        None => Ok(Default::default()),
+    }
+}
+
+macro_rules! party_route {
+    ($name:ident, $what:expr) => {
+        pub async fn $name(
+            State(st): State<ApiState>,
+            caller: Caller,
+            P(id): P<String>,
+            body: OptionalJsonBody,
+        ) -> Result<Json<CallInfo>, ApiError> {
+            party_command(&st, &caller, &id, $what, optional_object(body)?)
+                .await
+                .map(Json)
+        }
+    };
+}
+
+party_route!(hold, PartyCommand::Hold);
+party_route!(unhold, PartyCommand::Unhold);
+party_route!(mute, PartyCommand::Mute);
+party_route!(unmute, PartyCommand::Unmute);
+
+/// `POST /v1/calls/{id}/record` `{"stereo": false}` (optional): records the connected call
+/// (both parties mixed, or stereo: caller left, callee right). Answers the call with its
+/// `recording`.
+pub async fn record(
+    State(st): State<ApiState>,
+    caller: Caller,
+    P(id): P<String>,
+    body: OptionalJsonBody,
+) -> Result<Json<CallInfo>, ApiError> {
+    start_recording(&st, &caller, &id, optional_object(body)?)
+        .await
+        .map(Json)
+}
+
+pub(crate) async fn start_recording(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+    mut body: serde_json::Map<String, Value>,
+) -> Result<CallInfo, ApiError> {
+    only_fields(&body, &["stereo"])?;
+    let stereo = match body.remove("stereo") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
         Some(_) => {
             return Err(ApiError::invalid_json(
-                "`leg` must be a leg id",
-                Some("leg".into()),
+                "`stereo` must be a boolean",
+                Some("stereo".into()),
             ))
         }
     };
     scoped_call(st, caller, id).await?;
-    match st.calls.send_dtmf(id, leg, digits).await {
-        None => Err(call_not_found(id)),
-        Some(Err(CommandRefused::NoSuchLeg)) => {
-            Err(ApiError::not_found(format!("call {id} has no leg {leg}")).with_field("leg"))
-        }
-        Some(Err(why)) => Err(ApiError::conflict(why.message()).with_field("state")),
-        Some(Ok(info)) => Ok(info),
-    }
+    command_answer(
+        id,
+        st.calls
+            .control(id, ControlCommand::StartRecording { stereo })
+            .await,
+    )
+}
+
+/// `DELETE /v1/calls/{id}/record`: stops the recording; its file is listed on the call's CDR
+/// and served by `GET /v1/recordings/{id}` once complete.
+pub async fn stop_record(
+    State(st): State<ApiState>,
+    caller: Caller,
+    P(id): P<String>,
+) -> Result<Json<CallInfo>, ApiError> {
+    stop_recording(&st, &caller, &id).await.map(Json)
+}
+
+pub(crate) async fn stop_recording(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<CallInfo, ApiError> {
+    scoped_call(st, caller, id).await?;
+    command_answer(
+        id,
+        st.calls.control(id, ControlCommand::StopRecording).await,
+    )
 }
 
 pub async fn interrupt(

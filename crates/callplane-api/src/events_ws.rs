@@ -896,7 +896,18 @@ async fn on_client_message(
 /// the first reply again (`"replayed": true`).
 async fn command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value) -> Value {
     let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
-    let changes = matches!(method, "calls.hangup" | "calls.interrupt" | "calls.dtmf");
+    let changes = matches!(
+        method,
+        "calls.hangup"
+            | "calls.interrupt"
+            | "calls.dtmf"
+            | "calls.hold"
+            | "calls.unhold"
+            | "calls.mute"
+            | "calls.unmute"
+            | "calls.record"
+            | "calls.stopRecording"
+    );
     let key = id.filter(|_| changes).map(|v| match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -989,12 +1000,40 @@ async fn run_command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &V
                 .map(|v| serde_json::to_value(v).unwrap_or_default()),
             Err(e) => Err(e),
         },
+        "calls.hold" | "calls.unhold" | "calls.mute" | "calls.unmute" => {
+            use crate::calls::PartyCommand;
+            let what = match method {
+                "calls.hold" => PartyCommand::Hold,
+                "calls.unhold" => PartyCommand::Unhold,
+                "calls.mute" => PartyCommand::Mute,
+                _ => PartyCommand::Unmute,
+            };
+            match call_id() {
+                Ok(c) => crate::calls::party_command(st, caller, &c, what, params)
+                    .await
+                    .map(|v| serde_json::to_value(v).unwrap_or_default()),
+                Err(e) => Err(e),
+            }
+        }
+        "calls.record" => match call_id() {
+            Ok(c) => crate::calls::start_recording(st, caller, &c, params)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => Err(e),
+        },
+        "calls.stopRecording" => match call_id() {
+            Ok(c) => crate::calls::stop_recording(st, caller, &c)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => Err(e),
+        },
         other => Err(ApiError::invalid_field(
             "command",
             "method",
             format!(
                 "unknown method \"{other}\" (expected calls.list, calls.get, calls.hangup, \
-                 calls.interrupt, calls.dtmf)"
+                 calls.interrupt, calls.dtmf, calls.hold, calls.unhold, calls.mute, \
+                 calls.unmute, calls.record, calls.stopRecording)"
             ),
         )),
     };

@@ -107,3 +107,161 @@ pub async fn list(
         .flatten();
     Ok(Json(json!({ "items": items, "next": next })))
 }
+
+/// `GET /v1/recordings/{id}`: a finished recording's WAV file, in the key's scope (its call's
+/// tenant, and for an `account` key its call's lines), with single-range requests (`Range:
+/// bytes=…` → `206`, an unsatisfiable one `416`). Streamed from the file, never read whole.
+pub async fn recording(
+    State(st): State<ApiState>,
+    caller: Caller,
+    crate::resources::P(id): crate::resources::P<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::{header, StatusCode};
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let not_found = || ApiError::not_found(format!("recording \"{id}\" not found"));
+    let found = {
+        let store = st.store.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || store.get_recording(&id))
+            .await
+            .map_err(|e| ApiError::internal("recording look-up", &e))??
+    };
+    let Some((rec, lines)) = found else {
+        return Err(not_found());
+    };
+    if !caller
+        .call_scope(&st.store)?
+        .covers(rec.tenant.as_deref(), &lines)
+    {
+        return Err(not_found());
+    }
+    let mut file = tokio::fs::File::open(&rec.path).await.map_err(|e| {
+        tracing::warn!(recording = %rec.id, path = %rec.path, error = %e, "recording file unreadable");
+        ApiError::new(
+            StatusCode::GONE,
+            "gone",
+            format!("the file of recording \"{id}\" is no longer there"),
+        )
+    })?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::internal("recording file", &e))?
+        .len();
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| byte_range(v, len));
+    let (status, start, end) = match range {
+        None | Some(RangeAnswer::Whole) => (StatusCode::OK, 0, len),
+        Some(RangeAnswer::Part(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
+        Some(RangeAnswer::Unsatisfiable) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [
+                    (header::CONTENT_RANGE, format!("bytes */{len}")),
+                    (header::CONTENT_TYPE, "application/json".to_string()),
+                ],
+                ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range_not_satisfiable",
+                    format!("the recording has {len} bytes"),
+                )
+                .with_field("Range")
+                .to_json()
+                .to_string(),
+            )
+                .into_response());
+        }
+    };
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|e| ApiError::internal("recording file", &e))?;
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file.take(end - start)));
+    let mut resp = axum::response::Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("audio/wav"),
+    );
+    h.insert(
+        header::ACCEPT_RANGES,
+        header::HeaderValue::from_static("bytes"),
+    );
+    h.insert(header::CONTENT_LENGTH, (end - start).into());
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = format!("bytes {start}-{}/{len}", end - 1).parse() {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(resp)
+}
+
+use axum::response::IntoResponse;
+
+/// What a `Range` header asks of a file of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAnswer {
+    /// Not a single byte range we serve (another unit, several ranges, malformed): the whole
+    /// file, as RFC 9110 lets a server answer.
+    Whole,
+    /// Bytes `first..=last`.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+fn byte_range(header: &str, len: u64) -> RangeAnswer {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return RangeAnswer::Whole;
+    };
+    if spec.contains(',') {
+        return RangeAnswer::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeAnswer::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) => match b.parse::<u64>() {
+            Ok(0) => return RangeAnswer::Unsatisfiable,
+            Ok(n) => Some((len.saturating_sub(n), len.saturating_sub(1))),
+            Err(_) => None,
+        },
+        (false, true) => a.parse::<u64>().ok().map(|a| (a, len.saturating_sub(1))),
+        (false, false) => match (a.parse::<u64>(), b.parse::<u64>()) {
+            (Ok(a), Ok(b)) if a <= b => Some((a, b.min(len.saturating_sub(1)))),
+            _ => None,
+        },
+        (true, true) => None,
+    };
+    match parsed {
+        None => RangeAnswer::Whole,
+        Some((a, _)) if len == 0 || a >= len => RangeAnswer::Unsatisfiable,
+        Some((a, b)) => RangeAnswer::Part(a, b),
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::{byte_range, RangeAnswer::*};
+
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(byte_range("bytes=0-99", 1000), Part(0, 99));
+        assert_eq!(byte_range("bytes=900-", 1000), Part(900, 999));
+        assert_eq!(byte_range("bytes=-100", 1000), Part(900, 999));
+        assert_eq!(byte_range("bytes=-5000", 1000), Part(0, 999));
+        assert_eq!(byte_range("bytes=990-2000", 1000), Part(990, 999));
+        assert_eq!(byte_range("bytes=1000-", 1000), Unsatisfiable);
+        assert_eq!(byte_range("bytes=-0", 1000), Unsatisfiable);
+        assert_eq!(byte_range("bytes=5-2", 1000), Whole);
+        assert_eq!(byte_range("bytes=0-1,5-6", 1000), Whole);
+        assert_eq!(byte_range("items=0-1", 1000), Whole);
+        assert_eq!(byte_range("bytes=abc", 1000), Whole);
+        assert_eq!(byte_range("bytes=0-0", 0), Unsatisfiable);
+    }
+}

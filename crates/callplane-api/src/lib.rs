@@ -212,6 +212,13 @@ api_routes! {
     post "/v1/calls/{id}/dtmf" => calls::dtmf;
     post "/v1/calls/{id}/interrupt" => calls::interrupt;
     post "/v1/calls/{id}/blocks" => calls::run_blocks;
+    post "/v1/calls/{id}/hold" => calls::hold;
+    post "/v1/calls/{id}/unhold" => calls::unhold;
+    post "/v1/calls/{id}/mute" => calls::mute;
+    post "/v1/calls/{id}/unmute" => calls::unmute;
+    post "/v1/calls/{id}/record" => calls::record;
+    delete "/v1/calls/{id}/record" => calls::stop_record;
+    get "/v1/recordings/{id}" => history::recording;
     get "/v1/events" => events_ws::events;
     get "/v1/cdrs" => history::list;
     post "/makecall/init" => tenios::makecall_init;

@@ -60,6 +60,7 @@ impl FakeCalls {
             state,
             bridged_to: None,
             conference: None,
+            recording: None,
             start_time: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
             answer_time: None,
             legs: Vec::new(),
@@ -129,6 +130,32 @@ impl CallControl for FakeCalls {
 
     fn is_registered(&self, user: &str) -> bool {
         user == "alice"
+    }
+
+    fn control(
+        &self,
+        call_id: &str,
+        cmd: callplane_engine::registry::ControlCommand,
+    ) -> crate::HangupFuture {
+        use callplane_engine::registry::{CommandRefused, ControlCommand};
+        // Leg 0 is a party and nothing else is; the fake call is held, muted and recorded
+        // by nothing, so undoing any of those is refused.
+        let answer = self.info(call_id, "answered").map(|info| match cmd {
+            ControlCommand::Hold {
+                leg: None | Some(0),
+            }
+            | ControlCommand::Mute {
+                leg: None | Some(0),
+            }
+            | ControlCommand::StartRecording { .. } => Ok(info),
+            ControlCommand::Hold { .. } | ControlCommand::Mute { .. } => {
+                Err(CommandRefused::NoSuchLeg)
+            }
+            ControlCommand::Unhold { .. } => Err(CommandRefused::NotHeld),
+            ControlCommand::Unmute { .. } => Err(CommandRefused::NotMuted),
+            ControlCommand::StopRecording => Err(CommandRefused::NotRecording),
+        });
+        Box::pin(async move { answer })
     }
 
     fn send_dtmf(&self, call_id: &str, leg: u32, _digits: String) -> crate::HangupFuture {
@@ -2101,4 +2128,99 @@ async fn a_command_retried_with_its_idempotency_key_runs_once() {
     plain.expect(409, "conflict", Some("state"));
     let done = f.calls.hung_up.lock().map(|v| v.len()).unwrap_or(0);
     assert_eq!(done, 1, "executed once");
+}
+
+#[tokio::test]
+async fn party_and_recording_commands_check_scope_body_and_state() {
+    let f = fixture();
+    // In scope: the fake takes hold and mute of leg 0 and a recording.
+    for path in ["hold", "mute", "record"] {
+        let a = f
+            .call(
+                "POST",
+                &format!("/v1/calls/call-acme/{path}"),
+                Some(CUSTOMER),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.body);
+        assert_eq!(a.body["id"], "call-acme");
+    }
+    let a = f
+        .call(
+            "POST",
+            "/v1/calls/call-acme/hold",
+            Some(CUSTOMER),
+            Some(json!({"leg": "call-acme.0"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    // Refusals of the call's state are 409 naming `state`; an unknown leg 404 naming `leg`.
+    f.call("POST", "/v1/calls/call-acme/unhold", Some(CUSTOMER), None)
+        .await
+        .expect(409, "conflict", Some("state"));
+    f.call("POST", "/v1/calls/call-acme/unmute", Some(CUSTOMER), None)
+        .await
+        .expect(409, "conflict", Some("state"));
+    f.call("DELETE", "/v1/calls/call-acme/record", Some(CUSTOMER), None)
+        .await
+        .expect(409, "conflict", Some("state"));
+    f.call(
+        "POST",
+        "/v1/calls/call-acme/mute",
+        Some(CUSTOMER),
+        Some(json!({"leg": "call-acme.3"})),
+    )
+    .await
+    .expect(404, "not_found", Some("leg"));
+    // A leg of another call, or not a leg id, or a bad body.
+    f.call(
+        "POST",
+        "/v1/calls/call-acme/hold",
+        Some(CUSTOMER),
+        Some(json!({"leg": "call-beta.1"})),
+    )
+    .await
+    .expect(404, "not_found", Some("leg"));
+    f.call(
+        "POST",
+        "/v1/calls/call-acme/hold",
+        Some(CUSTOMER),
+        Some(json!({"leg": "first"})),
+    )
+    .await
+    .expect(400, "validation_failed", Some("leg"));
+    f.call(
+        "POST",
+        "/v1/calls/call-acme/hold",
+        Some(CUSTOMER),
+        Some(json!({"party": "caller"})),
+    )
+    .await
+    .expect(400, "invalid_json", Some("party"));
+    f.call(
+        "POST",
+        "/v1/calls/call-acme/record",
+        Some(CUSTOMER),
+        Some(json!({"stereo": "yes"})),
+    )
+    .await
+    .expect(400, "invalid_json", Some("stereo"));
+    // Out of scope or gone: 404, as if it did not exist; no key: 401.
+    f.call("POST", "/v1/calls/call-beta/hold", Some(CUSTOMER), None)
+        .await
+        .expect(404, "not_found", None);
+    f.call("POST", "/v1/calls/call-carol/mute", Some(ACCOUNT), None)
+        .await
+        .expect(404, "not_found", None);
+    f.call("POST", "/v1/calls/no-such-call/hold", Some(ADMIN), None)
+        .await
+        .expect(404, "not_found", None);
+    f.call("POST", "/v1/calls/call-acme/hold", None, None)
+        .await
+        .expect(401, "unauthorized", None);
+    // Recordings: unknown ids are 404 (in scope or not).
+    f.call("GET", "/v1/recordings/nope", Some(ADMIN), None)
+        .await
+        .expect(404, "not_found", None);
 }

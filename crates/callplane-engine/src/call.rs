@@ -72,6 +72,10 @@ pub struct CallServices {
     pub next_leg: AtomicU64,
     /// Cancelled when the process shuts down: every Call actor ends its call.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// What a party held by a command hears (8 kHz), looped.
+    pub music_on_hold: Arc<[i16]>,
+    /// Where recordings are written (`<dir>/<tenant>/<call id>-<recording id>.wav`).
+    pub recordings_dir: std::path::PathBuf,
 }
 
 /// Who ended the call, as written to the CDR.
@@ -189,23 +193,18 @@ enum TaskDone {
         attempt: AttemptId,
         audio: Arc<[i16]>,
     },
-    /// A prompt played into that bridge's room is over.
+    /// A player in that bridge's room is over (a prompt ended, music on hold was removed).
     BridgePlayerDone {
         bridge: u64,
         attempt: AttemptId,
+        member: MemberId,
     },
-}
-
-/// A connected bridge promoted to a mixing room, so that prompts can be played into it; its
-/// two legs relay like a plain bridge again (the room's fast path) when nothing else plays.
-struct BridgeRoom {
-    room: Room,
-    attempt: AttemptId,
-    /// Prompts rendering for it, and playing in it: when both are none, the pair goes back to
-    /// a plain bridge (the room would keep mixing two legs with different codecs, or a held
-    /// one, and the plain relay carries RFC 4733 digits).
-    rendering: u32,
-    playing: u32,
+    /// A party answered our re-INVITE (hold, resume): the callee of that bridge, or the caller.
+    Reinvited {
+        bridge: u64,
+        callee: bool,
+        result: Result<callplane_sip::ReinviteAnswer, String>,
+    },
 }
 
 /// What an attempt's tasks report: its SIP events, and keypad digits its media detected.
@@ -267,6 +266,14 @@ impl CallerLeg {
         match self {
             CallerLeg::Inbound(l) => l.reject(status, reason),
             CallerLeg::Outbound(l) => l.hangup(reason),
+        }
+    }
+
+    /// What sends re-INVITEs on its dialog.
+    fn reinviter(&self) -> callplane_sip::Reinviter {
+        match self {
+            CallerLeg::Inbound(l) => l.reinviter(),
+            CallerLeg::Outbound(l) => l.reinviter(),
         }
     }
 
@@ -571,6 +578,7 @@ fn reject_call(
             }],
             variables,
             lines: call.authenticated_user.iter().cloned().collect(),
+            recordings: Vec::new(),
         },
     );
 }
@@ -857,6 +865,9 @@ impl Call {
                     CallCommand::PlayIntoBridge { blocks, reply } => {
                         let _ = reply.send(self.play_into_bridge(blocks));
                     }
+                    CallCommand::Control { cmd, reply } => {
+                        let _ = reply.send(self.control(cmd));
+                    }
                     CallCommand::Snapshot { reply } => {
                         let _ = reply.send(self.snapshot());
                     }
@@ -1007,10 +1018,6 @@ impl Call {
     /// [`CallCommand::PlayIntoBridge`]: the connected pair joins a room (relaying as before
     /// until the audio is ready), the prompts render off the actor, then mix into the room.
     fn play_into_bridge(&mut self, blocks: Vec<Block>) -> Result<(), PlayRefused> {
-        let connected = self.bridge.as_ref().and_then(|b| b.connected);
-        let (Some(_), Some(winner)) = (self.bridged_callee(), connected) else {
-            return Err(PlayRefused::NotConnected);
-        };
         let prompts: Vec<Prompt> = blocks
             .into_iter()
             .filter_map(|b| match b {
@@ -1025,45 +1032,13 @@ impl Call {
                 _ => None,
             })
             .collect();
-        let Some(b) = self.bridge.as_mut() else {
+        let Some(r) = self.bridge_room() else {
             return Err(PlayRefused::NotConnected);
         };
-        if b.room.as_ref().map(|r| r.attempt) != Some(winner) {
-            let Some(callee) = b.live(winner) else {
-                return Err(PlayRefused::NotConnected);
-            };
-            let mut room = self.svc.media.create_room();
-            if let Some(mut events) = room.take_events() {
-                let done = self.tasks_tx.clone();
-                let bridge = b.serial;
-                tokio::spawn(async move {
-                    while let Some(ev) = events.recv().await {
-                        if let RoomEvent::PlayerFinished { .. } = ev {
-                            let d = TaskDone::BridgePlayerDone {
-                                bridge,
-                                attempt: winner,
-                            };
-                            if done.send(d).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-            room.add_leg(&self.media, Audience::All, Audience::All);
-            room.add_leg(&callee.media, Audience::All, Audience::All);
-            b.room = Some(BridgeRoom {
-                room,
-                attempt: winner,
-                rendering: 0,
-                playing: 0,
-            });
-        }
-        if let Some(r) = b.room.as_mut() {
-            r.rendering += 1;
-        }
+        r.rendering += 1;
+        let winner = r.attempt;
         info!(call = %self.uuid, prompts = prompts.len(), "playing into the bridge");
-        let serial = b.serial;
+        let serial = self.bridge.as_ref().map_or(0, |b| b.serial);
         let render = render_prompts(self.svc.prompts.clone(), self.tenant.name.clone(), prompts);
         let done = self.tasks_tx.clone();
         tokio::spawn(async move {
@@ -1088,14 +1063,14 @@ impl Call {
         };
         r.rendering = r.rendering.saturating_sub(1);
         if connected && !audio.is_empty() {
-            r.room.play(audio, Audience::All);
-            r.playing += 1;
+            let player = r.room.play(audio, Audience::All);
+            r.prompts.push(player);
         }
-        self.dissolve_bridge_room(serial, attempt);
+        self.dissolve_unneeded_room();
     }
 
-    /// A prompt in the bridge's room is over.
-    fn bridge_player_done(&mut self, serial: u64, attempt: AttemptId) {
+    /// A player in the bridge's room is over: a prompt ended (or music on hold was removed).
+    fn bridge_player_done(&mut self, serial: u64, attempt: AttemptId, member: MemberId) {
         if let Some(r) = self
             .bridge
             .as_mut()
@@ -1103,29 +1078,10 @@ impl Call {
             .and_then(|b| b.room.as_mut())
             .filter(|r| r.attempt == attempt)
         {
-            r.playing = r.playing.saturating_sub(1);
+            r.prompts.retain(|m| *m != member);
         }
-        self.dissolve_bridge_room(serial, attempt);
-    }
-
-    /// Nothing renders or plays into the bridge's room any more: the pair relays as a plain
-    /// bridge again (the legs leave the room as they bridge).
-    fn dissolve_bridge_room(&mut self, serial: u64, attempt: AttemptId) {
-        let Some(b) = self.bridge.as_mut().filter(|b| b.serial == serial) else {
-            return;
-        };
-        if !b
-            .room
-            .as_ref()
-            .is_some_and(|r| r.attempt == attempt && r.rendering == 0 && r.playing == 0)
-        {
-            return;
-        }
-        b.room = None;
-        if b.connected == Some(attempt) && b.bridged == Some(attempt) {
-            if let Some(callee) = b.live(attempt) {
-                self.media.bridge(&callee.media);
-            }
+        if self.bridge.as_ref().is_some_and(|b| b.serial == serial) {
+            self.dissolve_unneeded_room();
         }
     }
 
@@ -1137,9 +1093,17 @@ impl Call {
                 attempt,
                 audio,
             } => self.mix_into_bridge(bridge, attempt, audio),
-            TaskDone::BridgePlayerDone { bridge, attempt } => {
-                self.bridge_player_done(bridge, attempt)
-            }
+            TaskDone::BridgePlayerDone {
+                bridge,
+                attempt,
+                member,
+            } => self.bridge_player_done(bridge, attempt, member),
+            TaskDone::Reinvited {
+                bridge,
+                callee,
+                result,
+            } => self.on_reinvited(bridge, callee, result),
+
             TaskDone::Launched {
                 bridge,
                 attempt,
@@ -1205,7 +1169,12 @@ impl Call {
                 match parsed {
                     Ok(Some(n)) => {
                         info!(call = %self.uuid, direction = ?n.direction, "re-INVITE");
-                        if self.answered {
+                        // Held by a command: it stays held, and our answer keeps sending it
+                        // music only.
+                        let held_by_us = self
+                            .current_bridge_room()
+                            .is_some_and(|r| r.is_held(Side::Caller));
+                        if self.answered && !held_by_us {
                             self.set_caller_state(if holds(n.direction) {
                                 LegState::Held
                             } else {
@@ -1214,7 +1183,11 @@ impl Call {
                         }
                         self.media.set_remote(RemoteMedia::from(&n));
                         self.offer = n;
-                        let sdp = self.local_sdp();
+                        let sdp = if held_by_us {
+                            self.sdp.answer_holding(&self.offer)
+                        } else {
+                            self.local_sdp()
+                        };
                         responder.accept(sdp).await;
                     }
                     Ok(None) => {
@@ -1339,6 +1312,7 @@ impl Call {
                 legs,
                 variables: self.flow.variables().as_map().clone(),
                 lines,
+                recordings: Vec::new(),
             },
         );
         // The call is over and recorded: no command can reach it any more (those already
@@ -1695,9 +1669,15 @@ impl Call {
                 }
                 DialOutput::Disconnect { attempt } => {
                     let mut unbridged = false;
+                    if self
+                        .bridge
+                        .as_ref()
+                        .is_some_and(|b| b.bridged == Some(attempt))
+                    {
+                        self.end_bridge_room();
+                    }
                     if let Some(b) = self.bridge.as_mut() {
                         if b.bridged == Some(attempt) {
-                            b.room = None;
                             self.media.unbridge();
                             b.bridged = None;
                             unbridged = b.connected == Some(attempt);
@@ -2013,6 +1993,11 @@ impl Call {
         let Some(b) = self.bridge.as_mut() else {
             return;
         };
+        // Held by a command: its own re-INVITEs do not take it off hold.
+        let held_by_us = b
+            .room
+            .as_ref()
+            .is_some_and(|r| r.attempt == attempt && r.is_held(Side::Callee));
         let Some(slot) = b.slots.get_mut(attempt.0 as usize) else {
             return;
         };
@@ -2026,7 +2011,10 @@ impl Call {
             _ => false,
         };
         let was = a.state;
-        let state = was.after_outbound(&ev, early, hold);
+        let state = match was.after_outbound(&ev, early, hold) {
+            LegState::Answered if held_by_us => LegState::Held,
+            s => s,
+        };
         if state != was {
             a.state = state;
             let destination = self.destination_of(record);
@@ -2082,7 +2070,11 @@ impl Call {
                     Some(Ok(n)) => {
                         a.media.set_remote(RemoteMedia::from(&n));
                         a.remote_te = n.telephone_event_pt;
-                        Some(a.sdp.answer(&n))
+                        Some(if held_by_us {
+                            a.sdp.answer_holding(&n)
+                        } else {
+                            a.sdp.answer(&n)
+                        })
                     }
                     None => Some(a.sdp.current()),
                     Some(Err(e)) => {
@@ -2117,9 +2109,9 @@ impl Call {
         b.dial.stop(cause.map(|c| c.reason_header()));
         self.run_dial();
         self.media.unbridge();
+        self.end_bridge_room();
         let mut unbridged = false;
         if let Some(b) = self.bridge.as_mut() {
-            b.room = None;
             unbridged = b.bridged.is_some() && b.bridged == b.connected;
             b.bridged = None;
         }
@@ -2204,6 +2196,8 @@ impl Call {
                 end_time: l.end,
                 sip_status: l.sip_status,
                 hangup_cause: l.cause.map(HangupCause::as_str),
+                held: self.leg_flags(i).0,
+                muted: self.leg_flags(i).1,
             });
         }
         let bridged_to = self.bridged_callee().and_then(|_| {
@@ -2227,6 +2221,7 @@ impl Call {
             },
             bridged_to,
             conference: self.conference.as_ref().map(|c| c.name.clone()),
+            recording: self.recording_info(),
             start_time: self.start,
             answer_time: self.answer_time,
             legs,
@@ -2235,7 +2230,10 @@ impl Call {
     }
 }
 
+mod control;
 mod originate;
+pub use control::default_music_on_hold;
+use control::{BridgeRoom, Side};
 pub use originate::{run_outbound_call, Originate};
 
 struct ConferenceSeat {

@@ -27,6 +27,10 @@ pub struct EngineConfig {
     pub ask_url_ring_seconds: u32,
     /// This node's name, sent as the ask-URL `server` field.
     pub node_name: String,
+    /// A WAV file played to a party held by a command; `None`: a built-in tune.
+    pub music_on_hold: Option<std::path::PathBuf>,
+    /// Where call recordings are written.
+    pub recordings_dir: std::path::PathBuf,
 }
 
 #[derive(Clone)]
@@ -44,6 +48,12 @@ impl Engine {
         media: MediaEngine,
     ) -> Result<Self, String> {
         let prompts = Arc::new(PromptLibrary::new(cfg.prompts, store.clone()));
+        let music_on_hold = match &cfg.music_on_hold {
+            Some(path) => callplane_media::load_wav_8k(path)
+                .map_err(|e| format!("musicOnHold {}: {e}", path.display()))?
+                .into(),
+            None => crate::call::default_music_on_hold(),
+        };
         let webhooks = Arc::new(WebhookClient::new(cfg.webhooks)?);
         // The in-process bus and its subscribers: call-state callbacks, the CDR writer, metrics.
         let events: Arc<dyn EventBus> = Arc::new(LocalBus::default());
@@ -73,6 +83,8 @@ impl Engine {
                 next_owner: AtomicU64::new(1),
                 next_leg: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),
+                music_on_hold,
+                recordings_dir: cfg.recordings_dir,
             }),
         })
     }
@@ -179,6 +191,19 @@ impl Engine {
     /// Whether the SIP user has a registered device now.
     pub fn is_registered(&self, user: &str) -> bool {
         !self.svc.sip.lookup_registration(user).is_empty()
+    }
+
+    /// Carries out a command on a live call (hold, mute, record…): `None` when no such call
+    /// is running, else the call as it is then, or why the command cannot apply.
+    pub async fn control(
+        &self,
+        call_id: &str,
+        cmd: crate::registry::ControlCommand,
+    ) -> Option<Result<crate::registry::CallInfo, crate::registry::CommandRefused>> {
+        self.svc
+            .calls
+            .ask(call_id, |reply| CallCommand::Control { cmd, reply })
+            .await
     }
 
     /// Sends keypad digits to leg `leg` of the call; `None` when no such call is running.

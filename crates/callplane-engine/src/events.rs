@@ -61,6 +61,19 @@ pub enum EventKind {
     Unheld {
         party: Party,
     },
+    /// A party was muted (nobody hears it) or unmuted by a command.
+    Muted {
+        party: Party,
+        muted: bool,
+    },
+    /// A recording of the call started, or stopped (its file is completed and listed on the
+    /// call's CDR right after).
+    Recording {
+        recording_id: String,
+        started: bool,
+        stereo: bool,
+        duration_ms: Option<i64>,
+    },
     /// One leg's state changed: the caller's leg, or a BRIDGE destination's (`attempt`, its
     /// index in the block's destinations, and where it goes).
     Leg {
@@ -108,6 +121,9 @@ impl EventKind {
             EventKind::Unbridged => "call.unbridged",
             EventKind::Held { .. } => "call.held",
             EventKind::Unheld { .. } => "call.unheld",
+            EventKind::Muted { muted: true, .. } => "call.muted",
+            EventKind::Muted { muted: false, .. } => "call.unmuted",
+            EventKind::Recording { .. } => "call.recording",
             EventKind::Leg { .. } => "leg.state",
             EventKind::Dtmf { .. } => "call.dtmf",
             EventKind::ConferenceJoined { .. } => "conference.joined",
@@ -131,9 +147,22 @@ impl EventKind {
                 destination_type,
             } => json!({ "destination": destination, "destinationType": destination_type }),
             EventKind::Unbridged => json!({}),
-            EventKind::Held { party } | EventKind::Unheld { party } => {
+            EventKind::Held { party }
+            | EventKind::Unheld { party }
+            | EventKind::Muted { party, .. } => {
                 json!({ "party": party.as_str() })
             }
+            EventKind::Recording {
+                recording_id,
+                started,
+                stereo,
+                duration_ms,
+            } => json!({
+                "recordingId": recording_id,
+                "state": if *started { "started" } else { "stopped" },
+                "stereo": stereo,
+                "durationMs": duration_ms,
+            }),
             EventKind::Leg {
                 party,
                 attempt,

@@ -8,7 +8,7 @@
 //! owner that created it once it is moved, and no owner awaits a SIP transaction.
 
 use callplane_media::MediaLeg;
-use callplane_sip::{Answerer, InboundEvent, InboundLeg, OutboundEvent, OutboundLeg};
+use callplane_sip::{Answerer, InboundEvent, InboundLeg, OutboundEvent, OutboundLeg, Reinviter};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -180,6 +180,7 @@ pub enum LegCommand<E> {
 pub struct LegHandle<E> {
     pub id: LegId,
     commands: mpsc::UnboundedSender<LegCommand<E>>,
+    reinviter: Reinviter,
 }
 
 impl<E> LegHandle<E> {
@@ -191,6 +192,11 @@ impl<E> LegHandle<E> {
     /// Hands the leg to another owner.
     pub fn move_to(&self, owner: Owner, events: mpsc::UnboundedSender<Addressed<E>>) {
         let _ = self.commands.send(LegCommand::MoveTo { owner, events });
+    }
+
+    /// What sends re-INVITEs on the leg's dialog (hold, resume), from a task of the owner's.
+    pub fn reinviter(&self) -> Reinviter {
+        self.reinviter.clone()
     }
 }
 
@@ -208,6 +214,7 @@ pub fn spawn_outbound<E: Send + 'static>(
     wrap: fn(OutboundEvent) -> E,
 ) -> LegHandle<E> {
     let (tx, mut commands) = mpsc::unbounded_channel::<LegCommand<E>>();
+    let reinviter = leg.reinviter();
     tokio::spawn(async move {
         // The leg's RTP endpoint: closed when the dialog is over (or hung up), not before.
         let mut media = Some(media);
@@ -256,7 +263,11 @@ pub fn spawn_outbound<E: Send + 'static>(
             }
         }
     });
-    LegHandle { id, commands: tx }
+    LegHandle {
+        id,
+        commands: tx,
+        reinviter,
+    }
 }
 
 /// Commands to an inbound leg's task.
@@ -283,6 +294,7 @@ pub struct InboundLegHandle {
     pub id: LegId,
     commands: mpsc::UnboundedSender<InboundCommand>,
     answerer: Answerer,
+    reinviter: Reinviter,
 }
 
 impl InboundLegHandle {
@@ -317,6 +329,11 @@ impl InboundLegHandle {
     pub fn move_to(&self, owner: Owner, events: mpsc::UnboundedSender<Addressed<InboundEvent>>) {
         let _ = self.commands.send(InboundCommand::MoveTo { owner, events });
     }
+
+    /// What sends re-INVITEs on the leg's dialog (hold, resume), from a task of the owner's.
+    pub fn reinviter(&self) -> Reinviter {
+        self.reinviter.clone()
+    }
 }
 
 /// Spawns the task that owns an inbound `leg` (already past its INVITE's checks): it carries
@@ -331,6 +348,7 @@ pub fn spawn_inbound(
 ) -> InboundLegHandle {
     let (tx, mut commands) = mpsc::unbounded_channel::<InboundCommand>();
     let answerer = leg.answerer();
+    let reinviter = leg.reinviter();
     tokio::spawn(async move {
         // The caller's RTP endpoint lives as long as the dialog (and moves with the leg).
         let _media = media;
@@ -402,6 +420,7 @@ pub fn spawn_inbound(
         id,
         commands: tx,
         answerer,
+        reinviter,
     }
 }
 

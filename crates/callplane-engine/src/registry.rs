@@ -28,12 +28,46 @@ pub enum CallCommand {
     },
     /// Stop the running block; a call under CALL_CONTROL sends its next webhook request at once.
     Interrupt,
+    /// A command that changes the call's legs or room (hold, mute, record…), answered with
+    /// the call as it is then, or why it cannot apply.
+    Control {
+        cmd: ControlCommand,
+        reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
+    },
     /// Play ANNOUNCEMENT / SAY blocks into the call's connected bridge, mixed with both
     /// parties' audio and heard by both; answered once accepted (before the audio renders).
     PlayIntoBridge {
         blocks: Vec<crate::blocks::Block>,
         reply: tokio::sync::oneshot::Sender<Result<(), PlayRefused>>,
     },
+}
+
+/// What [`CallCommand::Control`] asks of a call. A leg is named by its index in the call (0:
+/// the caller, or the party a placed call reached); `None` takes the default the API
+/// documents (leg 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlCommand {
+    /// Put a party of the connected call on hold: a re-INVITE `sendonly` toward it, music on
+    /// hold into it, and the other party no longer hears it.
+    Hold {
+        leg: Option<u32>,
+    },
+    Unhold {
+        leg: Option<u32>,
+    },
+    /// Mute a party in the call's room: nobody hears it (it still hears everyone).
+    Mute {
+        leg: Option<u32>,
+    },
+    Unmute {
+        leg: Option<u32>,
+    },
+    /// Record the connected call into a WAV file: both parties mixed, or `stereo` with the
+    /// caller on the left channel and the callee on the right.
+    StartRecording {
+        stereo: bool,
+    },
+    StopRecording,
 }
 
 /// Why blocks cannot be played into a call now.
@@ -54,6 +88,18 @@ pub enum CommandRefused {
     LegEnded,
     /// The call has no leg with this index.
     NoSuchLeg,
+    /// The call's parties are not connected (it is in its plan, ringing, or its callee left).
+    NotConnected,
+    /// The leg is not one of the connected call's two parties.
+    NotAParty,
+    AlreadyHeld,
+    NotHeld,
+    AlreadyMuted,
+    NotMuted,
+    AlreadyRecording,
+    NotRecording,
+    /// The recording file could not be created.
+    RecordingUnavailable,
 }
 
 impl CommandRefused {
@@ -63,6 +109,24 @@ impl CommandRefused {
             CommandRefused::NotAnswered => "the leg is not answered yet",
             CommandRefused::LegEnded => "the leg has ended",
             CommandRefused::NoSuchLeg => "the call has no such leg",
+            CommandRefused::NotConnected => "the call is not connected to a party",
+            CommandRefused::NotAParty => "the leg is not a party of the connected call",
+            CommandRefused::AlreadyHeld => "the leg is already on hold",
+            CommandRefused::NotHeld => "the leg is not on hold",
+            CommandRefused::AlreadyMuted => "the leg is already muted",
+            CommandRefused::NotMuted => "the leg is not muted",
+            CommandRefused::AlreadyRecording => "the call is already being recorded",
+            CommandRefused::NotRecording => "the call is not being recorded",
+            CommandRefused::RecordingUnavailable => "the recording file cannot be written",
+        }
+    }
+
+    /// The request field the refusal is about: `leg` when the named leg is the problem,
+    /// else `state` (the call's state does not allow it).
+    pub fn field(&self) -> &'static str {
+        match self {
+            CommandRefused::NoSuchLeg | CommandRefused::NotAParty => "leg",
+            _ => "state",
         }
     }
 }
@@ -91,6 +155,8 @@ pub struct CallInfo {
     pub bridged_to: Option<String>,
     /// The conference the caller is in.
     pub conference: Option<String>,
+    /// The recording running on the call, if any.
+    pub recording: Option<RecordingInfo>,
     pub start_time: chrono::DateTime<chrono::Utc>,
     pub answer_time: Option<chrono::DateTime<chrono::Utc>>,
     pub legs: Vec<LegInfo>,
@@ -116,6 +182,20 @@ pub struct LegInfo {
     pub end_time: Option<chrono::DateTime<chrono::Utc>>,
     pub sip_status: Option<u16>,
     pub hangup_cause: Option<&'static str>,
+    /// On hold by a command (`POST …/hold`): it hears music, the other party does not hear it.
+    pub held: bool,
+    /// Muted by a command: nobody hears it.
+    pub muted: bool,
+}
+
+/// A recording of a call in progress.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingInfo {
+    /// Its id: `GET /v1/recordings/{id}` once it is complete.
+    pub id: String,
+    pub stereo: bool,
+    pub start_time: chrono::DateTime<chrono::Utc>,
 }
 
 /// The public id of a call's leg: `<call id>.<index>`.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::error::StoreError;
-use crate::model::{Cdr, CdrLeg};
+use crate::model::{Cdr, CdrLeg, Recording};
 use crate::sql::{opt_time_text, time_text, SqlTime};
 use crate::store::Store;
 
@@ -169,7 +169,74 @@ fn cdr_from_row(row: &Row<'_>) -> rusqlite::Result<Cdr> {
         legs: Vec::new(),
         variables: BTreeMap::new(),
         lines: Vec::new(),
+        recordings: Vec::new(),
     })
+}
+
+const RECORDING_COLS: &str =
+    "id, call_id, tenant, path, channels, start_time, end_time, duration_ms, size_bytes";
+
+fn recording_from_row(row: &Row<'_>) -> rusqlite::Result<Recording> {
+    let SqlTime(start_time) = row.get(5)?;
+    let SqlTime(end_time) = row.get(6)?;
+    Ok(Recording {
+        id: row.get(0)?,
+        call_id: row.get(1)?,
+        tenant: row.get(2)?,
+        path: row.get(3)?,
+        channels: row.get(4)?,
+        start_time,
+        end_time,
+        duration_ms: row.get(7)?,
+        size_bytes: row.get(8)?,
+    })
+}
+
+impl Store {
+    /// Records a finished recording.
+    pub fn insert_recording(&self, r: &Recording) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached(&format!(
+                "INSERT INTO recordings ({RECORDING_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?
+            .execute(params![
+                r.id,
+                r.call_id,
+                r.tenant,
+                r.path,
+                r.channels,
+                time_text(&r.start_time),
+                time_text(&r.end_time),
+                r.duration_ms,
+                r.size_bytes
+            ])?;
+        Ok(())
+    }
+
+    /// One finished recording, with the lines of its call (from the call's CDR, once it is
+    /// written: an `account` key sees a recording of its line's calls).
+    pub fn get_recording(&self, id: &str) -> Result<Option<(Recording, Vec<String>)>, StoreError> {
+        let mut conn = self.read();
+        let tx = conn.transaction()?;
+        let rec = tx
+            .prepare_cached(&format!(
+                "SELECT {RECORDING_COLS} FROM recordings WHERE id = ?1"
+            ))?
+            .query_row([id], recording_from_row)
+            .optional()?;
+        let out = match rec {
+            Some(r) => {
+                let lines = tx
+                    .prepare_cached("SELECT line FROM cdr_lines WHERE call_id = ?1 ORDER BY line")?
+                    .query_map([&r.call_id], |row| row.get(0))?
+                    .collect::<Result<_, _>>()?;
+                Some((r, lines))
+            }
+            None => None,
+        };
+        tx.commit()?;
+        Ok(out)
+    }
 }
 
 fn leg_from_row(row: &Row<'_>) -> rusqlite::Result<CdrLeg> {
@@ -205,6 +272,12 @@ fn with_details(conn: &Connection, mut cdr: Cdr) -> Result<Cdr, StoreError> {
     cdr.lines = conn
         .prepare_cached("SELECT line FROM cdr_lines WHERE call_id = ?1 ORDER BY line")?
         .query_map([&cdr.call_id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    cdr.recordings = conn
+        .prepare_cached(&format!(
+            "SELECT {RECORDING_COLS} FROM recordings WHERE call_id = ?1 ORDER BY start_time, id"
+        ))?
+        .query_map([&cdr.call_id], recording_from_row)?
         .collect::<Result<_, _>>()?;
     Ok(cdr)
 }

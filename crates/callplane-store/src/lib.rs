@@ -19,11 +19,11 @@ pub use directory::{SipDirectoryView, WATCH_INTERVAL as DIRECTORY_WATCH_INTERVAL
 pub use error::StoreError;
 pub use migrations::SCHEMA_VERSION;
 pub use model::{
-    Announcement, ApiKey, ApiRealm, Cdr, CdrLeg, FieldError, Number, Provisioning, RoutingPlan,
-    SipUser, Tenant, Transport, Trunk,
+    Announcement, ApiKey, ApiRealm, Cdr, CdrLeg, FieldError, Number, Provisioning, Recording,
+    RoutingPlan, SipUser, Tenant, Transport, Trunk,
 };
 pub use objects::TenantUsage;
-pub use private_fs::{create_private_dir, DIR_MODE, FILE_MODE};
+pub use private_fs::{create_private_dir, file_component, DIR_MODE, FILE_MODE};
 pub use store::{SipCredentials, Store, DEFAULT_REALM};
 pub use writer::CdrWriter;
 

@@ -184,6 +184,22 @@ CREATE TABLE cdr_lines (
 CREATE INDEX cdr_lines_by_line ON cdr_lines (line);
 CREATE INDEX cdrs_by_number_start_time ON cdrs (number, start_time);
 "#,
+    // 7: recordings of calls, one row per finished file. No reference to `cdrs`: a recording
+    // ends (and is written) before its call's CDR when it is stopped during the call.
+    r#"
+CREATE TABLE recordings (
+    id          TEXT PRIMARY KEY NOT NULL,
+    call_id     TEXT NOT NULL,
+    tenant      TEXT,
+    path        TEXT NOT NULL,
+    channels    INTEGER NOT NULL CHECK (channels IN (1, 2)),
+    start_time  TEXT NOT NULL,
+    end_time    TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    size_bytes  INTEGER NOT NULL
+);
+CREATE INDEX recordings_by_call ON recordings (call_id);
+"#,
 ];
 
 /// Steps written in Rust that run after a version's SQL, in the same transaction.

@@ -257,6 +257,30 @@ pub struct Cdr {
     /// The SIP users the call involved: the phone that placed it and those it dialled.
     #[serde(default)]
     pub lines: Vec<String>,
+    /// The call's complete recordings (read with the CDR; written on their own when each
+    /// recording ends, see [`Recording`]).
+    #[serde(default)]
+    pub recordings: Vec<Recording>,
+}
+
+/// A finished recording of a call (`POST /v1/calls/{id}/record`): an 8 kHz 16-bit WAV file,
+/// mono (both parties mixed) or stereo (caller left, callee right).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recording {
+    pub id: String,
+    pub call_id: String,
+    pub tenant: Option<String>,
+    /// Where the file is on this node; not served (the API serves the file itself).
+    #[serde(skip_serializing, default)]
+    pub path: String,
+    pub channels: u16,
+    #[serde(with = "time_serde")]
+    pub start_time: DateTime<Utc>,
+    #[serde(with = "time_serde")]
+    pub end_time: DateTime<Utc>,
+    pub duration_ms: i64,
+    pub size_bytes: i64,
 }
 
 /// One leg of a call (the inbound leg or an outbound BRIDGE attempt).

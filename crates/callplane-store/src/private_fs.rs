@@ -83,3 +83,18 @@ fn restrict(path: &Path, mode: u32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A name as one safe file name component: ASCII letters, digits, `-` and `_` kept, `.` kept
+/// except in first position (so no `..`, no hidden files), everything else `%XX`. Names are
+/// free text in the model; this keeps them from naming another directory.
+pub fn file_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -189,6 +189,7 @@ fn sample_cdr(call_id: &str, start: DateTime<Utc>) -> Cdr {
         ],
         variables,
         lines: vec!["alice".into()],
+        recordings: Vec::new(),
     }
 }
 

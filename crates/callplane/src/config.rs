@@ -95,6 +95,9 @@ pub struct ServerSection {
     /// API requests per second per key (burst twice that, at least 10) unless the key sets
     /// its own `rateLimit`; 0: no limit.
     pub api_rate_limit: u32,
+    /// A WAV file (any common format) played, looped, to a party held by a command; absent:
+    /// a built-in tune.
+    pub music_on_hold: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -137,6 +140,7 @@ impl Default for ServerSection {
             events_queue: 1000,
             events_resume_window: 60.0,
             api_rate_limit: 100,
+            music_on_hold: None,
         }
     }
 }
@@ -317,6 +321,9 @@ impl Config {
             }
         };
         absolutize(&mut cfg.server.data_dir);
+        if let Some(p) = cfg.server.music_on_hold.as_mut() {
+            absolutize(p);
+        }
         for a in &mut cfg.provisioning.announcements {
             let p = Path::new(&a.file);
             if p.is_relative() {

@@ -367,6 +367,8 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
             max_call_control_loops: s.call_control_max_loops,
             ask_url_ring_seconds: s.ask_url_ring_timeout,
             node_name: s.node_name.clone().unwrap_or_else(host_name),
+            music_on_hold: s.music_on_hold.clone(),
+            recordings_dir: s.data_dir.join("recordings"),
         },
         store.clone(),
         cdrs.clone(),

@@ -63,6 +63,7 @@ impl Dialling {
             state: self.state.as_str(),
             bridged_to: None,
             conference: None,
+            recording: None,
             start_time: self.start,
             answer_time: None,
             legs: vec![LegInfo {
@@ -78,6 +79,8 @@ impl Dialling {
                 end_time: None,
                 sip_status: None,
                 hangup_cause: None,
+                held: false,
+                muted: false,
             }],
             variables: self.req.variables.iter().cloned().collect(),
         }
@@ -425,7 +428,7 @@ fn dialling_command(d: &Dialling, cmd: CallCommand) -> Option<HangupCause> {
             let _ = reply.send(Ok(info));
             Some(cause)
         }
-        CallCommand::SendDtmf { reply, .. } => {
+        CallCommand::SendDtmf { reply, .. } | CallCommand::Control { reply, .. } => {
             let _ = reply.send(Err(CommandRefused::NotAnswered));
             None
         }
@@ -496,6 +499,7 @@ fn finish_unanswered(
             }],
             variables,
             lines: d.lines.clone(),
+            recordings: Vec::new(),
         },
     );
     svc.calls.remove(&d.uuid);

@@ -1,0 +1,570 @@
+//! Commands on a connected call that change its room: hold and unhold (a re-INVITE toward the
+//! held party and music on hold into it), mute and unmute, recording. The connected pair moves
+//! into a [`BridgeRoom`] for them, and back to a plain bridge when nothing needs the room any
+//! more (the room relays a plain pair on its fast path meanwhile).
+
+use super::*;
+use crate::registry::{ControlCommand, RecordingInfo};
+use callplane_media::sdp::Direction;
+use callplane_store::model::Recording;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// One of the connected call's two parties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    Caller = 0,
+    Callee = 1,
+}
+
+impl Side {
+    fn party(self) -> Party {
+        match self {
+            Side::Caller => Party::Caller,
+            Side::Callee => Party::Callee,
+        }
+    }
+}
+
+/// A connected bridge promoted to a mixing room, so that something besides the two parties
+/// can be in it (prompts, music on hold, a recorder) or their rules differ from a plain bridge
+/// (hold, mute).
+pub(super) struct BridgeRoom {
+    pub(super) room: Room,
+    pub(super) attempt: AttemptId,
+    /// The parties' members: `[caller, callee]`.
+    parties: [MemberId; 2],
+    /// Prompts rendering for it.
+    pub(super) rendering: u32,
+    /// Prompt players playing in it.
+    pub(super) prompts: Vec<MemberId>,
+    /// Per party: its music-on-hold player while a command holds it.
+    hold: [Option<MemberId>; 2],
+    muted: [bool; 2],
+    recording: Option<RecordingRun>,
+    /// Recordings of this room not finished yet, by recorder: completed into the store by
+    /// the room's event task (also after the call is gone).
+    pending: Arc<Mutex<HashMap<MemberId, Recording>>>,
+}
+
+/// The recording running in a bridge room.
+struct RecordingRun {
+    id: String,
+    member: MemberId,
+    stereo: bool,
+    start: DateTime<Utc>,
+}
+
+impl BridgeRoom {
+    /// Whether anything still needs the room (else the pair goes back to a plain bridge: a
+    /// room would keep mixing two legs of different codecs, and the plain relay carries RFC
+    /// 4733 digits).
+    pub(super) fn needed(&self) -> bool {
+        self.rendering > 0
+            || !self.prompts.is_empty()
+            || self.hold.iter().any(Option::is_some)
+            || self.muted.iter().any(|m| *m)
+            || self.recording.is_some()
+    }
+
+    pub(super) fn is_held(&self, side: Side) -> bool {
+        self.hold[side as usize].is_some()
+    }
+
+    /// Sets the parties' rules: a held party is heard by nobody and hears only its music;
+    /// the others hear everything their rules allow.
+    fn apply_rules(&self) {
+        for side in [Side::Caller, Side::Callee] {
+            let member = self.parties[side as usize];
+            match self.hold[side as usize] {
+                Some(music) => self
+                    .room
+                    .set_rules(member, Audience::None, Audience::only([music])),
+                None => self.room.set_rules(member, Audience::All, Audience::All),
+            }
+            self.room.set_muted(member, self.muted[side as usize]);
+        }
+    }
+
+    fn info(&self) -> Option<RecordingInfo> {
+        self.recording.as_ref().map(|r| RecordingInfo {
+            id: r.id.clone(),
+            stereo: r.stereo,
+            start_time: r.start,
+        })
+    }
+}
+
+impl Call {
+    /// Carries out a [`ControlCommand`]; answers with the call as it is then.
+    pub(super) fn control(&mut self, cmd: ControlCommand) -> Result<CallInfo, CommandRefused> {
+        if self.ended.is_some() {
+            return Err(CommandRefused::Ending);
+        }
+        match cmd {
+            ControlCommand::Hold { leg } => self.set_hold(leg, true),
+            ControlCommand::Unhold { leg } => self.set_hold(leg, false),
+            ControlCommand::Mute { leg } => self.set_muted(leg, true),
+            ControlCommand::Unmute { leg } => self.set_muted(leg, false),
+            ControlCommand::StartRecording { stereo } => self.start_recording(stereo),
+            ControlCommand::StopRecording => self.stop_recording(),
+        }?;
+        Ok(self.snapshot())
+    }
+
+    /// Which party of the connected call leg `leg` is (default: leg 0, the caller).
+    fn side_of(&self, leg: Option<u32>) -> Result<Side, CommandRefused> {
+        let leg = leg.unwrap_or(0) as usize;
+        if leg >= self.legs.len() {
+            return Err(CommandRefused::NoSuchLeg);
+        }
+        if self.bridged_callee().is_none() {
+            return Err(CommandRefused::NotConnected);
+        }
+        if leg == 0 {
+            return Ok(Side::Caller);
+        }
+        if self.connected_record() == Some(leg) {
+            Ok(Side::Callee)
+        } else {
+            Err(CommandRefused::NotAParty)
+        }
+    }
+
+    /// The connected callee's index among the call's legs (its CDR `legIndex`).
+    pub(super) fn connected_record(&self) -> Option<usize> {
+        let b = self.bridge.as_ref()?;
+        b.slots.get(b.connected?.0 as usize).map(|s| s.record)
+    }
+
+    /// The connected pair's room, made now if the pair still relays as a plain bridge.
+    pub(super) fn bridge_room(&mut self) -> Option<&mut BridgeRoom> {
+        self.bridged_callee()?;
+        let b = self.bridge.as_mut()?;
+        let winner = b.connected?;
+        if b.room.as_ref().map(|r| r.attempt) != Some(winner) {
+            let callee = b.live(winner)?;
+            let mut room = self.svc.media.create_room();
+            let pending: Arc<Mutex<HashMap<MemberId, Recording>>> = Arc::default();
+            if let Some(events) = room.take_events() {
+                tokio::spawn(bridge_room_events(
+                    events,
+                    self.tasks_tx.clone(),
+                    b.serial,
+                    winner,
+                    pending.clone(),
+                    self.svc.store.clone(),
+                ));
+            }
+            let caller = room.add_leg(&self.media, Audience::All, Audience::All);
+            let callee = room.add_leg(&callee.media, Audience::All, Audience::All);
+            b.room = Some(BridgeRoom {
+                room,
+                attempt: winner,
+                parties: [caller, callee],
+                rendering: 0,
+                prompts: Vec::new(),
+                hold: [None, None],
+                muted: [false, false],
+                recording: None,
+                pending,
+            });
+        }
+        b.room.as_mut()
+    }
+
+    /// The bridge room, if the pair is in one now.
+    pub(super) fn current_bridge_room(&self) -> Option<&BridgeRoom> {
+        let b = self.bridge.as_ref()?;
+        b.room.as_ref().filter(|r| Some(r.attempt) == b.connected)
+    }
+
+    /// Holds or resumes one party: music on hold into it (the other party stops hearing it),
+    /// and a re-INVITE `sendonly` toward it (`sendrecv` to resume).
+    fn set_hold(&mut self, leg: Option<u32>, on: bool) -> Result<(), CommandRefused> {
+        let side = self.side_of(leg)?;
+        let held = self.current_bridge_room().is_some_and(|r| r.is_held(side));
+        match (on, held) {
+            (true, true) => return Err(CommandRefused::AlreadyHeld),
+            (false, false) => return Err(CommandRefused::NotHeld),
+            _ => {}
+        }
+        let music = self.svc.music_on_hold.clone();
+        let Some(r) = self.bridge_room() else {
+            return Err(CommandRefused::NotConnected);
+        };
+        let member = r.parties[side as usize];
+        if on {
+            r.hold[side as usize] = Some(r.room.play_looped(music, Audience::only([member])));
+        } else if let Some(music) = r.hold[side as usize].take() {
+            r.room.remove(music);
+        }
+        r.apply_rules();
+        info!(call = %self.uuid, party = side.party().as_str(), on, "hold by command");
+        let direction = if on {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
+        let state = if on {
+            LegState::Held
+        } else {
+            LegState::Answered
+        };
+        match side {
+            Side::Caller => {
+                let sdp = self.sdp.with_direction(direction);
+                self.reinvite(side, self.leg.reinviter(), sdp);
+                self.set_caller_state(state);
+            }
+            Side::Callee => {
+                let Some(b) = self.bridge.as_mut() else {
+                    return Ok(());
+                };
+                let Some(attempt) = b.connected else {
+                    return Ok(());
+                };
+                let Some(slot) = b.slots.get_mut(attempt.0 as usize) else {
+                    return Ok(());
+                };
+                let record = slot.record;
+                let Some(a) = slot.live.as_mut() else {
+                    return Ok(());
+                };
+                let sdp = a.sdp.with_direction(direction);
+                let reinviter = a.leg.reinviter();
+                let was = a.state;
+                a.state = state;
+                self.reinvite(side, reinviter, sdp);
+                if was != state {
+                    let destination = self.destination_of(record);
+                    for e in
+                        leg_state_events(Party::Callee, Some(attempt.0), destination, was, state)
+                    {
+                        self.emit_for(record, e);
+                    }
+                }
+            }
+        }
+        if !on {
+            self.dissolve_unneeded_room();
+        }
+        Ok(())
+    }
+
+    /// Sends our new description to one party off the actor; its answer comes back as
+    /// [`TaskDone::Reinvited`].
+    fn reinvite(&self, side: Side, reinviter: callplane_sip::Reinviter, sdp: String) {
+        let done = self.tasks_tx.clone();
+        let serial = self.bridge.as_ref().map_or(0, |b| b.serial);
+        tokio::spawn(async move {
+            let result = reinviter.reinvite(sdp).await.map_err(|e| e.to_string());
+            let _ = done.send(TaskDone::Reinvited {
+                bridge: serial,
+                callee: side == Side::Callee,
+                result,
+            });
+        });
+    }
+
+    /// A party answered our re-INVITE: where it wants media from now on.
+    pub(super) fn on_reinvited(
+        &mut self,
+        serial: u64,
+        callee: bool,
+        result: Result<callplane_sip::ReinviteAnswer, String>,
+    ) {
+        let answer = match result {
+            Ok(a) if (200..300).contains(&a.status) => a,
+            Ok(a) => {
+                warn!(call = %self.uuid, status = a.status, callee, "re-INVITE refused");
+                return;
+            }
+            Err(e) => {
+                warn!(call = %self.uuid, error = %e, callee, "re-INVITE failed");
+                return;
+            }
+        };
+        let Some(n) = answer.sdp.as_deref().and_then(|s| negotiate_sdp(s).ok()) else {
+            return;
+        };
+        if !callee {
+            self.media.set_remote(RemoteMedia::from(&n));
+            return;
+        }
+        let Some(b) = self.bridge.as_mut().filter(|b| b.serial == serial) else {
+            return;
+        };
+        if let Some(a) = b
+            .connected
+            .and_then(|w| b.slots.get_mut(w.0 as usize))
+            .and_then(|s| s.live.as_mut())
+        {
+            a.media.set_remote(RemoteMedia::from(&n));
+            a.sdp.agreed(&n);
+        }
+    }
+
+    /// Mutes or unmutes one party in the room: nobody hears it while muted.
+    fn set_muted(&mut self, leg: Option<u32>, on: bool) -> Result<(), CommandRefused> {
+        let side = self.side_of(leg)?;
+        let muted = self
+            .current_bridge_room()
+            .is_some_and(|r| r.muted[side as usize]);
+        match (on, muted) {
+            (true, true) => return Err(CommandRefused::AlreadyMuted),
+            (false, false) => return Err(CommandRefused::NotMuted),
+            _ => {}
+        }
+        let Some(r) = self.bridge_room() else {
+            return Err(CommandRefused::NotConnected);
+        };
+        r.muted[side as usize] = on;
+        r.apply_rules();
+        info!(call = %self.uuid, party = side.party().as_str(), on, "mute by command");
+        let record = match side {
+            Side::Caller => Some(0),
+            Side::Callee => self.connected_record(),
+        };
+        let kind = EventKind::Muted {
+            party: side.party(),
+            muted: on,
+        };
+        match record {
+            Some(r) => self.emit_for(r, kind),
+            None => self.emit(kind),
+        }
+        if !on {
+            self.dissolve_unneeded_room();
+        }
+        Ok(())
+    }
+
+    /// Starts recording the connected call into `<recordings>/<tenant>/<call id>-<id>.wav`.
+    fn start_recording(&mut self, stereo: bool) -> Result<(), CommandRefused> {
+        if self.bridged_callee().is_none() {
+            return Err(CommandRefused::NotConnected);
+        }
+        if self
+            .current_bridge_room()
+            .is_some_and(|r| r.recording.is_some())
+        {
+            return Err(CommandRefused::AlreadyRecording);
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let dir = self
+            .svc
+            .recordings_dir
+            .join(callplane_store::file_component(&self.tenant.name));
+        if let Err(e) = callplane_store::create_private_dir(&dir) {
+            warn!(call = %self.uuid, error = %e, dir = %dir.display(), "cannot make the recordings folder");
+            return Err(CommandRefused::RecordingUnavailable);
+        }
+        let path = dir.join(format!("{}-{id}.wav", self.uuid));
+        let (uuid, tenant) = (self.uuid.clone(), self.tenant.name.clone());
+        let Some(r) = self.bridge_room() else {
+            return Err(CommandRefused::NotConnected);
+        };
+        let [caller, callee] = r.parties;
+        let made = if stereo {
+            r.room
+                .record_stereo(&path, Audience::only([caller]), Audience::only([callee]))
+        } else {
+            r.room.record(&path, Audience::All)
+        };
+        let member = match made {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(call = %uuid, error = %e, path = %path.display(), "cannot record");
+                self.dissolve_unneeded_room();
+                return Err(CommandRefused::RecordingUnavailable);
+            }
+        };
+        let start = now_utc();
+        if let Ok(mut p) = r.pending.lock() {
+            p.insert(
+                member,
+                Recording {
+                    id: id.clone(),
+                    call_id: uuid.clone(),
+                    tenant: Some(tenant),
+                    path: path.to_string_lossy().into_owned(),
+                    channels: if stereo { 2 } else { 1 },
+                    start_time: start,
+                    end_time: start,
+                    duration_ms: 0,
+                    size_bytes: 0,
+                },
+            );
+        }
+        r.recording = Some(RecordingRun {
+            id: id.clone(),
+            member,
+            stereo,
+            start,
+        });
+        info!(call = %uuid, recording = %id, stereo, "recording started");
+        self.emit(EventKind::Recording {
+            recording_id: id,
+            started: true,
+            stereo,
+            duration_ms: None,
+        });
+        Ok(())
+    }
+
+    /// Stops the recording: its file is completed and stored by the room's event task.
+    fn stop_recording(&mut self) -> Result<(), CommandRefused> {
+        let Some(b) = self.bridge.as_mut() else {
+            return Err(CommandRefused::NotRecording);
+        };
+        let connected = b.connected;
+        let Some(r) = b.room.as_mut().filter(|r| Some(r.attempt) == connected) else {
+            return Err(CommandRefused::NotRecording);
+        };
+        let Some(run) = r.recording.take() else {
+            return Err(CommandRefused::NotRecording);
+        };
+        r.room.remove(run.member);
+        self.recording_stopped(run);
+        self.dissolve_unneeded_room();
+        Ok(())
+    }
+
+    /// `call.recording` stopped: said by the actor when it stops it (a command, or the room's
+    /// end), so the event is never lost with a call that ends meanwhile.
+    fn recording_stopped(&mut self, run: RecordingRun) {
+        info!(call = %self.uuid, recording = %run.id, "recording stopped");
+        self.emit(EventKind::Recording {
+            recording_id: run.id,
+            started: false,
+            stereo: run.stereo,
+            duration_ms: Some((now_utc() - run.start).num_milliseconds().max(0)),
+        });
+    }
+
+    /// The bridge's room ends (its callee left, the bridge or the call ends): a recording in
+    /// it stops with it.
+    pub(super) fn end_bridge_room(&mut self) {
+        let Some(mut r) = self.bridge.as_mut().and_then(|b| b.room.take()) else {
+            return;
+        };
+        if let Some(run) = r.recording.take() {
+            self.recording_stopped(run);
+        }
+    }
+
+    /// Nothing needs the bridge room any more: the pair relays as a plain bridge again.
+    pub(super) fn dissolve_unneeded_room(&mut self) {
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        let Some(r) = b.room.as_ref() else {
+            return;
+        };
+        if r.needed() {
+            return;
+        }
+        let attempt = r.attempt;
+        self.end_bridge_room();
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        if b.connected == Some(attempt) && b.bridged == Some(attempt) {
+            if let Some(callee) = b.live(attempt) {
+                self.media.bridge(&callee.media);
+            }
+        }
+    }
+
+    /// The recording info of the call now (for snapshots).
+    pub(super) fn recording_info(&self) -> Option<RecordingInfo> {
+        self.current_bridge_room().and_then(BridgeRoom::info)
+    }
+
+    /// Whether a command holds / mutes this leg (for snapshots).
+    pub(super) fn leg_flags(&self, record: usize) -> (bool, bool) {
+        let side = if record == 0 {
+            Some(Side::Caller)
+        } else if self.connected_record() == Some(record) {
+            Some(Side::Callee)
+        } else {
+            None
+        };
+        match (side, self.current_bridge_room()) {
+            (Some(s), Some(r)) => (r.is_held(s), r.muted[s as usize]),
+            _ => (false, false),
+        }
+    }
+}
+
+/// Reads a bridge room's events: a prompt player's end goes to the actor; a recorder's end
+/// stores its recording here (the call may be over by then).
+async fn bridge_room_events(
+    mut events: mpsc::UnboundedReceiver<RoomEvent>,
+    done: mpsc::UnboundedSender<TaskDone>,
+    bridge: u64,
+    attempt: AttemptId,
+    pending: Arc<Mutex<HashMap<MemberId, Recording>>>,
+    store: Store,
+) {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            RoomEvent::PlayerFinished { member } => {
+                let _ = done.send(TaskDone::BridgePlayerDone {
+                    bridge,
+                    attempt,
+                    member,
+                });
+            }
+            RoomEvent::RecordingFinished {
+                member,
+                samples,
+                error,
+            } => {
+                let rec = pending.lock().ok().and_then(|mut p| p.remove(&member));
+                let Some(mut rec) = rec else { continue };
+                rec.end_time = now_utc();
+                rec.duration_ms = (samples / 8) as i64;
+                rec.size_bytes = std::fs::metadata(&rec.path)
+                    .map(|m| m.len() as i64)
+                    .unwrap_or(0);
+                let stored = {
+                    let store = store.clone();
+                    let rec = rec.clone();
+                    tokio::task::spawn_blocking(move || store.insert_recording(&rec)).await
+                };
+                let error = match (error, stored) {
+                    (Some(e), _) => Some(e),
+                    (None, Ok(Ok(()))) => None,
+                    (None, Ok(Err(e))) => Some(format!("not stored: {e}")),
+                    (None, Err(e)) => Some(format!("not stored: {e}")),
+                };
+                match &error {
+                    Some(e) => warn!(recording = %rec.id, error = %e, "recording incomplete"),
+                    None => info!(recording = %rec.id, ms = rec.duration_ms, "recording stored"),
+                }
+            }
+            RoomEvent::LegClosed { .. } => {}
+        }
+    }
+}
+
+/// The default music on hold: a calm arpeggio (C major, then A minor) of soft sine notes with
+/// short fades, 8 s long, for when `musicOnHold` names no file.
+pub fn default_music_on_hold() -> Arc<[i16]> {
+    const NOTES: [f32; 8] = [261.63, 329.63, 392.0, 523.25, 220.0, 261.63, 329.63, 440.0];
+    let note_len = 8000; // 1 s each
+    let fade = 400;
+    let mut out = Vec::with_capacity(NOTES.len() * note_len);
+    for f in NOTES {
+        for n in 0..note_len {
+            let t = n as f32 / 8000.0;
+            let env = (n.min(note_len - n) as f32 / fade as f32).min(1.0);
+            let v = (2.0 * std::f32::consts::PI * f * t).sin() * 0.6
+                + (2.0 * std::f32::consts::PI * f * 2.0 * t).sin() * 0.2;
+            out.push((v * 3000.0 * env) as i16);
+        }
+    }
+    out.into()
+}

@@ -1,0 +1,470 @@
+//! Commands that change a connected call's room, against the real binary: a SIPp caller
+//! bridged to a SIPp callee, each with a test RtpPeer sending its own tone, both answering the
+//! server's re-INVITEs. Hold sends the held party a re-INVITE `sendonly` and music on hold (a
+//! configured WAV of its own tone) while the other party stops hearing it; unhold sends
+//! `sendrecv` and both hear each other again; mute silences one party for the other; a stereo
+//! recording has the caller on the left channel and the callee on the right and is served by
+//! `GET /v1/recordings/{id}` (with byte ranges) and listed on the CDR. Every command in the
+//! wrong state is `409` naming why.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "cp_call_commands_admin_key_0123456";
+const CALLER_HZ: f64 = 500.0;
+const CALLEE_HZ: f64 = 1300.0;
+const MUSIC_HZ: f64 = 700.0;
+const HEARD: f64 = 1200.0;
+const SILENT: f64 = 300.0;
+
+fn levels(pcm: &[i16]) -> String {
+    format!(
+        "{} samples; caller {CALLER_HZ} Hz: {:.0}, callee {CALLEE_HZ} Hz: {:.0}, music {MUSIC_HZ} Hz: {:.0}",
+        pcm.len(),
+        tone_amplitude(pcm, CALLER_HZ),
+        tone_amplitude(pcm, CALLEE_HZ),
+        tone_amplitude(pcm, MUSIC_HZ)
+    )
+}
+
+fn post(server: &Server, path: &str, body: Option<serde_json::Value>) -> http::HttpResponse {
+    http::json(server.http_port(), "POST", path, Some(KEY), body.as_ref())
+}
+
+fn delete(server: &Server, path: &str) -> http::HttpResponse {
+    http::json(server.http_port(), "DELETE", path, Some(KEY), None)
+}
+
+/// Asserts a `409` naming `field` and saying `why`.
+fn assert_refused(r: &http::HttpResponse, field: &str, why: &str) {
+    assert_eq!(r.status, 409, "{}", r.describe());
+    assert_eq!(r.error().1.as_deref(), Some(field), "{}", r.describe());
+    assert!(r.text().contains(why), "expected {why:?}: {}", r.describe());
+}
+
+/// The a= direction of an SDP body.
+fn direction(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a="))
+        .find(|a| matches!(*a, "sendrecv" | "sendonly" | "recvonly" | "inactive"))
+}
+
+/// The o= line's session id and version.
+fn origin(sdp: &str) -> Option<(String, u64)> {
+    let o = sdp.lines().find_map(|l| l.trim().strip_prefix("o="))?;
+    let f: Vec<&str> = o.split_whitespace().collect();
+    Some((f.get(1)?.to_string(), f.get(2)?.parse().ok()?))
+}
+
+/// The n-th re-INVITE (CSeq method INVITE, sent by the server after the call's first) that
+/// `sipp` received.
+fn wait_reinvite(sipp: &SippProcess, who: &str, n: usize) -> TracedMessage {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let invites: Vec<TracedMessage> = sipp
+            .messages_so_far()
+            .into_iter()
+            .filter(|m| !m.sent && m.method() == Some("INVITE"))
+            .collect();
+        // The callee's first INVITE is the call itself; the caller received none before.
+        let skip = usize::from(who == "callee");
+        if let Some(m) = invites.get(skip + n - 1) {
+            return m.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} got no re-INVITE #{n} (INVITEs so far: {})",
+            invites.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn hold_mute_and_a_stereo_recording_of_a_connected_call() {
+    let music = std::env::temp_dir().join(format!(
+        "callplane-e2e-moh-{}-{}.wav",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::write(&music, pcm16_wav(8000, 1, &sine(MUSIC_HZ, 2.0, 6000.0))).expect("WAV");
+
+    let callee_rtp = RtpPeer::new();
+    let mut callee = Sipp::uas("uas_reinvited.xml")
+        .set("rtp_port", callee_rtp.port())
+        // Long enough that the first commands find the call not connected yet.
+        .set("answer_delay_ms", 1500)
+        .timeout_s(90)
+        .spawn();
+    callee.wait_listening();
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}",
+        tenant_with_prompts(),
+        trunk("callee", callee.port()),
+        number_with_plan(
+            "500",
+            "b",
+            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "callee", timeout = 15 } ] },
+  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
+        )
+    );
+    let server = Server::start_with(
+        &prov,
+        ServerOptions {
+            extra_server: format!("musicOnHold = {:?}\n", music.to_string_lossy()),
+            ..ServerOptions::default()
+        },
+    );
+    let caller_rtp = RtpPeer::new();
+    let mut caller = Sipp::uac("uac_reinvited.xml", server.sip_addr())
+        .service("500")
+        .set("rtp_port", caller_rtp.port())
+        .timeout_s(90)
+        .spawn();
+    let id = server.started_call_id();
+    let call = |p: &str| format!("/v1/calls/{id}{p}");
+
+    // Ringing: nothing to hold, mute or record yet.
+    let r = post(&server, &call("/hold"), None);
+    assert_refused(&r, "state", "not connected");
+    let r = post(&server, &call("/record"), None);
+    assert_refused(&r, "state", "not connected");
+
+    let ok = caller.wait_for_message("the 200 OK to the caller", Duration::from_secs(15), |m| {
+        !m.sent && m.status() == Some(200) && m.cseq_method().as_deref() == Some("INVITE")
+    });
+    let invite = callee.wait_for_message("the INVITE to the callee", Duration::from_secs(5), |m| {
+        !m.sent && m.method() == Some("INVITE")
+    });
+    caller_rtp.set_remote(sdp_audio_addr(ok.body()).expect("SDP in the 200 OK"));
+    callee_rtp.set_remote(sdp_audio_addr(invite.body()).expect("SDP in the INVITE"));
+    let (caller_session, first_version) = origin(ok.body()).expect("o= in the 200 OK");
+
+    let info = http::json(server.http_port(), "GET", &call(""), Some(KEY), None).json();
+    let callee_leg = info["bridgedTo"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not bridged: {info}"))
+        .to_string();
+
+    let start = Instant::now();
+    let mut windows: Vec<(&str, Instant, Instant)> = Vec::new();
+    let mut recording_id = String::new();
+    let mut recorded = (start, start);
+    std::thread::scope(|s| {
+        s.spawn(|| caller_rtp.send_pcm(&sine(CALLER_HZ, 15.0, 6000.0)));
+        s.spawn(|| callee_rtp.send_pcm(&sine(CALLEE_HZ, 15.0, 6000.0)));
+        std::thread::sleep(Duration::from_millis(500));
+
+        // Nothing to undo yet; a leg that is not a party; an unknown leg.
+        assert_refused(
+            &post(&server, &call("/unhold"), None),
+            "state",
+            "not on hold",
+        );
+        assert_refused(&post(&server, &call("/unmute"), None), "state", "not muted");
+        assert_refused(
+            &delete(&server, &call("/record")),
+            "state",
+            "not being recorded",
+        );
+        let r = post(
+            &server,
+            &call("/mute"),
+            Some(serde_json::json!({"leg": format!("{id}.7")})),
+        );
+        assert_eq!(r.status, 404, "{}", r.describe());
+        assert_eq!(r.error().1.as_deref(), Some("leg"), "{}", r.describe());
+        let r = post(
+            &server,
+            &call("/hold"),
+            Some(serde_json::json!({"leg": "nonsense"})),
+        );
+        assert_eq!(r.status, 400, "{}", r.describe());
+
+        let r = post(
+            &server,
+            &call("/record"),
+            Some(serde_json::json!({"stereo": true})),
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        recording_id = r.json()["recording"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no recording id: {}", r.describe()))
+            .to_string();
+        assert_eq!(r.json()["recording"]["stereo"], true, "{}", r.describe());
+        recorded.0 = Instant::now();
+        assert_refused(
+            &post(&server, &call("/record"), None),
+            "state",
+            "already being recorded",
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+        windows.push(("before", start + Duration::from_millis(300), Instant::now()));
+
+        // Hold the caller: music for it, silence for the callee.
+        let r = post(&server, &call("/hold"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let v = r.json();
+        assert_eq!(v["legs"][0]["held"], true, "{v}");
+        assert_eq!(v["state"], "held", "{v}");
+        let held = Instant::now();
+        assert_refused(
+            &post(&server, &call("/hold"), None),
+            "state",
+            "already on hold",
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        windows.push((
+            "held",
+            held + Duration::from_millis(500),
+            held + Duration::from_millis(2400),
+        ));
+
+        let r = post(&server, &call("/unhold"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
+        assert_eq!(r.json()["legs"][0]["held"], false, "{}", r.describe());
+        assert_eq!(r.json()["state"], "answered", "{}", r.describe());
+        let resumed = Instant::now();
+        std::thread::sleep(Duration::from_millis(2000));
+        windows.push((
+            "resumed",
+            resumed + Duration::from_millis(500),
+            resumed + Duration::from_millis(1900),
+        ));
+
+        // Mute the callee: the caller stops hearing it, the callee still hears the caller.
+        let r = post(
+            &server,
+            &call("/mute"),
+            Some(serde_json::json!({"leg": callee_leg})),
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        assert_eq!(r.json()["legs"][1]["muted"], true, "{}", r.describe());
+        let muted = Instant::now();
+        std::thread::sleep(Duration::from_millis(2000));
+        windows.push((
+            "muted",
+            muted + Duration::from_millis(400),
+            muted + Duration::from_millis(1900),
+        ));
+        let r = post(
+            &server,
+            &call("/unmute"),
+            Some(serde_json::json!({"leg": callee_leg})),
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let unmuted = Instant::now();
+        std::thread::sleep(Duration::from_millis(1500));
+        windows.push((
+            "unmuted",
+            unmuted + Duration::from_millis(400),
+            unmuted + Duration::from_millis(1400),
+        ));
+
+        let r = delete(&server, &call("/record"));
+        assert_eq!(r.status, 200, "{}", r.describe());
+        assert!(r.json()["recording"].is_null(), "{}", r.describe());
+        recorded.1 = Instant::now();
+        let r = post(&server, &call("/hangup"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
+    });
+    let _ = std::fs::remove_file(&music);
+
+    // The re-INVITEs the caller got: sendonly, then sendrecv, of the same session with
+    // growing versions; the callee got none.
+    let hold = wait_reinvite(&caller, "caller", 1);
+    let resume = wait_reinvite(&caller, "caller", 2);
+    assert_eq!(direction(hold.body()), Some("sendonly"), "{}", hold.body());
+    assert_eq!(
+        direction(resume.body()),
+        Some("sendrecv"),
+        "{}",
+        resume.body()
+    );
+    let (s1, v1) = origin(hold.body()).expect("o= in the hold re-INVITE");
+    let (s2, v2) = origin(resume.body()).expect("o= in the resume re-INVITE");
+    assert_eq!(
+        (&s1, &s2),
+        (&caller_session, &caller_session),
+        "same session"
+    );
+    assert!(
+        first_version < v1 && v1 < v2,
+        "versions {first_version} {v1} {v2}"
+    );
+
+    caller.wait().assert_success(&server.log_tail());
+    let callee = callee.wait();
+    callee.assert_success(&server.log_tail());
+    assert_eq!(
+        callee
+            .received()
+            .filter(|m| m.method() == Some("INVITE"))
+            .count(),
+        1,
+        "the callee was never re-INVITEd"
+    );
+
+    let ctx = |what: &str, pcm: &[i16]| format!("{what}: {}\n{}", levels(pcm), server.log_tail());
+    for (name, from, to) in &windows {
+        let at_caller = caller_rtp.heard(*from, *to);
+        let at_callee = callee_rtp.heard(*from, *to);
+        println!("{name:8} caller hears {}", levels(&at_caller));
+        println!("{name:8} callee hears {}", levels(&at_callee));
+        assert!(at_caller.len() > 4000, "{}", ctx(name, &at_caller));
+        assert!(at_callee.len() > 4000, "{}", ctx(name, &at_callee));
+        let caller_hears_callee = tone_amplitude(&at_caller, CALLEE_HZ) > HEARD;
+        let callee_hears_caller = tone_amplitude(&at_callee, CALLER_HZ) > HEARD;
+        match *name {
+            "held" => {
+                assert!(
+                    tone_amplitude(&at_caller, MUSIC_HZ) > HEARD,
+                    "held caller hears music: {}",
+                    ctx(name, &at_caller)
+                );
+                assert!(
+                    tone_amplitude(&at_caller, CALLEE_HZ) < SILENT,
+                    "held caller does not hear the callee: {}",
+                    ctx(name, &at_caller)
+                );
+                assert!(
+                    tone_amplitude(&at_callee, CALLER_HZ) < SILENT
+                        && tone_amplitude(&at_callee, MUSIC_HZ) < SILENT,
+                    "the callee hears neither the held caller nor its music: {}",
+                    ctx(name, &at_callee)
+                );
+            }
+            "muted" => {
+                assert!(
+                    tone_amplitude(&at_caller, CALLEE_HZ) < SILENT,
+                    "the muted callee is not heard: {}",
+                    ctx(name, &at_caller)
+                );
+                assert!(callee_hears_caller, "{}", ctx(name, &at_callee));
+            }
+            _ => {
+                assert!(caller_hears_callee, "{}", ctx(name, &at_caller));
+                assert!(callee_hears_caller, "{}", ctx(name, &at_callee));
+                assert!(
+                    tone_amplitude(&at_caller, MUSIC_HZ) < SILENT,
+                    "{}",
+                    ctx(name, &at_caller)
+                );
+            }
+        }
+    }
+
+    // The recording: on the CDR, and served whole and by range.
+    let cdr = server.wait_for_cdr("the call's CDR", |c| c.call_id == id);
+    assert_eq!(cdr.hangup_by, "api", "{}", cdr_text(&cdr));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let listed = loop {
+        let page = http::json(server.http_port(), "GET", "/v1/cdrs", Some(KEY), None).json();
+        let recs = page["items"][0]["recordings"].clone();
+        if recs.as_array().is_some_and(|a| !a.is_empty()) || Instant::now() > deadline {
+            break recs;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(listed[0]["id"], recording_id.as_str(), "{listed}");
+    assert_eq!(listed[0]["channels"], 2, "{listed}");
+    assert!(listed[0].get("path").is_none(), "no server path: {listed}");
+    let wanted_ms = (recorded.1 - recorded.0).as_millis() as i64;
+    let ms = listed[0]["durationMs"].as_i64().unwrap_or(0);
+    assert!(
+        (ms - wanted_ms).abs() < 600,
+        "recorded {ms} ms over {wanted_ms} ms"
+    );
+    let path = format!("/v1/recordings/{recording_id}");
+    let auth = format!("Bearer {KEY}");
+    let whole = http::request(
+        server.http_port(),
+        "GET",
+        &path,
+        &[("Authorization", auth.as_str())],
+        b"",
+    );
+    assert_eq!(whole.status, 200, "{}", whole.describe());
+    assert_eq!(whole.header("content-type"), Some("audio/wav"));
+    assert_eq!(
+        whole.body.len() as i64,
+        listed[0]["sizeBytes"].as_i64().unwrap_or(-1)
+    );
+    assert_eq!(
+        u16::from_le_bytes([whole.body[22], whole.body[23]]),
+        2,
+        "stereo"
+    );
+    let samples: Vec<i16> = whole.body[44..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+    println!("recording left:  {}", levels(&left));
+    println!("recording right: {}", levels(&right));
+    assert!(
+        tone_amplitude(&left, CALLER_HZ) > 600.0 && tone_amplitude(&left, CALLEE_HZ) < SILENT,
+        "left is the caller: {}",
+        levels(&left)
+    );
+    assert!(
+        tone_amplitude(&right, CALLEE_HZ) > 600.0 && tone_amplitude(&right, CALLER_HZ) < SILENT,
+        "right is the callee: {}",
+        levels(&right)
+    );
+    assert!(
+        tone_amplitude(&left, MUSIC_HZ) < SILENT,
+        "no music recorded"
+    );
+    let part = http::request(
+        server.http_port(),
+        "GET",
+        &path,
+        &[("Authorization", auth.as_str()), ("Range", "bytes=0-43")],
+        b"",
+    );
+    assert_eq!(part.status, 206, "{}", part.describe());
+    assert_eq!(part.body, whole.body[..44].to_vec());
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 0-43/{}", whole.body.len()).as_str())
+    );
+    let r = http::request(
+        server.http_port(),
+        "GET",
+        &path,
+        &[
+            ("Authorization", auth.as_str()),
+            ("Range", "bytes=99999999-"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 416, "{}", r.describe());
+    let r = http::request(
+        server.http_port(),
+        "GET",
+        "/v1/recordings/no-such-recording",
+        &[("Authorization", auth.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 404, "{}", r.describe());
+    let r = http::request(server.http_port(), "GET", &path, &[], b"");
+    assert_eq!(r.status, 401, "{}", r.describe());
+
+    // The bus saw it all (counted on /metrics).
+    for series in [
+        "callplane_call_events_total{type=\"call.held\"}",
+        "callplane_call_events_total{type=\"call.unheld\"}",
+        "callplane_call_events_total{type=\"call.muted\"}",
+        "callplane_call_events_total{type=\"call.unmuted\"}",
+    ] {
+        assert!(server.metric(series) >= 1.0, "{series} not counted");
+    }
+    assert!(
+        server.metric("callplane_call_events_total{type=\"call.recording\"}") >= 2.0,
+        "recording started and stopped"
+    );
+}
