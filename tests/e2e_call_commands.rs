@@ -468,3 +468,293 @@ fn hold_mute_and_a_stereo_recording_of_a_connected_call() {
         "recording started and stopped"
     );
 }
+
+/// A caller bridged to an agent is transferred blind to a target: the agent gets a BYE, the
+/// target rings and answers, and the caller and the target hear each other. A transfer to a
+/// busy target continues the plan after the BRIDGE block (`bridge_result=busy`).
+#[test]
+fn a_blind_transfer_connects_the_caller_to_the_target_and_releases_the_agent() {
+    const AGENT_HZ: f64 = 900.0;
+    const TARGET_HZ: f64 = 1700.0;
+    let agent_rtp = RtpPeer::new();
+    let mut agent = Sipp::uas("uas_reinvited.xml")
+        .set("rtp_port", agent_rtp.port())
+        .set("answer_delay_ms", 1200)
+        .timeout_s(60)
+        .spawn();
+    agent.wait_listening();
+    let target_rtp = RtpPeer::new();
+    let mut target = Sipp::uas("uas_reinvited.xml")
+        .set("rtp_port", target_rtp.port())
+        .set("answer_delay_ms", 300)
+        .timeout_s(60)
+        .spawn();
+    target.wait_listening();
+    let mut busy = Sipp::uas("uas_busy.xml").timeout_s(60).spawn();
+    busy.wait_listening();
+    let mut agent2 = Sipp::uas("uas_reinvited.xml")
+        .set("rtp_port", free_port())
+        .set("answer_delay_ms", 100)
+        .timeout_s(60)
+        .spawn();
+    agent2.wait_listening();
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}{}{}{}{}",
+        tenant_with_prompts(),
+        trunk("agent", agent.port()),
+        trunk("target", target.port()),
+        trunk("busy", busy.port()),
+        trunk("agent2", agent2.port()),
+        number_with_plan(
+            "500",
+            "b",
+            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "agent", timeout = 15 } ] },
+  { blockType = "HANGUP", hangupCause = "CALL_REJECTED" },"##
+        ),
+        number_with_plan(
+            "501",
+            "b2",
+            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "agent2", timeout = 15 } ] },
+  { blockType = "HANGUP", hangupCause = "CALL_REJECTED" },"##
+        )
+    );
+    let server = Server::start(&prov, true);
+    let caller_rtp = RtpPeer::new();
+    let mut caller = Sipp::uac("uac_reinvited.xml", server.sip_addr())
+        .service("500")
+        .set("rtp_port", caller_rtp.port())
+        .timeout_s(60)
+        .spawn();
+    let id = server.started_call_id();
+    let transfer =
+        |body: serde_json::Value| post(&server, &format!("/v1/calls/{id}/transfer"), Some(body));
+    let to_target = serde_json::json!({"destinationType": "SIP_TRUNK", "destination": "target"});
+
+    // Ringing: nothing to transfer yet.
+    assert_refused(
+        &transfer(serde_json::json!({"to": to_target})),
+        "state",
+        "not connected",
+    );
+    let ok = caller.wait_for_message("the 200 OK to the caller", Duration::from_secs(15), |m| {
+        !m.sent && m.status() == Some(200) && m.cseq_method().as_deref() == Some("INVITE")
+    });
+    let invite = agent.wait_for_message("the INVITE to the agent", Duration::from_secs(5), |m| {
+        !m.sent && m.method() == Some("INVITE")
+    });
+    caller_rtp.set_remote(sdp_audio_addr(ok.body()).expect("SDP"));
+    agent_rtp.set_remote(sdp_audio_addr(invite.body()).expect("SDP"));
+
+    let start = Instant::now();
+    let mut window = (start, start);
+    std::thread::scope(|s| {
+        s.spawn(|| caller_rtp.send_pcm(&sine(CALLER_HZ, 8.0, 6000.0)));
+        s.spawn(|| agent_rtp.send_pcm(&sine(AGENT_HZ, 8.0, 6000.0)));
+        std::thread::sleep(Duration::from_millis(800));
+        // Refusals: from leg 0, an attended transfer, a bad destination.
+        let r = transfer(serde_json::json!({"to": to_target, "from": format!("{id}.0")}));
+        assert_refused(&r, "from", "not supported");
+        let r = transfer(serde_json::json!({"to": to_target, "consultCallId": "x"}));
+        assert_refused(&r, "consultCallId", "not supported");
+        let r = transfer(serde_json::json!({"to": {"destinationType": "FAX", "destination": "1"}}));
+        assert_eq!(r.status, 400, "{}", r.describe());
+        assert_eq!(
+            r.error().1.as_deref(),
+            Some("to.destinationType"),
+            "{}",
+            r.describe()
+        );
+
+        let r = transfer(serde_json::json!({"to": to_target}));
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let invite =
+            target.wait_for_message("the INVITE to the target", Duration::from_secs(10), |m| {
+                !m.sent && m.method() == Some("INVITE")
+            });
+        target_rtp.set_remote(sdp_audio_addr(invite.body()).expect("SDP"));
+        target.wait_for_message("the target's 200 OK", Duration::from_secs(5), |m| {
+            m.sent && m.status() == Some(200)
+        });
+        s.spawn(|| target_rtp.send_pcm(&sine(TARGET_HZ, 4.0, 6000.0)));
+        let connected = Instant::now();
+        std::thread::sleep(Duration::from_millis(2500));
+        window = (
+            connected + Duration::from_millis(500),
+            connected + Duration::from_millis(2400),
+        );
+        let info = http::json(
+            server.http_port(),
+            "GET",
+            &format!("/v1/calls/{id}"),
+            Some(KEY),
+            None,
+        )
+        .json();
+        assert_eq!(info["legs"].as_array().map(Vec::len), Some(3), "{info}");
+        assert_eq!(info["legs"][1]["state"], "ended", "{info}");
+        assert_eq!(info["bridgedTo"], format!("{id}.2"), "{info}");
+        assert_eq!(info["variables"]["transferred_to"], "target", "{info}");
+        let r = post(&server, &format!("/v1/calls/{id}/hangup"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
+    });
+    let agent = agent.wait();
+    agent.assert_success(&server.log_tail());
+    assert!(
+        agent.received_request("BYE").is_some(),
+        "the agent got a BYE: {}",
+        agent.report()
+    );
+    caller.wait().assert_success(&server.log_tail());
+    target.wait().assert_success(&server.log_tail());
+    let at_caller = caller_rtp.heard(window.0, window.1);
+    let at_target = target_rtp.heard(window.0, window.1);
+    println!("caller hears {}", levels(&at_caller));
+    println!("target hears {}", levels(&at_target));
+    assert!(
+        tone_amplitude(&at_caller, TARGET_HZ) > HEARD,
+        "caller hears the target: {} / {:.0}\n{}",
+        levels(&at_caller),
+        tone_amplitude(&at_caller, TARGET_HZ),
+        server.log_tail()
+    );
+    assert!(
+        tone_amplitude(&at_caller, AGENT_HZ) < SILENT,
+        "not the agent any more"
+    );
+    assert!(
+        tone_amplitude(&at_target, CALLER_HZ) > HEARD,
+        "target hears the caller: {}",
+        levels(&at_target)
+    );
+    let cdr = server.wait_for_cdr("the transferred call's CDR", |c| c.call_id == id);
+    assert_eq!(cdr.legs.len(), 3, "{}", cdr_text(&cdr));
+    assert_eq!(cdr.legs[1].destination, "agent", "{}", cdr_text(&cdr));
+    assert!(cdr.legs[1].answer_time.is_some(), "{}", cdr_text(&cdr));
+    assert_eq!(cdr.legs[2].destination, "target", "{}", cdr_text(&cdr));
+    assert!(cdr.legs[2].answer_time.is_some(), "{}", cdr_text(&cdr));
+    assert!(
+        server.metric("callplane_call_events_total{type=\"call.transferred\"}") >= 1.0,
+        "call.transferred counted"
+    );
+    // A call that ended: commands on it are 409 for a while, not 404.
+    let r = transfer(serde_json::json!({"to": to_target}));
+    assert_refused(&r, "state", "has ended");
+
+    // A transfer to a busy target: the plan goes on after the BRIDGE (here: CALL_REJECTED).
+    let mut caller2 = Sipp::uac("uac_reinvited.xml", server.sip_addr())
+        .service("501")
+        .set("rtp_port", free_port())
+        .timeout_s(60)
+        .spawn();
+    caller2.wait_for_message("the 200 OK to caller 2", Duration::from_secs(15), |m| {
+        !m.sent && m.status() == Some(200) && m.cseq_method().as_deref() == Some("INVITE")
+    });
+    let calls = http::json(server.http_port(), "GET", "/v1/calls", Some(KEY), None).json();
+    let id2 = calls[0]["id"]
+        .as_str()
+        .expect("the second call")
+        .to_string();
+    let r = post(
+        &server,
+        &format!("/v1/calls/{id2}/transfer"),
+        Some(serde_json::json!({"to": {"destinationType": "SIP_TRUNK", "destination": "busy"}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.describe());
+    caller2.wait().assert_success(&server.log_tail());
+    agent2.wait().assert_success(&server.log_tail());
+    busy.wait().assert_success(&server.log_tail());
+    let cdr = server.wait_for_cdr("the busy transfer's CDR", |c| c.call_id == id2);
+    assert_eq!(cdr.hangup_cause, "CALL_REJECTED", "{}", cdr_text(&cdr));
+    assert_eq!(
+        cdr.variables.get("bridge_result").map(String::as_str),
+        Some("busy"),
+        "{}",
+        cdr_text(&cdr)
+    );
+}
+
+/// A call in its plan (collecting digits) is redirected to a target: the collection stops,
+/// the caller is bridged to the target, and they hear each other.
+#[test]
+fn a_redirect_sends_a_call_in_its_plan_to_another_destination() {
+    const TARGET_HZ: f64 = 1700.0;
+    let target_rtp = RtpPeer::new();
+    let mut target = Sipp::uas("uas_reinvited.xml")
+        .set("rtp_port", target_rtp.port())
+        .set("answer_delay_ms", 300)
+        .timeout_s(60)
+        .spawn();
+    target.wait_listening();
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}",
+        tenant_with_prompts(),
+        trunk("target", target.port()),
+        number_with_plan(
+            "600",
+            "ivr",
+            r##"  { blockType = "COLLECT_DIGITS", announcementName = "enter-digits", variableName = "pin", minDigits = 4, maxDigits = 4, maxTries = 1, timeout = 60 },
+  { blockType = "HANGUP", hangupCause = "CALL_REJECTED" },"##
+        )
+    );
+    let server = Server::start(&prov, true);
+    let caller_rtp = RtpPeer::new();
+    let mut caller = Sipp::uac("uac_reinvited.xml", server.sip_addr())
+        .service("600")
+        .set("rtp_port", caller_rtp.port())
+        .timeout_s(60)
+        .spawn();
+    let id = server.started_call_id();
+    let ok = caller.wait_for_message("the 200 OK to the caller", Duration::from_secs(15), |m| {
+        !m.sent && m.status() == Some(200) && m.cseq_method().as_deref() == Some("INVITE")
+    });
+    caller_rtp.set_remote(sdp_audio_addr(ok.body()).expect("SDP"));
+    let r = post(
+        &server,
+        &format!("/v1/calls/{id}/redirect"),
+        Some(
+            serde_json::json!({"to": {"destinationType": "SIP_TRUNK", "destination": "target", "timeout": 10}}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let invite =
+        target.wait_for_message("the INVITE to the target", Duration::from_secs(10), |m| {
+            !m.sent && m.method() == Some("INVITE")
+        });
+    target_rtp.set_remote(sdp_audio_addr(invite.body()).expect("SDP"));
+    target.wait_for_message("the target's 200 OK", Duration::from_secs(5), |m| {
+        m.sent && m.status() == Some(200)
+    });
+    let connected = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| caller_rtp.send_pcm(&sine(CALLER_HZ, 3.0, 6000.0)));
+        s.spawn(|| target_rtp.send_pcm(&sine(TARGET_HZ, 3.0, 6000.0)));
+    });
+    let window = (
+        connected + Duration::from_millis(600),
+        connected + Duration::from_millis(2800),
+    );
+    let r = post(&server, &format!("/v1/calls/{id}/hangup"), None);
+    assert_eq!(r.status, 200, "{}", r.describe());
+    caller.wait().assert_success(&server.log_tail());
+    target.wait().assert_success(&server.log_tail());
+    let at_caller = caller_rtp.heard(window.0, window.1);
+    let at_target = target_rtp.heard(window.0, window.1);
+    assert!(
+        tone_amplitude(&at_caller, TARGET_HZ) > HEARD,
+        "caller hears the target: {}\n{}",
+        levels(&at_caller),
+        server.log_tail()
+    );
+    assert!(
+        tone_amplitude(&at_target, CALLER_HZ) > HEARD,
+        "target hears the caller: {}",
+        levels(&at_target)
+    );
+    let cdr = server.wait_for_cdr("the redirected call's CDR", |c| c.call_id == id);
+    assert_eq!(
+        cdr.variables.get("transferred_to").map(String::as_str),
+        Some("target")
+    );
+    assert_eq!(cdr.variables.get("pin"), None, "the collection was stopped");
+    assert_eq!(cdr.hangup_by, "api", "{}", cdr_text(&cdr));
+}

@@ -50,6 +50,8 @@ pub trait CallControl: Send + Sync + 'static {
     fn is_registered(&self, user: &str) -> bool;
     /// Holds, mutes, records… (see [`ControlCommand`]); `None` when the call is gone.
     fn control(&self, call_id: &str, cmd: ControlCommand) -> HangupFuture;
+    /// A call that ended within the last few minutes.
+    fn ended_call(&self, call_id: &str) -> Option<callplane_engine::registry::EndedCall>;
 }
 
 /// Which calls `list_calls` keeps, by `(tenant, number)`.
@@ -119,11 +121,42 @@ impl CallControl for callplane_engine::Engine {
         let call_id = call_id.to_string();
         Box::pin(async move { engine.control(&call_id, cmd).await })
     }
+
+    fn ended_call(&self, call_id: &str) -> Option<callplane_engine::registry::EndedCall> {
+        callplane_engine::Engine::ended_call(self, call_id)
+    }
 }
 
-/// The call `id`, if it runs and the key's scope covers it; else `404` whether or not it runs.
-/// For an `account` key the call's lines decide, so its snapshot is taken: it is returned.
+/// The call `id` a command is for, if it runs and the key's scope covers it; else `404`
+/// whether or not it runs — but `409` for a call in scope that ended a short while ago (the
+/// command came too late). For an `account` key the call's lines decide, so its snapshot is
+/// taken: it is returned.
 async fn scoped_call(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Option<CallInfo>, ApiError> {
+    match scoped_running_call(st, caller, id).await {
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            let ended = st.calls.ended_call(id);
+            match ended {
+                Some(c)
+                    if caller
+                        .call_scope(&st.store)?
+                        .covers(Some(&c.tenant), &c.lines) =>
+                {
+                    Err(ApiError::conflict(format!("the call \"{id}\" has ended"))
+                        .with_field("state"))
+                }
+                _ => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The call `id`, if it runs and the key's scope covers it; else `404`.
+async fn scoped_running_call(
     st: &ApiState,
     caller: &Caller,
     id: &str,
@@ -212,7 +245,7 @@ pub(crate) async fn get_call(
     caller: &Caller,
     id: &str,
 ) -> Result<CallInfo, ApiError> {
-    if let Some(info) = scoped_call(st, caller, id).await? {
+    if let Some(info) = scoped_running_call(st, caller, id).await? {
         return Ok(info);
     }
     st.calls
@@ -597,6 +630,174 @@ pub async fn run_blocks(
     }
 }
 
+/// A BRIDGE destination object of a request (named `field`: `to`, …), checked by the BRIDGE
+/// block's own rules (errors name `<field>.destinationType`, `<field>.destination`…; a left
+/// out `timeout` is [`DEFAULT_RING_SECONDS`]). A SIP user must be of `tenant`: another
+/// tenant's is not ours to ring, nor to learn whether it is online.
+pub(crate) fn destination(
+    st: &ApiState,
+    value: Option<Value>,
+    field: &str,
+    object_name: &str,
+    tenant: &str,
+) -> Result<callplane_engine::blocks::BridgeDestination, ApiError> {
+    let invalid = |f: &str, msg: String| ApiError::invalid_field(object_name, f, msg);
+    let mut to = match value {
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(ApiError::invalid_json(
+            format!(
+                "`{field}` must be a destination object: {{\"destinationType\", \"destination\"}}"
+            ),
+            Some(field.into()),
+        )),
+        None => {
+            return Err(ApiError::invalid_json(
+                format!("missing field `{field}`"),
+                Some(field.into()),
+            ))
+        }
+    };
+    to.entry("timeout".to_string())
+        .or_insert(Value::from(DEFAULT_RING_SECONDS));
+    let probe = serde_json::json!([{
+        "blockType": "BRIDGE", "bridgeMode": "SEQUENTIAL", "destinations": [to]
+    }]);
+    let destination = match callplane_engine::blocks::parse_blocks(&probe) {
+        Ok(mut b) => match b.pop() {
+            Some(Block::Bridge(mut bridge)) if !bridge.destinations.is_empty() => {
+                bridge.destinations.remove(0)
+            }
+            _ => return Err(invalid(field, "not a destination".into())),
+        },
+        Err(errors) => {
+            let list = errors
+                .into_iter()
+                .map(|e| callplane_store::FieldError {
+                    object: object_name.to_string(),
+                    field: e
+                        .field
+                        .strip_prefix("destinations[0]")
+                        .map(|rest| format!("{field}{rest}"))
+                        .unwrap_or_else(|| field.to_string()),
+                    message: e.to_string(),
+                })
+                .collect();
+            return Err(ApiError::validation(list));
+        }
+    };
+    if destination.destination_type == callplane_engine::blocks::DestinationType::SipUser {
+        match st.store.get_sip_user(&destination.destination)? {
+            Some(u) if u.tenant == tenant => {}
+            _ => {
+                return Err(invalid(
+                    &format!("{field}.destination"),
+                    format!(
+                        "no SIP user \"{}\" in tenant \"{tenant}\"",
+                        destination.destination
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(destination)
+}
+
+/// `409` naming `field` when `to` is a SIP user with no registered device (nothing would
+/// ring).
+fn check_registered(
+    st: &ApiState,
+    to: &callplane_engine::blocks::BridgeDestination,
+    field: &str,
+) -> Result<(), ApiError> {
+    if to.destination_type == callplane_engine::blocks::DestinationType::SipUser
+        && !st.calls.is_registered(&to.destination)
+    {
+        return Err(ApiError::conflict(format!(
+            "SIP user \"{}\" has no registered device",
+            to.destination
+        ))
+        .with_field(field));
+    }
+    Ok(())
+}
+
+/// `POST /v1/calls/{id}/transfer` `{"to": <destination>, "from": "<leg id>"}`: blind
+/// transfer — leg `from` (default: the connected callee) is hung up and its other party (the
+/// caller) is connected to `to`. Answers the call as it is then (dialling `to`).
+pub async fn transfer(
+    State(st): State<ApiState>,
+    caller: Caller,
+    P(id): P<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<CallInfo>, ApiError> {
+    transfer_call(&st, &caller, &id, object(body)?)
+        .await
+        .map(Json)
+}
+
+pub(crate) async fn transfer_call(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+    mut body: serde_json::Map<String, Value>,
+) -> Result<CallInfo, ApiError> {
+    only_fields(&body, &["to", "from", "consultCallId"])?;
+    scoped_call(st, caller, id).await?;
+    let info = get_call(st, caller, id).await?;
+    if !matches!(body.get("consultCallId"), None | Some(Value::Null)) {
+        return Err(ApiError::conflict(
+            "attended transfer (consultCallId) is not supported yet; transfer blind with `to`",
+        )
+        .with_field("consultCallId"));
+    }
+    let to = destination(st, body.remove("to"), "to", "transfer", &info.tenant)?;
+    let from = leg_index(id, "transfer", body.remove("from"))?;
+    check_registered(st, &to, "to.destination")?;
+    let answer = st
+        .calls
+        .control(id, ControlCommand::Transfer { to, from })
+        .await;
+    command_answer(id, answer).map_err(|e| {
+        // The leg a transfer names is its `from`.
+        if e.field.as_deref() == Some("leg") {
+            e.with_field("from")
+        } else {
+            e
+        }
+    })
+}
+
+/// `POST /v1/calls/{id}/redirect` `{"to": <destination>}`: sends the call — ringing or
+/// answered, in its plan or connected — to `to`: what runs stops and the rest of its plan is a
+/// BRIDGE to `to`.
+pub async fn redirect(
+    State(st): State<ApiState>,
+    caller: Caller,
+    P(id): P<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<CallInfo>, ApiError> {
+    redirect_call(&st, &caller, &id, object(body)?)
+        .await
+        .map(Json)
+}
+
+pub(crate) async fn redirect_call(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+    mut body: serde_json::Map<String, Value>,
+) -> Result<CallInfo, ApiError> {
+    only_fields(&body, &["to"])?;
+    scoped_call(st, caller, id).await?;
+    let info = get_call(st, caller, id).await?;
+    let to = destination(st, body.remove("to"), "to", "redirect", &info.tenant)?;
+    check_registered(st, &to, "to.destination")?;
+    command_answer(
+        id,
+        st.calls.control(id, ControlCommand::Redirect { to }).await,
+    )
+}
+
 /// What `POST /v1/calls` and the callback answer: `201` with the call and its `Location`.
 type Placed = (
     StatusCode,
@@ -607,15 +808,12 @@ type Placed = (
 /// Places the call, unless it would ring a SIP user with no registered device (`409` naming
 /// `field`: nothing is dialled).
 fn place(st: &ApiState, req: Originate, field: &str) -> Result<Placed, ApiError> {
-    if req.destination_type == callplane_engine::blocks::DestinationType::SipUser
-        && !st.calls.is_registered(&req.destination)
-    {
-        return Err(ApiError::conflict(format!(
-            "SIP user \"{}\" has no registered device",
-            req.destination
-        ))
-        .with_field(field));
-    }
+    let to = callplane_engine::blocks::BridgeDestination {
+        destination_type: req.destination_type,
+        destination: req.destination.clone(),
+        timeout: None,
+    };
+    check_registered(st, &to, field)?;
     let info = st.calls.originate(req);
     Ok((
         StatusCode::CREATED,
@@ -720,67 +918,7 @@ pub(crate) fn originate_request(
             }
         }
     }
-    // `to`: a BRIDGE destination, checked by the BRIDGE block's own rules.
-    let to = match body.remove("to") {
-        Some(Value::Object(m)) => m,
-        Some(_) => {
-            return Err(ApiError::invalid_json(
-                "`to` must be a destination object: {\"destinationType\", \"destination\"}",
-                Some("to".into()),
-            ))
-        }
-        None => {
-            return Err(ApiError::invalid_json(
-                "missing field `to`",
-                Some("to".into()),
-            ))
-        }
-    };
-    let mut to_for_check = to.clone();
-    to_for_check
-        .entry("timeout".to_string())
-        .or_insert(Value::from(DEFAULT_RING_SECONDS));
-    let probe = serde_json::json!([{
-        "blockType": "BRIDGE", "bridgeMode": "SEQUENTIAL", "destinations": [to_for_check]
-    }]);
-    let destination = match callplane_engine::blocks::parse_blocks(&probe) {
-        Ok(mut b) => match b.pop() {
-            Some(Block::Bridge(mut bridge)) if !bridge.destinations.is_empty() => {
-                bridge.destinations.remove(0)
-            }
-            _ => return Err(invalid("to", "not a destination".into())),
-        },
-        Err(errors) => {
-            let list = errors
-                .into_iter()
-                .map(|e| callplane_store::FieldError {
-                    object: object_name.to_string(),
-                    field: e
-                        .field
-                        .strip_prefix("destinations[0]")
-                        .map(|rest| format!("to{rest}"))
-                        .unwrap_or_else(|| "to".to_string()),
-                    message: e.to_string(),
-                })
-                .collect();
-            return Err(ApiError::validation(list));
-        }
-    };
-    // A SIP user of another tenant is not ours to ring (nor to learn whether it is online).
-    if destination.destination_type == callplane_engine::blocks::DestinationType::SipUser {
-        match st.store.get_sip_user(&destination.destination)? {
-            Some(u) if u.tenant == tenant.name => {}
-            _ => {
-                return Err(invalid(
-                    "to.destination",
-                    format!(
-                        "no SIP user \"{}\" in tenant \"{}\"",
-                        destination.destination, tenant.name
-                    ),
-                ))
-            }
-        }
-    }
+    let destination = destination(st, body.remove("to"), "to", object_name, &tenant.name)?;
     let timeout = match body.remove("timeout") {
         None | Some(Value::Null) => destination
             .timeout

@@ -907,6 +907,8 @@ async fn command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value
             | "calls.unmute"
             | "calls.record"
             | "calls.stopRecording"
+            | "calls.transfer"
+            | "calls.redirect"
     );
     let key = id.filter(|_| changes).map(|v| match v {
         Value::String(s) => s.clone(),
@@ -1021,6 +1023,18 @@ async fn run_command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &V
                 .map(|v| serde_json::to_value(v).unwrap_or_default()),
             Err(e) => Err(e),
         },
+        "calls.transfer" => match call_id() {
+            Ok(c) => crate::calls::transfer_call(st, caller, &c, params)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => Err(e),
+        },
+        "calls.redirect" => match call_id() {
+            Ok(c) => crate::calls::redirect_call(st, caller, &c, params)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => Err(e),
+        },
         "calls.stopRecording" => match call_id() {
             Ok(c) => crate::calls::stop_recording(st, caller, &c)
                 .await
@@ -1033,7 +1047,8 @@ async fn run_command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &V
             format!(
                 "unknown method \"{other}\" (expected calls.list, calls.get, calls.hangup, \
                  calls.interrupt, calls.dtmf, calls.hold, calls.unhold, calls.mute, \
-                 calls.unmute, calls.record, calls.stopRecording)"
+                 calls.unmute, calls.record, calls.stopRecording, calls.transfer, \
+                 calls.redirect)"
             ),
         )),
     };

@@ -132,6 +132,14 @@ impl CallControl for FakeCalls {
         user == "alice"
     }
 
+    fn ended_call(&self, call_id: &str) -> Option<callplane_engine::registry::EndedCall> {
+        (call_id == "call-ended").then(|| callplane_engine::registry::EndedCall {
+            tenant: "acme".into(),
+            number: "100".into(),
+            lines: vec!["carol".into()],
+        })
+    }
+
     fn control(
         &self,
         call_id: &str,
@@ -147,7 +155,9 @@ impl CallControl for FakeCalls {
             | ControlCommand::Mute {
                 leg: None | Some(0),
             }
-            | ControlCommand::StartRecording { .. } => Ok(info),
+            | ControlCommand::StartRecording { .. }
+            | ControlCommand::Redirect { .. } => Ok(info),
+            ControlCommand::Transfer { .. } => Err(CommandRefused::NotConnected),
             ControlCommand::Hold { .. } | ControlCommand::Mute { .. } => {
                 Err(CommandRefused::NoSuchLeg)
             }
@@ -2219,6 +2229,28 @@ async fn party_and_recording_commands_check_scope_body_and_state() {
     f.call("POST", "/v1/calls/call-acme/hold", None, None)
         .await
         .expect(401, "unauthorized", None);
+    // A call in scope that ended a short while ago: 409 for commands, 404 to read; out of
+    // scope (another tenant, another line) 404.
+    f.call("POST", "/v1/calls/call-ended/hold", Some(CUSTOMER), None)
+        .await
+        .expect(409, "conflict", Some("state"));
+    f.call("POST", "/v1/calls/call-ended/hangup", Some(CUSTOMER), None)
+        .await
+        .expect(409, "conflict", Some("state"));
+    f.call("GET", "/v1/calls/call-ended", Some(CUSTOMER), None)
+        .await
+        .expect(404, "not_found", None);
+    f.call(
+        "POST",
+        "/v1/calls/call-ended/hold",
+        Some(CUSTOMER_BETA),
+        None,
+    )
+    .await
+    .expect(404, "not_found", None);
+    f.call("POST", "/v1/calls/call-ended/hold", Some(ACCOUNT), None)
+        .await
+        .expect(404, "not_found", None);
     // Recordings: unknown ids are 404 (in scope or not).
     f.call("GET", "/v1/recordings/nope", Some(ADMIN), None)
         .await

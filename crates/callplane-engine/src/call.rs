@@ -1318,7 +1318,9 @@ impl Call {
         // The call is over and recorded: no command can reach it any more (those already
         // queued are dropped unanswered: the API reports the call as gone). Its end is when
         // our BYE's transaction is too (as long as a BYE can take).
-        self.svc.calls.remove(&self.uuid);
+        self.svc
+            .calls
+            .finish(&self.uuid, self.events.scope().lines.clone());
         self.commands.close();
         while self.commands.try_recv().is_ok() {}
         if let Some(done) = self.bye_done.take() {

@@ -121,6 +121,11 @@ impl Engine {
         self.svc.calls.get(call_id).map(|h| h.tenant)
     }
 
+    /// A call that ended within the last few minutes.
+    pub fn ended_call(&self, call_id: &str) -> Option<crate::registry::EndedCall> {
+        self.svc.calls.ended(call_id)
+    }
+
     /// Webhook requests by tenant and kind, for `/metrics`.
     pub fn webhook_series(&self) -> Vec<crate::webhook::WebhookSeries> {
         self.svc.webhooks.metrics().series()

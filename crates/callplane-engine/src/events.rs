@@ -61,6 +61,14 @@ pub enum EventKind {
     Unheld {
         party: Party,
     },
+    /// The call was sent elsewhere by a command: `redirect` (its plan replaced by a BRIDGE to
+    /// `to`) or a `blind` transfer (leg `from` hung up, its other party dialling `to`).
+    Transferred {
+        mode: &'static str,
+        from_leg: Option<u32>,
+        to: String,
+        to_type: String,
+    },
     /// A party was muted (nobody hears it) or unmuted by a command.
     Muted {
         party: Party,
@@ -124,6 +132,7 @@ impl EventKind {
             EventKind::Muted { muted: true, .. } => "call.muted",
             EventKind::Muted { muted: false, .. } => "call.unmuted",
             EventKind::Recording { .. } => "call.recording",
+            EventKind::Transferred { .. } => "call.transferred",
             EventKind::Leg { .. } => "leg.state",
             EventKind::Dtmf { .. } => "call.dtmf",
             EventKind::ConferenceJoined { .. } => "conference.joined",
@@ -152,6 +161,17 @@ impl EventKind {
             | EventKind::Muted { party, .. } => {
                 json!({ "party": party.as_str() })
             }
+            EventKind::Transferred {
+                mode,
+                from_leg,
+                to,
+                to_type,
+            } => json!({
+                "mode": mode,
+                "fromLeg": from_leg,
+                "to": to,
+                "destinationType": to_type,
+            }),
             EventKind::Recording {
                 recording_id,
                 started,

@@ -170,6 +170,13 @@ pub enum Input {
     },
     /// Stop the running block (API `interrupt`).
     Interrupt,
+    /// Send the call elsewhere (API `redirect`): whatever runs stops, and the rest of the plan
+    /// (returned Call Control blocks included) is replaced by this BRIDGE.
+    Redirect(BridgeBlock),
+    /// The connected callee was transferred away and the caller is being connected to
+    /// another party (API blind transfer): the BRIDGE block is dialling again, so a failure
+    /// continues the plan after it (with `bridge_result`) as the block's own would have.
+    BridgeRestarted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,7 +452,33 @@ impl CallFlow {
                 }
             }
             Input::Interrupt => self.interrupt(now),
+            Input::Redirect(block) => self.redirect(block, now),
+            Input::BridgeRestarted => {
+                if matches!(self.step, Step::Bridged) {
+                    self.step = Step::Bridging;
+                }
+            }
         }
+    }
+
+    /// Stops whatever runs (as an interrupt does, but also a wait for a webhook or a plan,
+    /// whose late answer is then ignored) and continues with `block` alone.
+    fn redirect(&mut self, block: BridgeBlock, now: Instant) {
+        match &self.step {
+            Step::Done => return,
+            Step::Playing(_) | Step::Collect { .. } => self.actions.push_back(Action::StopPlay),
+            Step::Bridging | Step::Bridged => self.actions.push_back(Action::StopBridge),
+            Step::Conference => self.actions.push_back(Action::LeaveConference),
+            Step::Idle | Step::Webhook(_) | Step::AskUrl { .. } | Step::LoadingPlan => {}
+        }
+        self.timer = None;
+        self.step = Step::Idle;
+        self.frames = vec![Frame {
+            blocks: vec![Block::Bridge(block)],
+            pc: 0,
+            control: None,
+        }];
+        self.advance(now);
     }
 
     /// Whether the flow still waits for the end of play `id`: a prompt that finished rendering
@@ -1472,6 +1505,84 @@ mod tests {
         // A late bridge outcome of the abandoned bridge is ignored.
         f.handle(Input::BridgeFailed(BridgeResult::Busy), t);
         assert_eq!(f.variables().get("bridge_result"), None);
+    }
+
+    fn bridge_to(user: &str) -> BridgeBlock {
+        BridgeBlock {
+            bridge_mode: crate::blocks::BridgeMode::Sequential,
+            block_timeout: None,
+            destinations: vec![BridgeDestination {
+                destination_type: crate::blocks::DestinationType::SipUser,
+                destination: user.into(),
+                timeout: Some(20),
+            }],
+        }
+    }
+
+    #[test]
+    fn redirect_replaces_the_rest_of_the_plan_even_while_a_webhook_is_asked() {
+        let t = Instant::now();
+        let mut f = plan_with_cc(json!({}));
+        f.start(t);
+        let r0 = cc_request(&drain(&mut f));
+        f.handle(Input::Redirect(bridge_to("carol")), t);
+        let a = drain(&mut f);
+        assert!(
+            matches!(&a[..], [Action::Bridge { block, .. }] if block.destinations[0].destination == "carol"),
+            "{a:?}"
+        );
+        // The webhook's late answer is ignored: the redirect's bridge is what runs.
+        answer(
+            &mut f,
+            r0.id,
+            json!({"blocks":[{"blockType":"ANNOUNCEMENT","announcementName":"late"}]}),
+            t,
+        );
+        assert!(drain(&mut f).is_empty());
+        // A failed redirect ends the call: nothing of the old plan is left.
+        f.handle(Input::BridgeFailed(BridgeResult::Busy), t);
+        assert!(
+            matches!(&drain(&mut f)[..], [Action::Hangup { .. }]),
+            "the call ends"
+        );
+    }
+
+    #[test]
+    fn redirect_of_a_connected_call_stops_its_bridge_first() {
+        let t = Instant::now();
+        let mut f = flow(json!([
+            {"blockType":"BRIDGE","bridgeMode":"SEQUENTIAL","destinations":[{"destinationType":"SIP_USER","destination":"bob","timeout":30}]},
+            {"blockType":"ANNOUNCEMENT","announcementName":"next"}
+        ]));
+        f.start(t);
+        drain(&mut f);
+        f.handle(Input::BridgeConnected, t);
+        f.handle(Input::Redirect(bridge_to("carol")), t);
+        let a = drain(&mut f);
+        assert_eq!(a[0], Action::StopBridge);
+        assert!(matches!(&a[1], Action::Bridge { .. }), "{a:?}");
+        assert!(!plays(&a, "next"));
+    }
+
+    #[test]
+    fn a_restarted_bridge_that_fails_continues_after_the_block() {
+        let t = Instant::now();
+        let mut f = flow(json!([
+            {"blockType":"BRIDGE","bridgeMode":"SEQUENTIAL","destinations":[{"destinationType":"SIP_USER","destination":"bob","timeout":30}]},
+            {"blockType":"ANNOUNCEMENT","announcementName":"next"}
+        ]));
+        f.start(t);
+        drain(&mut f);
+        f.handle(Input::BridgeConnected, t);
+        // Transferred: dialling again; the transfer target does not answer.
+        f.handle(Input::BridgeRestarted, t);
+        f.handle(Input::BridgeFailed(BridgeResult::NoAnswer), t);
+        assert_eq!(f.variables().get("bridge_result"), Some("no_answer"));
+        assert!(plays(&drain(&mut f), "next"));
+        // Outside a connected bridge it means nothing.
+        f.handle(Input::BridgeRestarted, t);
+        f.handle(Input::BridgeFailed(BridgeResult::Busy), t);
+        assert_eq!(f.variables().get("bridge_result"), Some("no_answer"));
     }
 
     // ---- ASK_URL ----

@@ -68,6 +68,17 @@ pub enum ControlCommand {
         stereo: bool,
     },
     StopRecording,
+    /// Blind transfer: the party on the other side of leg `from` (default: the connected
+    /// callee; so the caller) is connected to `to`, and `from`'s leg ends.
+    Transfer {
+        to: crate::blocks::BridgeDestination,
+        from: Option<u32>,
+    },
+    /// Send the call (its caller, ringing or answered) to `to`: whatever runs stops and the
+    /// rest of its plan is that BRIDGE.
+    Redirect {
+        to: crate::blocks::BridgeDestination,
+    },
 }
 
 /// Why blocks cannot be played into a call now.
@@ -100,6 +111,8 @@ pub enum CommandRefused {
     NotRecording,
     /// The recording file could not be created.
     RecordingUnavailable,
+    /// A transfer from the call's first leg (connecting the callee elsewhere) is not built.
+    TransferFromFirstLeg,
 }
 
 impl CommandRefused {
@@ -118,6 +131,10 @@ impl CommandRefused {
             CommandRefused::AlreadyRecording => "the call is already being recorded",
             CommandRefused::NotRecording => "the call is not being recorded",
             CommandRefused::RecordingUnavailable => "the recording file cannot be written",
+            CommandRefused::TransferFromFirstLeg => {
+                "a transfer from leg 0 (connecting the callee elsewhere) is not supported; \
+                 transfer from the connected callee's leg"
+            }
         }
     }
 
@@ -126,6 +143,7 @@ impl CommandRefused {
     pub fn field(&self) -> &'static str {
         match self {
             CommandRefused::NoSuchLeg | CommandRefused::NotAParty => "leg",
+            CommandRefused::TransferFromFirstLeg => "from",
             _ => "state",
         }
     }
@@ -214,6 +232,40 @@ pub struct CallHandle {
 #[derive(Default)]
 pub struct CallRegistry {
     calls: Mutex<HashMap<String, CallHandle>>,
+    /// Calls that ended a short while ago, so that a command arriving late is told the call
+    /// has ended (the API's `409`) rather than that it never was.
+    ended: Mutex<EndedCalls>,
+}
+
+/// How long, and how many, ended calls are remembered.
+const ENDED_KEEP: std::time::Duration = std::time::Duration::from_secs(300);
+const ENDED_MAX: usize = 10_000;
+
+/// A call that ended: whom it concerned, for the API's realms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedCall {
+    pub tenant: String,
+    pub number: String,
+    pub lines: Vec<String>,
+}
+
+#[derive(Default)]
+struct EndedCalls {
+    by_id: HashMap<String, EndedCall>,
+    /// Oldest first.
+    order: std::collections::VecDeque<(std::time::Instant, String)>,
+}
+
+impl EndedCalls {
+    fn expire(&mut self, now: std::time::Instant) {
+        while let Some((at, id)) = self.order.front() {
+            if now.duration_since(*at) < ENDED_KEEP && self.order.len() <= ENDED_MAX {
+                break;
+            }
+            self.by_id.remove(id);
+            self.order.pop_front();
+        }
+    }
 }
 
 impl CallRegistry {
@@ -223,6 +275,33 @@ impl CallRegistry {
 
     pub fn remove(&self, call_id: &str) {
         self.lock().remove(call_id);
+    }
+
+    /// The call ended: it leaves the map of active calls and is remembered as ended (with its
+    /// `lines`) for a while.
+    pub fn finish(&self, call_id: &str, lines: Vec<String>) {
+        let Some(h) = self.lock().remove(call_id) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        ended.by_id.insert(
+            call_id.to_string(),
+            EndedCall {
+                tenant: h.tenant,
+                number: h.number,
+                lines,
+            },
+        );
+        ended.order.push_back((now, call_id.to_string()));
+        ended.expire(now);
+    }
+
+    /// The call, if it ended within the last few minutes.
+    pub fn ended(&self, call_id: &str) -> Option<EndedCall> {
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        ended.expire(std::time::Instant::now());
+        ended.by_id.get(call_id).cloned()
     }
 
     pub fn get(&self, call_id: &str) -> Option<CallHandle> {

@@ -108,6 +108,8 @@ impl Call {
             ControlCommand::Unmute { leg } => self.set_muted(leg, false),
             ControlCommand::StartRecording { stereo } => self.start_recording(stereo),
             ControlCommand::StopRecording => self.stop_recording(),
+            ControlCommand::Transfer { to, from } => self.transfer_blind(to, from),
+            ControlCommand::Redirect { to } => self.redirect(to),
         }?;
         Ok(self.snapshot())
     }
@@ -303,6 +305,69 @@ impl Call {
             a.media.set_remote(RemoteMedia::from(&n));
             a.sdp.agreed(&n);
         }
+    }
+
+    /// Blind transfer: leg `from` (the connected callee) is hung up and the caller, hearing
+    /// ringback, is connected to `to` instead, in the place of the BRIDGE block that connected
+    /// them (if `to` fails, the plan goes on after that block with `bridge_result`).
+    fn transfer_blind(
+        &mut self,
+        to: crate::blocks::BridgeDestination,
+        from: Option<u32>,
+    ) -> Result<(), CommandRefused> {
+        match self.side_of(from.or(self.connected_record().map(|r| r as u32)))? {
+            Side::Caller => return Err(CommandRefused::TransferFromFirstLeg),
+            Side::Callee => {}
+        }
+        let from_leg = self.connected_record().map(|r| r as u32);
+        let forward_ani = self.bridge.as_ref().is_some_and(|b| b.forward_ani);
+        info!(call = %self.uuid, to = %to.destination, "blind transfer");
+        self.flow
+            .set_variable("transferred_to", to.destination.clone());
+        self.emit_for(
+            0,
+            EventKind::Transferred {
+                mode: "blind",
+                from_leg,
+                to: to.destination.clone(),
+                to_type: to.destination_type.as_str().into(),
+            },
+        );
+        self.end_bridge_attempts(Some(HangupCause::NormalClearing));
+        self.stop_ringback();
+        self.bridge = None;
+        self.flow.handle(Input::BridgeRestarted, Instant::now());
+        let block = BridgeBlock {
+            bridge_mode: crate::blocks::BridgeMode::Sequential,
+            block_timeout: None,
+            destinations: vec![with_ring_timeout(to)],
+        };
+        self.start_bridge(block, forward_ani, None);
+        Ok(())
+    }
+
+    /// Sends the call to `to`: the running block stops (a connected callee is hung up) and
+    /// the rest of the plan is a BRIDGE to `to`.
+    fn redirect(&mut self, to: crate::blocks::BridgeDestination) -> Result<(), CommandRefused> {
+        info!(call = %self.uuid, to = %to.destination, "redirected");
+        self.flow
+            .set_variable("transferred_to", to.destination.clone());
+        self.emit_for(
+            0,
+            EventKind::Transferred {
+                mode: "redirect",
+                from_leg: None,
+                to: to.destination.clone(),
+                to_type: to.destination_type.as_str().into(),
+            },
+        );
+        let block = BridgeBlock {
+            bridge_mode: crate::blocks::BridgeMode::Sequential,
+            block_timeout: None,
+            destinations: vec![with_ring_timeout(to)],
+        };
+        self.flow.handle(Input::Redirect(block), Instant::now());
+        Ok(())
     }
 
     /// Mutes or unmutes one party in the room: nobody hears it while muted.
@@ -548,6 +613,14 @@ async fn bridge_room_events(
             RoomEvent::LegClosed { .. } => {}
         }
     }
+}
+
+/// How long a transfer or redirect target rings when its destination names no `timeout`.
+pub const TRANSFER_RING_SECONDS: u32 = 30;
+
+fn with_ring_timeout(mut to: crate::blocks::BridgeDestination) -> crate::blocks::BridgeDestination {
+    to.timeout.get_or_insert(TRANSFER_RING_SECONDS);
+    to
 }
 
 /// The default music on hold: a calm arpeggio (C major, then A minor) of soft sine notes with

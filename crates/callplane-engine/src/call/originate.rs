@@ -502,5 +502,5 @@ fn finish_unanswered(
             recordings: Vec::new(),
         },
     );
-    svc.calls.remove(&d.uuid);
+    svc.calls.finish(&d.uuid, d.lines.clone());
 }
