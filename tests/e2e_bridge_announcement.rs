@@ -242,11 +242,12 @@ fn an_announcement_into_a_connected_call_is_heard_with_the_far_end() {
     // Caller: ringing, answered, ended; callee: calling, ringing, answered, ending.
     assert!(legs >= 7.0, "leg.state events: {legs}\n{metrics}");
 
-    // The call is gone: 404.
+    // The call has ended: a command on it is 409 saying so (for a while; then 404).
     let r = post_blocks(
         &server,
         &id,
         serde_json::json!({"blocks": [{"blockType": "ANNOUNCEMENT", "announcementName": "chime"}]}),
     );
-    assert_eq!(r.status, 404, "{}", r.describe());
+    assert_eq!(r.status, 409, "{}", r.describe());
+    assert!(r.text().contains("has ended"), "{}", r.describe());
 }

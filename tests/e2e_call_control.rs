@@ -463,9 +463,10 @@ fn interrupt_stops_the_running_block_and_asks_the_webhook_at_once() {
         "loop 1's HANGUP ended the call, not the interrupted list's CALL_REJECTED\n{}",
         cdr_text(&cdr)
     );
-    // The call is over: interrupting it now is a 404.
+    // The call is over: interrupting it now is a 409 saying it has ended.
     let r = http::json(server.http_port(), "POST", &path, Some(KEY), None);
-    assert_eq!(r.status, 404, "{}", r.describe());
+    assert_eq!(r.status, 409, "{}", r.describe());
+    assert!(r.text().contains("has ended"), "{}", r.describe());
 }
 
 /// A GET on the server's HTTP port; the body.

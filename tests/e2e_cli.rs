@@ -132,10 +132,11 @@ fn calls_list_hangup_and_events_drive_a_real_call() {
     let cdr = server.cdr_for_call_id(&res.call_id);
     assert_eq!(cdr.hangup_cause, "USER_BUSY", "{}", cdr_text(&cdr));
 
-    // Gone now: the command says so, with the API's status, and fails.
+    // Ended now: the command says so, with the API's status, and fails.
     let o = cli(&["hangup", &id, "--api", &api, "--key", KEY]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("404"), "{}", text(&o));
+    assert!(text(&o).contains("409"), "{}", text(&o));
+    assert!(text(&o).contains("has ended"), "{}", text(&o));
     // A wrong key is the API's 401.
     let o = cli(&[
         "calls",

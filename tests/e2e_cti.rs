@@ -193,10 +193,12 @@ fn the_api_lists_reads_and_hangs_up_a_call_and_a_websocket_sees_its_events_in_or
     let cdr = server.cdr_for_call_id(&res.call_id);
     assert_eq!(cdr.hangup_cause, "USER_BUSY", "{}", cdr_text(&cdr));
     assert_eq!(cdr.hangup_by, "api", "{}", cdr_text(&cdr));
-    // Gone: 404, not 409.
+    // Ended: no longer a call in progress (404 to read), and a command on it is 409 saying
+    // it has ended.
     assert_eq!(get(&server, &format!("/v1/calls/{id}"), ADMIN).status, 404);
     let again = post(&server, &format!("/v1/calls/{id}/hangup"), ADMIN, None);
-    assert_eq!(again.status, 404, "{}", again.describe());
+    assert_eq!(again.status, 409, "{}", again.describe());
+    assert!(again.text().contains("has ended"), "{}", again.describe());
 
     // The call's history: on its number for the admin; nothing for another line's key.
     let h = get(&server, "/v1/cdrs?number=700", ADMIN).json();
@@ -222,7 +224,7 @@ fn the_api_lists_reads_and_hangs_up_a_call_and_a_websocket_sees_its_events_in_or
     assert_eq!(events[4]["data"]["cause"], "USER_BUSY");
     assert_eq!(events[4]["data"]["hangupBy"], "api");
 
-    // Commands on the socket: a reply with the command's id; the ended call is 404.
+    // Commands on the socket: a reply with the command's id; the ended call is 409.
     send(
         &mut admin,
         json!({"op": "command", "id": "c1", "method": "calls.hangup", "params": {"callId": id}}),
@@ -231,7 +233,7 @@ fn the_api_lists_reads_and_hangs_up_a_call_and_a_websocket_sees_its_events_in_or
     assert_eq!(reply["type"], "reply", "{reply}");
     assert_eq!(reply["id"], "c1");
     assert_eq!(reply["ok"], false);
-    assert_eq!(reply["status"], 404, "{reply}");
+    assert_eq!(reply["status"], 409, "{reply}");
     // The same command id again is not run again: its first reply, marked replayed.
     send(
         &mut admin,
@@ -239,7 +241,7 @@ fn the_api_lists_reads_and_hangs_up_a_call_and_a_websocket_sees_its_events_in_or
     );
     let again = next_json(&mut admin).expect("reply");
     assert_eq!(again["replayed"], true, "{again}");
-    assert_eq!(again["status"], 404, "{again}");
+    assert_eq!(again["status"], 409, "{again}");
     send(&mut admin, json!({"op": "ping", "id": 7}));
     assert_eq!(
         next_json(&mut admin),

@@ -644,12 +644,14 @@ pub(crate) fn destination(
     let invalid = |f: &str, msg: String| ApiError::invalid_field(object_name, f, msg);
     let mut to = match value {
         Some(Value::Object(m)) => m,
-        Some(_) => return Err(ApiError::invalid_json(
-            format!(
+        Some(_) => {
+            return Err(ApiError::invalid_json(
+                format!(
                 "`{field}` must be a destination object: {{\"destinationType\", \"destination\"}}"
             ),
-            Some(field.into()),
-        )),
+                Some(field.into()),
+            ))
+        }
         None => {
             return Err(ApiError::invalid_json(
                 format!("missing field `{field}`"),
@@ -795,6 +797,95 @@ pub(crate) async fn redirect_call(
     command_answer(
         id,
         st.calls.control(id, ControlCommand::Redirect { to }).await,
+    )
+}
+
+/// `POST /v1/calls/{id}/supervise` `{"mode": "listen|whisper|barge|intercept", "supervisor":
+/// <destination>}`: dials the supervisor into the connected call, or (without `supervisor`)
+/// switches the mode of the one on it. Answers the call as it is then.
+pub async fn supervise(
+    State(st): State<ApiState>,
+    caller: Caller,
+    P(id): P<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<CallInfo>, ApiError> {
+    supervise_call(&st, &caller, &id, object(body)?)
+        .await
+        .map(Json)
+}
+
+pub(crate) async fn supervise_call(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+    mut body: serde_json::Map<String, Value>,
+) -> Result<CallInfo, ApiError> {
+    use callplane_engine::registry::SuperviseMode;
+    only_fields(&body, &["mode", "supervisor"])?;
+    let mode = match body.remove("mode") {
+        Some(Value::String(m)) => SuperviseMode::parse(&m).ok_or_else(|| {
+            ApiError::invalid_field(
+                "supervise",
+                "mode",
+                "one of listen, whisper, barge, intercept",
+            )
+        })?,
+        Some(_) => {
+            return Err(ApiError::invalid_json(
+                "`mode` must be a string",
+                Some("mode".into()),
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid_json(
+                "missing field `mode`",
+                Some("mode".into()),
+            ))
+        }
+    };
+    scoped_call(st, caller, id).await?;
+    let info = get_call(st, caller, id).await?;
+    let supervisor = match body.remove("supervisor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(_)) => {
+            return Err(ApiError::invalid_field(
+                "supervise",
+                "supervisor",
+                "a destination object to dial (naming a leg of another call is not supported)",
+            ))
+        }
+        v => {
+            let to = destination(st, v, "supervisor", "supervise", &info.tenant)?;
+            check_registered(st, &to, "supervisor.destination")?;
+            Some(to)
+        }
+    };
+    command_answer(
+        id,
+        st.calls
+            .control(id, ControlCommand::Supervise { mode, supervisor })
+            .await,
+    )
+}
+
+/// `DELETE /v1/calls/{id}/supervise`: hangs up the call's supervisor.
+pub async fn stop_supervise(
+    State(st): State<ApiState>,
+    caller: Caller,
+    P(id): P<String>,
+) -> Result<Json<CallInfo>, ApiError> {
+    stop_supervising(&st, &caller, &id).await.map(Json)
+}
+
+pub(crate) async fn stop_supervising(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<CallInfo, ApiError> {
+    scoped_call(st, caller, id).await?;
+    command_answer(
+        id,
+        st.calls.control(id, ControlCommand::StopSupervising).await,
     )
 }
 

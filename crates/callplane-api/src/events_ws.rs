@@ -909,6 +909,8 @@ async fn command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value
             | "calls.stopRecording"
             | "calls.transfer"
             | "calls.redirect"
+            | "calls.supervise"
+            | "calls.stopSupervising"
     );
     let key = id.filter(|_| changes).map(|v| match v {
         Value::String(s) => s.clone(),
@@ -1029,6 +1031,18 @@ async fn run_command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &V
                 .map(|v| serde_json::to_value(v).unwrap_or_default()),
             Err(e) => Err(e),
         },
+        "calls.supervise" => match call_id() {
+            Ok(c) => crate::calls::supervise_call(st, caller, &c, params)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => Err(e),
+        },
+        "calls.stopSupervising" => match call_id() {
+            Ok(c) => crate::calls::stop_supervising(st, caller, &c)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => Err(e),
+        },
         "calls.redirect" => match call_id() {
             Ok(c) => crate::calls::redirect_call(st, caller, &c, params)
                 .await
@@ -1048,7 +1062,7 @@ async fn run_command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &V
                 "unknown method \"{other}\" (expected calls.list, calls.get, calls.hangup, \
                  calls.interrupt, calls.dtmf, calls.hold, calls.unhold, calls.mute, \
                  calls.unmute, calls.record, calls.stopRecording, calls.transfer, \
-                 calls.redirect)"
+                 calls.redirect, calls.supervise, calls.stopSupervising)"
             ),
         )),
     };

@@ -214,6 +214,8 @@ api_routes! {
     post "/v1/calls/{id}/blocks" => calls::run_blocks;
     post "/v1/calls/{id}/transfer" => calls::transfer;
     post "/v1/calls/{id}/redirect" => calls::redirect;
+    post "/v1/calls/{id}/supervise" => calls::supervise;
+    delete "/v1/calls/{id}/supervise" => calls::stop_supervise;
     post "/v1/calls/{id}/hold" => calls::hold;
     post "/v1/calls/{id}/unhold" => calls::unhold;
     post "/v1/calls/{id}/mute" => calls::mute;

@@ -158,6 +158,8 @@ impl CallControl for FakeCalls {
             | ControlCommand::StartRecording { .. }
             | ControlCommand::Redirect { .. } => Ok(info),
             ControlCommand::Transfer { .. } => Err(CommandRefused::NotConnected),
+            ControlCommand::Supervise { .. } => Ok(info),
+            ControlCommand::StopSupervising => Err(CommandRefused::NoSupervisor),
             ControlCommand::Hold { .. } | ControlCommand::Mute { .. } => {
                 Err(CommandRefused::NoSuchLeg)
             }

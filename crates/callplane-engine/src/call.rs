@@ -190,14 +190,21 @@ enum TaskDone {
     /// Prompts for [`CallCommand::PlayIntoBridge`], rendered: mixed into that bridge's room.
     BridgePrompts {
         bridge: u64,
-        attempt: AttemptId,
+        /// Which of the bridge's rooms (`BridgeRoom::id`).
+        room: u64,
         audio: Arc<[i16]>,
     },
     /// A player in that bridge's room is over (a prompt ended, music on hold was removed).
     BridgePlayerDone {
         bridge: u64,
-        attempt: AttemptId,
+        /// Which of the bridge's rooms (`BridgeRoom::id`).
+        room: u64,
         member: MemberId,
+    },
+    /// The supervisor's INVITE is out, or why it could not be placed.
+    SupervisorLaunched {
+        serial: u64,
+        result: Result<Box<Launched>, (u16, String)>,
     },
     /// A party answered our re-INVITE (hold, resume): the callee of that bridge, or the caller.
     Reinvited {
@@ -233,6 +240,9 @@ struct BridgeRun {
     leg_urls: Option<LegUrls>,
     /// Set while the connected pair is in a room (something was played into the bridge).
     room: Option<BridgeRoom>,
+    /// Legs placed elsewhere that this bridge adopted (a supervisor that intercepted), with
+    /// the attempt each is here; every other leg's id is its attempt number.
+    adopted: Vec<(LegId, AttemptId)>,
 }
 
 impl BridgeRun {
@@ -334,6 +344,8 @@ impl SessionStart {
     fn into_call(self, svc: Arc<CallServices>) -> Call {
         let (inputs_tx, inputs) = mpsc::unbounded_channel();
         let (tasks_tx, tasks) = mpsc::unbounded_channel();
+        let (side_tx, side_rx) = mpsc::unbounded_channel();
+        let svc_owner = svc.next_owner.fetch_add(1, Ordering::Relaxed);
         Call {
             svc,
             uuid: self.uuid,
@@ -362,6 +374,12 @@ impl SessionStart {
             bridge: None,
             conference: None,
             bridges_run: 0,
+            rooms_made: 0,
+            supervisor: None,
+            supervisions: 0,
+            side: Mailbox::new(svc_owner),
+            side_tx,
+            side_rx,
             tasks_tx,
             tasks,
             legs: vec![self.first_leg],
@@ -422,6 +440,17 @@ struct Call {
     conference: Option<ConferenceSeat>,
     /// Counts BRIDGE blocks run, for `BridgeRun::serial`.
     bridges_run: u64,
+    /// Counts bridge rooms made, for `BridgeRoom::id`.
+    rooms_made: u64,
+    /// The supervisor dialled into the call (`POST …/supervise`).
+    supervisor: Option<supervise::Supervisor>,
+    /// Counts supervisors dialled, for `Supervisor::serial`.
+    supervisions: u64,
+    /// The legs this session holds besides its caller and its bridge's (the supervisor), and
+    /// where they report.
+    side: Mailbox,
+    side_tx: mpsc::UnboundedSender<Addressed<AttemptEvent>>,
+    side_rx: mpsc::UnboundedReceiver<Addressed<AttemptEvent>>,
     /// Work run off the actor (launches, prompt rendering) reports back here.
     tasks_tx: mpsc::UnboundedSender<TaskDone>,
     tasks: mpsc::UnboundedReceiver<TaskDone>,
@@ -848,6 +877,7 @@ impl Call {
                 },
                 ev = self.media_events.recv(), if !self.media_gone => self.on_media_event(ev),
                 ev = recv_bridge(&mut self.bridge) => self.on_bridge_event(ev).await,
+                ev = supervise::recv_side(&mut self.side_rx, &self.side) => self.on_supervisor_event(ev).await,
                 _ = sleep_until_opt(timer) => self.flow.handle_timeout(Instant::now()),
                 Some(input) = self.inputs.recv() => {
                     if matches!(input, Input::ConferenceLeft(_)) {
@@ -1036,7 +1066,7 @@ impl Call {
             return Err(PlayRefused::NotConnected);
         };
         r.rendering += 1;
-        let winner = r.attempt;
+        let room = r.id;
         info!(call = %self.uuid, prompts = prompts.len(), "playing into the bridge");
         let serial = self.bridge.as_ref().map_or(0, |b| b.serial);
         let render = render_prompts(self.svc.prompts.clone(), self.tenant.name.clone(), prompts);
@@ -1045,7 +1075,7 @@ impl Call {
             let audio = render.await;
             let _ = done.send(TaskDone::BridgePrompts {
                 bridge: serial,
-                attempt: winner,
+                room,
                 audio,
             });
         });
@@ -1053,14 +1083,14 @@ impl Call {
     }
 
     /// Rendered prompts for the bridge: into its room, if that pair is still connected.
-    fn mix_into_bridge(&mut self, serial: u64, attempt: AttemptId, audio: Arc<[i16]>) {
+    fn mix_into_bridge(&mut self, serial: u64, room: u64, audio: Arc<[i16]>) {
         let Some(b) = self.bridge.as_mut().filter(|b| b.serial == serial) else {
             return;
         };
-        let connected = b.connected == Some(attempt) && b.bridged == Some(attempt);
-        let Some(r) = b.room.as_mut().filter(|r| r.attempt == attempt) else {
+        let Some(r) = b.room.as_mut().filter(|r| r.id == room) else {
             return;
         };
+        let connected = b.connected == Some(r.attempt) && b.bridged == Some(r.attempt);
         r.rendering = r.rendering.saturating_sub(1);
         if connected && !audio.is_empty() {
             let player = r.room.play(audio, Audience::All);
@@ -1070,13 +1100,13 @@ impl Call {
     }
 
     /// A player in the bridge's room is over: a prompt ended (or music on hold was removed).
-    fn bridge_player_done(&mut self, serial: u64, attempt: AttemptId, member: MemberId) {
+    fn bridge_player_done(&mut self, serial: u64, room: u64, member: MemberId) {
         if let Some(r) = self
             .bridge
             .as_mut()
             .filter(|b| b.serial == serial)
             .and_then(|b| b.room.as_mut())
-            .filter(|r| r.attempt == attempt)
+            .filter(|r| r.id == room)
         {
             r.prompts.retain(|m| *m != member);
         }
@@ -1090,19 +1120,22 @@ impl Call {
             TaskDone::Prompts { flow_id, audio } => self.start_playback(flow_id, audio),
             TaskDone::BridgePrompts {
                 bridge,
-                attempt,
+                room,
                 audio,
-            } => self.mix_into_bridge(bridge, attempt, audio),
+            } => self.mix_into_bridge(bridge, room, audio),
             TaskDone::BridgePlayerDone {
                 bridge,
-                attempt,
+                room,
                 member,
-            } => self.bridge_player_done(bridge, attempt, member),
+            } => self.bridge_player_done(bridge, room, member),
             TaskDone::Reinvited {
                 bridge,
                 callee,
                 result,
             } => self.on_reinvited(bridge, callee, result),
+            TaskDone::SupervisorLaunched { serial, result } => {
+                self.on_supervisor_launched(serial, result)
+            }
 
             TaskDone::Launched {
                 bridge,
@@ -1619,6 +1652,7 @@ impl Call {
             ringback_playing: false,
             leg_urls,
             room: None,
+            adopted: Vec::new(),
         });
         self.run_dial();
     }
@@ -1707,6 +1741,8 @@ impl Call {
                 DialOutput::Ended => {
                     self.flow.handle(Input::BridgeEnded, Instant::now());
                 }
+                // The session moved that leg into the bridge itself (a supervisor's intercept).
+                DialOutput::Adopted { .. } => {}
                 DialOutput::Failed(result) => {
                     self.stop_ringback();
                     self.bridge = None;
@@ -2103,8 +2139,10 @@ impl Call {
         self.run_dial();
     }
 
-    /// Hangs up every outbound attempt still alive (caller left or the call ends).
+    /// Hangs up every outbound attempt still alive (caller left or the call ends), and the
+    /// supervisor.
     fn end_bridge_attempts(&mut self, cause: Option<HangupCause>) {
+        self.end_supervision(cause.unwrap_or(HangupCause::NormalClearing));
         let Some(b) = self.bridge.as_mut() else {
             return;
         };
@@ -2170,9 +2208,15 @@ impl Call {
     /// The call as the API shows it now.
     fn snapshot(&self) -> CallInfo {
         let mut legs = Vec::with_capacity(self.legs.len());
+        let supervisor = self.supervisor.as_ref().map(|s| (s.record, s.state()));
         for (i, l) in self.legs.iter().enumerate() {
             let state = if i == 0 {
                 self.caller_state
+            } else if l.end.is_some() {
+                // Its end is recorded (hung up by us, the BYE's transaction may still run).
+                LegState::Ended
+            } else if let Some((_, state)) = supervisor.filter(|(r, _)| *r == i) {
+                state
             } else {
                 self.bridge
                     .as_ref()
@@ -2188,7 +2232,11 @@ impl Call {
             legs.push(LegInfo {
                 id: leg_id(&self.uuid, i as u32),
                 index: i as u32,
-                party: if i == 0 { "caller" } else { "callee" },
+                party: match i {
+                    0 => "caller",
+                    _ if supervisor.is_some_and(|(r, _)| r == i) => "supervisor",
+                    _ => "callee",
+                },
                 direction: l.direction,
                 destination_type: l.destination_type.clone(),
                 destination: l.destination.clone(),
@@ -2234,6 +2282,7 @@ impl Call {
 
 mod control;
 mod originate;
+mod supervise;
 pub use control::default_music_on_hold;
 use control::{BridgeRoom, Side};
 pub use originate::{run_outbound_call, Originate};
@@ -2492,7 +2541,12 @@ async fn recv_bridge(bridge: &mut Option<BridgeRun>) -> (AttemptId, AttemptEvent
         };
         // A leg moved away (or from an older stay) is not this bridge's to hear.
         if let Some((leg, ev)) = b.mailbox.accept(ev) {
-            return (AttemptId(leg.0 as u32), ev);
+            let attempt = b
+                .adopted
+                .iter()
+                .find(|(l, _)| *l == leg)
+                .map_or(AttemptId(leg.0 as u32), |(_, a)| *a);
+            return (attempt, ev);
         }
     }
 }

@@ -119,6 +119,9 @@ pub enum DialOutput {
         status: u16,
         cause: AttemptEnd,
     },
+    /// `attempt` is a leg answered elsewhere that the driver hands this dial as its new winner
+    /// ([`Dial::replace_winner`]): nothing to do but to hold it as that attempt.
+    Adopted { attempt: AttemptId },
     /// The connected callee's dialog ended. Terminal.
     Ended,
     /// Every attempt ended and none answered. Terminal.
@@ -294,6 +297,28 @@ impl Dial {
             }
         }
         self.finished = true;
+    }
+
+    /// The connected callee is replaced by a leg answered elsewhere (a supervisor taking the
+    /// call over, an attended transfer's target): the old winner is hung up with `reason` and
+    /// reported, and a new attempt, numbered after every other, is the winner from now on (its
+    /// end is the dial's `Ended`). Returns it; `None` (and nothing happens) unless a winner is
+    /// connected.
+    pub fn replace_winner(&mut self, reason: Option<String>) -> Option<AttemptId> {
+        let old = self.connected()?;
+        self.outputs.push_back(DialOutput::Hangup {
+            attempt: old,
+            reason,
+        });
+        self.end_winner();
+        let id = AttemptId(self.attempts.len() as u32);
+        self.attempts.push(Attempt {
+            state: State::Answered,
+            deadline: None,
+        });
+        self.winner = Some(id);
+        self.outputs.push_back(DialOutput::Adopted { attempt: id });
+        Some(id)
     }
 
     /// Nothing more will happen: `Ended`, `Failed` or `stop`.
@@ -642,7 +667,9 @@ mod tests {
             let mut terminal = 0;
             for o in &self.log {
                 match o {
-                    O::Launch { attempt, .. } => *launched.entry(*attempt).or_insert(0) += 1,
+                    O::Launch { attempt, .. } | O::Adopted { attempt } => {
+                        *launched.entry(*attempt).or_insert(0) += 1
+                    }
                     O::AttemptEnded { attempt, .. } => {
                         assert!(
                             launched.contains_key(attempt),
@@ -1039,6 +1066,36 @@ mod tests {
                 elsewhere(0),
                 ended(0, 487, AttemptEnd::CompletedElsewhere)
             ]
+        );
+        r.finish();
+    }
+
+    #[test]
+    fn a_replaced_winner_is_hung_up_and_the_new_one_ends_the_dial() {
+        let (mut r, _) = Run::new(seq(&[Some(10)]), true);
+        // Nothing connected: nothing to replace.
+        assert_eq!(r.dial.replace_winner(None), None);
+        r.input(I::Launched { attempt: a(0) }, 0);
+        r.input(I::Answered { attempt: a(0) }, 1);
+        let new = r.dial.replace_winner(Some("why".into()));
+        assert_eq!(new, Some(a(1)));
+        assert_eq!(
+            r.drain(),
+            vec![
+                O::Hangup {
+                    attempt: a(0),
+                    reason: Some("why".into())
+                },
+                ended(0, 200, AttemptEnd::Answered),
+                O::Adopted { attempt: a(1) }
+            ]
+        );
+        assert_eq!(r.dial.connected(), Some(a(1)));
+        // The old winner's BYE changes nothing; the new one's ends the dial.
+        assert_eq!(r.input(I::RemoteBye { attempt: a(0) }, 2), vec![]);
+        assert_eq!(
+            r.input(I::RemoteBye { attempt: a(1) }, 3),
+            vec![ended(1, 200, AttemptEnd::Answered), O::Ended]
         );
         r.finish();
     }

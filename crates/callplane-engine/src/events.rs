@@ -69,6 +69,12 @@ pub enum EventKind {
         to: String,
         to_type: String,
     },
+    /// A supervisor's part in the call: `calling` (dialled), `joined` (answered, in the
+    /// room), `mode` (switched), `intercepted` (took the agent's place), `left`.
+    Supervisor {
+        what: &'static str,
+        mode: crate::registry::SuperviseMode,
+    },
     /// A party was muted (nobody hears it) or unmuted by a command.
     Muted {
         party: Party,
@@ -133,6 +139,13 @@ impl EventKind {
             EventKind::Muted { muted: false, .. } => "call.unmuted",
             EventKind::Recording { .. } => "call.recording",
             EventKind::Transferred { .. } => "call.transferred",
+            EventKind::Supervisor { what, .. } => match *what {
+                "calling" => "supervisor.calling",
+                "joined" => "supervisor.joined",
+                "mode" => "supervisor.mode",
+                "intercepted" => "supervisor.intercepted",
+                _ => "supervisor.left",
+            },
             EventKind::Leg { .. } => "leg.state",
             EventKind::Dtmf { .. } => "call.dtmf",
             EventKind::ConferenceJoined { .. } => "conference.joined",
@@ -161,6 +174,7 @@ impl EventKind {
             | EventKind::Muted { party, .. } => {
                 json!({ "party": party.as_str() })
             }
+            EventKind::Supervisor { mode, .. } => json!({ "mode": mode.as_str() }),
             EventKind::Transferred {
                 mode,
                 from_leg,

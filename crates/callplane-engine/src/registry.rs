@@ -79,6 +79,49 @@ pub enum ControlCommand {
     Redirect {
         to: crate::blocks::BridgeDestination,
     },
+    /// Dial `supervisor` into the connected call in `mode`, or (without one) switch the mode
+    /// of the supervisor on it.
+    Supervise {
+        mode: SuperviseMode,
+        supervisor: Option<crate::blocks::BridgeDestination>,
+    },
+    /// Hang up the call's supervisor.
+    StopSupervising,
+}
+
+/// How a supervisor takes part in a call: the agent is the connected callee, the customer the
+/// caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuperviseMode {
+    /// Hears both, heard by nobody.
+    Listen,
+    /// Hears both, heard by the agent only (coaching).
+    Whisper,
+    /// Hears both, heard by both (three-way).
+    Barge,
+    /// Takes the agent's place: the agent's leg ends.
+    Intercept,
+}
+
+impl SuperviseMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuperviseMode::Listen => "listen",
+            SuperviseMode::Whisper => "whisper",
+            SuperviseMode::Barge => "barge",
+            SuperviseMode::Intercept => "intercept",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "listen" => SuperviseMode::Listen,
+            "whisper" => SuperviseMode::Whisper,
+            "barge" => SuperviseMode::Barge,
+            "intercept" => SuperviseMode::Intercept,
+            _ => return None,
+        })
+    }
 }
 
 /// Why blocks cannot be played into a call now.
@@ -113,6 +156,10 @@ pub enum CommandRefused {
     RecordingUnavailable,
     /// A transfer from the call's first leg (connecting the callee elsewhere) is not built.
     TransferFromFirstLeg,
+    /// A supervisor is on the call already (post the mode alone to switch it).
+    AlreadySupervised,
+    /// No supervisor is on the call.
+    NoSupervisor,
 }
 
 impl CommandRefused {
@@ -135,6 +182,10 @@ impl CommandRefused {
                 "a transfer from leg 0 (connecting the callee elsewhere) is not supported; \
                  transfer from the connected callee's leg"
             }
+            CommandRefused::AlreadySupervised => {
+                "a supervisor is on the call already (post the mode alone to switch it)"
+            }
+            CommandRefused::NoSupervisor => "no supervisor is on the call (name one to dial)",
         }
     }
 
@@ -144,6 +195,7 @@ impl CommandRefused {
         match self {
             CommandRefused::NoSuchLeg | CommandRefused::NotAParty => "leg",
             CommandRefused::TransferFromFirstLeg => "from",
+            CommandRefused::AlreadySupervised | CommandRefused::NoSupervisor => "supervisor",
             _ => "state",
         }
     }

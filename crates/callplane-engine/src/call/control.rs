@@ -30,17 +30,21 @@ impl Side {
 /// can be in it (prompts, music on hold, a recorder) or their rules differ from a plain bridge
 /// (hold, mute).
 pub(super) struct BridgeRoom {
+    /// Which room of the call this is (its player reports name it).
+    pub(super) id: u64,
     pub(super) room: Room,
     pub(super) attempt: AttemptId,
     /// The parties' members: `[caller, callee]`.
-    parties: [MemberId; 2],
+    pub(super) parties: [MemberId; 2],
     /// Prompts rendering for it.
     pub(super) rendering: u32,
     /// Prompt players playing in it.
     pub(super) prompts: Vec<MemberId>,
     /// Per party: its music-on-hold player while a command holds it.
-    hold: [Option<MemberId>; 2],
-    muted: [bool; 2],
+    pub(super) hold: [Option<MemberId>; 2],
+    pub(super) muted: [bool; 2],
+    /// The supervisor's member and mode, once it answered.
+    pub(super) supervisor: Option<(MemberId, crate::registry::SuperviseMode)>,
     recording: Option<RecordingRun>,
     /// Recordings of this room not finished yet, by recorder: completed into the store by
     /// the room's event task (also after the call is gone).
@@ -65,6 +69,7 @@ impl BridgeRoom {
             || self.hold.iter().any(Option::is_some)
             || self.muted.iter().any(|m| *m)
             || self.recording.is_some()
+            || self.supervisor.is_some()
     }
 
     pub(super) fn is_held(&self, side: Side) -> bool {
@@ -72,8 +77,9 @@ impl BridgeRoom {
     }
 
     /// Sets the parties' rules: a held party is heard by nobody and hears only its music;
-    /// the others hear everything their rules allow.
-    fn apply_rules(&self) {
+    /// the others hear everything their rules allow; a supervisor as its mode says.
+    pub(super) fn apply_rules(&self) {
+        self.apply_supervisor_rules();
         for side in [Side::Caller, Side::Callee] {
             let member = self.parties[side as usize];
             match self.hold[side as usize] {
@@ -110,6 +116,8 @@ impl Call {
             ControlCommand::StopRecording => self.stop_recording(),
             ControlCommand::Transfer { to, from } => self.transfer_blind(to, from),
             ControlCommand::Redirect { to } => self.redirect(to),
+            ControlCommand::Supervise { mode, supervisor } => self.supervise(mode, supervisor),
+            ControlCommand::StopSupervising => self.stop_supervising(),
         }?;
         Ok(self.snapshot())
     }
@@ -147,13 +155,15 @@ impl Call {
         if b.room.as_ref().map(|r| r.attempt) != Some(winner) {
             let callee = b.live(winner)?;
             let mut room = self.svc.media.create_room();
+            self.rooms_made += 1;
+            let id = self.rooms_made;
             let pending: Arc<Mutex<HashMap<MemberId, Recording>>> = Arc::default();
             if let Some(events) = room.take_events() {
                 tokio::spawn(bridge_room_events(
                     events,
                     self.tasks_tx.clone(),
                     b.serial,
-                    winner,
+                    id,
                     pending.clone(),
                     self.svc.store.clone(),
                 ));
@@ -161,6 +171,7 @@ impl Call {
             let caller = room.add_leg(&self.media, Audience::All, Audience::All);
             let callee = room.add_leg(&callee.media, Audience::All, Audience::All);
             b.room = Some(BridgeRoom {
+                id,
                 room,
                 attempt: winner,
                 parties: [caller, callee],
@@ -168,6 +179,7 @@ impl Call {
                 prompts: Vec::new(),
                 hold: [None, None],
                 muted: [false, false],
+                supervisor: None,
                 recording: None,
                 pending,
             });
@@ -569,7 +581,7 @@ async fn bridge_room_events(
     mut events: mpsc::UnboundedReceiver<RoomEvent>,
     done: mpsc::UnboundedSender<TaskDone>,
     bridge: u64,
-    attempt: AttemptId,
+    room: u64,
     pending: Arc<Mutex<HashMap<MemberId, Recording>>>,
     store: Store,
 ) {
@@ -578,7 +590,7 @@ async fn bridge_room_events(
             RoomEvent::PlayerFinished { member } => {
                 let _ = done.send(TaskDone::BridgePlayerDone {
                     bridge,
-                    attempt,
+                    room,
                     member,
                 });
             }
