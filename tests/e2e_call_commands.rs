@@ -554,8 +554,18 @@ fn a_blind_transfer_connects_the_caller_to_the_target_and_releases_the_agent() {
         // Refusals: from leg 0, an attended transfer, a bad destination.
         let r = transfer(serde_json::json!({"to": to_target, "from": format!("{id}.0")}));
         assert_refused(&r, "from", "not supported");
-        let r = transfer(serde_json::json!({"to": to_target, "consultCallId": "x"}));
-        assert_refused(&r, "consultCallId", "not supported");
+        let r = transfer(serde_json::json!({"consultCallId": "no-such-call"}));
+        assert_eq!(r.status, 404, "{}", r.describe());
+        assert_eq!(
+            r.error().1.as_deref(),
+            Some("consultCallId"),
+            "{}",
+            r.describe()
+        );
+        let r = transfer(serde_json::json!({"to": to_target, "consultCallId": id}));
+        assert_eq!(r.status, 400, "{}", r.describe());
+        let r = transfer(serde_json::json!({"consultCallId": id}));
+        assert_refused(&r, "consultCallId", "the call itself");
         let r = transfer(serde_json::json!({"to": {"destinationType": "FAX", "destination": "1"}}));
         assert_eq!(r.status, 400, "{}", r.describe());
         assert_eq!(
@@ -757,4 +767,291 @@ fn a_redirect_sends_a_call_in_its_plan_to_another_destination() {
     );
     assert_eq!(cdr.variables.get("pin"), None, "the collection was stopped");
     assert_eq!(cdr.hangup_by, "api", "{}", cdr_text(&cdr));
+}
+
+/// The parties of an attended transfer: a customer (caller) bridged to an agent, the agent's
+/// consultation call (a callback from the agent's second line to a target), all sending their
+/// own tones and answering re-INVITEs.
+struct Consultation {
+    server: Server,
+    customer: SippProcess,
+    customer_rtp: RtpPeer,
+    agent: SippProcess,
+    agent_rtp: RtpPeer,
+    agent_b: SippProcess,
+    agent_b_rtp: RtpPeer,
+    target: SippProcess,
+    target_rtp: RtpPeer,
+    /// The customer's call and the consultation call.
+    a: String,
+    b: String,
+}
+
+const AGENT_HZ: f64 = 900.0;
+const AGENT_B_HZ: f64 = 1100.0;
+const TARGET_HZ: f64 = 1700.0;
+
+/// Connects the customer to the agent, holds the customer, and places the consultation call;
+/// returns once the target answered it.
+fn consultation() -> Consultation {
+    let uas = |delay: u32| {
+        let rtp = RtpPeer::new();
+        let mut p = Sipp::uas("uas_reinvited.xml")
+            .set("rtp_port", rtp.port())
+            .set("answer_delay_ms", delay)
+            .timeout_s(60)
+            .spawn();
+        p.wait_listening();
+        (p, rtp)
+    };
+    let (mut agent, agent_rtp) = uas(300);
+    let (mut agent_b, agent_b_rtp) = uas(300);
+    let (mut target, target_rtp) = uas(300);
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}{}{}",
+        tenant_with_prompts(),
+        trunk("agent", agent.port()),
+        trunk("agentb", agent_b.port()),
+        trunk("target", target.port()),
+        number_with_plan(
+            "500",
+            "b",
+            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "agent", timeout = 15 } ] },
+  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
+        )
+    );
+    let server = Server::start(&prov, true);
+    let customer_rtp = RtpPeer::new();
+    let mut customer = Sipp::uac("uac_reinvited.xml", server.sip_addr())
+        .service("500")
+        .set("rtp_port", customer_rtp.port())
+        .timeout_s(60)
+        .spawn();
+    let a = server.started_call_id();
+    let ok =
+        customer.wait_for_message("the 200 OK to the customer", Duration::from_secs(15), |m| {
+            !m.sent && m.status() == Some(200) && m.cseq_method().as_deref() == Some("INVITE")
+        });
+    customer_rtp.set_remote(sdp_audio_addr(ok.body()).expect("SDP"));
+    let invite = agent.wait_for_message("the INVITE to the agent", Duration::from_secs(5), |m| {
+        !m.sent && m.method() == Some("INVITE")
+    });
+    agent_rtp.set_remote(sdp_audio_addr(invite.body()).expect("SDP"));
+    agent.wait_for_message("the agent's 200", Duration::from_secs(5), |m| {
+        m.sent && m.status() == Some(200)
+    });
+    // The agent holds the customer and consults the target from its second line.
+    let r = post(&server, &format!("/v1/calls/{a}/hold"), None);
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let r = post(
+        &server,
+        "/v1/calls/callback",
+        Some(serde_json::json!({
+            "tenant": "t1",
+            "first": {"destinationType": "SIP_TRUNK", "destination": "agentb"},
+            "second": {"destinationType": "SIP_TRUNK", "destination": "target"},
+        })),
+    );
+    assert_eq!(r.status, 201, "{}", r.describe());
+    let b = r.json()["id"]
+        .as_str()
+        .expect("the consultation call")
+        .to_string();
+    for (who, p, rtp) in [
+        ("agent b", &mut agent_b, &agent_b_rtp),
+        ("target", &mut target, &target_rtp),
+    ] {
+        let invite = p.wait_for_message(
+            &format!("the INVITE to {who}"),
+            Duration::from_secs(10),
+            |m| !m.sent && m.method() == Some("INVITE"),
+        );
+        rtp.set_remote(sdp_audio_addr(invite.body()).expect("SDP"));
+        p.wait_for_message(&format!("{who}'s 200"), Duration::from_secs(5), |m| {
+            m.sent && m.status() == Some(200)
+        });
+    }
+    Consultation {
+        server,
+        customer,
+        customer_rtp,
+        agent,
+        agent_rtp,
+        agent_b,
+        agent_b_rtp,
+        target,
+        target_rtp,
+        a,
+        b,
+    }
+}
+
+/// An attended transfer: the customer (held while its agent consulted) ends up talking with
+/// the consultation call's target; both of the agent's dialogs get a BYE.
+#[test]
+fn an_attended_transfer_connects_the_customer_to_the_consulted_target() {
+    let c = consultation();
+    let server = &c.server;
+    let (a, b) = (&c.a, &c.b);
+    let mut window = (Instant::now(), Instant::now());
+    std::thread::scope(|s| {
+        s.spawn(|| c.customer_rtp.send_pcm(&sine(CALLER_HZ, 6.0, 6000.0)));
+        s.spawn(|| c.agent_rtp.send_pcm(&sine(AGENT_HZ, 6.0, 6000.0)));
+        s.spawn(|| c.agent_b_rtp.send_pcm(&sine(AGENT_B_HZ, 6.0, 6000.0)));
+        s.spawn(|| c.target_rtp.send_pcm(&sine(TARGET_HZ, 6.0, 6000.0)));
+        std::thread::sleep(Duration::from_millis(1000));
+        let r = post(
+            server,
+            &format!("/v1/calls/{a}/transfer"),
+            Some(serde_json::json!({"consultCallId": b})),
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let v = r.json();
+        assert_eq!(v["bridgedTo"], format!("{a}.2"), "{v}");
+        assert_eq!(v["legs"][2]["destination"], "target", "{v}");
+        assert_eq!(v["legs"][1]["state"], "ended", "{v}");
+        assert_eq!(v["state"], "answered", "the customer is off hold: {v}");
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(2500));
+        window = (
+            t + Duration::from_millis(600),
+            t + Duration::from_millis(2400),
+        );
+        // The consultation call is over.
+        let r = http::json(
+            server.http_port(),
+            "GET",
+            &format!("/v1/calls/{b}"),
+            Some(KEY),
+            None,
+        );
+        assert_eq!(r.status, 404, "{}", r.describe());
+        let r = post(server, &format!("/v1/calls/{a}/hangup"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
+    });
+    let (customer, agent, agent_b, target) = (c.customer, c.agent, c.agent_b, c.target);
+    customer.wait().assert_success(&server.log_tail());
+    for (who, p) in [("agent", agent), ("agent b", agent_b)] {
+        let r = p.wait();
+        r.assert_success(&server.log_tail());
+        assert!(
+            r.received_request("BYE").is_some(),
+            "{who} got a BYE: {}",
+            r.report()
+        );
+    }
+    target.wait().assert_success(&server.log_tail());
+    let at_customer = c.customer_rtp.heard(window.0, window.1);
+    let at_target = c.target_rtp.heard(window.0, window.1);
+    println!("customer hears {}", levels(&at_customer));
+    println!("target hears {}", levels(&at_target));
+    for (who, pcm, hz, not) in [
+        ("customer", &at_customer, TARGET_HZ, [AGENT_HZ, AGENT_B_HZ]),
+        ("target", &at_target, CALLER_HZ, [AGENT_HZ, AGENT_B_HZ]),
+    ] {
+        assert!(
+            tone_amplitude(pcm, hz) > HEARD,
+            "{who} hears its new party: {:.0}\n{}",
+            tone_amplitude(pcm, hz),
+            server.log_tail()
+        );
+        for n in not {
+            assert!(
+                tone_amplitude(pcm, n) < SILENT,
+                "{who} hears no agent ({n} Hz)"
+            );
+        }
+        assert!(tone_amplitude(pcm, MUSIC_HZ) < SILENT, "no music");
+    }
+    let cdr_a = server.wait_for_cdr("the customer's call", |x| &x.call_id == a);
+    assert_eq!(cdr_a.legs.len(), 3, "{}", cdr_text(&cdr_a));
+    assert_eq!(cdr_a.legs[2].destination, "target", "{}", cdr_text(&cdr_a));
+    assert_eq!(
+        cdr_a.variables.get("transferred_to_call"),
+        Some(b),
+        "{}",
+        cdr_text(&cdr_a)
+    );
+    let cdr_b = server.wait_for_cdr("the consultation call", |x| &x.call_id == b);
+    assert_eq!(
+        cdr_b.variables.get("transferred_to_call"),
+        Some(a),
+        "{}",
+        cdr_text(&cdr_b)
+    );
+}
+
+/// A consultation that is given up (the consultation call hung up) returns the customer to
+/// its agent: unhold, and they hear each other again.
+#[test]
+fn a_cancelled_attended_transfer_returns_the_customer_to_the_agent() {
+    let c = consultation();
+    let server = &c.server;
+    let (a, b) = (&c.a, &c.b);
+    let mut windows = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| c.customer_rtp.send_pcm(&sine(CALLER_HZ, 6.0, 6000.0)));
+        s.spawn(|| c.agent_rtp.send_pcm(&sine(AGENT_HZ, 6.0, 6000.0)));
+        std::thread::sleep(Duration::from_millis(1200));
+        windows.push((
+            "held",
+            Instant::now() - Duration::from_millis(900),
+            Instant::now(),
+        ));
+        let r = post(server, &format!("/v1/calls/{b}/hangup"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
+        // The consultation is gone: transferring to it is refused, the customer stays.
+        let r = post(
+            server,
+            &format!("/v1/calls/{a}/transfer"),
+            Some(serde_json::json!({"consultCallId": b})),
+        );
+        assert_eq!(r.status, 409, "{}", r.describe());
+        assert_eq!(
+            r.error().1.as_deref(),
+            Some("consultCallId"),
+            "{}",
+            r.describe()
+        );
+        let r = post(server, &format!("/v1/calls/{a}/unhold"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(2500));
+        windows.push((
+            "back",
+            t + Duration::from_millis(600),
+            t + Duration::from_millis(2400),
+        ));
+        let r = post(server, &format!("/v1/calls/{a}/hangup"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
+    });
+    let (customer, agent, agent_b, target) = (c.customer, c.agent, c.agent_b, c.target);
+    customer.wait().assert_success(&server.log_tail());
+    agent.wait().assert_success(&server.log_tail());
+    agent_b.wait().assert_success(&server.log_tail());
+    target.wait().assert_success(&server.log_tail());
+    for (name, from, to) in windows {
+        let at_customer = c.customer_rtp.heard(from, to);
+        let at_agent = c.agent_rtp.heard(from, to);
+        println!("{name} customer hears {}", levels(&at_customer));
+        println!("{name} agent hears {}", levels(&at_agent));
+        if name == "held" {
+            // The built-in music on hold: audible, and not the agent.
+            let audible = at_customer.chunks(160).filter(|f| is_audible(f)).count();
+            assert!(audible > 20, "held: music ({audible} audible frames)");
+            assert!(
+                tone_amplitude(&at_customer, AGENT_HZ) < SILENT,
+                "held: no agent"
+            );
+        } else {
+            assert!(
+                tone_amplitude(&at_customer, AGENT_HZ) > HEARD,
+                "back with the agent"
+            );
+            assert!(
+                tone_amplitude(&at_agent, CALLER_HZ) > HEARD,
+                "the agent hears it"
+            );
+        }
+    }
 }

@@ -52,6 +52,9 @@ pub trait CallControl: Send + Sync + 'static {
     fn control(&self, call_id: &str, cmd: ControlCommand) -> HangupFuture;
     /// A call that ended within the last few minutes.
     fn ended_call(&self, call_id: &str) -> Option<callplane_engine::registry::EndedCall>;
+    /// Attended transfer of `call_id` (from leg `from`) to the party of call `consult`;
+    /// `None` when `call_id` is gone.
+    fn attended_transfer(&self, call_id: &str, from: Option<u32>, consult: &str) -> HangupFuture;
 }
 
 /// Which calls `list_calls` keeps, by `(tenant, number)`.
@@ -124,6 +127,12 @@ impl CallControl for callplane_engine::Engine {
 
     fn ended_call(&self, call_id: &str) -> Option<callplane_engine::registry::EndedCall> {
         callplane_engine::Engine::ended_call(self, call_id)
+    }
+
+    fn attended_transfer(&self, call_id: &str, from: Option<u32>, consult: &str) -> HangupFuture {
+        let engine = self.clone();
+        let (call_id, consult) = (call_id.to_string(), consult.to_string());
+        Box::pin(async move { engine.attended_transfer(&call_id, from, &consult).await })
     }
 }
 
@@ -746,27 +755,47 @@ pub(crate) async fn transfer_call(
     only_fields(&body, &["to", "from", "consultCallId"])?;
     scoped_call(st, caller, id).await?;
     let info = get_call(st, caller, id).await?;
-    if !matches!(body.get("consultCallId"), None | Some(Value::Null)) {
-        return Err(ApiError::conflict(
-            "attended transfer (consultCallId) is not supported yet; transfer blind with `to`",
-        )
-        .with_field("consultCallId"));
-    }
-    let to = destination(st, body.remove("to"), "to", "transfer", &info.tenant)?;
     let from = leg_index(id, "transfer", body.remove("from"))?;
-    check_registered(st, &to, "to.destination")?;
-    let answer = st
-        .calls
-        .control(id, ControlCommand::Transfer { to, from })
-        .await;
-    command_answer(id, answer).map_err(|e| {
+    let rename_leg = |e: ApiError| {
         // The leg a transfer names is its `from`.
         if e.field.as_deref() == Some("leg") {
             e.with_field("from")
         } else {
             e
         }
-    })
+    };
+    match body.remove("consultCallId") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(consult)) => {
+            if !matches!(body.get("to"), None | Some(Value::Null)) {
+                return Err(ApiError::invalid_field(
+                    "transfer",
+                    "to",
+                    "an attended transfer (consultCallId) connects the consultation call's \
+                     party: no `to`",
+                ));
+            }
+            // The consultation call must be in the key's scope too.
+            scoped_call(st, caller, &consult)
+                .await
+                .map_err(|e| e.with_field("consultCallId"))?;
+            let answer = st.calls.attended_transfer(id, from, &consult).await;
+            return command_answer(id, answer).map_err(rename_leg);
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_json(
+                "`consultCallId` must be a call id",
+                Some("consultCallId".into()),
+            ))
+        }
+    }
+    let to = destination(st, body.remove("to"), "to", "transfer", &info.tenant)?;
+    check_registered(st, &to, "to.destination")?;
+    let answer = st
+        .calls
+        .control(id, ControlCommand::Transfer { to, from })
+        .await;
+    command_answer(id, answer).map_err(rename_leg)
 }
 
 /// `POST /v1/calls/{id}/redirect` `{"to": <destination>}`: sends the call — ringing or

@@ -132,6 +132,23 @@ impl CallControl for FakeCalls {
         user == "alice"
     }
 
+    fn attended_transfer(
+        &self,
+        call_id: &str,
+        _from: Option<u32>,
+        consult: &str,
+    ) -> crate::HangupFuture {
+        use callplane_engine::registry::CommandRefused;
+        let answer = self.info(call_id, "answered").map(|info| {
+            if consult == call_id {
+                Err(CommandRefused::ConsultIsTheCall)
+            } else {
+                Ok(info)
+            }
+        });
+        Box::pin(async move { answer })
+    }
+
     fn ended_call(&self, call_id: &str) -> Option<callplane_engine::registry::EndedCall> {
         (call_id == "call-ended").then(|| callplane_engine::registry::EndedCall {
             tenant: "acme".into(),
@@ -160,6 +177,7 @@ impl CallControl for FakeCalls {
             ControlCommand::Transfer { .. } => Err(CommandRefused::NotConnected),
             ControlCommand::Supervise { .. } => Ok(info),
             ControlCommand::StopSupervising => Err(CommandRefused::NoSupervisor),
+            ControlCommand::CheckTransfer { .. } => Ok(info),
             ControlCommand::Hold { .. } | ControlCommand::Mute { .. } => {
                 Err(CommandRefused::NoSuchLeg)
             }

@@ -898,6 +898,18 @@ impl Call {
                     CallCommand::Control { cmd, reply } => {
                         let _ = reply.send(self.control(cmd));
                     }
+                    CallCommand::ReleaseConnected { to_call, reply } => {
+                        let released = self.release_connected(&to_call);
+                        if let Err(mpsc_back) = reply.send(released) {
+                            // The transfer was given up meanwhile: nobody takes the leg.
+                            if let Ok(moved) = mpsc_back {
+                                moved.hang_up();
+                            }
+                        }
+                    }
+                    CallCommand::AdoptForTransfer { leg, from, consult, reply } => {
+                        let _ = reply.send(self.adopt_for_transfer(leg, from, &consult));
+                    }
                     CallCommand::Snapshot { reply } => {
                         let _ = reply.send(self.snapshot());
                     }
@@ -2280,9 +2292,11 @@ impl Call {
     }
 }
 
+mod attended;
 mod control;
 mod originate;
 mod supervise;
+pub use attended::MovedLeg;
 pub use control::default_music_on_hold;
 use control::{BridgeRoom, Side};
 pub use originate::{run_outbound_call, Originate};

@@ -211,6 +211,62 @@ impl Engine {
             .await
     }
 
+    /// Attended transfer: the party of call `consult` (its connected callee) takes the place
+    /// of leg `from` (default: the connected callee) of call `call_id`, whose leg ends, and
+    /// `consult` ends as if that party had left. `None` when `call_id` is not running.
+    pub async fn attended_transfer(
+        &self,
+        call_id: &str,
+        from: Option<u32>,
+        consult: &str,
+    ) -> Option<Result<crate::registry::CallInfo, crate::registry::CommandRefused>> {
+        use crate::registry::{CommandRefused, ControlCommand};
+        if call_id == consult {
+            return Some(Err(CommandRefused::ConsultIsTheCall));
+        }
+        // First whether this call can take it, then the consultation call lets its party go.
+        if let Err(why) = self
+            .control(call_id, ControlCommand::CheckTransfer { from })
+            .await?
+        {
+            return Some(Err(why));
+        }
+        let to_call = call_id.to_string();
+        let moved = self
+            .svc
+            .calls
+            .ask(consult, |reply| CallCommand::ReleaseConnected {
+                to_call,
+                reply,
+            })
+            .await;
+        let moved = match moved {
+            None => return Some(Err(CommandRefused::ConsultGone)),
+            Some(Err(why)) => return Some(Err(why)),
+            Some(Ok(m)) => m,
+        };
+        let consult = consult.to_string();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let cmd = CallCommand::AdoptForTransfer {
+            leg: moved,
+            from,
+            consult,
+            reply,
+        };
+        let sent = match self.svc.calls.get(call_id) {
+            Some(h) => h.commands.send(cmd).map_err(|e| e.0),
+            None => Err(cmd),
+        };
+        if let Err(cmd) = sent {
+            // The call ended meanwhile: the party has nowhere to go.
+            if let CallCommand::AdoptForTransfer { leg, .. } = cmd {
+                leg.hang_up();
+            }
+            return None;
+        }
+        answer.await.ok()
+    }
+
     /// Sends keypad digits to leg `leg` of the call; `None` when no such call is running.
     pub async fn send_dtmf(
         &self,

@@ -150,6 +150,14 @@ impl Mailbox {
         self.held.remove(&leg);
     }
 
+    /// Who `leg` reports to while this owner holds it.
+    pub fn owner_of(&self, leg: LegId) -> Option<Owner> {
+        self.held.get(&leg).map(|&epoch| Owner {
+            id: self.owner_id,
+            epoch,
+        })
+    }
+
     /// The event, if it is addressed to this owner in the leg's current epoch.
     pub fn accept<E>(&self, a: Addressed<E>) -> Option<(LegId, E)> {
         let current = self.held.get(&a.leg)?;

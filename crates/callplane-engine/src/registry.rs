@@ -34,6 +34,21 @@ pub enum CallCommand {
         cmd: ControlCommand,
         reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
     },
+    /// Hand the connected callee's leg over to another call (`to_call`, an attended
+    /// transfer): this call lets it go without hanging it up, and ends as if it had left.
+    ReleaseConnected {
+        to_call: String,
+        reply: tokio::sync::oneshot::Sender<Result<crate::call::MovedLeg, CommandRefused>>,
+    },
+    /// Attended transfer, the last step: `leg` (the consultation call `consult`'s party) takes
+    /// the place of leg `from` (default: the connected callee), whose leg ends. Refused: the
+    /// moved leg is hung up.
+    AdoptForTransfer {
+        leg: crate::call::MovedLeg,
+        from: Option<u32>,
+        consult: String,
+        reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
+    },
     /// Play ANNOUNCEMENT / SAY blocks into the call's connected bridge, mixed with both
     /// parties' audio and heard by both; answered once accepted (before the audio renders).
     PlayIntoBridge {
@@ -87,6 +102,11 @@ pub enum ControlCommand {
     },
     /// Hang up the call's supervisor.
     StopSupervising,
+    /// Whether a transfer from leg `from` could apply now (the first step of an attended
+    /// transfer, before the consultation call gives its party up).
+    CheckTransfer {
+        from: Option<u32>,
+    },
 }
 
 /// How a supervisor takes part in a call: the agent is the connected callee, the customer the
@@ -160,6 +180,12 @@ pub enum CommandRefused {
     AlreadySupervised,
     /// No supervisor is on the call.
     NoSupervisor,
+    /// The consultation call of an attended transfer has ended.
+    ConsultGone,
+    /// The consultation call has no connected party to transfer to.
+    ConsultNotConnected,
+    /// The consultation call is the call itself.
+    ConsultIsTheCall,
 }
 
 impl CommandRefused {
@@ -186,6 +212,11 @@ impl CommandRefused {
                 "a supervisor is on the call already (post the mode alone to switch it)"
             }
             CommandRefused::NoSupervisor => "no supervisor is on the call (name one to dial)",
+            CommandRefused::ConsultGone => "the consultation call has ended",
+            CommandRefused::ConsultNotConnected => {
+                "the consultation call has no connected party to transfer to"
+            }
+            CommandRefused::ConsultIsTheCall => "the consultation call is the call itself",
         }
     }
 
@@ -196,6 +227,9 @@ impl CommandRefused {
             CommandRefused::NoSuchLeg | CommandRefused::NotAParty => "leg",
             CommandRefused::TransferFromFirstLeg => "from",
             CommandRefused::AlreadySupervised | CommandRefused::NoSupervisor => "supervisor",
+            CommandRefused::ConsultGone
+            | CommandRefused::ConsultNotConnected
+            | CommandRefused::ConsultIsTheCall => "consultCallId",
             _ => "state",
         }
     }

@@ -118,12 +118,13 @@ impl Call {
             ControlCommand::Redirect { to } => self.redirect(to),
             ControlCommand::Supervise { mode, supervisor } => self.supervise(mode, supervisor),
             ControlCommand::StopSupervising => self.stop_supervising(),
+            ControlCommand::CheckTransfer { from } => self.check_transfer(from),
         }?;
         Ok(self.snapshot())
     }
 
     /// Which party of the connected call leg `leg` is (default: leg 0, the caller).
-    fn side_of(&self, leg: Option<u32>) -> Result<Side, CommandRefused> {
+    pub(super) fn side_of(&self, leg: Option<u32>) -> Result<Side, CommandRefused> {
         let leg = leg.unwrap_or(0) as usize;
         if leg >= self.legs.len() {
             return Err(CommandRefused::NoSuchLeg);
@@ -327,10 +328,7 @@ impl Call {
         to: crate::blocks::BridgeDestination,
         from: Option<u32>,
     ) -> Result<(), CommandRefused> {
-        match self.side_of(from.or(self.connected_record().map(|r| r as u32)))? {
-            Side::Caller => return Err(CommandRefused::TransferFromFirstLeg),
-            Side::Callee => {}
-        }
+        self.check_transfer(from)?;
         let from_leg = self.connected_record().map(|r| r as u32);
         let forward_ani = self.bridge.as_ref().is_some_and(|b| b.forward_ani);
         info!(call = %self.uuid, to = %to.destination, "blind transfer");

@@ -433,6 +433,15 @@ fn dialling_command(d: &Dialling, cmd: CallCommand) -> Option<HangupCause> {
             None
         }
         CallCommand::Interrupt => None,
+        CallCommand::ReleaseConnected { reply, .. } => {
+            let _ = reply.send(Err(CommandRefused::ConsultNotConnected));
+            None
+        }
+        CallCommand::AdoptForTransfer { leg, reply, .. } => {
+            leg.hang_up();
+            let _ = reply.send(Err(CommandRefused::NotAnswered));
+            None
+        }
         CallCommand::PlayIntoBridge { reply, .. } => {
             let _ = reply.send(Err(PlayRefused::NotConnected));
             None
