@@ -899,16 +899,14 @@ impl Call {
                         let _ = reply.send(self.control(cmd));
                     }
                     CallCommand::ReleaseConnected { to_call, reply } => {
-                        let released = self.release_connected(&to_call);
-                        if let Err(mpsc_back) = reply.send(released) {
-                            // The transfer was given up meanwhile: nobody takes the leg.
-                            if let Ok(moved) = mpsc_back {
-                                moved.hang_up();
-                            }
+                        let released = self.release_connected(&to_call).map(Box::new);
+                        // The transfer was given up meanwhile: nobody takes the leg.
+                        if let Err(Ok(moved)) = reply.send(released) {
+                            moved.hang_up();
                         }
                     }
                     CallCommand::AdoptForTransfer { leg, from, consult, reply } => {
-                        let _ = reply.send(self.adopt_for_transfer(leg, from, &consult));
+                        let _ = reply.send(self.adopt_for_transfer(*leg, from, &consult));
                     }
                     CallCommand::Snapshot { reply } => {
                         let _ = reply.send(self.snapshot());

@@ -38,13 +38,13 @@ pub enum CallCommand {
     /// transfer): this call lets it go without hanging it up, and ends as if it had left.
     ReleaseConnected {
         to_call: String,
-        reply: tokio::sync::oneshot::Sender<Result<crate::call::MovedLeg, CommandRefused>>,
+        reply: tokio::sync::oneshot::Sender<Result<Box<crate::call::MovedLeg>, CommandRefused>>,
     },
     /// Attended transfer, the last step: `leg` (the consultation call `consult`'s party) takes
     /// the place of leg `from` (default: the connected callee), whose leg ends. Refused: the
     /// moved leg is hung up.
     AdoptForTransfer {
-        leg: crate::call::MovedLeg,
+        leg: Box<crate::call::MovedLeg>,
         from: Option<u32>,
         consult: String,
         reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
