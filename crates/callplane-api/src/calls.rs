@@ -55,6 +55,19 @@ pub trait CallControl: Send + Sync + 'static {
     /// Attended transfer of `call_id` (from leg `from`) to the party of call `consult`;
     /// `None` when `call_id` is gone.
     fn attended_transfer(&self, call_id: &str, from: Option<u32>, consult: &str) -> HangupFuture;
+    /// The live conferences whose tenant `keep` accepts.
+    fn list_conferences(
+        &self,
+        keep: Box<dyn Fn(&str) -> bool + Send>,
+    ) -> Vec<callplane_engine::conference::ConferenceInfo>;
+    /// One live conference.
+    fn conference(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Option<callplane_engine::conference::ConferenceInfo>;
+    /// The call and leg index of a conference's present participant.
+    fn locate_participant(&self, tenant: &str, name: &str, leg_id: &str) -> Option<(String, u32)>;
 }
 
 /// Which calls `list_calls` keeps, by `(tenant, number)`.
@@ -127,6 +140,25 @@ impl CallControl for callplane_engine::Engine {
 
     fn ended_call(&self, call_id: &str) -> Option<callplane_engine::registry::EndedCall> {
         callplane_engine::Engine::ended_call(self, call_id)
+    }
+
+    fn list_conferences(
+        &self,
+        keep: Box<dyn Fn(&str) -> bool + Send>,
+    ) -> Vec<callplane_engine::conference::ConferenceInfo> {
+        self.conferences().list(keep)
+    }
+
+    fn conference(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Option<callplane_engine::conference::ConferenceInfo> {
+        self.conferences().get(tenant, name)
+    }
+
+    fn locate_participant(&self, tenant: &str, name: &str, leg_id: &str) -> Option<(String, u32)> {
+        self.conferences().locate(tenant, name, leg_id)
     }
 
     fn attended_transfer(&self, call_id: &str, from: Option<u32>, consult: &str) -> HangupFuture {
@@ -370,7 +402,11 @@ pub(crate) async fn send_dtmf(
 
 /// A body's `leg` (a leg id `<call id>.<index>` of call `id`): its index, `None` when left
 /// out. A leg id of another call, or one that is not a leg id, is refused naming `leg`.
-fn leg_index(id: &str, object: &str, leg: Option<Value>) -> Result<Option<u32>, ApiError> {
+pub(crate) fn leg_index(
+    id: &str,
+    object: &str,
+    leg: Option<Value>,
+) -> Result<Option<u32>, ApiError> {
     match leg {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(l)) => {
@@ -414,6 +450,17 @@ fn command_answer(
         Some(Err(why)) => Err(ApiError::conflict(why.message()).with_field(why.field())),
         Some(Ok(info)) => Ok(info),
     }
+}
+
+/// Sends `cmd` to call `id` if the key's scope covers it; the call as it is then, or why not.
+pub(crate) async fn control_call(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+    cmd: ControlCommand,
+) -> Result<CallInfo, ApiError> {
+    scoped_call(st, caller, id).await?;
+    command_answer(id, st.calls.control(id, cmd).await)
 }
 
 /// The party commands: hold, unhold, mute and unmute one leg of the connected call.
@@ -715,7 +762,7 @@ pub(crate) fn destination(
 
 /// `409` naming `field` when `to` is a SIP user with no registered device (nothing would
 /// ring).
-fn check_registered(
+pub(crate) fn check_registered(
     st: &ApiState,
     to: &callplane_engine::blocks::BridgeDestination,
     field: &str,

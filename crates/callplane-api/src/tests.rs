@@ -149,6 +149,30 @@ impl CallControl for FakeCalls {
         Box::pin(async move { answer })
     }
 
+    fn list_conferences(
+        &self,
+        _keep: Box<dyn Fn(&str) -> bool + Send>,
+    ) -> Vec<callplane_engine::conference::ConferenceInfo> {
+        Vec::new()
+    }
+
+    fn conference(
+        &self,
+        _tenant: &str,
+        _name: &str,
+    ) -> Option<callplane_engine::conference::ConferenceInfo> {
+        None
+    }
+
+    fn locate_participant(
+        &self,
+        _tenant: &str,
+        _name: &str,
+        _leg_id: &str,
+    ) -> Option<(String, u32)> {
+        None
+    }
+
     fn ended_call(&self, call_id: &str) -> Option<callplane_engine::registry::EndedCall> {
         (call_id == "call-ended").then(|| callplane_engine::registry::EndedCall {
             tenant: "acme".into(),
@@ -178,6 +202,8 @@ impl CallControl for FakeCalls {
             ControlCommand::Supervise { .. } => Ok(info),
             ControlCommand::StopSupervising => Err(CommandRefused::NoSupervisor),
             ControlCommand::CheckTransfer { .. } => Ok(info),
+            ControlCommand::MakeConference { .. } => Ok(info),
+            ControlCommand::Remove { .. } => Err(CommandRefused::NotAParty),
             ControlCommand::Hold { .. } | ControlCommand::Mute { .. } => {
                 Err(CommandRefused::NoSuchLeg)
             }

@@ -373,6 +373,9 @@ impl SessionStart {
             playing: None,
             bridge: None,
             conference: None,
+            callee_seat: None,
+            conf_mode: false,
+            caller_gone: false,
             bridges_run: 0,
             rooms_made: 0,
             supervisor: None,
@@ -436,8 +439,15 @@ struct Call {
     /// The flow's play id of what the media leg is playing, keyed by the media's play id.
     playing: Option<(u64, u64)>,
     bridge: Option<BridgeRun>,
-    /// The conference the caller is in (CONFERENCE block).
+    /// The conference the caller is in (CONFERENCE block, or the call turned into one).
     conference: Option<ConferenceSeat>,
+    /// The connected callee's seat, once the call was turned into a conference.
+    callee_seat: Option<ConferenceSeat>,
+    /// The call was turned into a conference: its plan is over, and it lives as long as one of
+    /// its legs is in the conference.
+    conf_mode: bool,
+    /// In conference mode: the caller's leg is gone (the callee goes on).
+    caller_gone: bool,
     /// Counts BRIDGE blocks run, for `BridgeRun::serial`.
     bridges_run: u64,
     /// Counts bridge rooms made, for `BridgeRoom::id`.
@@ -1216,7 +1226,8 @@ impl Call {
                         // music only.
                         let held_by_us = self
                             .current_bridge_room()
-                            .is_some_and(|r| r.is_held(Side::Caller));
+                            .is_some_and(|r| r.is_held(Side::Caller))
+                            || self.conference.as_ref().is_some_and(|c| c.hold.is_some());
                         if self.answered && !held_by_us {
                             self.set_caller_state(if holds(n.direction) {
                                 LegState::Held
@@ -1249,6 +1260,14 @@ impl Call {
 
     /// The caller hung up or cancelled.
     async fn caller_left(&mut self, cause: HangupCause, status: Option<u16>) {
+        if self.conf_mode {
+            // A conference call goes on while its callee is in the conference.
+            self.caller_left_conference(cause);
+            if self.ended.is_some() {
+                self.end_bridge_attempts(Some(cause));
+            }
+            return;
+        }
         self.flow.stop();
         self.end_bridge_attempts(Some(cause));
         if let Some(l) = self.legs.first_mut() {
@@ -1301,6 +1320,9 @@ impl Call {
     async fn finish(&mut self) {
         self.set_caller_state(LegState::Ended);
         self.leave_conference();
+        if let Some(seat) = self.callee_seat.take() {
+            self.vacate(seat);
+        }
         self.media.stop_play();
         let (cause, by, status) =
             self.ended
@@ -1749,7 +1771,12 @@ impl Call {
                     cause,
                 } => self.attempt_ended(attempt, status, cause),
                 DialOutput::Ended => {
-                    self.flow.handle(Input::BridgeEnded, Instant::now());
+                    if self.conf_mode {
+                        // In a conference the callee leaving is one participant less.
+                        self.callee_left_conference(HangupCause::NormalClearing);
+                    } else {
+                        self.flow.handle(Input::BridgeEnded, Instant::now());
+                    }
                 }
                 // The session moved that leg into the bridge itself (a supervisor's intercept).
                 DialOutput::Adopted { .. } => {}
@@ -2045,7 +2072,8 @@ impl Call {
         let held_by_us = b
             .room
             .as_ref()
-            .is_some_and(|r| r.attempt == attempt && r.is_held(Side::Callee));
+            .is_some_and(|r| r.attempt == attempt && r.is_held(Side::Callee))
+            || self.callee_seat.as_ref().is_some_and(|c| c.hold.is_some());
         let Some(slot) = b.slots.get_mut(attempt.0 as usize) else {
             return;
         };
@@ -2280,7 +2308,11 @@ impl Call {
                 self.caller_state.as_str()
             },
             bridged_to,
-            conference: self.conference.as_ref().map(|c| c.name.clone()),
+            conference: self
+                .conference
+                .as_ref()
+                .or(self.callee_seat.as_ref())
+                .map(|c| c.name.clone()),
             recording: self.recording_info(),
             start_time: self.start,
             answer_time: self.answer_time,
@@ -2291,6 +2323,7 @@ impl Call {
 }
 
 mod attended;
+mod conference_mode;
 mod control;
 mod originate;
 mod supervise;
@@ -2299,10 +2332,18 @@ pub use control::default_music_on_hold;
 use control::{BridgeRoom, Side};
 pub use originate::{run_outbound_call, Originate};
 
+/// Where a leg of the call sits in a conference.
 struct ConferenceSeat {
     name: String,
     room: Arc<Room>,
     member: MemberId,
+    /// The leg's index in the call.
+    leg: u32,
+    /// Whom it is heard by when neither muted nor held (nobody for `listenOnly`).
+    heard_by: Audience,
+    muted: bool,
+    /// Its music-on-hold player while a command holds it.
+    hold: Option<MemberId>,
 }
 
 impl Call {
@@ -2310,14 +2351,17 @@ impl Call {
 
     fn join_conference(&mut self, block: ConferenceBlock) {
         let name = block.conference_name.clone();
-        let joined = self.svc.conferences.join(
-            &self.tenant.name,
-            &name,
-            &self.uuid,
-            block.max_participants,
-            block.end_conference_on_exit,
-            self.inputs_tx.clone(),
-        );
+        let joined = self.svc.conferences.join(crate::conference::Joining {
+            tenant: &self.tenant.name,
+            name: &name,
+            call: &self.uuid,
+            leg: 0,
+            party: self.caller.clone(),
+            max_participants: block.max_participants,
+            end_on_exit: block.end_conference_on_exit,
+            owner: false,
+            inputs: self.inputs_tx.clone(),
+        });
         let room = match joined {
             Ok(room) => room,
             Err(JoinError::Full) => {
@@ -2334,9 +2378,12 @@ impl Call {
         } else {
             Audience::All
         };
-        let member = room.add_leg(&self.media, heard_by, Audience::All);
+        let member = room.add_leg(&self.media, heard_by.clone(), Audience::All);
         if block.join_muted {
             room.set_muted(member, true);
+            self.svc
+                .conferences
+                .set_flags(&self.tenant.name, &name, &self.uuid, 0, true, false);
         }
         // The others hear someone arrive: the enter announcement, or a beep.
         match block.enter_announcement_name {
@@ -2366,25 +2413,47 @@ impl Call {
             }
         }
         info!(call = %self.uuid, conference = %name, member = member.get(), "joined conference");
-        self.emit(EventKind::ConferenceJoined {
-            conference: name.clone(),
+        self.emit_for(
+            0,
+            EventKind::ConferenceJoined {
+                conference: name.clone(),
+                muted: block.join_muted,
+                listen_only: block.listen_only,
+            },
+        );
+        self.conference = Some(ConferenceSeat {
+            name,
+            room,
+            member,
+            leg: 0,
+            heard_by,
             muted: block.join_muted,
-            listen_only: block.listen_only,
+            hold: None,
         });
-        self.conference = Some(ConferenceSeat { name, room, member });
     }
 
+    /// The caller leaves its conference seat.
     fn leave_conference(&mut self) {
-        let Some(seat) = self.conference.take() else {
-            return;
-        };
+        if let Some(seat) = self.conference.take() {
+            self.vacate(seat);
+        }
+    }
+
+    /// A leg leaves its seat: out of the room and the registry (its music with it).
+    fn vacate(&mut self, seat: ConferenceSeat) {
+        if let Some(music) = seat.hold {
+            seat.room.remove(music);
+        }
         seat.room.remove(seat.member);
         self.svc
             .conferences
-            .leave(&self.tenant.name, &seat.name, &self.uuid);
-        self.emit(EventKind::ConferenceLeft {
-            conference: seat.name,
-        });
+            .leave(&self.tenant.name, &seat.name, &self.uuid, seat.leg);
+        self.emit_for(
+            seat.leg as usize,
+            EventKind::ConferenceLeft {
+                conference: seat.name,
+            },
+        );
     }
 }
 

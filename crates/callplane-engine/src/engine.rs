@@ -121,6 +121,11 @@ impl Engine {
         self.svc.calls.get(call_id).map(|h| h.tenant)
     }
 
+    /// The live conferences of this node.
+    pub fn conferences(&self) -> &crate::conference::Conferences {
+        &self.svc.conferences
+    }
+
     /// A call that ended within the last few minutes.
     pub fn ended_call(&self, call_id: &str) -> Option<crate::registry::EndedCall> {
         self.svc.calls.ended(call_id)

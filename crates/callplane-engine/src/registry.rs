@@ -107,6 +107,15 @@ pub enum ControlCommand {
     CheckTransfer {
         from: Option<u32>,
     },
+    /// Turn the connected call into a conference (`call-<call id>`); `owner` (default: the
+    /// connected callee) is its owner.
+    MakeConference {
+        owner: Option<u32>,
+    },
+    /// Hang up a leg that sits in a conference (it leaves it).
+    Remove {
+        leg: Option<u32>,
+    },
 }
 
 /// How a supervisor takes part in a call: the agent is the connected callee, the customer the

@@ -107,6 +107,18 @@ impl Call {
         if self.ended.is_some() {
             return Err(CommandRefused::Ending);
         }
+        // A leg that sits in a conference is held, muted or removed there.
+        if let ControlCommand::Hold { leg }
+        | ControlCommand::Unhold { leg }
+        | ControlCommand::Mute { leg }
+        | ControlCommand::Unmute { leg }
+        | ControlCommand::Remove { leg } = &cmd
+        {
+            if self.has_seat(*leg) || matches!(cmd, ControlCommand::Remove { .. }) {
+                self.seat_command(&cmd)?;
+                return Ok(self.snapshot());
+            }
+        }
         match cmd {
             ControlCommand::Hold { leg } => self.set_hold(leg, true),
             ControlCommand::Unhold { leg } => self.set_hold(leg, false),
@@ -119,6 +131,8 @@ impl Call {
             ControlCommand::Supervise { mode, supervisor } => self.supervise(mode, supervisor),
             ControlCommand::StopSupervising => self.stop_supervising(),
             ControlCommand::CheckTransfer { from } => self.check_transfer(from),
+            ControlCommand::MakeConference { owner } => self.make_conference(owner),
+            ControlCommand::Remove { .. } => Err(CommandRefused::NotAParty),
         }?;
         Ok(self.snapshot())
     }
@@ -216,55 +230,59 @@ impl Call {
         }
         r.apply_rules();
         info!(call = %self.uuid, party = side.party().as_str(), on, "hold by command");
-        let direction = if on {
-            Direction::SendOnly
-        } else {
-            Direction::SendRecv
+        let record = match side {
+            Side::Caller => 0,
+            Side::Callee => self.connected_record().unwrap_or(usize::MAX),
         };
-        let state = if on {
-            LegState::Held
-        } else {
-            LegState::Answered
-        };
-        match side {
-            Side::Caller => {
-                let sdp = self.sdp.with_direction(direction);
-                self.reinvite(side, self.leg.reinviter(), sdp);
-                self.set_caller_state(state);
-            }
-            Side::Callee => {
-                let Some(b) = self.bridge.as_mut() else {
-                    return Ok(());
-                };
-                let Some(attempt) = b.connected else {
-                    return Ok(());
-                };
-                let Some(slot) = b.slots.get_mut(attempt.0 as usize) else {
-                    return Ok(());
-                };
-                let record = slot.record;
-                let Some(a) = slot.live.as_mut() else {
-                    return Ok(());
-                };
-                let sdp = a.sdp.with_direction(direction);
-                let reinviter = a.leg.reinviter();
-                let was = a.state;
-                a.state = state;
-                self.reinvite(side, reinviter, sdp);
-                if was != state {
-                    let destination = self.destination_of(record);
-                    for e in
-                        leg_state_events(Party::Callee, Some(attempt.0), destination, was, state)
-                    {
-                        self.emit_for(record, e);
-                    }
-                }
-            }
-        }
+        self.reinvite_party(record, on);
         if !on {
             self.dissolve_unneeded_room();
         }
         Ok(())
+    }
+
+    /// Sends party `record` (0: the caller, else the connected callee's leg) a re-INVITE
+    /// `sendonly` (`held`) or `sendrecv`, and moves its leg state to held or answered.
+    pub(super) fn reinvite_party(&mut self, record: usize, held: bool) {
+        let (direction, state) = if held {
+            (Direction::SendOnly, LegState::Held)
+        } else {
+            (Direction::SendRecv, LegState::Answered)
+        };
+        if record == 0 {
+            let sdp = self.sdp.with_direction(direction);
+            self.reinvite(Side::Caller, self.leg.reinviter(), sdp);
+            self.set_caller_state(state);
+            return;
+        }
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        let Some(attempt) = b.connected.filter(|w| {
+            b.slots
+                .get(w.0 as usize)
+                .is_some_and(|s| s.record == record)
+        }) else {
+            return;
+        };
+        let Some(a) = b
+            .slots
+            .get_mut(attempt.0 as usize)
+            .and_then(|s| s.live.as_mut())
+        else {
+            return;
+        };
+        let sdp = a.sdp.with_direction(direction);
+        let reinviter = a.leg.reinviter();
+        let was = a.state;
+        a.state = state;
+        self.reinvite(Side::Callee, reinviter, sdp);
+        if was != state {
+            let destination = self.destination_of(record);
+            for e in leg_state_events(Party::Callee, Some(attempt.0), destination, was, state) {
+                self.emit_for(record, e);
+            }
+        }
     }
 
     /// Sends our new description to one party off the actor; its answer comes back as
@@ -559,6 +577,13 @@ impl Call {
 
     /// Whether a command holds / mutes this leg (for snapshots).
     pub(super) fn leg_flags(&self, record: usize) -> (bool, bool) {
+        if let Some(seat) = [&self.conference, &self.callee_seat]
+            .into_iter()
+            .flatten()
+            .find(|s| s.leg as usize == record)
+        {
+            return (seat.hold.is_some(), seat.muted);
+        }
         let side = if record == 0 {
             Some(Side::Caller)
         } else if self.connected_record() == Some(record) {
