@@ -68,6 +68,13 @@ pub trait CallControl: Send + Sync + 'static {
     ) -> Option<callplane_engine::conference::ConferenceInfo>;
     /// The call and leg index of a conference's present participant.
     fn locate_participant(&self, tenant: &str, name: &str, leg_id: &str) -> Option<(String, u32)>;
+    /// An application (`by`) claims an offered call; `None` when it is gone.
+    fn claim(&self, call_id: &str, by: String) -> HangupFuture;
+    /// Runs blocks on a call now; `None` when it is gone.
+    fn run_blocks(&self, call_id: &str, blocks: Vec<Block>) -> HangupFuture;
+    /// Calls to `number` of `tenant` are offered to an application until the returned
+    /// registration is dropped.
+    fn control_number(&self, tenant: &str, number: &str) -> Box<dyn std::any::Any + Send + Sync>;
 }
 
 /// Which calls `list_calls` keeps, by `(tenant, number)`.
@@ -147,6 +154,26 @@ impl CallControl for callplane_engine::Engine {
         keep: Box<dyn Fn(&str) -> bool + Send>,
     ) -> Vec<callplane_engine::conference::ConferenceInfo> {
         self.conferences().list(keep)
+    }
+
+    fn claim(&self, call_id: &str, by: String) -> HangupFuture {
+        let engine = self.clone();
+        let call_id = call_id.to_string();
+        Box::pin(async move { callplane_engine::Engine::claim(&engine, &call_id, by).await })
+    }
+
+    fn run_blocks(&self, call_id: &str, blocks: Vec<Block>) -> HangupFuture {
+        let engine = self.clone();
+        let call_id = call_id.to_string();
+        Box::pin(
+            async move { callplane_engine::Engine::run_blocks(&engine, &call_id, blocks).await },
+        )
+    }
+
+    fn control_number(&self, tenant: &str, number: &str) -> Box<dyn std::any::Any + Send + Sync> {
+        Box::new(callplane_engine::Engine::control_number(
+            self, tenant, number,
+        ))
     }
 
     fn conference(
@@ -630,8 +657,22 @@ pub async fn run_blocks(
     P(id): P<String>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    scoped_call(&st, &caller, &id).await?;
-    let mut body = object(body)?;
+    run_blocks_on(&st, &caller, &id, object(body)?)
+        .await
+        .map(|v| (StatusCode::ACCEPTED, Json(v)))
+}
+
+/// `POST /v1/calls/{id}/blocks`: ANNOUNCEMENT and SAY blocks on a connected call are mixed
+/// into it (both parties hear them and each other); any blocks on a call in its plan or one
+/// an application claimed run now (custom IVR) — the plan goes on after them, a claimed call
+/// waits for more. A call dialling or connected refuses the other blocks (`409`).
+pub(crate) async fn run_blocks_on(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+    mut body: serde_json::Map<String, Value>,
+) -> Result<Value, ApiError> {
+    scoped_call(st, caller, id).await?;
     only_fields(&body, &["blocks"])?;
     let list = match body.remove("blocks") {
         Some(Value::Array(list)) => list,
@@ -661,29 +702,62 @@ pub async fn run_blocks(
     }
     let blocks = parse_blocks(&Value::Array(list))
         .map_err(|_| ApiError::invalid_field("blocks", "blocks", "invalid blocks"))?;
-    if let Some((i, _)) = blocks
-        .iter()
-        .enumerate()
-        .find(|(_, b)| !matches!(b, Block::Announcement(_) | Block::Say(_)))
-    {
-        return Err(ApiError::conflict(
-            "only ANNOUNCEMENT and SAY blocks can be run on a call so far: they are mixed into \
-             its connected bridge",
-        )
-        .with_field(format!("blocks[{i}].blockType")));
-    }
     let n = blocks.len();
-    match st.calls.play_into_bridge(&id, blocks).await {
-        None => Err(call_not_found(&id)),
-        Some(Err(PlayRefused::NotConnected)) => Err(ApiError::conflict(
-            "the call has no connected callee to play into (it is in its plan, ringing, or \
-             its callee hung up)",
-        )),
-        Some(Ok(())) => Ok((
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "callId": id, "blocks": n, "mixedInto": "bridge" })),
-        )),
+    let not_mixable = blocks
+        .iter()
+        .position(|b| !matches!(b, Block::Announcement(_) | Block::Say(_)));
+    if not_mixable.is_none() {
+        match st.calls.play_into_bridge(id, blocks.clone()).await {
+            None => return Err(call_not_found(id)),
+            Some(Ok(())) => {
+                return Ok(serde_json::json!({ "callId": id, "blocks": n, "mixedInto": "bridge" }))
+            }
+            Some(Err(PlayRefused::NotConnected)) => {}
+        }
     }
+    match st.calls.run_blocks(id, blocks).await {
+        None => Err(call_not_found(id)),
+        Some(Ok(_)) => Ok(serde_json::json!({ "callId": id, "blocks": n, "mixedInto": null })),
+        Some(Err(CommandRefused::BlocksWhileConnected)) => Err(match not_mixable {
+            Some(i) => ApiError::conflict(CommandRefused::BlocksWhileConnected.message())
+                .with_field(format!("blocks[{i}].blockType")),
+            None => ApiError::conflict(
+                "the call has no connected callee yet to play into (it is ringing one)",
+            )
+            .with_field("state"),
+        }),
+        Some(Err(why)) => Err(ApiError::conflict(why.message()).with_field(why.field())),
+    }
+}
+
+/// `POST /v1/calls/{id}/claim`: an application claims a call offered to it (the first claim
+/// wins; the call's plan will not run). Answers the call.
+pub async fn claim(
+    State(st): State<ApiState>,
+    caller: Caller,
+    P(id): P<String>,
+) -> Result<Json<CallInfo>, ApiError> {
+    claim_call(&st, &caller, &id).await.map(Json)
+}
+
+pub(crate) async fn claim_call(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<CallInfo, ApiError> {
+    scoped_call(st, caller, id).await?;
+    command_answer(id, st.calls.claim(id, caller.0.name.clone()).await)
+}
+
+/// `POST /v1/calls/{id}/answer`: answers a call an application claimed.
+pub async fn answer(
+    State(st): State<ApiState>,
+    caller: Caller,
+    P(id): P<String>,
+) -> Result<Json<CallInfo>, ApiError> {
+    control_call(&st, &caller, &id, ControlCommand::Answer)
+        .await
+        .map(Json)
 }
 
 /// A BRIDGE destination object of a request (named `field`: `to`, …), checked by the BRIDGE

@@ -151,6 +151,9 @@ struct Session {
     close_reason: Mutex<Option<(u16, String)>>,
     /// Cancelled when a newer socket takes the session over.
     taken_over: Mutex<CancellationToken>,
+    /// The numbers this session controls (`"control": true`): their calls are offered to it
+    /// while the session exists (also while it waits to be resumed).
+    control: Mutex<Vec<Box<dyn std::any::Any + Send + Sync>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -594,6 +597,7 @@ async fn run(
                 notify: Notify::new(),
                 closed: CancellationToken::new(),
                 close_reason: Mutex::new(None),
+                control: Mutex::new(Vec::new()),
                 taken_over: Mutex::new(CancellationToken::new()),
             });
             hub.insert(s.clone());
@@ -835,19 +839,32 @@ async fn on_client_message(
                 Ok(sub) => sub,
                 Err(e) => return Some(error_reply(op, id, &e)),
             };
-            if msg.get("control").and_then(Value::as_bool) == Some(true) {
-                let e = ApiError::invalid_field(
-                    "subscribe",
-                    "control",
-                    "offering inbound calls to an application (control: true) is not built yet",
-                );
-                return Some(error_reply(op, id, &e));
-            }
+            let control = match msg.get("control") {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+                Some(Value::Bool(true)) => true,
+                Some(_) => {
+                    let e = ApiError::invalid_json(
+                        "`control` must be a boolean",
+                        Some("control".into()),
+                    );
+                    return Some(error_reply(op, id, &e));
+                }
+            };
             // A reseller's tenants are read again on every subscribe.
             let scope = match caller.call_scope(&st.store) {
                 Ok(scope) => scope,
                 Err(e) => return Some(error_reply(op, id, &e)),
             };
+            // Control: the numbers, each in the key's scope, are offered to this session.
+            let registrations = if control {
+                match control_numbers(st, &scope, &sub.numbers) {
+                    Ok(r) => r,
+                    Err(e) => return Some(error_reply(op, id, &e)),
+                }
+            } else {
+                Vec::new()
+            };
+            *lock(&s.control) = registrations;
             let reply = json!({
                 "type": "subscribed",
                 "id": id,
@@ -855,6 +872,7 @@ async fn on_client_message(
                 "numbers": sub.numbers,
                 "calls": sub.calls,
                 "conferences": sub.conferences,
+                "control": control,
             });
             let mut f = lock(&s.filter);
             f.scope = scope;
@@ -891,6 +909,44 @@ async fn on_client_message(
     }
 }
 
+/// The control registrations of a `"control": true` subscription: `numbers` must name at
+/// least one number, each of a tenant in the key's scope (account keys cannot control).
+fn control_numbers(
+    st: &ApiState,
+    scope: &CallScope,
+    numbers: &BTreeSet<String>,
+) -> Result<Vec<Box<dyn std::any::Any + Send + Sync>>, ApiError> {
+    if matches!(scope, CallScope::Line { .. }) {
+        return Err(ApiError::forbidden(
+            "an account key cannot control numbers (a customer key can)",
+        )
+        .with_field("control"));
+    }
+    if numbers.is_empty() {
+        return Err(ApiError::invalid_field(
+            "subscribe",
+            "numbers",
+            "`control: true` needs the numbers whose calls are offered",
+        ));
+    }
+    let mut out = Vec::with_capacity(numbers.len());
+    for n in numbers {
+        match st.store.find_number(n)? {
+            Some((number, tenant)) if scope.may_cover_tenant(&tenant.name) => {
+                out.push(st.calls.control_number(&tenant.name, &number.number));
+            }
+            _ => {
+                return Err(ApiError::invalid_field(
+                    "subscribe",
+                    "numbers",
+                    format!("no number \"{n}\" in the key's scope"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `{"op":"command","id":…,"method":"calls.hangup","params":{…}}` → `{"type":"reply",…}`.
 /// A command that changes a call and carries an `id` is run once per key and id: a retry gets
 /// the first reply again (`"replayed": true`).
@@ -911,6 +967,9 @@ async fn command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value
             | "calls.redirect"
             | "calls.supervise"
             | "calls.stopSupervising"
+            | "calls.claim"
+            | "calls.answer"
+            | "calls.blocks"
     );
     let key = id.filter(|_| changes).map(|v| match v {
         Value::String(s) => s.clone(),
@@ -1031,6 +1090,27 @@ async fn run_command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &V
                 .map(|v| serde_json::to_value(v).unwrap_or_default()),
             Err(e) => Err(e),
         },
+        "calls.claim" => match call_id() {
+            Ok(c) => crate::calls::claim_call(st, caller, &c)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => Err(e),
+        },
+        "calls.answer" => match call_id() {
+            Ok(c) => crate::calls::control_call(
+                st,
+                caller,
+                &c,
+                callplane_engine::registry::ControlCommand::Answer,
+            )
+            .await
+            .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Err(e) => Err(e),
+        },
+        "calls.blocks" => match call_id() {
+            Ok(c) => crate::calls::run_blocks_on(st, caller, &c, params).await,
+            Err(e) => Err(e),
+        },
         "calls.supervise" => match call_id() {
             Ok(c) => crate::calls::supervise_call(st, caller, &c, params)
                 .await
@@ -1062,7 +1142,8 @@ async fn run_command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &V
                 "unknown method \"{other}\" (expected calls.list, calls.get, calls.hangup, \
                  calls.interrupt, calls.dtmf, calls.hold, calls.unhold, calls.mute, \
                  calls.unmute, calls.record, calls.stopRecording, calls.transfer, \
-                 calls.redirect, calls.supervise, calls.stopSupervising)"
+                 calls.redirect, calls.supervise, calls.stopSupervising, calls.claim, \
+                 calls.answer, calls.blocks)"
             ),
         )),
     };

@@ -217,6 +217,8 @@ api_routes! {
     post "/v1/calls/{id}/redirect" => calls::redirect;
     post "/v1/calls/{id}/supervise" => calls::supervise;
     delete "/v1/calls/{id}/supervise" => calls::stop_supervise;
+    post "/v1/calls/{id}/claim" => calls::claim;
+    post "/v1/calls/{id}/answer" => calls::answer;
     post "/v1/calls/{id}/conference" => conferences::make;
     get "/v1/conferences" => conferences::list;
     get "/v1/conferences/{name}" => conferences::get_one;

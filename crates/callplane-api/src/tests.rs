@@ -156,6 +156,28 @@ impl CallControl for FakeCalls {
         Vec::new()
     }
 
+    fn claim(&self, call_id: &str, _by: String) -> crate::HangupFuture {
+        let answer = self.info(call_id, "ringing").map(Ok);
+        Box::pin(async move { answer })
+    }
+
+    fn run_blocks(
+        &self,
+        call_id: &str,
+        _blocks: Vec<callplane_engine::blocks::Block>,
+    ) -> crate::HangupFuture {
+        use callplane_engine::registry::CommandRefused;
+        // The fake calls are all connected: blocks other than prompts cannot run.
+        let answer = self
+            .info(call_id, "answered")
+            .map(|_| Err(CommandRefused::BlocksWhileConnected));
+        Box::pin(async move { answer })
+    }
+
+    fn control_number(&self, _tenant: &str, _number: &str) -> Box<dyn std::any::Any + Send + Sync> {
+        Box::new(())
+    }
+
     fn conference(
         &self,
         _tenant: &str,
@@ -204,6 +226,7 @@ impl CallControl for FakeCalls {
             ControlCommand::CheckTransfer { .. } => Ok(info),
             ControlCommand::MakeConference { .. } => Ok(info),
             ControlCommand::Remove { .. } => Err(CommandRefused::NotAParty),
+            ControlCommand::Answer => Err(CommandRefused::NotClaimed),
             ControlCommand::Hold { .. } | ControlCommand::Mute { .. } => {
                 Err(CommandRefused::NoSuchLeg)
             }

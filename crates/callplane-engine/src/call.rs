@@ -76,6 +76,10 @@ pub struct CallServices {
     pub music_on_hold: Arc<[i16]>,
     /// Where recordings are written (`<dir>/<tenant>/<call id>-<recording id>.wav`).
     pub recordings_dir: std::path::PathBuf,
+    /// The numbers applications control (custom IVR): their calls are offered first.
+    pub controllers: Arc<Controllers>,
+    /// How long an offered call waits for a claim before its plan runs.
+    pub offer_timeout: Duration,
 }
 
 /// Who ended the call, as written to the CDR.
@@ -376,6 +380,8 @@ impl SessionStart {
             callee_seat: None,
             conf_mode: false,
             caller_gone: false,
+            offer_deadline: None,
+            controller: None,
             bridges_run: 0,
             rooms_made: 0,
             supervisor: None,
@@ -448,6 +454,10 @@ struct Call {
     conf_mode: bool,
     /// In conference mode: the caller's leg is gone (the callee goes on).
     caller_gone: bool,
+    /// Offered to applications: when the plan runs if nobody claims the call.
+    offer_deadline: Option<Instant>,
+    /// The application (its API key's name) that claimed the call.
+    controller: Option<String>,
     /// Counts BRIDGE blocks run, for `BridgeRun::serial`.
     bridges_run: u64,
     /// Counts bridge rooms made, for `BridgeRoom::id`.
@@ -834,6 +844,12 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         to: c.called.clone(),
         tenant: c.tenant.name.clone(),
     });
+    if svc
+        .controllers
+        .is_controlled(&c.tenant.name, &c.number.number)
+    {
+        c.offer();
+    }
     c.run().await;
     svc.calls.remove(&c.uuid);
 }
@@ -867,7 +883,10 @@ impl Call {
     }
 
     async fn run(&mut self) {
-        self.flow.start(Instant::now());
+        // An offered call's plan waits for the offer to expire (or never runs if claimed).
+        if self.offer_deadline.is_none() {
+            self.flow.start(Instant::now());
+        }
         loop {
             self.run_actions().await;
             if self.ended.is_some() {
@@ -889,6 +908,7 @@ impl Call {
                 ev = recv_bridge(&mut self.bridge) => self.on_bridge_event(ev).await,
                 ev = supervise::recv_side(&mut self.side_rx, &self.side) => self.on_supervisor_event(ev).await,
                 _ = sleep_until_opt(timer) => self.flow.handle_timeout(Instant::now()),
+                _ = sleep_until_opt(self.offer_deadline) => self.offer_expired(),
                 Some(input) = self.inputs.recv() => {
                     if matches!(input, Input::ConferenceLeft(_)) {
                         // The conference ended under us: out of its room first.
@@ -907,6 +927,12 @@ impl Call {
                     }
                     CallCommand::Control { cmd, reply } => {
                         let _ = reply.send(self.control(cmd));
+                    }
+                    CallCommand::Claim { by, reply } => {
+                        let _ = reply.send(self.claim(by));
+                    }
+                    CallCommand::RunBlocks { blocks, reply } => {
+                        let _ = reply.send(self.run_blocks(blocks));
                     }
                     CallCommand::ReleaseConnected { to_call, reply } => {
                         let released = self.release_connected(&to_call).map(Box::new);
@@ -979,6 +1005,10 @@ impl Call {
                 }
                 Action::Conference { block } => self.join_conference(block),
                 Action::LeaveConference => self.leave_conference(),
+                Action::Collected { variable, digits } => {
+                    self.emit_for(0, EventKind::DigitsCollected { variable, digits })
+                }
+                Action::BlocksDone => self.emit_for(0, EventKind::BlocksDone),
             }
         }
     }
@@ -2325,11 +2355,13 @@ impl Call {
 mod attended;
 mod conference_mode;
 mod control;
+mod ivr;
 mod originate;
 mod supervise;
 pub use attended::MovedLeg;
 pub use control::default_music_on_hold;
 use control::{BridgeRoom, Side};
+pub use ivr::{ControlRegistration, Controllers};
 pub use originate::{run_outbound_call, Originate};
 
 /// Where a leg of the call sits in a conference.

@@ -31,6 +31,8 @@ pub struct EngineConfig {
     pub music_on_hold: Option<std::path::PathBuf>,
     /// Where call recordings are written.
     pub recordings_dir: std::path::PathBuf,
+    /// How long a call to a number an application controls waits for a claim.
+    pub offer_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -85,6 +87,8 @@ impl Engine {
                 shutdown: CancellationToken::new(),
                 music_on_hold,
                 recordings_dir: cfg.recordings_dir,
+                controllers: Arc::default(),
+                offer_timeout: cfg.offer_timeout,
             }),
         })
     }
@@ -119,6 +123,37 @@ impl Engine {
     /// The tenant of an active call, `None` when no call with that id is running.
     pub fn call_tenant(&self, call_id: &str) -> Option<String> {
         self.svc.calls.get(call_id).map(|h| h.tenant)
+    }
+
+    /// An application controls `number` of `tenant` (calls to it are offered first) until
+    /// the registration is dropped.
+    pub fn control_number(&self, tenant: &str, number: &str) -> crate::call::ControlRegistration {
+        self.svc.controllers.register(tenant, number)
+    }
+
+    /// An application claims an offered call; `None` when it is not running.
+    pub async fn claim(
+        &self,
+        call_id: &str,
+        by: String,
+    ) -> Option<Result<crate::registry::CallInfo, crate::registry::CommandRefused>> {
+        self.svc
+            .calls
+            .ask(call_id, |reply| CallCommand::Claim { by, reply })
+            .await
+    }
+
+    /// Runs blocks on a call now (see [`crate::flow::Input::RunBlocks`]); `None` when it is
+    /// not running.
+    pub async fn run_blocks(
+        &self,
+        call_id: &str,
+        blocks: Vec<crate::blocks::Block>,
+    ) -> Option<Result<crate::registry::CallInfo, crate::registry::CommandRefused>> {
+        self.svc
+            .calls
+            .ask(call_id, |reply| CallCommand::RunBlocks { blocks, reply })
+            .await
     }
 
     /// The live conferences of this node.

@@ -69,6 +69,27 @@ pub enum EventKind {
         to: String,
         to_type: String,
     },
+    /// An inbound call to a number an application controls is offered to it (the plan
+    /// waits up to `timeout_ms` for a claim).
+    Offered {
+        from: String,
+        to: String,
+        number: String,
+        timeout_ms: u64,
+    },
+    /// An application claimed the offered call (`by`: its API key's name).
+    Claimed {
+        by: String,
+    },
+    /// Nobody claimed the offered call in time: its plan runs.
+    OfferExpired,
+    /// A COLLECT_DIGITS block is over: what it stored in `variable` (empty: no input).
+    DigitsCollected {
+        variable: String,
+        digits: String,
+    },
+    /// Blocks run on the call through the API are done.
+    BlocksDone,
     /// A supervisor's part in the call: `calling` (dialled), `joined` (answered, in the
     /// room), `mode` (switched), `intercepted` (took the agent's place), `left`.
     Supervisor {
@@ -139,6 +160,11 @@ impl EventKind {
             EventKind::Muted { muted: false, .. } => "call.unmuted",
             EventKind::Recording { .. } => "call.recording",
             EventKind::Transferred { .. } => "call.transferred",
+            EventKind::Offered { .. } => "call.offered",
+            EventKind::Claimed { .. } => "call.claimed",
+            EventKind::OfferExpired => "call.offer_expired",
+            EventKind::DigitsCollected { .. } => "call.digits_collected",
+            EventKind::BlocksDone => "call.blocks_done",
             EventKind::Supervisor { what, .. } => match *what {
                 "calling" => "supervisor.calling",
                 "joined" => "supervisor.joined",
@@ -175,6 +201,17 @@ impl EventKind {
                 json!({ "party": party.as_str() })
             }
             EventKind::Supervisor { mode, .. } => json!({ "mode": mode.as_str() }),
+            EventKind::Offered {
+                from,
+                to,
+                number,
+                timeout_ms,
+            } => json!({ "from": from, "to": to, "number": number, "timeoutMs": timeout_ms }),
+            EventKind::Claimed { by } => json!({ "by": by }),
+            EventKind::OfferExpired | EventKind::BlocksDone => json!({}),
+            EventKind::DigitsCollected { variable, digits } => {
+                json!({ "variable": variable, "digits": digits })
+            }
             EventKind::Transferred {
                 mode,
                 from_leg,

@@ -103,6 +103,11 @@ pub enum Action {
     Conference { block: ConferenceBlock },
     /// Take the caller out of its conference (interrupt); report nothing back.
     LeaveConference,
+    /// A COLLECT_DIGITS block is over: what it stored in `variable` (empty: no input).
+    Collected { variable: String, digits: String },
+    /// Blocks run on the call through the API are done; the call waits for more (a claimed
+    /// call) or its plan goes on.
+    BlocksDone,
 }
 
 /// Why a CONFERENCE block ended with the caller still there, as stored in `conference_result`.
@@ -177,6 +182,11 @@ pub enum Input {
     /// another party (API blind transfer): the BRIDGE block is dialling again, so a failure
     /// continues the plan after it (with `bridge_result`) as the block's own would have.
     BridgeRestarted,
+    /// Run these blocks now (API `POST …/blocks`): what runs stops (as an interrupt), and
+    /// when they are done the plan goes on after the block that was running — or, on a call
+    /// an application claimed, the call waits for more. Blocks posted while earlier ones run
+    /// replace them.
+    RunBlocks(Vec<Block>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +200,9 @@ enum CollectPhase {
 enum Step {
     /// Between blocks.
     Idle,
+    /// A call an application claimed, with nothing to run: it waits for the application's
+    /// commands.
+    Controlled,
     Playing(u64),
     Collect {
         block: CollectDigitsBlock,
@@ -248,6 +261,9 @@ struct Frame {
     blocks: Vec<Block>,
     pc: usize,
     control: Option<Control>,
+    /// Blocks run on the call through the API: when they are done, the frame below goes on
+    /// (and [`Action::BlocksDone`] says so).
+    injected: bool,
 }
 
 /// The interpreter state of one call.
@@ -266,6 +282,8 @@ pub struct CallFlow {
     ask_url_ring_seconds: u32,
     /// What the caller last keyed into a COLLECT_DIGITS block.
     last_digits: Option<String>,
+    /// An application claimed the call: no plan runs, only the blocks it sends.
+    controlled: bool,
 }
 
 impl CallFlow {
@@ -275,6 +293,7 @@ impl CallFlow {
                 blocks,
                 pc: 0,
                 control: None,
+                injected: false,
             }],
             step: Step::Idle,
             vars,
@@ -288,7 +307,28 @@ impl CallFlow {
             max_loops: DEFAULT_MAX_CALL_CONTROL_LOOPS,
             ask_url_ring_seconds: DEFAULT_ASK_URL_RING_SECONDS,
             last_digits: None,
+            controlled: false,
         }
+    }
+
+    /// An application claimed the call (before the plan started): the plan never runs; the
+    /// call waits for the blocks the application sends.
+    pub fn take_control(&mut self) {
+        self.controlled = true;
+        self.frames = vec![Frame {
+            blocks: Vec::new(),
+            pc: 0,
+            control: None,
+            injected: false,
+        }];
+        self.timer = None;
+        self.actions.clear();
+        self.step = Step::Controlled;
+    }
+
+    /// Whether an application claimed the call.
+    pub fn is_controlled(&self) -> bool {
+        self.controlled
     }
 
     /// Sets how many requests one CALL_CONTROL block instance may send (at least 1).
@@ -409,6 +449,7 @@ impl CallFlow {
                             blocks,
                             pc: 0,
                             control: None,
+                            injected: false,
                         }];
                     }
                     None => {
@@ -453,12 +494,46 @@ impl CallFlow {
             }
             Input::Interrupt => self.interrupt(now),
             Input::Redirect(block) => self.redirect(block, now),
+            Input::RunBlocks(blocks) => self.run_blocks(blocks, now),
             Input::BridgeRestarted => {
                 if matches!(self.step, Step::Bridged) {
                     self.step = Step::Bridging;
                 }
             }
         }
+    }
+
+    /// [`Input::RunBlocks`].
+    fn run_blocks(&mut self, blocks: Vec<Block>, now: Instant) {
+        match &self.step {
+            Step::Done => return,
+            Step::Playing(_) | Step::Collect { .. } => self.actions.push_back(Action::StopPlay),
+            Step::Bridging | Step::Bridged => self.actions.push_back(Action::StopBridge),
+            Step::Conference => self.actions.push_back(Action::LeaveConference),
+            Step::Idle
+            | Step::Controlled
+            | Step::Webhook(_)
+            | Step::AskUrl { .. }
+            | Step::LoadingPlan => {}
+        }
+        self.timer = None;
+        self.step = Step::Idle;
+        // A Call Control exchange in progress is abandoned (its late answer is ignored).
+        while self
+            .frames
+            .last()
+            .is_some_and(|f| f.injected || f.control.is_some())
+            && self.frames.len() > 1
+        {
+            self.frames.pop();
+        }
+        self.frames.push(Frame {
+            blocks,
+            pc: 0,
+            control: None,
+            injected: true,
+        });
+        self.advance(now);
     }
 
     /// Stops whatever runs (as an interrupt does, but also a wait for a webhook or a plan,
@@ -469,7 +544,11 @@ impl CallFlow {
             Step::Playing(_) | Step::Collect { .. } => self.actions.push_back(Action::StopPlay),
             Step::Bridging | Step::Bridged => self.actions.push_back(Action::StopBridge),
             Step::Conference => self.actions.push_back(Action::LeaveConference),
-            Step::Idle | Step::Webhook(_) | Step::AskUrl { .. } | Step::LoadingPlan => {}
+            Step::Idle
+            | Step::Controlled
+            | Step::Webhook(_)
+            | Step::AskUrl { .. }
+            | Step::LoadingPlan => {}
         }
         self.timer = None;
         self.step = Step::Idle;
@@ -477,6 +556,7 @@ impl CallFlow {
             blocks: vec![Block::Bridge(block)],
             pc: 0,
             control: None,
+            injected: false,
         }];
         self.advance(now);
     }
@@ -507,6 +587,7 @@ impl CallFlow {
         match &self.step {
             Step::Done
             | Step::Idle
+            | Step::Controlled
             | Step::Webhook(_)
             | Step::AskUrl { .. }
             | Step::LoadingPlan => return,
@@ -712,6 +793,13 @@ impl CallFlow {
                 if frame.control.is_some() {
                     // The returned blocks are done and the call is still up: ask again.
                     self.request_blocks(now);
+                } else if frame.injected {
+                    // Blocks sent through the API are done: the frame below goes on.
+                    self.frames.pop();
+                    self.actions.push_back(Action::BlocksDone);
+                } else if self.controlled {
+                    // A claimed call waits for its application.
+                    self.step = Step::Controlled;
                 } else {
                     // The plan ran out with the call still up.
                     self.end(HangupCause::NormalUnspecified);
@@ -790,6 +878,7 @@ impl CallFlow {
                             uuid: uuid::Uuid::new_v4().to_string(),
                             next_loop: 0,
                         }),
+                        injected: false,
                     });
                 }
                 Block::AskUrl(b) => {
@@ -889,6 +978,10 @@ impl CallFlow {
         if digits.len() >= block.min_digits as usize {
             let (name, value) = (block.variable_name.clone(), std::mem::take(digits));
             let _ = self.vars.set(&name, &value);
+            self.actions.push_back(Action::Collected {
+                variable: name,
+                digits: value.clone(),
+            });
             self.last_digits = Some(value);
             self.step = Step::Idle;
             self.advance(now);
@@ -901,6 +994,10 @@ impl CallFlow {
             // the customer's webhook) decides what an empty answer means.
             let name = block.variable_name.clone();
             let _ = self.vars.set(&name, "");
+            self.actions.push_back(Action::Collected {
+                variable: name,
+                digits: String::new(),
+            });
             self.step = Step::Idle;
             self.advance(now);
             return;
@@ -1015,9 +1112,15 @@ mod tests {
         assert_eq!(f.variables().get("pin"), Some("42"));
         assert_eq!(
             drain(&mut f),
-            vec![Action::Hangup {
-                cause: HangupCause::NormalClearing
-            }]
+            vec![
+                Action::Collected {
+                    variable: "pin".into(),
+                    digits: "42".into()
+                },
+                Action::Hangup {
+                    cause: HangupCause::NormalClearing
+                }
+            ]
         );
     }
 
@@ -1084,7 +1187,10 @@ mod tests {
         assert_eq!(f.variables().get("pin"), Some(""));
         let a = drain(&mut f);
         assert!(
-            matches!(&a[..], [Action::Play { prompts, .. }] if prompts[0] == Prompt::Announcement { name: "after".into(), standard: false })
+            matches!(&a[..], [Action::Collected { variable, digits }, Action::Play { prompts, .. }]
+                if variable == "pin" && digits.is_empty()
+                    && prompts[0] == Prompt::Announcement { name: "after".into(), standard: false }),
+            "{a:?}"
         );
     }
 
@@ -1244,7 +1350,8 @@ mod tests {
         f.handle(Input::Digit('#'), t);
         let a = drain(&mut f);
         assert!(
-            matches!(&a[..], [Action::StopPlay, Action::Play { prompts, .. }] if prompts[0] == Prompt::Digits("7".into())),
+            matches!(&a[..], [Action::StopPlay, Action::Collected { digits, .. }, Action::Play { prompts, .. }]
+                if digits == "7" && prompts[0] == Prompt::Digits("7".into())),
             "{a:?}"
         );
     }
@@ -1583,6 +1690,68 @@ mod tests {
         f.handle(Input::BridgeRestarted, t);
         f.handle(Input::BridgeFailed(BridgeResult::Busy), t);
         assert_eq!(f.variables().get("bridge_result"), Some("no_answer"));
+    }
+
+    #[test]
+    fn a_claimed_call_runs_only_the_blocks_it_is_sent_and_then_waits() {
+        let t = Instant::now();
+        let mut f = flow(json!([{"blockType":"HANGUP","hangupCause":"CALL_REJECTED"}]));
+        f.take_control();
+        assert!(f.is_controlled());
+        // Its plan never runs.
+        f.start(t);
+        assert!(drain(&mut f).is_empty());
+        let collect = parse_blocks(&json!([collect(2, 2, 1)])).expect("valid");
+        f.handle(Input::RunBlocks(collect), t);
+        let a = drain(&mut f);
+        assert!(matches!(a[0], Action::Answer), "{a:?}");
+        f.handle(Input::Digit('4'), t);
+        f.handle(Input::Digit('2'), t);
+        let a = drain(&mut f);
+        assert!(
+            a.contains(&Action::Collected {
+                variable: "pin".into(),
+                digits: "42".into()
+            }),
+            "{a:?}"
+        );
+        assert!(a.contains(&Action::BlocksDone), "{a:?}");
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::Hangup { .. })),
+            "it waits: {a:?}"
+        );
+        assert_eq!(f.variables().get("pin"), Some("42"));
+        assert!(!f.is_done());
+    }
+
+    #[test]
+    fn blocks_sent_to_a_call_in_its_plan_run_then_the_plan_goes_on() {
+        let t = Instant::now();
+        let mut f = flow(json!([
+            {"blockType":"ANNOUNCEMENT","announcementName":"first"},
+            {"blockType":"ANNOUNCEMENT","announcementName":"second"}
+        ]));
+        f.start(t);
+        let first = drain(&mut f);
+        assert!(plays(&first, "first"));
+        let now = parse_blocks(&json!([{"blockType":"ANNOUNCEMENT","announcementName":"now"}]))
+            .expect("valid");
+        f.handle(Input::RunBlocks(now), t);
+        let a = drain(&mut f);
+        assert_eq!(a[0], Action::StopPlay);
+        assert!(plays(&a, "now"), "{a:?}");
+        let id = a
+            .iter()
+            .find_map(|x| match x {
+                Action::Play { id, .. } => Some(*id),
+                _ => None,
+            })
+            .expect("a play");
+        f.handle(Input::PlayFinished { id }, t);
+        let a = drain(&mut f);
+        assert!(a.contains(&Action::BlocksDone), "{a:?}");
+        // The interrupted block is not resumed: the plan goes on after it.
+        assert!(plays(&a, "second"), "{a:?}");
     }
 
     // ---- ASK_URL ----

@@ -34,6 +34,17 @@ pub enum CallCommand {
         cmd: ControlCommand,
         reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
     },
+    /// An application claims an offered call (`by`: its API key's name): the first claim
+    /// wins, and the call's plan will not run.
+    Claim {
+        by: String,
+        reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
+    },
+    /// Run blocks on the call now (`POST …/blocks`): see [`crate::flow::Input::RunBlocks`].
+    RunBlocks {
+        blocks: Vec<crate::blocks::Block>,
+        reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
+    },
     /// Hand the connected callee's leg over to another call (`to_call`, an attended
     /// transfer): this call lets it go without hanging it up, and ends as if it had left.
     ReleaseConnected {
@@ -116,6 +127,8 @@ pub enum ControlCommand {
     Remove {
         leg: Option<u32>,
     },
+    /// Answer an inbound call an application claimed (200 OK).
+    Answer,
 }
 
 /// How a supervisor takes part in a call: the agent is the connected callee, the customer the
@@ -195,6 +208,18 @@ pub enum CommandRefused {
     ConsultNotConnected,
     /// The consultation call is the call itself.
     ConsultIsTheCall,
+    /// The call is not offered to applications (its number is not controlled, or the offer
+    /// expired and its plan runs).
+    NotOffered,
+    /// Another application claimed the call first.
+    AlreadyClaimed,
+    /// The call is answered already.
+    AlreadyAnswered,
+    /// Only a call an application claimed is answered on command.
+    NotClaimed,
+    /// Blocks other than ANNOUNCEMENT and SAY cannot run while the call is connected or in
+    /// a conference.
+    BlocksWhileConnected,
 }
 
 impl CommandRefused {
@@ -226,6 +251,18 @@ impl CommandRefused {
                 "the consultation call has no connected party to transfer to"
             }
             CommandRefused::ConsultIsTheCall => "the consultation call is the call itself",
+            CommandRefused::NotOffered => {
+                "the call is not offered to applications (or its offer expired)"
+            }
+            CommandRefused::AlreadyClaimed => "another application claimed the call first",
+            CommandRefused::AlreadyAnswered => "the call is answered already",
+            CommandRefused::NotClaimed => {
+                "only a call an application claimed is answered on command"
+            }
+            CommandRefused::BlocksWhileConnected => {
+                "only ANNOUNCEMENT and SAY blocks run on a connected call (mixed into it); \
+                 other blocks run on a call in its plan or one an application claimed"
+            }
         }
     }
 

@@ -98,6 +98,9 @@ pub struct ServerSection {
     /// A WAV file (any common format) played, looped, to a party held by a command; absent:
     /// a built-in tune.
     pub music_on_hold: Option<PathBuf>,
+    /// Seconds a call to a number an application controls (`"control": true` on the events
+    /// socket) waits for a claim before its plan runs.
+    pub offer_timeout: f64,
 }
 
 impl Default for ServerSection {
@@ -141,6 +144,7 @@ impl Default for ServerSection {
             events_resume_window: 60.0,
             api_rate_limit: 100,
             music_on_hold: None,
+            offer_timeout: 10.0,
         }
     }
 }

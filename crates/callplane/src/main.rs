@@ -369,6 +369,7 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
             node_name: s.node_name.clone().unwrap_or_else(host_name),
             music_on_hold: s.music_on_hold.clone(),
             recordings_dir: s.data_dir.join("recordings"),
+            offer_timeout: std::time::Duration::from_secs_f64(s.offer_timeout.clamp(0.1, 600.0)),
         },
         store.clone(),
         cdrs.clone(),

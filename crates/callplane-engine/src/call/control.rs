@@ -133,6 +133,7 @@ impl Call {
             ControlCommand::CheckTransfer { from } => self.check_transfer(from),
             ControlCommand::MakeConference { owner } => self.make_conference(owner),
             ControlCommand::Remove { .. } => Err(CommandRefused::NotAParty),
+            ControlCommand::Answer => self.answer_on_command(),
         }?;
         Ok(self.snapshot())
     }

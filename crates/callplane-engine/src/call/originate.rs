@@ -428,11 +428,17 @@ fn dialling_command(d: &Dialling, cmd: CallCommand) -> Option<HangupCause> {
             let _ = reply.send(Ok(info));
             Some(cause)
         }
-        CallCommand::SendDtmf { reply, .. } | CallCommand::Control { reply, .. } => {
+        CallCommand::SendDtmf { reply, .. }
+        | CallCommand::Control { reply, .. }
+        | CallCommand::RunBlocks { reply, .. } => {
             let _ = reply.send(Err(CommandRefused::NotAnswered));
             None
         }
         CallCommand::Interrupt => None,
+        CallCommand::Claim { reply, .. } => {
+            let _ = reply.send(Err(CommandRefused::NotOffered));
+            None
+        }
         CallCommand::ReleaseConnected { reply, .. } => {
             let _ = reply.send(Err(CommandRefused::ConsultNotConnected));
             None

@@ -1,0 +1,233 @@
+//! A custom IVR over the API, against the real binary: an application subscribes to a number
+//! with `"control": true` on the events socket, is offered a SIPp caller's inbound call
+//! (`call.offered`, the caller hears ringing), claims it (the first claim wins), answers it,
+//! runs a COLLECT_DIGITS block on it and gets the digits the caller keyed (RFC 4733) as an
+//! event and in the call's variables, then bridges it. A call nobody claims runs its plan once
+//! the offer times out.
+
+mod common;
+
+use common::ws::*;
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "cp_ivr_e2e_admin_key_0123456789";
+const APP: &str = "cp_ivr_e2e_app_key_012345678901";
+
+fn post(server: &Server, path: &str, key: &str, body: Option<Value>) -> http::HttpResponse {
+    http::json(server.http_port(), "POST", path, Some(key), body.as_ref())
+}
+
+/// The next event of `kind` on the socket (other messages are skipped).
+fn next_event(ws: &mut Ws, kind: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let Some(v) = next_json(ws) else { break };
+        if v["type"] == kind {
+            return v;
+        }
+    }
+    panic!("no {kind} event");
+}
+
+/// The reply to a command sent with `id`.
+fn command(ws: &mut Ws, id: &str, method: &str, params: Value) -> Value {
+    send(
+        ws,
+        json!({"op": "command", "id": id, "method": method, "params": params}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let Some(v) = next_json(ws) else { break };
+        if v["type"] == "reply" && v["id"] == id {
+            return v;
+        }
+    }
+    panic!("no reply to {method}");
+}
+
+#[test]
+fn an_application_claims_answers_collects_digits_and_bridges_an_inbound_call() {
+    let target_rtp = RtpPeer::new();
+    let mut target = Sipp::uas("uas_reinvited.xml")
+        .set("rtp_port", target_rtp.port())
+        .set("answer_delay_ms", 200)
+        .timeout_s(60)
+        .spawn();
+    target.wait_listening();
+    let mut prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN}\"\n\n\
+         [[apiKeys]]\nname = \"ivr-app\"\nrealm = \"customer\"\ntenant = \"t1\"\nkey = \"{APP}\"\n\n"
+    );
+    prov.push_str(&tenant_with_prompts());
+    prov.push_str(&trunk("target", target.port()));
+    prov.push_str(&number_with_plan(
+        "800",
+        "fallback",
+        r##"  { blockType = "HANGUP", hangupCause = "CALL_REJECTED" },"##,
+    ));
+    let server = Server::start_with(
+        &prov,
+        ServerOptions {
+            extra_server: "offerTimeout = 1.5\n".into(),
+            ..ServerOptions::default()
+        },
+    );
+    let (mut app, _) = connect(&server, &format!("token={APP}"));
+    // Control needs numbers, each in the key's scope.
+    send(&mut app, json!({"op": "subscribe", "control": true}));
+    let e = next_json(&mut app).expect("reply");
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["error"]["field"], "numbers", "{e}");
+    send(
+        &mut app,
+        json!({"op": "subscribe", "numbers": ["999"], "control": true}),
+    );
+    let e = next_json(&mut app).expect("reply");
+    assert_eq!(e["type"], "error", "{e}");
+    send(
+        &mut app,
+        json!({"op": "subscribe", "numbers": ["800"], "control": true}),
+    );
+    let r = next_json(&mut app).expect("subscribed");
+    assert_eq!(r["type"], "subscribed", "{r}");
+    assert_eq!(r["control"], true, "{r}");
+    let (mut other, _) = connect(&server, &format!("token={ADMIN}"));
+    subscribe(&mut other, json!({"op": "subscribe"}));
+
+    let caller_rtp = RtpPeer::new();
+    let mut caller = Sipp::uac("uac_reinvited.xml", server.sip_addr())
+        .service("800")
+        .set("rtp_port", caller_rtp.port())
+        .timeout_s(60)
+        .spawn();
+    let offered = next_event(&mut app, "call.offered");
+    let id = offered["callId"].as_str().expect("callId").to_string();
+    assert_eq!(offered["data"]["number"], "800", "{offered}");
+    caller.wait_for_message("180 Ringing while offered", Duration::from_secs(5), |m| {
+        !m.sent && m.status() == Some(180)
+    });
+    // Not claimed yet: nothing to answer, no blocks to run.
+    let r = post(&server, &format!("/v1/calls/{id}/answer"), APP, None);
+    assert_eq!(r.status, 409, "{}", r.describe());
+    let reply = command(&mut app, "claim-1", "calls.claim", json!({"callId": id}));
+    assert_eq!(reply["ok"], true, "{reply}");
+    // The first claim won; another application's is refused.
+    let late = command(&mut other, "claim-2", "calls.claim", json!({"callId": id}));
+    assert_eq!(late["status"], 409, "{late}");
+    let claimed = next_event(&mut app, "call.claimed");
+    assert_eq!(claimed["data"]["by"], "ivr-app", "{claimed}");
+
+    let r = post(&server, &format!("/v1/calls/{id}/answer"), APP, None);
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.json()["state"], "answered", "{}", r.describe());
+    let r = post(&server, &format!("/v1/calls/{id}/answer"), APP, None);
+    assert_eq!(r.status, 409, "answered already: {}", r.describe());
+    let ok = caller.wait_for_message("the 200 OK", Duration::from_secs(5), |m| {
+        !m.sent && m.status() == Some(200) && m.cseq_method().as_deref() == Some("INVITE")
+    });
+    caller_rtp.set_remote(sdp_audio_addr(ok.body()).expect("SDP"));
+
+    // Collect three digits over the socket's command (as a custom IVR would).
+    let reply = command(
+        &mut app,
+        "collect",
+        "calls.blocks",
+        json!({"callId": id, "blocks": [{"blockType": "COLLECT_DIGITS", "announcementName": "enter-digits",
+               "variableName": "pin", "minDigits": 3, "maxDigits": 3, "maxTries": 1, "timeout": 10}]}),
+    );
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(reply["result"]["mixedInto"].is_null(), "{reply}");
+    std::thread::sleep(Duration::from_millis(500));
+    caller_rtp.send_rfc4733("123", 101, 5);
+    let collected = next_event(&mut app, "call.digits_collected");
+    assert_eq!(collected["data"]["variable"], "pin", "{collected}");
+    assert_eq!(collected["data"]["digits"], "123", "{collected}");
+    next_event(&mut app, "call.blocks_done");
+    let info = http::json(
+        server.http_port(),
+        "GET",
+        &format!("/v1/calls/{id}"),
+        Some(APP),
+        None,
+    )
+    .json();
+    assert_eq!(info["variables"]["pin"], "123", "{info}");
+    assert_eq!(info["state"], "answered", "the call waits for more: {info}");
+
+    // Then bridge it.
+    let r = post(
+        &server,
+        &format!("/v1/calls/{id}/blocks"),
+        APP,
+        Some(
+            json!({"blocks": [{"blockType": "BRIDGE", "bridgeMode": "SEQUENTIAL",
+            "destinations": [{"destinationType": "SIP_TRUNK", "destination": "target", "timeout": 10}]}]}),
+        ),
+    );
+    assert_eq!(r.status, 202, "{}", r.describe());
+    let invite =
+        target.wait_for_message("the INVITE to the target", Duration::from_secs(10), |m| {
+            !m.sent && m.method() == Some("INVITE")
+        });
+    target_rtp.set_remote(sdp_audio_addr(invite.body()).expect("SDP"));
+    next_event(&mut app, "call.bridged");
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| caller_rtp.send_pcm(&sine(500.0, 2.5, 6000.0)));
+        s.spawn(|| target_rtp.send_pcm(&sine(1300.0, 2.5, 6000.0)));
+    });
+    let window = (
+        t + Duration::from_millis(500),
+        t + Duration::from_millis(2400),
+    );
+    let r = post(&server, &format!("/v1/calls/{id}/hangup"), APP, None);
+    assert_eq!(r.status, 200, "{}", r.describe());
+    caller.wait().assert_success(&server.log_tail());
+    target.wait().assert_success(&server.log_tail());
+    assert!(
+        tone_amplitude(&caller_rtp.heard(window.0, window.1), 1300.0) > 1200.0,
+        "caller hears the target"
+    );
+    assert!(
+        tone_amplitude(&target_rtp.heard(window.0, window.1), 500.0) > 1200.0,
+        "target hears the caller"
+    );
+    let cdr = server.wait_for_cdr("the claimed call", |c| c.call_id == id);
+    assert_eq!(cdr.variables.get("pin").map(String::as_str), Some("123"));
+
+    // A call nobody claims: its plan runs once the offer times out (here: CALL_REJECTED).
+    drop(app);
+    let (mut app2, _) = connect(&server, &format!("token={APP}"));
+    send(
+        &mut app2,
+        json!({"op": "subscribe", "numbers": ["800"], "control": true}),
+    );
+    assert_eq!(
+        next_json(&mut app2).expect("subscribed")["type"],
+        "subscribed"
+    );
+    let started = Instant::now();
+    let res = Sipp::uac("uac_expect_status.xml", server.sip_addr())
+        .service("800")
+        .set("rtp_port", free_port())
+        .timeout_s(30)
+        .run();
+    res.assert_success(&server.log_tail());
+    assert_eq!(
+        res.final_responses("INVITE")
+            .first()
+            .and_then(|m| m.status()),
+        Some(603),
+        "the plan's CALL_REJECTED\n{}",
+        res.report()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "the plan waited for the offer"
+    );
+    let offered = next_event(&mut app2, "call.offered");
+    next_event(&mut app2, "call.offer_expired");
+    assert!(offered["callId"].is_string());
+}
