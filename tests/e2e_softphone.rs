@@ -799,3 +799,140 @@ fn an_api_call_rings_a_tcp_softphone_that_answers_and_hears_the_blocks() {
 fn an_api_call_rings_a_udp_softphone_that_answers_and_hears_the_blocks() {
     api_call_to_a_registered_softphone("udp");
 }
+
+/// A phone's call bridged to a SIPp callee is held and resumed through the API: the phone
+/// gets our re-INVITE `sendonly` (and answers `recvonly`, its media REMOTE_HOLD), then
+/// `sendrecv` (ACTIVE again); the API's hangup ends it with our BYE.
+fn api_hold_of_a_softphone(transport: &str) {
+    const KEY: &str = "cp_softphone_hold_admin_key_012345";
+    let callee_rtp = RtpPeer::new();
+    let mut callee = Sipp::uas("uas_reinvited.xml")
+        .set("rtp_port", callee_rtp.port())
+        .set("answer_delay_ms", 200)
+        .timeout_s(60)
+        .spawn();
+    callee.wait_listening();
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}",
+        tenant_with_prompts(),
+        trunk("callee", callee.port()),
+        number_with_plan(
+            "500",
+            "b",
+            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "callee", timeout = 15 } ] },"##
+        )
+    );
+    let server = Server::start(&prov, true);
+    let port = server.sip_port().to_string();
+    let api =
+        |method: &str, path: &str| http::json(server.http_port(), method, path, Some(KEY), None);
+    let phone = std::thread::scope(|s| {
+        let phone = s.spawn(|| {
+            Phone::run(
+                &server,
+                &[
+                    "call",
+                    "--sip-port",
+                    &port,
+                    "--number",
+                    "500",
+                    "--wait-disconnect",
+                    "30",
+                    "--transport",
+                    transport,
+                ],
+                Duration::from_secs(60),
+            )
+        });
+        // Connected: the call lists its callee.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let id = loop {
+            let calls = api("GET", "/v1/calls").json();
+            if let Some(c) = calls.as_array().and_then(|a| a.first()) {
+                if c["bridgedTo"].is_string() {
+                    break c["id"].as_str().unwrap_or_default().to_string();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no connected call: {calls}\n{}",
+                server.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let r = api("POST", &format!("/v1/calls/{id}/hold"));
+        assert_eq!(r.status, 200, "{}", r.describe());
+        std::thread::sleep(Duration::from_millis(1500));
+        let r = api("POST", &format!("/v1/calls/{id}/unhold"));
+        assert_eq!(r.status, 200, "{}", r.describe());
+        std::thread::sleep(Duration::from_millis(1500));
+        let r = api("POST", &format!("/v1/calls/{id}/hangup"));
+        assert_eq!(r.status, 200, "{}", r.describe());
+        phone.join().expect("the phone's thread")
+    });
+    callee.wait().assert_success(&server.log_tail());
+    let answers: Vec<String> = phone.result["reinvite_answers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    phone.check(
+        &server,
+        answers.len() == 2,
+        format!(
+            "the phone must answer two re-INVITEs (hold, resume), answered {}",
+            answers.len()
+        ),
+    );
+    let dir = |sdp: &str| {
+        sdp.lines()
+            .map(str::trim)
+            .find(|l| {
+                matches!(
+                    *l,
+                    "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive"
+                )
+            })
+            .unwrap_or("a=sendrecv")
+            .to_string()
+    };
+    phone.check(
+        &server,
+        dir(&answers[0]) == "a=recvonly",
+        format!("the hold is answered recvonly: {}", answers[0]),
+    );
+    phone.check(
+        &server,
+        dir(&answers[1]) == "a=sendrecv",
+        format!("the resume is answered sendrecv: {}", answers[1]),
+    );
+    let media: Vec<&str> = phone.result["call"]["media_states"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m[1].as_str())
+        .collect();
+    let held = media.iter().position(|m| *m == "REMOTE_HOLD");
+    phone.check(
+        &server,
+        held.is_some_and(|i| media[i + 1..].contains(&"ACTIVE")),
+        format!("the phone's media must go REMOTE_HOLD then ACTIVE: {media:?}"),
+    );
+    phone.check(
+        &server,
+        phone.result["disconnected_by"] == "server",
+        "the API's hangup sends our BYE",
+    );
+}
+
+#[test]
+fn a_tcp_softphone_is_held_and_resumed_through_the_api() {
+    api_hold_of_a_softphone("tcp");
+}
+
+#[test]
+fn a_udp_softphone_is_held_and_resumed_through_the_api() {
+    api_hold_of_a_softphone("udp");
+}

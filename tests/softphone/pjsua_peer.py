@@ -9,6 +9,8 @@ Run by tests/e2e_softphone.rs:
     pjsua_peer.py call --sip-port N --number 100 [--wait-disconnect 40] [--transport udp]
         Calls sip:<number>@127.0.0.1:N;transport=<tcp|udp>, waits for CONFIRMED, then for the
         server to end the call (at most --wait-disconnect seconds, then the phone hangs up).
+        (The phone answers re-INVITEs the server sends meanwhile, e.g. hold and resume
+        through the API; `reinvite_answers` has the SDP of each of its 200s.)
     pjsua_peer.py call --sip-port N --number 300 --sample 45
         The same, but for --sample seconds after CONFIRMED reads the RTP receive counter every
         second (the per-second deltas are reported), then the phone hangs up.
@@ -509,6 +511,12 @@ def scenario_call(peer, args, result):
     )
     result["invite_200"] = ok.to_json() if ok else None
     result["invite_200_contact"] = ok.header("contact") if ok else None
+    # The phone's answers to the server's re-INVITEs (hold and resume from the server's side).
+    result["reinvite_answers"] = [
+        m.body()
+        for m in msgs
+        if m.dir == "tx" and m.status() == 200 and m.cseq()[1] == "INVITE" and m.call_id() == cid
+    ]
     result["flow"] = flow(msgs)
 
 
