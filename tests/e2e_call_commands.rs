@@ -103,12 +103,7 @@ fn hold_mute_and_a_stereo_recording_of_a_connected_call() {
         "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}",
         tenant_with_prompts(),
         trunk("callee", callee.port()),
-        number_with_plan(
-            "500",
-            "b",
-            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "callee", timeout = 15 } ] },
-  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
-        )
+        number_with_plan("500", "b", &bridge_to_trunk("callee", "NORMAL_CLEARING"))
     );
     let server = Server::start_with(
         &prov,
@@ -117,12 +112,7 @@ fn hold_mute_and_a_stereo_recording_of_a_connected_call() {
             ..ServerOptions::default()
         },
     );
-    let caller_rtp = RtpPeer::new();
-    let mut caller = Sipp::uac("uac_reinvited.xml", server.sip_addr())
-        .service("500")
-        .set("rtp_port", caller_rtp.port())
-        .timeout_s(90)
-        .spawn();
+    let (mut caller, caller_rtp) = reinvited_caller(&server, "500");
     let id = server.started_call_id();
     let call = |p: &str| format!("/v1/calls/{id}{p}");
 
@@ -476,20 +466,8 @@ fn hold_mute_and_a_stereo_recording_of_a_connected_call() {
 fn a_blind_transfer_connects_the_caller_to_the_target_and_releases_the_agent() {
     const AGENT_HZ: f64 = 900.0;
     const TARGET_HZ: f64 = 1700.0;
-    let agent_rtp = RtpPeer::new();
-    let mut agent = Sipp::uas("uas_reinvited.xml")
-        .set("rtp_port", agent_rtp.port())
-        .set("answer_delay_ms", 1200)
-        .timeout_s(60)
-        .spawn();
-    agent.wait_listening();
-    let target_rtp = RtpPeer::new();
-    let mut target = Sipp::uas("uas_reinvited.xml")
-        .set("rtp_port", target_rtp.port())
-        .set("answer_delay_ms", 300)
-        .timeout_s(60)
-        .spawn();
-    target.wait_listening();
+    let (mut agent, agent_rtp) = reinvited_callee(1200);
+    let (mut target, target_rtp) = reinvited_callee(300);
     let mut busy = Sipp::uas("uas_busy.xml").timeout_s(60).spawn();
     busy.wait_listening();
     let mut agent2 = Sipp::uas("uas_reinvited.xml")
@@ -505,26 +483,11 @@ fn a_blind_transfer_connects_the_caller_to_the_target_and_releases_the_agent() {
         trunk("target", target.port()),
         trunk("busy", busy.port()),
         trunk("agent2", agent2.port()),
-        number_with_plan(
-            "500",
-            "b",
-            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "agent", timeout = 15 } ] },
-  { blockType = "HANGUP", hangupCause = "CALL_REJECTED" },"##
-        ),
-        number_with_plan(
-            "501",
-            "b2",
-            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "agent2", timeout = 15 } ] },
-  { blockType = "HANGUP", hangupCause = "CALL_REJECTED" },"##
-        )
+        number_with_plan("500", "b", &bridge_to_trunk("agent", "CALL_REJECTED")),
+        number_with_plan("501", "b2", &bridge_to_trunk("agent2", "CALL_REJECTED"))
     );
     let server = Server::start(&prov, true);
-    let caller_rtp = RtpPeer::new();
-    let mut caller = Sipp::uac("uac_reinvited.xml", server.sip_addr())
-        .service("500")
-        .set("rtp_port", caller_rtp.port())
-        .timeout_s(60)
-        .spawn();
+    let (mut caller, caller_rtp) = reinvited_caller(&server, "500");
     let id = server.started_call_id();
     let transfer =
         |body: serde_json::Value| post(&server, &format!("/v1/calls/{id}/transfer"), Some(body));
@@ -688,13 +651,7 @@ fn a_blind_transfer_connects_the_caller_to_the_target_and_releases_the_agent() {
 #[test]
 fn a_redirect_sends_a_call_in_its_plan_to_another_destination() {
     const TARGET_HZ: f64 = 1700.0;
-    let target_rtp = RtpPeer::new();
-    let mut target = Sipp::uas("uas_reinvited.xml")
-        .set("rtp_port", target_rtp.port())
-        .set("answer_delay_ms", 300)
-        .timeout_s(60)
-        .spawn();
-    target.wait_listening();
+    let (mut target, target_rtp) = reinvited_callee(300);
     let prov = format!(
         "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}",
         tenant_with_prompts(),
@@ -707,17 +664,9 @@ fn a_redirect_sends_a_call_in_its_plan_to_another_destination() {
         )
     );
     let server = Server::start(&prov, true);
-    let caller_rtp = RtpPeer::new();
-    let mut caller = Sipp::uac("uac_reinvited.xml", server.sip_addr())
-        .service("600")
-        .set("rtp_port", caller_rtp.port())
-        .timeout_s(60)
-        .spawn();
+    let (mut caller, caller_rtp) = reinvited_caller(&server, "600");
     let id = server.started_call_id();
-    let ok = caller.wait_for_message("the 200 OK to the caller", Duration::from_secs(15), |m| {
-        !m.sent && m.status() == Some(200) && m.cseq_method().as_deref() == Some("INVITE")
-    });
-    caller_rtp.set_remote(sdp_audio_addr(ok.body()).expect("SDP"));
+    wait_answered(&mut caller, &caller_rtp);
     let r = post(
         &server,
         &format!("/v1/calls/{id}/redirect"),
@@ -813,20 +762,10 @@ fn consultation() -> Consultation {
         trunk("agent", agent.port()),
         trunk("agentb", agent_b.port()),
         trunk("target", target.port()),
-        number_with_plan(
-            "500",
-            "b",
-            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "agent", timeout = 15 } ] },
-  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
-        )
+        number_with_plan("500", "b", &bridge_to_trunk("agent", "NORMAL_CLEARING"))
     );
     let server = Server::start(&prov, true);
-    let customer_rtp = RtpPeer::new();
-    let mut customer = Sipp::uac("uac_reinvited.xml", server.sip_addr())
-        .service("500")
-        .set("rtp_port", customer_rtp.port())
-        .timeout_s(60)
-        .spawn();
+    let (mut customer, customer_rtp) = reinvited_caller(&server, "500");
     let a = server.started_call_id();
     let ok =
         customer.wait_for_message("the 200 OK to the customer", Duration::from_secs(15), |m| {

@@ -63,20 +63,10 @@ fn a_call_turned_into_a_conference_goes_on_when_its_owner_leaves() {
         trunk("agent", agent.port()),
         trunk("p1", parts[0].port()),
         trunk("p2", parts[1].port()),
-        number_with_plan(
-            "500",
-            "b",
-            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "agent", timeout = 15 } ] },
-  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
-        )
+        number_with_plan("500", "b", &bridge_to_trunk("agent", "NORMAL_CLEARING"))
     );
     let server = Server::start(&prov, true);
-    let customer_rtp = RtpPeer::new();
-    let mut customer = Sipp::uac("uac_reinvited.xml", server.sip_addr())
-        .service("500")
-        .set("rtp_port", customer_rtp.port())
-        .timeout_s(60)
-        .spawn();
+    let (mut customer, customer_rtp) = reinvited_caller(&server, "500");
     let id = server.started_call_id();
     let name = format!("call-{id}");
     let ok =

@@ -49,13 +49,7 @@ fn command(ws: &mut Ws, id: &str, method: &str, params: Value) -> Value {
 
 #[test]
 fn an_application_claims_answers_collects_digits_and_bridges_an_inbound_call() {
-    let target_rtp = RtpPeer::new();
-    let mut target = Sipp::uas("uas_reinvited.xml")
-        .set("rtp_port", target_rtp.port())
-        .set("answer_delay_ms", 200)
-        .timeout_s(60)
-        .spawn();
-    target.wait_listening();
+    let (mut target, target_rtp) = reinvited_callee(200);
     let mut prov = format!(
         "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN}\"\n\n\
          [[apiKeys]]\nname = \"ivr-app\"\nrealm = \"customer\"\ntenant = \"t1\"\nkey = \"{APP}\"\n\n"
@@ -96,12 +90,7 @@ fn an_application_claims_answers_collects_digits_and_bridges_an_inbound_call() {
     let (mut other, _) = connect(&server, &format!("token={ADMIN}"));
     subscribe(&mut other, json!({"op": "subscribe"}));
 
-    let caller_rtp = RtpPeer::new();
-    let mut caller = Sipp::uac("uac_reinvited.xml", server.sip_addr())
-        .service("800")
-        .set("rtp_port", caller_rtp.port())
-        .timeout_s(60)
-        .spawn();
+    let (mut caller, caller_rtp) = reinvited_caller(&server, "800");
     let offered = next_event(&mut app, "call.offered");
     let id = offered["callId"].as_str().expect("callId").to_string();
     assert_eq!(offered["data"]["number"], "800", "{offered}");

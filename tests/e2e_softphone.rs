@@ -805,13 +805,7 @@ fn an_api_call_rings_a_udp_softphone_that_answers_and_hears_the_blocks() {
 /// `sendrecv` (ACTIVE again); the API's hangup ends it with our BYE.
 fn api_hold_of_a_softphone(transport: &str) {
     const KEY: &str = "cp_softphone_hold_admin_key_012345";
-    let callee_rtp = RtpPeer::new();
-    let mut callee = Sipp::uas("uas_reinvited.xml")
-        .set("rtp_port", callee_rtp.port())
-        .set("answer_delay_ms", 200)
-        .timeout_s(60)
-        .spawn();
-    callee.wait_listening();
+    let (callee, _callee_rtp) = reinvited_callee(200);
     let prov = format!(
         "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}",
         tenant_with_prompts(),

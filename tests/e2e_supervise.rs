@@ -38,39 +38,17 @@ fn supervise(server: &Server, id: &str, body: serde_json::Value) -> http::HttpRe
 
 #[test]
 fn a_supervisor_listens_whispers_barges_and_intercepts() {
-    let agent_rtp = RtpPeer::new();
-    let mut agent = Sipp::uas("uas_reinvited.xml")
-        .set("rtp_port", agent_rtp.port())
-        .set("answer_delay_ms", 1000)
-        .timeout_s(90)
-        .spawn();
-    agent.wait_listening();
-    let sup_rtp = RtpPeer::new();
-    let mut sup = Sipp::uas("uas_reinvited.xml")
-        .set("rtp_port", sup_rtp.port())
-        .set("answer_delay_ms", 300)
-        .timeout_s(90)
-        .spawn();
-    sup.wait_listening();
+    let (mut agent, agent_rtp) = reinvited_callee(1000);
+    let (mut sup, sup_rtp) = reinvited_callee(300);
     let prov = format!(
         "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}{}",
         tenant_with_prompts(),
         trunk("agent", agent.port()),
         trunk("sup", sup.port()),
-        number_with_plan(
-            "500",
-            "b",
-            r##"  { blockType = "BRIDGE", bridgeMode = "SEQUENTIAL", destinations = [ { destinationType = "SIP_TRUNK", destination = "agent", timeout = 15 } ] },
-  { blockType = "HANGUP", hangupCause = "NORMAL_CLEARING" },"##
-        )
+        number_with_plan("500", "b", &bridge_to_trunk("agent", "NORMAL_CLEARING"))
     );
     let server = Server::start(&prov, true);
-    let customer_rtp = RtpPeer::new();
-    let mut customer = Sipp::uac("uac_reinvited.xml", server.sip_addr())
-        .service("500")
-        .set("rtp_port", customer_rtp.port())
-        .timeout_s(90)
-        .spawn();
+    let (mut customer, customer_rtp) = reinvited_caller(&server, "500");
     let id = server.started_call_id();
     let to_sup = serde_json::json!({"destinationType": "SIP_TRUNK", "destination": "sup"});
 

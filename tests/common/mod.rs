@@ -1985,3 +1985,58 @@ pub fn trunk(name: &str, port: u16) -> String {
         "[[trunks]]\ntenant = \"t1\"\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\ntransport = \"udp\"\n\n"
     )
 }
+
+/// Plan blocks (TOML) that connect the caller to trunk `trunk` (15 s ring), then end the call
+/// with `cause` if that fails.
+pub fn bridge_to_trunk(trunk: &str, cause: &str) -> String {
+    format!(
+        "  {{ blockType = \"BRIDGE\", bridgeMode = \"SEQUENTIAL\", destinations = [ {{ destinationType = \"SIP_TRUNK\", destination = \"{trunk}\", timeout = 15 }} ] }},\n  {{ blockType = \"HANGUP\", hangupCause = \"{cause}\" }},"
+    )
+}
+
+/// A SIPp callee (`uas_reinvited.xml`: it answers the server's re-INVITEs and its BYE) that
+/// answers after `answer_delay_ms`, listening, with the RTP peer its SDP names.
+pub fn reinvited_callee(answer_delay_ms: u32) -> (SippProcess, RtpPeer) {
+    let rtp = RtpPeer::new();
+    let mut sipp = Sipp::uas("uas_reinvited.xml")
+        .set("rtp_port", rtp.port())
+        .set("answer_delay_ms", answer_delay_ms)
+        .timeout_s(90)
+        .spawn();
+    sipp.wait_listening();
+    (sipp, rtp)
+}
+
+/// A SIPp caller (`uac_reinvited.xml`) calling `number` on the server, with its RTP peer.
+pub fn reinvited_caller(server: &Server, number: &str) -> (SippProcess, RtpPeer) {
+    let rtp = RtpPeer::new();
+    let sipp = Sipp::uac("uac_reinvited.xml", server.sip_addr())
+        .service(number)
+        .set("rtp_port", rtp.port())
+        .timeout_s(90)
+        .spawn();
+    (sipp, rtp)
+}
+
+/// Waits for the 200 OK to `caller`'s INVITE and points its RTP peer at the SDP in it.
+pub fn wait_answered(caller: &mut SippProcess, rtp: &RtpPeer) -> TracedMessage {
+    let ok = caller.wait_for_message("the 200 OK to the caller", Duration::from_secs(15), |m| {
+        !m.sent && m.status() == Some(200) && m.cseq_method().as_deref() == Some("INVITE")
+    });
+    rtp.set_remote(sdp_audio_addr(ok.body()).expect("SDP in the 200 OK"));
+    ok
+}
+
+/// Waits for the INVITE at `callee` (and its 200 OK to it) and points its RTP peer at the SDP
+/// in the INVITE.
+pub fn wait_invited(callee: &mut SippProcess, rtp: &RtpPeer) -> TracedMessage {
+    let invite =
+        callee.wait_for_message("the INVITE to the callee", Duration::from_secs(10), |m| {
+            !m.sent && m.method() == Some("INVITE")
+        });
+    rtp.set_remote(sdp_audio_addr(invite.body()).expect("SDP in the INVITE"));
+    callee.wait_for_message("the callee's 200 OK", Duration::from_secs(10), |m| {
+        m.sent && m.status() == Some(200)
+    });
+    invite
+}

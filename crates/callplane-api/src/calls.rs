@@ -223,6 +223,18 @@ async fn scoped_call(
     }
 }
 
+/// The call a command is for, as it is now ([`scoped_call`]'s refusals), read once.
+async fn scoped_call_info(st: &ApiState, caller: &Caller, id: &str) -> Result<CallInfo, ApiError> {
+    match scoped_call(st, caller, id).await? {
+        Some(info) => Ok(info),
+        None => st
+            .calls
+            .call_info(id)
+            .await
+            .ok_or_else(|| call_not_found(id)),
+    }
+}
+
 /// The call `id`, if it runs and the key's scope covers it; else `404`.
 async fn scoped_running_call(
     st: &ApiState,
@@ -530,8 +542,7 @@ pub(crate) async fn party_command(
 ) -> Result<CallInfo, ApiError> {
     only_fields(&body, &["leg"])?;
     let leg = leg_index(id, what.name(), body.remove("leg"))?;
-    scoped_call(st, caller, id).await?;
-    command_answer(id, st.calls.control(id, what.command(leg)).await)
+    control_call(st, caller, id, what.command(leg)).await
 }
 
 /// An optional JSON body as an object (empty when left out).
@@ -593,13 +604,7 @@ pub(crate) async fn start_recording(
             ))
         }
     };
-    scoped_call(st, caller, id).await?;
-    command_answer(
-        id,
-        st.calls
-            .control(id, ControlCommand::StartRecording { stereo })
-            .await,
-    )
+    control_call(st, caller, id, ControlCommand::StartRecording { stereo }).await
 }
 
 /// `DELETE /v1/calls/{id}/record`: stops the recording; its file is listed on the call's CDR
@@ -617,11 +622,7 @@ pub(crate) async fn stop_recording(
     caller: &Caller,
     id: &str,
 ) -> Result<CallInfo, ApiError> {
-    scoped_call(st, caller, id).await?;
-    command_answer(
-        id,
-        st.calls.control(id, ControlCommand::StopRecording).await,
-    )
+    control_call(st, caller, id, ControlCommand::StopRecording).await
 }
 
 pub async fn interrupt(
@@ -874,8 +875,7 @@ pub(crate) async fn transfer_call(
     mut body: serde_json::Map<String, Value>,
 ) -> Result<CallInfo, ApiError> {
     only_fields(&body, &["to", "from", "consultCallId"])?;
-    scoped_call(st, caller, id).await?;
-    let info = get_call(st, caller, id).await?;
+    let info = scoped_call_info(st, caller, id).await?;
     let from = leg_index(id, "transfer", body.remove("from"))?;
     let rename_leg = |e: ApiError| {
         // The leg a transfer names is its `from`.
@@ -940,8 +940,7 @@ pub(crate) async fn redirect_call(
     mut body: serde_json::Map<String, Value>,
 ) -> Result<CallInfo, ApiError> {
     only_fields(&body, &["to"])?;
-    scoped_call(st, caller, id).await?;
-    let info = get_call(st, caller, id).await?;
+    let info = scoped_call_info(st, caller, id).await?;
     let to = destination(st, body.remove("to"), "to", "redirect", &info.tenant)?;
     check_registered(st, &to, "to.destination")?;
     command_answer(
@@ -993,8 +992,7 @@ pub(crate) async fn supervise_call(
             ))
         }
     };
-    scoped_call(st, caller, id).await?;
-    let info = get_call(st, caller, id).await?;
+    let info = scoped_call_info(st, caller, id).await?;
     let supervisor = match body.remove("supervisor") {
         None | Some(Value::Null) => None,
         Some(Value::String(_)) => {
@@ -1032,11 +1030,7 @@ pub(crate) async fn stop_supervising(
     caller: &Caller,
     id: &str,
 ) -> Result<CallInfo, ApiError> {
-    scoped_call(st, caller, id).await?;
-    command_answer(
-        id,
-        st.calls.control(id, ControlCommand::StopSupervising).await,
-    )
+    control_call(st, caller, id, ControlCommand::StopSupervising).await
 }
 
 /// What `POST /v1/calls` and the callback answer: `201` with the call and its `Location`.

@@ -116,6 +116,20 @@ struct LegRecord {
 }
 
 impl LegRecord {
+    /// A destination we are dialling, from now.
+    fn dialled(dest: &crate::blocks::BridgeDestination) -> Self {
+        LegRecord {
+            direction: "outbound",
+            destination_type: Some(dest.destination_type.as_str().into()),
+            destination: dest.destination.clone(),
+            start: now_utc(),
+            answer: None,
+            end: None,
+            sip_status: None,
+            cause: None,
+        }
+    }
+
     fn to_cdr(
         &self,
         index: usize,
@@ -252,6 +266,23 @@ struct BridgeRun {
 impl BridgeRun {
     fn live(&self, a: AttemptId) -> Option<&Attempt> {
         self.slots.get(a.0 as usize).and_then(|s| s.live.as_ref())
+    }
+
+    /// Puts `attempt`'s slot in place (the slots before it, not yet used, are empty).
+    fn put_slot(&mut self, attempt: AttemptId, record: usize, live: Option<Attempt>) {
+        let slot = attempt.0 as usize;
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, || AttemptSlot {
+                record: usize::MAX,
+                live: None,
+                hangup_pending: None,
+            });
+        }
+        self.slots[slot] = AttemptSlot {
+            record,
+            live,
+            hangup_pending: None,
+        };
     }
 }
 
@@ -1446,6 +1477,21 @@ impl Call {
         }
     }
 
+    /// A callee's leg (leg `record`, the BRIDGE's `attempt`) went from `was` to `state`: its
+    /// `leg.state` (and hold) events.
+    fn callee_state_changed(
+        &mut self,
+        record: usize,
+        attempt: u32,
+        was: LegState,
+        state: LegState,
+    ) {
+        let destination = self.destination_of(record);
+        for e in leg_state_events(Party::Callee, Some(attempt), destination, was, state) {
+            self.emit_for(record, e);
+        }
+    }
+
     /// Where a BRIDGE destination's leg goes, for its events.
     fn destination_of(&self, record: usize) -> Option<String> {
         self.legs.get(record).map(|l| l.destination.clone())
@@ -1852,29 +1898,8 @@ impl Call {
             self.events.add_line(&dest.destination);
         }
         let record = self.legs.len();
-        self.legs.push(LegRecord {
-            direction: "outbound",
-            destination_type: Some(dest.destination_type.as_str().into()),
-            destination: dest.destination.clone(),
-            start: now_utc(),
-            answer: None,
-            end: None,
-            sip_status: None,
-            cause: None,
-        });
-        let slot = attempt.0 as usize;
-        if b.slots.len() <= slot {
-            b.slots.resize_with(slot + 1, || AttemptSlot {
-                record: usize::MAX,
-                live: None,
-                hangup_pending: None,
-            });
-        }
-        b.slots[slot] = AttemptSlot {
-            record,
-            live: None,
-            hangup_pending: None,
-        };
+        self.legs.push(LegRecord::dialled(&dest));
+        b.put_slot(attempt, record, None);
         let id = &self.bridge_as;
         let job = LaunchJob {
             svc: self.svc.clone(),
@@ -2009,13 +2034,7 @@ impl Call {
                 let was = a.state;
                 if !was.is_ended() && was != LegState::Ending {
                     a.state = LegState::Ending;
-                    let destination = self.destination_of(record);
-                    let ending = LegState::Ending;
-                    for e in
-                        leg_state_events(Party::Callee, Some(attempt.0), destination, was, ending)
-                    {
-                        self.emit_for(record, e);
-                    }
+                    self.callee_state_changed(record, attempt.0, was, LegState::Ending);
                 }
             }
             None => slot.hangup_pending = Some(reason),
@@ -2123,10 +2142,7 @@ impl Call {
         };
         if state != was {
             a.state = state;
-            let destination = self.destination_of(record);
-            for e in leg_state_events(Party::Callee, Some(attempt.0), destination, was, state) {
-                self.emit_for(record, e);
-            }
+            self.callee_state_changed(record, attempt.0, was, state);
         }
         let Some(b) = self.bridge.as_mut() else {
             return;

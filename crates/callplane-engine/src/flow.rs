@@ -182,10 +182,11 @@ pub enum Input {
     /// another party (API blind transfer): the BRIDGE block is dialling again, so a failure
     /// continues the plan after it (with `bridge_result`) as the block's own would have.
     BridgeRestarted,
-    /// Run these blocks now (API `POST …/blocks`): what runs stops (as an interrupt), and
-    /// when they are done the plan goes on after the block that was running — or, on a call
-    /// an application claimed, the call waits for more. Blocks posted while earlier ones run
-    /// replace them.
+    /// Run these blocks now (API `POST …/blocks`): what runs stops (as an interrupt; a
+    /// pending webhook's answer is ignored), and when they are done the plan goes on after the
+    /// block that was running (under CALL_CONTROL: its next returned block, or its next
+    /// request) — or, on a call an application claimed, the call waits for more. Blocks
+    /// posted while earlier ones run replace them.
     RunBlocks(Vec<Block>),
 }
 
@@ -503,10 +504,12 @@ impl CallFlow {
         }
     }
 
-    /// [`Input::RunBlocks`].
-    fn run_blocks(&mut self, blocks: Vec<Block>, now: Instant) {
+    /// Stops whatever runs — a prompt, a collection, a bridge, a conference seat, or a wait
+    /// for a webhook or a plan (whose late answer is then ignored) — and leaves the flow
+    /// idle. False when the flow is done.
+    fn stop_step(&mut self) -> bool {
         match &self.step {
-            Step::Done => return,
+            Step::Done => return false,
             Step::Playing(_) | Step::Collect { .. } => self.actions.push_back(Action::StopPlay),
             Step::Bridging | Step::Bridged => self.actions.push_back(Action::StopBridge),
             Step::Conference => self.actions.push_back(Action::LeaveConference),
@@ -518,13 +521,16 @@ impl CallFlow {
         }
         self.timer = None;
         self.step = Step::Idle;
-        // A Call Control exchange in progress is abandoned (its late answer is ignored).
-        while self
-            .frames
-            .last()
-            .is_some_and(|f| f.injected || f.control.is_some())
-            && self.frames.len() > 1
-        {
+        true
+    }
+
+    /// [`Input::RunBlocks`].
+    fn run_blocks(&mut self, blocks: Vec<Block>, now: Instant) {
+        if !self.stop_step() {
+            return;
+        }
+        // Blocks posted earlier and still running are replaced.
+        if self.frames.last().is_some_and(|f| f.injected) {
             self.frames.pop();
         }
         self.frames.push(Frame {
@@ -539,19 +545,9 @@ impl CallFlow {
     /// Stops whatever runs (as an interrupt does, but also a wait for a webhook or a plan,
     /// whose late answer is then ignored) and continues with `block` alone.
     fn redirect(&mut self, block: BridgeBlock, now: Instant) {
-        match &self.step {
-            Step::Done => return,
-            Step::Playing(_) | Step::Collect { .. } => self.actions.push_back(Action::StopPlay),
-            Step::Bridging | Step::Bridged => self.actions.push_back(Action::StopBridge),
-            Step::Conference => self.actions.push_back(Action::LeaveConference),
-            Step::Idle
-            | Step::Controlled
-            | Step::Webhook(_)
-            | Step::AskUrl { .. }
-            | Step::LoadingPlan => {}
+        if !self.stop_step() {
+            return;
         }
-        self.timer = None;
-        self.step = Step::Idle;
         self.frames = vec![Frame {
             blocks: vec![Block::Bridge(block)],
             pc: 0,
@@ -1722,6 +1718,33 @@ mod tests {
         );
         assert_eq!(f.variables().get("pin"), Some("42"));
         assert!(!f.is_done());
+    }
+
+    #[test]
+    fn blocks_sent_while_a_webhook_is_asked_run_and_the_webhook_is_asked_again() {
+        let t = Instant::now();
+        let mut f = plan_with_cc(json!({}));
+        f.start(t);
+        let r0 = cc_request(&drain(&mut f));
+        let now = parse_blocks(&json!([{"blockType":"ANNOUNCEMENT","announcementName":"now"}]))
+            .expect("valid");
+        f.handle(Input::RunBlocks(now), t);
+        let a = drain(&mut f);
+        assert!(plays(&a, "now"), "{a:?}");
+        // The pending request's answer comes too late to count.
+        answer(
+            &mut f,
+            r0.id,
+            json!({"blocks":[{"blockType":"ANNOUNCEMENT","announcementName":"late"}]}),
+            t,
+        );
+        assert!(drain(&mut f).is_empty());
+        let id = play_id(&a);
+        f.handle(Input::PlayFinished { id }, t);
+        let a = drain(&mut f);
+        assert!(a.contains(&Action::BlocksDone), "{a:?}");
+        let r1 = cc_request(&a);
+        assert_eq!(r1.loop_count, 1, "the Call Control exchange goes on");
     }
 
     #[test]

@@ -149,19 +149,7 @@ impl Call {
         b.adopted.push((attempt.leg.id, new));
         attempt.leg.move_to(here, b.events_tx.clone());
         self.media.bridge(&attempt.media);
-        let slot = new.0 as usize;
-        if b.slots.len() <= slot {
-            b.slots.resize_with(slot + 1, || AttemptSlot {
-                record: usize::MAX,
-                live: None,
-                hangup_pending: None,
-            });
-        }
-        b.slots[slot] = AttemptSlot {
-            record,
-            live: Some(attempt),
-            hangup_pending: None,
-        };
+        b.put_slot(new, record, Some(attempt));
         b.connected = Some(new);
         b.bridged = Some(new);
         info!(call = %self.uuid, consult, "attended transfer completed");

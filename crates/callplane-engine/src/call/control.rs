@@ -279,10 +279,7 @@ impl Call {
         a.state = state;
         self.reinvite(Side::Callee, reinviter, sdp);
         if was != state {
-            let destination = self.destination_of(record);
-            for e in leg_state_events(Party::Callee, Some(attempt.0), destination, was, state) {
-                self.emit_for(record, e);
-            }
+            self.callee_state_changed(record, attempt.0, was, state);
         }
     }
 

@@ -70,16 +70,7 @@ impl Call {
             self.events.add_line(&dest.destination);
         }
         let record = self.legs.len();
-        self.legs.push(LegRecord {
-            direction: "outbound",
-            destination_type: Some(dest.destination_type.as_str().into()),
-            destination: dest.destination.clone(),
-            start: now_utc(),
-            answer: None,
-            end: None,
-            sip_status: None,
-            cause: None,
-        });
+        self.legs.push(LegRecord::dialled(&dest));
         self.supervisions += 1;
         let serial = self.supervisions;
         self.supervisor = Some(Supervisor {
@@ -303,19 +294,7 @@ impl Call {
         b.mailbox.adopt(a.leg.id, owner.epoch);
         b.adopted.push((a.leg.id, attempt));
         a.leg.move_to(owner, b.events_tx.clone());
-        let slot = attempt.0 as usize;
-        if b.slots.len() <= slot {
-            b.slots.resize_with(slot + 1, || AttemptSlot {
-                record: usize::MAX,
-                live: None,
-                hangup_pending: None,
-            });
-        }
-        b.slots[slot] = AttemptSlot {
-            record: s.record,
-            live: Some(a),
-            hangup_pending: None,
-        };
+        b.put_slot(attempt, s.record, Some(a));
         if let Some(r) = b.room.as_mut() {
             r.attempt = attempt;
             if let Some((member, _)) = r.supervisor.take() {
