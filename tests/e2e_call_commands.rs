@@ -538,6 +538,9 @@ fn a_blind_transfer_connects_the_caller_to_the_target_and_releases_the_agent() {
             r.describe()
         );
 
+        // The agent held the caller before transferring it: the transfer resumes it.
+        let r = post(&server, &format!("/v1/calls/{id}/hold"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
         let r = transfer(serde_json::json!({"to": to_target}));
         assert_eq!(r.status, 200, "{}", r.describe());
         let invite =
@@ -577,7 +580,18 @@ fn a_blind_transfer_connects_the_caller_to_the_target_and_releases_the_agent() {
         "the agent got a BYE: {}",
         agent.report()
     );
-    caller.wait().assert_success(&server.log_tail());
+    let caller = caller.wait();
+    caller.assert_success(&server.log_tail());
+    let directions: Vec<String> = caller
+        .received()
+        .filter(|m| m.method() == Some("INVITE"))
+        .map(|m| direction(m.body()).unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(
+        directions,
+        ["sendonly", "sendrecv"],
+        "held, then resumed by the transfer"
+    );
     target.wait().assert_success(&server.log_tail());
     let at_caller = caller_rtp.heard(window.0, window.1);
     let at_target = target_rtp.heard(window.0, window.1);

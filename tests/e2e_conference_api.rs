@@ -94,6 +94,11 @@ fn a_call_turned_into_a_conference_goes_on_when_its_owner_leaves() {
     let r = api(&server, "POST", &format!("/v1/calls/{id}/conference"), None);
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_eq!(r.json()["conference"], name.as_str(), "{}", r.describe());
+    // A conference's legs take participant commands, not the call's own.
+    for cmd in ["record", "conference", "answer"] {
+        let r = api(&server, "POST", &format!("/v1/calls/{id}/{cmd}"), None);
+        assert_eq!(r.status, 409, "{cmd}: {}", r.describe());
+    }
     let mut part_legs = Vec::new();
     for (i, (p, rtp)) in parts.iter_mut().zip(&part_rtps).enumerate() {
         let r = api(

@@ -896,10 +896,17 @@ pub(crate) async fn transfer_call(
                      party: no `to`",
                 ));
             }
-            // The consultation call must be in the key's scope too.
-            scoped_call(st, caller, &consult)
+            // The consultation call must be in the key's scope too, and of the same tenant
+            // (a leg does not move between tenants' calls and CDRs).
+            let consulted = scoped_call_info(st, caller, &consult)
                 .await
                 .map_err(|e| e.with_field("consultCallId"))?;
+            if consulted.tenant != info.tenant {
+                return Err(
+                    ApiError::conflict("the consultation call belongs to another tenant")
+                        .with_field("consultCallId"),
+                );
+            }
             let answer = st.calls.attended_transfer(id, from, &consult).await;
             return command_answer(id, answer).map_err(rename_leg);
         }

@@ -226,8 +226,8 @@ enum TaskDone {
     },
     /// A party answered our re-INVITE (hold, resume): the callee of that bridge, or the caller.
     Reinvited {
-        bridge: u64,
-        callee: bool,
+        /// The leg's index in the call (0: the caller).
+        record: usize,
         result: Result<callplane_sip::ReinviteAnswer, String>,
     },
 }
@@ -411,6 +411,7 @@ impl SessionStart {
             callee_seat: None,
             conf_mode: false,
             caller_gone: false,
+            reinviting: std::collections::HashMap::new(),
             offer_deadline: None,
             controller: None,
             bridges_run: 0,
@@ -485,6 +486,9 @@ struct Call {
     conf_mode: bool,
     /// In conference mode: the caller's leg is gone (the callee goes on).
     caller_gone: bool,
+    /// Legs (by index) with a re-INVITE of ours in flight, and the hold state asked for
+    /// meanwhile (sent once that one is answered).
+    reinviting: std::collections::HashMap<usize, Option<bool>>,
     /// Offered to applications: when the plan runs if nobody claims the call.
     offer_deadline: Option<Instant>,
     /// The application (its API key's name) that claimed the call.
@@ -944,6 +948,11 @@ impl Call {
                     if matches!(input, Input::ConferenceLeft(_)) {
                         // The conference ended under us: out of its room first.
                         self.leave_conference();
+                        if self.conf_mode {
+                            // A call made a conference has no plan to go on with.
+                            self.hangup(HangupCause::NormalClearing, HangupBy::System).await;
+                            continue;
+                        }
                     }
                     self.flow.handle(input, Instant::now());
                 }
@@ -1209,11 +1218,7 @@ impl Call {
                 room,
                 member,
             } => self.bridge_player_done(bridge, room, member),
-            TaskDone::Reinvited {
-                bridge,
-                callee,
-                result,
-            } => self.on_reinvited(bridge, callee, result),
+            TaskDone::Reinvited { record, result } => self.on_reinvited(record, result),
             TaskDone::SupervisorLaunched { serial, result } => {
                 self.on_supervisor_launched(serial, result)
             }
@@ -1321,6 +1326,7 @@ impl Call {
 
     /// The caller hung up or cancelled.
     async fn caller_left(&mut self, cause: HangupCause, status: Option<u16>) {
+        self.forget_holds();
         if self.conf_mode {
             // A conference call goes on while its callee is in the conference.
             self.caller_left_conference(cause);
@@ -1350,6 +1356,7 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
+        self.forget_holds();
         self.end_bridge_attempts(Some(cause));
         let status;
         if self.answered {

@@ -327,6 +327,14 @@ impl CallFlow {
         self.step = Step::Controlled;
     }
 
+    /// The call ends now with `cause` (a participant removed from its conference): what runs
+    /// stops and [`Action::Hangup`] follows.
+    pub fn end_call(&mut self, cause: HangupCause) {
+        if self.stop_step() {
+            self.end(cause);
+        }
+    }
+
     /// Whether an application claimed the call.
     pub fn is_controlled(&self) -> bool {
         self.controlled

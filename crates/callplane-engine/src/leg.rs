@@ -197,9 +197,11 @@ impl<E> LegHandle<E> {
         let _ = self.commands.send(LegCommand::Hangup(reason));
     }
 
-    /// Hands the leg to another owner.
-    pub fn move_to(&self, owner: Owner, events: mpsc::UnboundedSender<Addressed<E>>) {
-        let _ = self.commands.send(LegCommand::MoveTo { owner, events });
+    /// Hands the leg to another owner. False when the leg's task is gone (its dialog is over).
+    pub fn move_to(&self, owner: Owner, events: mpsc::UnboundedSender<Addressed<E>>) -> bool {
+        self.commands
+            .send(LegCommand::MoveTo { owner, events })
+            .is_ok()
     }
 
     /// What sends re-INVITEs on the leg's dialog (hold, resume), from a task of the owner's.
@@ -265,6 +267,15 @@ pub fn spawn_outbound<E: Send + 'static>(
                     let addressed = Addressed { leg: id, owner, event: wrap(ev) };
                     // The owner is gone and no one took the leg over: nothing left to report.
                     if events.send(addressed).is_err() || state.is_ended() {
+                        // A move asked for meanwhile: the new owner learns the leg is over.
+                        while let Ok(cmd) = commands.try_recv() {
+                            if let LegCommand::MoveTo { owner: o, events: e } = cmd {
+                                if o.epoch > owner.epoch {
+                                    let event = wrap(OutboundEvent::RemoteBye);
+                                    let _ = e.send(Addressed { leg: id, owner: o, event });
+                                }
+                            }
+                        }
                         return;
                     }
                 }

@@ -220,6 +220,8 @@ pub enum CommandRefused {
     /// Blocks other than ANNOUNCEMENT and SAY cannot run while the call is connected or in
     /// a conference.
     BlocksWhileConnected,
+    /// The call was turned into a conference: its legs take participant commands only.
+    InConference,
 }
 
 impl CommandRefused {
@@ -255,6 +257,10 @@ impl CommandRefused {
                 "the call is not offered to applications (or its offer expired)"
             }
             CommandRefused::AlreadyClaimed => "another application claimed the call first",
+            CommandRefused::InConference => {
+                "the call is a conference: command its participants \
+                 (/v1/conferences/{name}/participants/{leg}/…)"
+            }
             CommandRefused::AlreadyAnswered => "the call is answered already",
             CommandRefused::NotClaimed => {
                 "only a call an application claimed is answered on command"

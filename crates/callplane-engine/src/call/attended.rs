@@ -42,6 +42,7 @@ impl Call {
             return Err(CommandRefused::ConsultNotConnected);
         }
         self.end_supervision(HangupCause::NormalClearing);
+        self.forget_holds();
         self.end_bridge_room();
         self.media.unbridge();
         let Some(b) = self.bridge.as_mut() else {
@@ -147,7 +148,8 @@ impl Call {
         let here = crate::leg::moved(owner, b.mailbox.owner_id());
         b.mailbox.adopt(attempt.leg.id, here.epoch);
         b.adopted.push((attempt.leg.id, new));
-        attempt.leg.move_to(here, b.events_tx.clone());
+        // A leg whose dialog ended before it could move is gone as it arrives.
+        let gone = !attempt.leg.move_to(here, b.events_tx.clone());
         self.media.bridge(&attempt.media);
         b.put_slot(new, record, Some(attempt));
         b.connected = Some(new);
@@ -156,6 +158,13 @@ impl Call {
         self.flow
             .set_variable("transferred_to_call", consult.to_string());
         self.run_dial();
+        if gone {
+            if let Some(b) = self.bridge.as_mut() {
+                b.dial
+                    .handle_input(DialInput::RemoteBye { attempt: new }, Instant::now());
+            }
+            self.run_dial();
+        }
         self.emit_for(
             0,
             EventKind::Transferred {

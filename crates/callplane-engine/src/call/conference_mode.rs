@@ -31,7 +31,11 @@ impl Call {
         self.end_bridge_room();
         self.flow.stop();
         self.conf_mode = true;
+        // The pair no longer talks through the bridge: bridge commands no longer apply.
         self.media.unbridge();
+        if let Some(b) = self.bridge.as_mut() {
+            b.bridged = None;
+        }
         let name = Self::conference_name_of(&self.uuid);
         info!(call = %self.uuid, conference = %name, "turned into a conference");
         let callee_party = self.destination_of(callee).unwrap_or_default();
@@ -168,13 +172,10 @@ impl Call {
                 );
                 self.caller_left_conference(HangupCause::NormalClearing);
             } else {
-                // A CONFERENCE block's caller: its call ends (when its plan has nothing
-                // after the block, as it would have when the conference ended).
-                self.flow.handle(
-                    Input::ConferenceLeft(ConferenceResult::Ended),
-                    Instant::now(),
-                );
+                // A CONFERENCE block's caller: its call ends (a BYE), whatever its plan has
+                // after the block.
                 self.leave_conference();
+                self.flow.end_call(HangupCause::NormalClearing);
             }
         } else {
             if let Some(attempt) = self.bridge.as_ref().and_then(|b| b.connected) {
@@ -208,6 +209,14 @@ impl Call {
     /// ends when its caller is gone too.
     pub(super) fn callee_left_conference(&mut self, cause: HangupCause) {
         if let Some(seat) = self.callee_seat.take() {
+            if let Some(l) = self
+                .legs
+                .get_mut(seat.leg as usize)
+                .filter(|l| l.end.is_none())
+            {
+                l.end = Some(now_utc());
+                l.cause = Some(cause);
+            }
             self.vacate(seat);
         }
         if self.caller_gone || self.conference.is_none() {

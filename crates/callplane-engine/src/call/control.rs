@@ -55,6 +55,8 @@ pub(super) struct BridgeRoom {
 struct RecordingRun {
     id: String,
     member: MemberId,
+    /// A stereo recorder's right channel (the callee's).
+    right: Option<MemberId>,
     stereo: bool,
     start: DateTime<Utc>,
 }
@@ -92,6 +94,15 @@ impl BridgeRoom {
         }
     }
 
+    /// The callee's member changed (a supervisor took its place): a stereo recording's right
+    /// channel follows it.
+    pub(super) fn callee_replaced(&self) {
+        if let Some(right) = self.recording.as_ref().and_then(|r| r.right) {
+            self.room
+                .set_rules(right, Audience::None, Audience::only([self.parties[1]]));
+        }
+    }
+
     fn info(&self) -> Option<RecordingInfo> {
         self.recording.as_ref().map(|r| RecordingInfo {
             id: r.id.clone(),
@@ -118,6 +129,10 @@ impl Call {
                 self.seat_command(&cmd)?;
                 return Ok(self.snapshot());
             }
+        }
+        if self.conf_mode {
+            // Its legs sit in the conference: only their seats take commands.
+            return Err(CommandRefused::InConference);
         }
         match cmd {
             ControlCommand::Hold { leg } => self.set_hold(leg, true),
@@ -243,96 +258,95 @@ impl Call {
     }
 
     /// Sends party `record` (0: the caller, else the connected callee's leg) a re-INVITE
-    /// `sendonly` (`held`) or `sendrecv`, and moves its leg state to held or answered.
+    /// `sendonly` (`held`) or `sendrecv`, and moves its leg state to held or answered. One
+    /// re-INVITE per leg is in flight at a time: a change asked for meanwhile is sent when
+    /// the pending one is answered (only the latest one).
     pub(super) fn reinvite_party(&mut self, record: usize, held: bool) {
-        let (direction, state) = if held {
-            (Direction::SendOnly, LegState::Held)
+        let state = if held {
+            LegState::Held
         } else {
-            (Direction::SendRecv, LegState::Answered)
+            LegState::Answered
         };
         if record == 0 {
-            let sdp = self.sdp.with_direction(direction);
-            self.reinvite(Side::Caller, self.leg.reinviter(), sdp);
             self.set_caller_state(state);
+        } else {
+            let Some((attempt, a)) = self.connected_attempt_mut(record) else {
+                return;
+            };
+            let was = a.state;
+            a.state = state;
+            if was != state {
+                self.callee_state_changed(record, attempt.0, was, state);
+            }
+        }
+        if let Some(pending) = self.reinviting.get_mut(&record) {
+            *pending = Some(held);
             return;
         }
-        let Some(b) = self.bridge.as_mut() else {
-            return;
-        };
-        let Some(attempt) = b.connected.filter(|w| {
-            b.slots
-                .get(w.0 as usize)
-                .is_some_and(|s| s.record == record)
-        }) else {
-            return;
-        };
-        let Some(a) = b
-            .slots
-            .get_mut(attempt.0 as usize)
-            .and_then(|s| s.live.as_mut())
-        else {
-            return;
-        };
-        let sdp = a.sdp.with_direction(direction);
-        let reinviter = a.leg.reinviter();
-        let was = a.state;
-        a.state = state;
-        self.reinvite(Side::Callee, reinviter, sdp);
-        if was != state {
-            self.callee_state_changed(record, attempt.0, was, state);
-        }
+        self.send_reinvite(record, held);
     }
 
-    /// Sends our new description to one party off the actor; its answer comes back as
-    /// [`TaskDone::Reinvited`].
-    fn reinvite(&self, side: Side, reinviter: callplane_sip::Reinviter, sdp: String) {
+    /// The connected callee's attempt and live leg, when it is leg `record`.
+    fn connected_attempt_mut(&mut self, record: usize) -> Option<(AttemptId, &mut Attempt)> {
+        let b = self.bridge.as_mut()?;
+        let attempt = b.connected?;
+        let slot = b.slots.get_mut(attempt.0 as usize)?;
+        if slot.record != record {
+            return None;
+        }
+        slot.live.as_mut().map(|a| (attempt, a))
+    }
+
+    /// Sends leg `record` our description in the direction `held` asks for, off the actor;
+    /// its answer comes back as [`TaskDone::Reinvited`].
+    fn send_reinvite(&mut self, record: usize, held: bool) {
+        let direction = if held {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
+        let (sdp, reinviter) = if record == 0 {
+            (self.sdp.with_direction(direction), self.leg.reinviter())
+        } else {
+            let Some((_, a)) = self.connected_attempt_mut(record) else {
+                return;
+            };
+            (a.sdp.with_direction(direction), a.leg.reinviter())
+        };
+        self.reinviting.insert(record, None);
         let done = self.tasks_tx.clone();
-        let serial = self.bridge.as_ref().map_or(0, |b| b.serial);
         tokio::spawn(async move {
             let result = reinviter.reinvite(sdp).await.map_err(|e| e.to_string());
-            let _ = done.send(TaskDone::Reinvited {
-                bridge: serial,
-                callee: side == Side::Callee,
-                result,
-            });
+            let _ = done.send(TaskDone::Reinvited { record, result });
         });
     }
 
-    /// A party answered our re-INVITE: where it wants media from now on.
+    /// Leg `record` answered our re-INVITE: where it wants media from now on; then the change
+    /// asked for meanwhile, if any.
     pub(super) fn on_reinvited(
         &mut self,
-        serial: u64,
-        callee: bool,
+        record: usize,
         result: Result<callplane_sip::ReinviteAnswer, String>,
     ) {
-        let answer = match result {
-            Ok(a) if (200..300).contains(&a.status) => a,
-            Ok(a) => {
-                warn!(call = %self.uuid, status = a.status, callee, "re-INVITE refused");
-                return;
+        let pending = self.reinviting.remove(&record).flatten();
+        match result {
+            Ok(a) if (200..300).contains(&a.status) => {
+                if let Some(n) = a.sdp.as_deref().and_then(|s| negotiate_sdp(s).ok()) {
+                    if record == 0 {
+                        self.media.set_remote(RemoteMedia::from(&n));
+                    } else if let Some((_, leg)) = self.connected_attempt_mut(record) {
+                        leg.media.set_remote(RemoteMedia::from(&n));
+                        leg.sdp.agreed(&n);
+                    }
+                }
             }
-            Err(e) => {
-                warn!(call = %self.uuid, error = %e, callee, "re-INVITE failed");
-                return;
-            }
-        };
-        let Some(n) = answer.sdp.as_deref().and_then(|s| negotiate_sdp(s).ok()) else {
-            return;
-        };
-        if !callee {
-            self.media.set_remote(RemoteMedia::from(&n));
-            return;
+            Ok(a) => warn!(call = %self.uuid, status = a.status, record, "re-INVITE refused"),
+            Err(e) => warn!(call = %self.uuid, error = %e, record, "re-INVITE failed"),
         }
-        let Some(b) = self.bridge.as_mut().filter(|b| b.serial == serial) else {
-            return;
-        };
-        if let Some(a) = b
-            .connected
-            .and_then(|w| b.slots.get_mut(w.0 as usize))
-            .and_then(|s| s.live.as_mut())
-        {
-            a.media.set_remote(RemoteMedia::from(&n));
-            a.sdp.agreed(&n);
+        if let Some(held) = pending {
+            if self.ended.is_none() {
+                self.send_reinvite(record, held);
+            }
         }
     }
 
@@ -376,6 +390,8 @@ impl Call {
     /// the rest of the plan is a BRIDGE to `to`.
     fn redirect(&mut self, to: crate::blocks::BridgeDestination) -> Result<(), CommandRefused> {
         info!(call = %self.uuid, to = %to.destination, "redirected");
+        // An offered call redirected is no longer offered: nobody claims it now.
+        self.offer_deadline = None;
         self.flow
             .set_variable("transferred_to", to.destination.clone());
         self.emit_for(
@@ -460,10 +476,11 @@ impl Call {
         let made = if stereo {
             r.room
                 .record_stereo(&path, Audience::only([caller]), Audience::only([callee]))
+                .map(|(left, right)| (left, Some(right)))
         } else {
-            r.room.record(&path, Audience::All)
+            r.room.record(&path, Audience::All).map(|m| (m, None))
         };
-        let member = match made {
+        let (member, right) = match made {
             Ok(m) => m,
             Err(e) => {
                 warn!(call = %uuid, error = %e, path = %path.display(), "cannot record");
@@ -491,6 +508,7 @@ impl Call {
         r.recording = Some(RecordingRun {
             id: id.clone(),
             member,
+            right,
             stereo,
             start,
         });
@@ -542,6 +560,30 @@ impl Call {
         };
         if let Some(run) = r.recording.take() {
             self.recording_stopped(run);
+        }
+        // A party a command held, and that stays on the call, is resumed: its music goes
+        // with the room.
+        let [caller_held, callee_held] = [r.hold[0].is_some(), r.hold[1].is_some()];
+        drop(r);
+        if caller_held && self.ended.is_none() && !self.caller_state.is_ended() {
+            self.reinvite_party(0, false);
+        }
+        if callee_held {
+            let alive = self
+                .bridge
+                .as_ref()
+                .and_then(|b| b.live(b.connected?))
+                .is_some_and(|a| matches!(a.state, LegState::Held | LegState::Answered));
+            if let (true, Some(record)) = (alive, self.connected_record()) {
+                self.reinvite_party(record, false);
+            }
+        }
+    }
+
+    /// The call ends: its holds end with it, without resuming anybody.
+    pub(super) fn forget_holds(&mut self) {
+        if let Some(r) = self.bridge.as_mut().and_then(|b| b.room.as_mut()) {
+            r.hold = [None, None];
         }
     }
 

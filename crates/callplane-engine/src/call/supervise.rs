@@ -293,14 +293,18 @@ impl Call {
         );
         b.mailbox.adopt(a.leg.id, owner.epoch);
         b.adopted.push((a.leg.id, attempt));
-        a.leg.move_to(owner, b.events_tx.clone());
+        // A supervisor whose dialog ended before it could move is gone as it arrives.
+        let gone = !a.leg.move_to(owner, b.events_tx.clone());
         b.put_slot(attempt, s.record, Some(a));
         if let Some(r) = b.room.as_mut() {
             r.attempt = attempt;
             if let Some((member, _)) = r.supervisor.take() {
                 r.parties[1] = member;
-                r.hold[1] = None;
+                if let Some(music) = r.hold[1].take() {
+                    r.room.remove(music);
+                }
                 r.muted[1] = false;
+                r.callee_replaced();
             }
             r.apply_rules();
         }
@@ -308,6 +312,13 @@ impl Call {
         b.bridged = Some(attempt);
         info!(call = %self.uuid, "supervisor intercepted the call");
         self.run_dial();
+        if gone {
+            if let Some(b) = self.bridge.as_mut() {
+                b.dial
+                    .handle_input(DialInput::RemoteBye { attempt }, Instant::now());
+            }
+            self.run_dial();
+        }
         let destination = self.destination_of(s.record).unwrap_or_default();
         let destination_type = self
             .legs

@@ -351,14 +351,15 @@ impl Room {
     }
 
     /// Like [`Room::record`], into a stereo file: the left channel is what `left` lets it hear,
-    /// the right what `right` does (one party per channel). The returned member (the left
-    /// channel's) stands for the whole recorder: remove it to complete the file.
+    /// the right what `right` does (one party per channel). Returns the two channels' members:
+    /// the left one stands for the whole recorder (remove it to complete the file); either's
+    /// rules may be changed with [`Room::set_rules`].
     pub fn record_stereo(
         &self,
         path: impl AsRef<std::path::Path>,
         left: Audience,
         right: Audience,
-    ) -> Result<MemberId, crate::wav::WavError> {
+    ) -> Result<(MemberId, MemberId), crate::wav::WavError> {
         let writer = crate::wav::WavWriter::create_stereo(path)?;
         let member = self.next_id();
         let right_member = self.next_id();
@@ -368,7 +369,7 @@ impl Room {
             hears: left,
             right: Some((right_member, right)),
         });
-        Ok(member)
+        Ok((member, right_member))
     }
 
     /// Changes whom `member` is heard by and whom it hears.
@@ -1307,7 +1308,7 @@ mod stats_tests {
         let first = room
             .record(dir.join("first.wav"), Audience::only([members[0]]))
             .expect("first");
-        let stereo = room
+        let (stereo, _) = room
             .record_stereo(
                 dir.join("stereo.wav"),
                 Audience::only([members[0]]),
