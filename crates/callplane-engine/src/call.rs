@@ -797,7 +797,6 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         authenticated_user,
         ..
     } = call;
-    info!(call = %uuid, %caller, %called, %source, tenant = %tenant.name, "call started");
     // The most specific callstateInfoUrl wins: number, then plan, then tenant.
     if let Some(url) = number
         .callstate_info_url
@@ -839,6 +838,8 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
             commands: commands_tx,
         },
     );
+    // Logged once the API can reach the call (tests read its id from this line).
+    info!(call = %uuid, %caller, %called, %source, tenant = %tenant.name, "call started");
     let mut c = SessionStart {
         bridge_as: BridgeIdentity::default(),
         uuid,
