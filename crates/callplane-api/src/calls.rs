@@ -877,14 +877,8 @@ pub(crate) async fn transfer_call(
     only_fields(&body, &["to", "from", "consultCallId"])?;
     let info = scoped_call_info(st, caller, id).await?;
     let from = leg_index(id, "transfer", body.remove("from"))?;
-    let rename_leg = |e: ApiError| {
-        // The leg a transfer names is its `from`.
-        if e.field.as_deref() == Some("leg") {
-            e.with_field("from")
-        } else {
-            e
-        }
-    };
+    // The leg a transfer names is its `from`.
+    let rename_leg = |e: ApiError| e.field_renamed("leg", "from");
     match body.remove("consultCallId") {
         None | Some(Value::Null) => {}
         Some(Value::String(consult)) => {

@@ -111,19 +111,11 @@ pub async fn make(
     };
     only_fields(&body, &["owner"])?;
     let owner = crate::calls::leg_index(&id, "conference", body.remove("owner"))
-        .map_err(|e| rename(e, "leg", "owner"))?;
+        .map_err(|e| e.field_renamed("leg", "owner"))?;
     crate::calls::control_call(&st, &caller, &id, ControlCommand::MakeConference { owner })
         .await
-        .map_err(|e| rename(e, "leg", "owner"))
+        .map_err(|e| e.field_renamed("leg", "owner"))
         .map(Json)
-}
-
-fn rename(e: ApiError, from: &str, to: &str) -> ApiError {
-    if e.field.as_deref() == Some(from) {
-        e.with_field(to)
-    } else {
-        e
-    }
 }
 
 /// `POST /v1/conferences/{name}/participants` `{"to": <destination>, "callerId": "…"}`: dials

@@ -65,6 +65,16 @@ impl ApiError {
         self
     }
 
+    /// The same error, naming `to` where it named `from` (a request's own name for a field a
+    /// shared check calls otherwise, such as a transfer's `from` for a leg).
+    pub fn field_renamed(self, from: &str, to: &str) -> ApiError {
+        if self.field.as_deref() == Some(from) {
+            self.with_field(to)
+        } else {
+            self
+        }
+    }
+
     /// 400 `invalid_json`: the body is not JSON, or not the object's shape.
     pub fn invalid_json(message: impl Into<String>, field: Option<String>) -> ApiError {
         ApiError {

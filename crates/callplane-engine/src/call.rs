@@ -2321,6 +2321,7 @@ impl Call {
                         LegState::Calling
                     })
             };
+            let (held, muted) = self.leg_flags(i);
             legs.push(LegInfo {
                 id: leg_id(&self.uuid, i as u32),
                 index: i as u32,
@@ -2338,8 +2339,8 @@ impl Call {
                 end_time: l.end,
                 sip_status: l.sip_status,
                 hangup_cause: l.cause.map(HangupCause::as_str),
-                held: self.leg_flags(i).0,
-                muted: self.leg_flags(i).1,
+                held,
+                muted,
             });
         }
         let bridged_to = self.bridged_callee().and_then(|_| {
