@@ -33,6 +33,10 @@ pub const MAX_ADDRESS_CHARS: usize = 64;
 pub const MAX_REFER_TARGET_CHARS: usize = 512;
 /// Longest CALL_CONTROL `accessKey`, in characters.
 pub const MAX_ACCESS_KEY_CHARS: usize = 1024;
+/// How long a destination rings when its block says nothing (a SEQUENTIAL destination without
+/// `timeout`, a PARALLEL block without `blockTimeout`), in seconds. TENIOS's own example servers
+/// send SEQUENTIAL destinations without a `timeout`; their documentation shows 25–30 s.
+pub const DEFAULT_RING_TIMEOUT: u32 = 30;
 
 /// Every `blockType` this vocabulary knows, in the spec's order.
 pub const BLOCK_TYPES: [&str; 13] = [
@@ -192,6 +196,17 @@ pub struct CollectDigitsBlock {
     pub max_tries: u32,
     /// `timeout`: seconds to wait for input per try, 1–300. Optional, default 10.
     pub timeout: u32,
+    /// `allowSpeechInput` (TENIOS): the caller may also answer by voice. Optional, default
+    /// `false`.
+    pub allow_speech_input: bool,
+    /// `language`: the language spoken input is recognised in (with `allowSpeechInput`).
+    /// Optional; absent, the recognizer's default language.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// `asrProvider` (TENIOS: `GOOGLE`, `MICROSOFT`, …): which recognizer to use. Optional; a
+    /// provider that is not configured here falls back to the default one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asr_provider: Option<String>,
 }
 
 /// `COLLECT_SPEECH`: play a prompt and recognise speech into a call variable.
@@ -200,8 +215,10 @@ pub struct CollectDigitsBlock {
 pub struct CollectSpeechBlock {
     /// `standardAnnouncement`: optional, default `false`.
     pub standard_announcement: bool,
-    /// `announcementName`: the prompt; required.
-    pub announcement_name: String,
+    /// `announcementName`: the prompt. Optional (TENIOS apps send COLLECT_SPEECH without one
+    /// after a SAY): absent, listening starts at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announcement_name: Option<String>,
     /// `standardMissingInputAnnouncement`: optional, default `false`.
     pub standard_missing_input_announcement: bool,
     /// `missingInputAnnouncementName`: played when nothing was recognised, before a retry.
@@ -215,6 +232,11 @@ pub struct CollectSpeechBlock {
     pub variable_name: String,
     /// `maxTries`: 1–10. Optional, default 3.
     pub max_tries: u32,
+    /// `timeout`: seconds to wait for speech to start per try, 1–300. Optional, default 10.
+    pub timeout: u32,
+    /// `asrProvider`: as for COLLECT_DIGITS. Optional.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asr_provider: Option<String>,
 }
 
 /// How a BRIDGE block calls its destinations.
@@ -260,10 +282,13 @@ pub struct BridgeDestination {
     pub destination_type: DestinationType,
     /// `destination`: required. EXTERNALNUMBER: an optional `+` and 1–32 digits. SIP_USER: at
     /// most 64 letters, digits or `-_.!~*'()&=+$,;?/` (the characters a SIP URI user part allows
-    /// unescaped). SIP_TRUNK: a trunk name, 1–255 characters without control characters.
+    /// unescaped), or a SIP URI naming one (`sip:alice@pbx.example.com`: the user part is kept,
+    /// the host is not checked). SIP_TRUNK: a trunk name, 1–255 characters without control
+    /// characters.
     pub destination: String,
-    /// `timeout`: seconds this destination rings, 1–600. Required in SEQUENTIAL mode; in PARALLEL
-    /// mode it is not used, not validated and dropped (`None`).
+    /// `timeout`: seconds this destination rings, 1–600. SEQUENTIAL mode: optional, absent it is
+    /// the block's `blockTimeout` if given, else [`DEFAULT_RING_TIMEOUT`]. PARALLEL mode: not used
+    /// (only a default for a missing `blockTimeout`) and dropped (`None`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u32>,
 }
@@ -277,8 +302,9 @@ pub struct BridgeDestination {
 pub struct BridgeBlock {
     /// `bridgeMode`: required.
     pub bridge_mode: BridgeMode,
-    /// `blockTimeout`: seconds all destinations ring together, 1–600. Required in PARALLEL mode;
-    /// in SEQUENTIAL mode it is not used, not validated and dropped.
+    /// `blockTimeout`: seconds all destinations ring together, 1–600. PARALLEL mode: optional,
+    /// absent it is the longest destination `timeout` if any, else [`DEFAULT_RING_TIMEOUT`].
+    /// SEQUENTIAL mode: only a default for destinations without `timeout`, then dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_timeout: Option<u32>,
     /// `destinations`: required, 1–[`MAX_DESTINATIONS`] entries.
@@ -315,7 +341,8 @@ pub struct ConferenceBlock {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HangupBlock {
-    /// `hangupCause`: a Q.850 name; required (TENIOS requires it too).
+    /// `hangupCause`: a Q.850 name (any case). Optional: absent, `NORMAL_CLEARING` (TENIOS apps
+    /// send a bare `{"blockType":"HANGUP"}`).
     pub hangup_cause: HangupCause,
 }
 
@@ -331,9 +358,32 @@ pub struct RoutingPlanBlock {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallSettingsBlock {
-    /// `forwardAni`: later BRIDGE legs present the caller's number (`true`) or the called number
-    /// (`false`). Required: it is the block's only setting.
-    pub forward_ani: bool,
+    /// `forwardAni`: which number later BRIDGE legs present. Required: it is the block's only
+    /// setting.
+    pub forward_ani: ForwardAni,
+}
+
+/// What CALL_SETTINGS `forwardAni` asks later BRIDGE legs to present as the calling number.
+/// Serializes back as TENIOS clients write it: a boolean, or the number as a string.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ForwardAni {
+    /// `true` (or `"true"`): the caller's number. The default before any CALL_SETTINGS.
+    #[default]
+    Caller,
+    /// `false` (or `"false"`): the called number (the access number).
+    Called,
+    /// A phone number as a string (`"+4930123456"`): present this number.
+    Number(String),
+}
+
+impl Serialize for ForwardAni {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ForwardAni::Caller => serializer.serialize_bool(true),
+            ForwardAni::Called => serializer.serialize_bool(false),
+            ForwardAni::Number(n) => serializer.serialize_str(n),
+        }
+    }
 }
 
 /// `REFER`: transfer the caller's side with SIP REFER.
@@ -627,6 +677,9 @@ fn parse_collect_digits(f: &Fields, e: &mut Errors) -> Option<Block> {
     let terminator = f.terminator(e, "terminator");
     let max_tries = f.integer_in(e, "maxTries", 1, 10, false);
     let timeout = f.integer_in(e, "timeout", 1, 300, false);
+    let allow_speech_input = f.boolean(e, "allowSpeechInput", false);
+    let language = f.language(e, "language", false);
+    let asr_provider = f.program_word(e, "asrProvider", false, 64, "provider name");
     Some(Block::CollectDigits(CollectDigitsBlock {
         standard_announcement: standard_announcement?.unwrap_or(false),
         announcement_name: announcement_name?.to_owned(),
@@ -638,25 +691,32 @@ fn parse_collect_digits(f: &Fields, e: &mut Errors) -> Option<Block> {
         terminator: terminator?.unwrap_or(Terminator::Hash),
         max_tries: max_tries?.unwrap_or(3),
         timeout: timeout?.unwrap_or(10),
+        allow_speech_input: allow_speech_input?.unwrap_or(false),
+        language: language?.map(str::to_owned),
+        asr_provider: asr_provider?.map(str::to_owned),
     }))
 }
 
 fn parse_collect_speech(f: &Fields, e: &mut Errors) -> Option<Block> {
     let standard_announcement = f.boolean(e, "standardAnnouncement", false);
-    let announcement_name = f.name(e, "announcementName", true).flatten();
+    let announcement_name = f.name(e, "announcementName", false);
     let standard_missing = f.boolean(e, "standardMissingInputAnnouncement", false);
     let missing_name = f.name(e, "missingInputAnnouncementName", false);
-    let language = f.language(e, "language");
+    let language = f.language(e, "language", true).flatten();
     let variable_name = f.variable_name(e, "variableName");
     let max_tries = f.integer_in(e, "maxTries", 1, 10, false);
+    let timeout = f.integer_in(e, "timeout", 1, 300, false);
+    let asr_provider = f.program_word(e, "asrProvider", false, 64, "provider name");
     Some(Block::CollectSpeech(CollectSpeechBlock {
         standard_announcement: standard_announcement?.unwrap_or(false),
-        announcement_name: announcement_name?.to_owned(),
+        announcement_name: announcement_name?.map(str::to_owned),
         standard_missing_input_announcement: standard_missing?.unwrap_or(false),
         missing_input_announcement_name: missing_name?.map(str::to_owned),
         language: language?.to_owned(),
         variable_name: variable_name?.to_owned(),
         max_tries: max_tries?.unwrap_or(3),
+        timeout: timeout?.unwrap_or(10),
+        asr_provider: asr_provider?.map(str::to_owned),
     }))
 }
 
@@ -666,26 +726,32 @@ fn parse_bridge(f: &Fields, e: &mut Errors) -> Option<Block> {
         ("PARALLEL", BridgeMode::Parallel),
     ];
     let mode = f.choice(e, "bridgeMode", MODES, true).flatten();
-    // Mode-dependent timeouts are only required once the mode is known; when it is invalid, a
-    // present timeout is still range-checked so the user sees every problem at once.
+    // Every present timeout is range-checked; a missing one takes its default (TENIOS's own
+    // examples leave them out), so the mode only decides which one is used.
+    let block_timeout = f.integer_in(e, "blockTimeout", 1, 600, false);
+    let destinations = parse_destinations(f, e);
+    let (mode, given, mut destinations) = (mode?, block_timeout?, destinations?);
     let block_timeout = match mode {
-        Some(BridgeMode::Parallel) => f.integer_in(e, "blockTimeout", 1, 600, true),
-        Some(BridgeMode::Sequential) => Some(None),
-        None => f.integer_in(e, "blockTimeout", 1, 600, false),
+        BridgeMode::Parallel => Some(given.unwrap_or_else(|| {
+            (destinations.iter().filter_map(|d| d.timeout).max()).unwrap_or(DEFAULT_RING_TIMEOUT)
+        })),
+        BridgeMode::Sequential => None,
     };
-    let destinations = parse_destinations(f, e, mode);
+    for d in &mut destinations {
+        d.timeout = match mode {
+            BridgeMode::Sequential => Some(d.timeout.or(given).unwrap_or(DEFAULT_RING_TIMEOUT)),
+            BridgeMode::Parallel => None,
+        };
+    }
     Some(Block::Bridge(BridgeBlock {
-        bridge_mode: mode?,
-        block_timeout: block_timeout?,
-        destinations: destinations?,
+        bridge_mode: mode,
+        block_timeout,
+        destinations,
     }))
 }
 
-fn parse_destinations(
-    f: &Fields,
-    e: &mut Errors,
-    mode: Option<BridgeMode>,
-) -> Option<Vec<BridgeDestination>> {
+/// The destinations with their own `timeout` if they have one (defaults are the caller's).
+fn parse_destinations(f: &Fields, e: &mut Errors) -> Option<Vec<BridgeDestination>> {
     const TYPES: &[(&str, DestinationType)] = &[
         (
             DestinationType::ExternalNumber.as_str(),
@@ -727,11 +793,7 @@ fn parse_destinations(
             (Some(t), Some(s)) => d.check_destination(e, t, s),
             (_, s) => s,
         };
-        let timeout = match mode {
-            Some(BridgeMode::Sequential) => d.integer_in(e, "timeout", 1, 600, true),
-            Some(BridgeMode::Parallel) => Some(None),
-            None => d.integer_in(e, "timeout", 1, 600, false),
-        };
+        let timeout = d.integer_in(e, "timeout", 1, 600, false);
         match (destination_type, destination, timeout) {
             (Some(destination_type), Some(destination), Some(timeout)) => {
                 out.push(BridgeDestination {
@@ -747,8 +809,12 @@ fn parse_destinations(
 }
 
 fn parse_hangup(f: &Fields, e: &mut Errors) -> Option<Block> {
-    let raw = f.string(e, "hangupCause", true, MAX_NAME_CHARS).flatten()?;
-    match raw.parse::<HangupCause>() {
+    let Some(raw) = f.string(e, "hangupCause", false, MAX_NAME_CHARS)? else {
+        return Some(Block::Hangup(HangupBlock {
+            hangup_cause: HangupCause::NormalClearing,
+        }));
+    };
+    match raw.trim().to_ascii_uppercase().parse::<HangupCause>() {
         Ok(hangup_cause) => Some(Block::Hangup(HangupBlock { hangup_cause })),
         Err(_) => {
             e.push(
@@ -824,7 +890,28 @@ fn parse_routing_plan(f: &Fields, e: &mut Errors) -> Option<Block> {
 }
 
 fn parse_call_settings(f: &Fields, e: &mut Errors) -> Option<Block> {
-    let forward_ani = f.boolean(e, "forwardAni", true).flatten()?;
+    const FIELD: &str = "forwardAni";
+    let forward_ani = match f.get(FIELD) {
+        None => return f.absent(e, FIELD, true).flatten(),
+        Some(Value::Bool(true)) => ForwardAni::Caller,
+        Some(Value::Bool(false)) => ForwardAni::Called,
+        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("true") => ForwardAni::Caller,
+        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("false") => ForwardAni::Called,
+        Some(Value::String(s)) if is_phone_number(s.trim()) => {
+            ForwardAni::Number(s.trim().to_owned())
+        }
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| is_phone_number(&n.to_string())) => {
+            ForwardAni::Number(n.to_string())
+        }
+        Some(other) => {
+            return f.type_error(
+                e,
+                FIELD,
+                "true, false or the phone number to present ('+' and digits)",
+                other,
+            )
+        }
+    };
     Some(Block::CallSettings(CallSettingsBlock { forward_ani }))
 }
 
@@ -988,7 +1075,12 @@ impl<'a> Fields<'a> {
             Some(Value::String(s)) => s.as_str(),
             Some(other) => return self.type_error(e, "blockType", "a string", other),
         };
-        match BLOCK_TYPES.iter().find(|t| **t == raw) {
+        // `COLLECT DIGITS` (as TENIOS's documentation titles it), `collect_digits`: one name.
+        let normalized = raw.trim().replace([' ', '-'], "_");
+        match BLOCK_TYPES
+            .iter()
+            .find(|t| t.eq_ignore_ascii_case(&normalized))
+        {
             Some(t) => Some(*t),
             None => {
                 e.push(
@@ -1008,6 +1100,9 @@ impl<'a> Fields<'a> {
         match self.get(field) {
             None => self.absent(e, field, required),
             Some(Value::Bool(b)) => Some(Some(*b)),
+            // As Jackson (TENIOS's JSON reader) coerces them.
+            Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("true") => Some(Some(true)),
+            Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("false") => Some(Some(false)),
             Some(other) => self.type_error(e, field, "true or false", other),
         }
     }
@@ -1087,14 +1182,16 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn language(&self, e: &mut Errors, field: &str) -> Option<&'a str> {
-        let s = self.string(e, field, true, 35).flatten()?;
+    fn language(&self, e: &mut Errors, field: &str, required: bool) -> Option<Option<&'a str>> {
+        let Some(s) = self.string(e, field, required, 35)? else {
+            return Some(None);
+        };
         let starts_with_letter = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
         if starts_with_letter
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
         {
-            Some(s)
+            Some(Some(s))
         } else {
             e.push(
                 self.path(field),
@@ -1144,8 +1241,14 @@ impl<'a> Fields<'a> {
             None => return self.absent(e, field, required),
             Some(v) => v,
         };
-        let Value::Number(n) = value else {
-            return self.type_error(e, field, "an integer", value);
+        let n = match value {
+            Value::Number(n) => n.clone(),
+            // A string of digits, as Jackson (TENIOS's JSON reader) coerces it.
+            Value::String(s) => match s.trim().parse::<serde_json::Number>() {
+                Ok(n) if !s.trim().is_empty() => n,
+                _ => return self.type_error(e, field, "an integer", value),
+            },
+            _ => return self.type_error(e, field, "an integer", value),
         };
         if let Some(i) = n.as_i64() {
             return Some(Some(i));
@@ -1200,7 +1303,11 @@ impl<'a> Fields<'a> {
             Some(v) => v,
         };
         if let Value::String(s) = value {
-            if let Some(&(_, t)) = options.iter().find(|(name, _)| *name == s) {
+            let s = s.trim();
+            if let Some(&(_, t)) = options
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            {
                 return Some(Some(t));
             }
         }
@@ -1318,13 +1425,18 @@ impl<'a> Fields<'a> {
         all_valid.then_some(out)
     }
 
-    /// Checks a BRIDGE destination's format for its type.
+    /// Checks a BRIDGE destination's format for its type; a SIP_USER written as a SIP URI
+    /// (`sip:alice@host`, `<sips:alice@host;transport=tcp>`, `alice@host`) gives its user part.
     fn check_destination(
         &self,
         e: &mut Errors,
         destination_type: DestinationType,
         s: &'a str,
     ) -> Option<&'a str> {
+        let s = match destination_type {
+            DestinationType::SipUser => sip_user_part(s),
+            _ => s,
+        };
         let problem = match destination_type {
             DestinationType::ExternalNumber if !is_phone_number(s) => {
                 "an EXTERNALNUMBER destination must be a phone number: an optional '+' and 1 to 32 \
@@ -1346,6 +1458,28 @@ impl<'a> Fields<'a> {
             format!("{problem} (got {})", quote(s)),
         );
         None
+    }
+}
+
+/// The user part of a SIP URI (`sip:alice@host` → `alice`); anything else as it is.
+fn sip_user_part(s: &str) -> &str {
+    let t = s.trim();
+    let t = t
+        .strip_prefix('<')
+        .and_then(|t| t.strip_suffix('>'))
+        .unwrap_or(t);
+    let lower = t.get(..5).map(str::to_ascii_lowercase).unwrap_or_default();
+    let rest = if lower.starts_with("sips:") {
+        &t[5..]
+    } else if lower.starts_with("sip:") {
+        &t[4..]
+    } else {
+        t
+    };
+    match rest.split_once('@') {
+        Some((user, host)) if !user.is_empty() && !host.is_empty() => user,
+        _ if rest.len() != t.len() && !rest.is_empty() => rest,
+        _ => s,
     }
 }
 
@@ -1474,11 +1608,16 @@ mod tests {
         v
     }
 
-    /// Integer bounds: min and max accepted; min-1, max+1, a string, a fraction rejected.
+    /// Integer bounds: min and max accepted (also as strings of digits, as Jackson coerces
+    /// them); min-1, max+1, a word, a fraction rejected.
     #[track_caller]
     fn check_int_bounds(base: &Value, field: &str, min: i64, max: i64) {
         accepted(&with(base, field, json!(min)));
         accepted(&with(base, field, json!(max)));
+        assert_eq!(
+            accepted(&with(base, field, json!(max.to_string()))),
+            accepted(&with(base, field, json!(max)))
+        );
         let msg = rejected_on(&with(base, field, json!(min - 1)), field);
         assert_eq!(
             msg,
@@ -1489,7 +1628,11 @@ mod tests {
             msg,
             format!("must be between {min} and {max} (got {})", max + 1)
         );
-        let msg = rejected_on(&with(base, field, json!(min.to_string())), field);
+        let msg = rejected_on(&with(base, field, json!((max + 1).to_string())), field);
+        assert!(msg.starts_with("must be between"), "{msg}");
+        let msg = rejected_on(&with(base, field, json!("ten")), field);
+        assert!(msg.starts_with("must be an integer"), "{msg}");
+        let msg = rejected_on(&with(base, field, json!("")), field);
         assert!(msg.starts_with("must be an integer"), "{msg}");
         let msg = rejected_on(&with(base, field, json!(1.5)), field);
         assert!(msg.starts_with("must be an integer"), "{msg}");
@@ -1508,8 +1651,17 @@ mod tests {
     fn check_bool(base: &Value, field: &str) {
         accepted(&with(base, field, json!(true)));
         accepted(&with(base, field, json!(false)));
-        let msg = rejected_on(&with(base, field, json!("true")), field);
-        assert_eq!(msg, "must be true or false (got \"true\")");
+        // Strings as Jackson coerces them.
+        assert_eq!(
+            accepted(&with(base, field, json!("TRUE"))),
+            accepted(&with(base, field, json!(true)))
+        );
+        assert_eq!(
+            accepted(&with(base, field, json!("false"))),
+            accepted(&with(base, field, json!(false)))
+        );
+        let msg = rejected_on(&with(base, field, json!("yes")), field);
+        assert_eq!(msg, "must be true or false (got \"yes\")");
     }
 
     #[track_caller]
@@ -1575,9 +1727,14 @@ mod tests {
                 terminator: Terminator::Hash,
                 max_tries: 3,
                 timeout: 10,
+                allow_speech_input: false,
+                language: None,
+                asr_provider: None,
             })
         );
-        assert_eq!(serde_json::to_value(&block).ok(), Some(v));
+        let mut back = v.clone();
+        back["allowSpeechInput"] = json!(false);
+        assert_eq!(serde_json::to_value(&block).ok(), Some(back));
     }
 
     #[test]
@@ -1646,10 +1803,10 @@ mod tests {
     #[test]
     fn all_errors_of_all_blocks_are_collected() {
         let digits = json!({"blockType":"COLLECT_DIGITS","announcementName":"p",
-            "variableName":"Pin","minDigits":0,"maxDigits":"4","terminator":"5","maxTries":11,
+            "variableName":"Pin","minDigits":0,"maxDigits":"four","terminator":"5","maxTries":11,
             "timeout":0});
-        let list = json!([digits, {"blockType":"SAY","text":"ok"}, {"blockType":"HANGUP"},
-                          {"blockType":"NOPE"}, 7]);
+        let list = json!([digits, {"blockType":"SAY","text":"ok"},
+                          {"blockType":"HANGUP","hangupCause":"LATER"}, {"blockType":"NOPE"}, 7]);
         let errors = parse_blocks(&list).err().unwrap_or_default();
         let got: Vec<(usize, Option<&str>, &str)> = errors
             .iter()
@@ -1692,11 +1849,11 @@ mod tests {
             rejected_on(&json!({"blockType":3}), "blockType"),
             "must be a string (got 3)"
         );
-        // Block types are case-sensitive, as in TENIOS.
-        rejected_on(
-            &json!({"blockType":"hangup","hangupCause":"USER_BUSY"}),
-            "blockType",
-        );
+        // Any case, and TENIOS's documentation's spelling with a space.
+        accepted(&json!({"blockType":"hangup","hangupCause":"USER_BUSY"}));
+        accepted(&json!({"blockType":"Collect Digits","announcementName":"p",
+                         "variableName":"pin","minDigits":1,"maxDigits":4}));
+        rejected_on(&json!({"blockType":"HANG UP"}), "blockType");
     }
 
     #[test]
@@ -1882,7 +2039,8 @@ mod tests {
         accepted(&with(&base, "maxDigits", json!(4)));
         let msg = rejected_on(&with(&base, "maxDigits", json!(3)), "maxDigits");
         assert_eq!(msg, "must be between 1 and 32 and >= minDigits (got 3)");
-        rejected_on(&with(&base, "maxDigits", json!("8")), "maxDigits");
+        rejected_on(&with(&base, "maxDigits", json!("3")), "maxDigits");
+        accepted(&with(&base, "maxDigits", json!("8")));
         rejected_on(&with(&base, "maxDigits", json!(8.5)), "maxDigits");
         // A whole float is an integer.
         accepted(&with(&base, "maxDigits", json!(8.0)));
@@ -1973,18 +2131,31 @@ mod tests {
             accepted(&base),
             Block::CollectSpeech(CollectSpeechBlock {
                 standard_announcement: false,
-                announcement_name: "say-your-wish".into(),
+                announcement_name: Some("say-your-wish".into()),
                 standard_missing_input_announcement: false,
                 missing_input_announcement_name: Some("pardon".into()),
                 language: "de-DE".into(),
                 variable_name: "wish".into(),
                 max_tries: 2,
+                timeout: 10,
+                asr_provider: None,
             })
         );
-        for field in ["announcementName", "language", "variableName"] {
+        for field in ["language", "variableName"] {
             check_required(&base, field);
         }
         check_int_bounds(&base, "maxTries", 1, 10);
+        check_int_bounds(&base, "timeout", 1, 300);
+        // As a TENIOS voice-bot app sends it: no announcement, a provider, a timeout.
+        let tenios = json!({"blockType":"COLLECT_SPEECH","asrProvider":"GOOGLE",
+                            "language":"de-DE","variableName":"user_input","maxTries":2,
+                            "timeout":10});
+        let Block::CollectSpeech(b) = accepted(&tenios) else {
+            panic!("not collect speech");
+        };
+        assert_eq!(b.announcement_name, None);
+        assert_eq!(b.asr_provider.as_deref(), Some("GOOGLE"));
+        rejected_on(&with(&tenios, "asrProvider", json!("a b")), "asrProvider");
         check_string_type(&base, "missingInputAnnouncementName");
         check_bool(&base, "standardMissingInputAnnouncement");
         for bad in ["de DE", "-de", "1de", "de;rm"] {
@@ -2024,47 +2195,108 @@ mod tests {
     fn bridge_mode_is_required_and_checked() {
         check_required(&sequential_bridge(), "bridgeMode");
         let msg = rejected_on(
-            &with(&sequential_bridge(), "bridgeMode", json!("sequential")),
+            &with(&sequential_bridge(), "bridgeMode", json!("serial")),
             "bridgeMode",
         );
-        assert_eq!(
-            msg,
-            "must be one of SEQUENTIAL, PARALLEL (got \"sequential\")"
-        );
+        assert_eq!(msg, "must be one of SEQUENTIAL, PARALLEL (got \"serial\")");
+        // Case does not matter.
+        accepted(&with(
+            &sequential_bridge(),
+            "bridgeMode",
+            json!("sequential"),
+        ));
     }
 
     #[test]
-    fn sequential_requires_each_destination_timeout_in_range() {
+    fn sequential_destination_timeouts_are_checked_and_default() {
         let base = sequential_bridge();
-        assert_eq!(
-            rejected_on(&unset_dest(&base, 1, "timeout"), "destinations[1].timeout"),
-            "is required"
-        );
         accepted(&set_dest(&base, 0, "timeout", json!(1)));
         accepted(&set_dest(&base, 0, "timeout", json!(600)));
-        for bad in [json!(0), json!(601), json!("25")] {
+        for bad in [json!(0), json!(601), json!("x")] {
             rejected_on(
                 &set_dest(&base, 0, "timeout", bad),
                 "destinations[0].timeout",
             );
         }
-        // blockTimeout means nothing in SEQUENTIAL mode: ignored, even if malformed.
-        let Block::Bridge(b) = accepted(&with(&base, "blockTimeout", json!("x"))) else {
+        // As TENIOS's example servers send it: no timeout at all.
+        let Block::Bridge(b) = accepted(&unset_dest(&base, 1, "timeout")) else {
             panic!("not a bridge");
         };
+        assert_eq!(b.destinations[1].timeout, Some(DEFAULT_RING_TIMEOUT));
         assert_eq!(b.block_timeout, None);
+        // A blockTimeout is the default of a destination without its own, then dropped.
+        let with_block = with(&unset_dest(&base, 1, "timeout"), "blockTimeout", json!(12));
+        let Block::Bridge(b) = accepted(&with_block) else {
+            panic!("not a bridge");
+        };
+        assert_eq!(b.destinations[0].timeout, Some(25));
+        assert_eq!(b.destinations[1].timeout, Some(12));
+        assert_eq!(b.block_timeout, None);
+        rejected_on(&with(&base, "blockTimeout", json!("x")), "blockTimeout");
     }
 
     #[test]
-    fn parallel_requires_block_timeout_in_range() {
+    fn parallel_block_timeout_is_checked_and_defaults() {
         let base = parallel_bridge();
-        check_required(&base, "blockTimeout");
         check_int_bounds(&base, "blockTimeout", 1, 600);
-        // Destination timeouts are not used in PARALLEL mode.
-        let Block::Bridge(b) = accepted(&set_dest(&base, 0, "timeout", json!(9999))) else {
+        // Destination timeouts are not used in PARALLEL mode, only checked.
+        let Block::Bridge(b) = accepted(&set_dest(&base, 0, "timeout", json!(600))) else {
             panic!("not a bridge");
         };
         assert_eq!(b.destinations[0].timeout, None);
+        rejected_on(
+            &set_dest(&base, 0, "timeout", json!(9999)),
+            "destinations[0].timeout",
+        );
+        // Without blockTimeout: the longest destination timeout, else the default.
+        let Block::Bridge(b) = accepted(&without(&base, "blockTimeout")) else {
+            panic!("not a bridge");
+        };
+        assert_eq!(b.block_timeout, Some(DEFAULT_RING_TIMEOUT));
+        let longest = set_dest(
+            &set_dest(&without(&base, "blockTimeout"), 0, "timeout", json!(20)),
+            1,
+            "timeout",
+            json!(45),
+        );
+        let Block::Bridge(b) = accepted(&longest) else {
+            panic!("not a bridge");
+        };
+        assert_eq!(b.block_timeout, Some(45));
+    }
+
+    #[test]
+    fn sip_user_destinations_may_be_sip_uris() {
+        let base = parallel_bridge();
+        for (written, user) in [
+            ("sip:alice@pbx.example.com", "alice"),
+            ("SIP:alice@10.0.0.1:5060", "alice"),
+            ("sips:bob.smith@example.com;transport=tls", "bob.smith"),
+            ("<sip:1001@204671.tenios.com>", "1001"),
+            ("carol@example.com", "carol"),
+            ("sip:dave", "dave"),
+            ("erin", "erin"),
+        ] {
+            let v = set_dest(
+                &set_dest(&base, 0, "destinationType", json!("SIP_USER")),
+                0,
+                "destination",
+                json!(written),
+            );
+            let Block::Bridge(b) = accepted(&v) else {
+                panic!("not a bridge");
+            };
+            assert_eq!(b.destinations[0].destination, user, "{written}");
+        }
+        for bad in ["sip:@example.com", "sip:a b@example.com", "<sip:>"] {
+            let v = set_dest(
+                &set_dest(&base, 0, "destinationType", json!("SIP_USER")),
+                0,
+                "destination",
+                json!(bad),
+            );
+            rejected_on(&v, "destinations[0].destination");
+        }
     }
 
     #[test]
@@ -2152,7 +2384,9 @@ mod tests {
         }
         accepted(&user("alice.smith"));
         accepted(&user("1001"));
-        for bad in ["a@b", "a b", "<x>", "a:b", &"u".repeat(65)] {
+        // A SIP URI names its user.
+        accepted(&user("a@b"));
+        for bad in ["a b", "<x>", "a:b", "@b", &"u".repeat(65)] {
             rejected_on(&user(bad), "destinations[0].destination");
         }
         accepted(&trunk("Carrier One"));
@@ -2174,7 +2408,7 @@ mod tests {
     // ----- HANGUP, ROUTINGPLAN, CALL_SETTINGS, REFER -------------------------------------------
 
     #[test]
-    fn hangup_cause_is_required_and_a_q850_name() {
+    fn hangup_cause_is_optional_and_a_q850_name() {
         let base = json!({"blockType":"HANGUP","hangupCause":"CALL_REJECTED"});
         assert_eq!(
             accepted(&base),
@@ -2185,7 +2419,24 @@ mod tests {
         for c in HangupCause::ALL {
             accepted(&with(&base, "hangupCause", json!(c.as_str())));
         }
-        check_required(&base, "hangupCause");
+        // TENIOS apps send a bare HANGUP: a normal clearing.
+        for bare in [
+            without(&base, "hangupCause"),
+            with(&base, "hangupCause", Value::Null),
+        ] {
+            assert_eq!(
+                accepted(&bare),
+                Block::Hangup(HangupBlock {
+                    hangup_cause: HangupCause::NormalClearing
+                })
+            );
+        }
+        assert_eq!(
+            accepted(&with(&base, "hangupCause", json!("user_busy"))),
+            Block::Hangup(HangupBlock {
+                hangup_cause: HangupCause::UserBusy
+            })
+        );
         check_string_type(&base, "hangupCause");
         let msg = rejected_on(&with(&base, "hangupCause", json!("BUSY")), "hangupCause");
         assert!(msg.starts_with("must be a Q.850 cause name"), "{msg}");
@@ -2206,14 +2457,33 @@ mod tests {
     }
 
     #[test]
-    fn call_settings_forward_ani_is_required_boolean() {
+    fn call_settings_forward_ani_is_a_boolean_or_a_number() {
         let base = json!({"blockType":"CALL_SETTINGS","forwardAni":false});
+        let settings = |v: Value| accepted(&with(&base, "forwardAni", v));
+        let expect = |forward_ani| Block::CallSettings(CallSettingsBlock { forward_ani });
+        assert_eq!(accepted(&base), expect(ForwardAni::Called));
+        assert_eq!(settings(json!(true)), expect(ForwardAni::Caller));
+        assert_eq!(settings(json!("true")), expect(ForwardAni::Caller));
+        assert_eq!(settings(json!("False")), expect(ForwardAni::Called));
+        let number = ForwardAni::Number("+4930123456".into());
+        assert_eq!(settings(json!("+4930123456")), expect(number.clone()));
         assert_eq!(
-            accepted(&base),
-            Block::CallSettings(CallSettingsBlock { forward_ani: false })
+            settings(json!(4930123456_u64)),
+            expect(ForwardAni::Number("4930123456".into()))
+        );
+        // It serializes back as it came.
+        assert_eq!(
+            serde_json::to_value(expect(number)).ok(),
+            Some(json!({"blockType":"CALL_SETTINGS","forwardAni":"+4930123456"}))
         );
         check_required(&base, "forwardAni");
-        check_bool(&base, "forwardAni");
+        for bad in [json!("yes"), json!("+49 30"), json!(-5), json!([true])] {
+            let msg = rejected_on(&with(&base, "forwardAni", bad), "forwardAni");
+            assert!(
+                msg.starts_with("must be true, false or the phone number"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]
@@ -2451,15 +2721,31 @@ mod tests {
                 terminator: Terminator::Star,
                 max_tries: 5,
                 timeout: 300,
+                allow_speech_input: true,
+                language: Some("de-DE".into()),
+                asr_provider: Some("GOOGLE".into()),
             }),
             Block::CollectSpeech(CollectSpeechBlock {
                 standard_announcement: false,
-                announcement_name: "speak".into(),
+                announcement_name: Some("speak".into()),
                 standard_missing_input_announcement: true,
                 missing_input_announcement_name: Some("again".into()),
                 language: "en-US".into(),
                 variable_name: "said".into(),
                 max_tries: 1,
+                timeout: 5,
+                asr_provider: None,
+            }),
+            Block::CollectSpeech(CollectSpeechBlock {
+                standard_announcement: false,
+                announcement_name: None,
+                standard_missing_input_announcement: false,
+                missing_input_announcement_name: None,
+                language: "de-DE".into(),
+                variable_name: "said".into(),
+                max_tries: 3,
+                timeout: 10,
+                asr_provider: Some("MICROSOFT".into()),
             }),
             Block::Bridge(BridgeBlock {
                 bridge_mode: BridgeMode::Sequential,
@@ -2492,7 +2778,12 @@ mod tests {
             Block::RoutingPlan(RoutingPlanBlock {
                 routingplan_name: "other".into(),
             }),
-            Block::CallSettings(CallSettingsBlock { forward_ani: true }),
+            Block::CallSettings(CallSettingsBlock {
+                forward_ani: ForwardAni::Caller,
+            }),
+            Block::CallSettings(CallSettingsBlock {
+                forward_ani: ForwardAni::Number("+4930".into()),
+            }),
             Block::Refer(ReferBlock {
                 destination: "sip:bob@example.com".into(),
             }),
@@ -2605,28 +2896,32 @@ mod tests {
     fn serialized_shape_uses_the_spec_field_names() {
         let json = serde_json::to_value(one_of_each()).unwrap_or_default();
         assert_eq!(
-            json[6],
+            json[7],
             json!({"blockType":"BRIDGE","bridgeMode":"SEQUENTIAL","destinations":[
                 {"destinationType":"SIP_TRUNK","destination":"carrier","timeout":600},
                 {"destinationType":"EXTERNALNUMBER","destination":"+4930","timeout":1}]})
         );
         assert_eq!(
-            json[12],
+            json[14],
             json!({"blockType":"CALL_CONTROL","url":"https://cc.example.com/","accessKey":"secret",
                    "variables":{"x":"1"},"timeout":100})
         );
         assert_eq!(
-            json[14],
+            json[16],
             json!({"blockType":"ASK_URL","url":"https://ask","timeout":60,
                    "timeoutDestination":{"dtype":"hangup"},"hangupUrl":"https://h"})
         );
         assert_eq!(
-            json[9],
+            json[10],
             json!({"blockType":"ROUTINGPLAN","routingplanName":"other"})
         );
         assert_eq!(
-            json[10],
+            json[11],
             json!({"blockType":"CALL_SETTINGS","forwardAni":true})
+        );
+        assert_eq!(
+            json[12],
+            json!({"blockType":"CALL_SETTINGS","forwardAni":"+4930"})
         );
     }
 

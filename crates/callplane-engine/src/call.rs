@@ -4,7 +4,9 @@
 //! touches a call's state.
 
 use crate::askurl::{encode_form, parse_reply, LegStatus};
-use crate::blocks::{parse_blocks, Block, BridgeBlock, ConferenceBlock, DestinationType};
+use crate::blocks::{
+    parse_blocks, Block, BridgeBlock, ConferenceBlock, DestinationType, ForwardAni,
+};
 use crate::callstate::{CallStateSender, CallStateSubscriber, CallStateTarget};
 use crate::conference::JoinError;
 use crate::dial::{AttemptEnd, AttemptId, Dial, DialInput, DialOutput};
@@ -243,7 +245,7 @@ struct BridgeRun {
     /// Which BRIDGE of the call this is: late launch results of an earlier one are refused.
     serial: u64,
     dial: Dial,
-    forward_ani: bool,
+    forward_ani: ForwardAni,
     slots: Vec<AttemptSlot>,
     events_tx: mpsc::UnboundedSender<Addressed<AttemptEvent>>,
     events: mpsc::UnboundedReceiver<Addressed<AttemptEvent>>,
@@ -1092,6 +1094,7 @@ impl Call {
         self.set_caller_state(LegState::Answered);
         let now = now_utc();
         self.answer_time = Some(now);
+        self.flow.set_answered_time(now);
         self.answered_at = Some(Instant::now());
         if let Some(l) = self.legs.first_mut() {
             l.answer = Some(now);
@@ -1752,7 +1755,12 @@ impl Call {
 
     // ---- BRIDGE ----
 
-    fn start_bridge(&mut self, block: BridgeBlock, forward_ani: bool, leg_urls: Option<LegUrls>) {
+    fn start_bridge(
+        &mut self,
+        block: BridgeBlock,
+        forward_ani: ForwardAni,
+        leg_urls: Option<LegUrls>,
+    ) {
         let (events_tx, events) = mpsc::unbounded_channel();
         self.bridges_run += 1;
         self.bridge = Some(BridgeRun {
@@ -1909,12 +1917,19 @@ impl Call {
         self.legs.push(LegRecord::dialled(&dest));
         b.put_slot(attempt, record, None);
         let id = &self.bridge_as;
+        // A caller ID the API set wins over CALL_SETTINGS; a number CALL_SETTINGS set is
+        // presented like the caller's own.
+        let (caller, forward_ani) = match (&id.caller_id, &b.forward_ani) {
+            (Some(number), _) | (None, ForwardAni::Number(number)) => (number.clone(), true),
+            (None, ForwardAni::Caller) => (self.caller.clone(), true),
+            (None, ForwardAni::Called) => (self.caller.clone(), false),
+        };
         let job = LaunchJob {
             svc: self.svc.clone(),
             tenant: self.tenant.clone(),
-            caller: id.caller_id.clone().unwrap_or_else(|| self.caller.clone()),
+            caller,
             called: self.called.clone(),
-            forward_ani: b.forward_ani || id.caller_id.is_some(),
+            forward_ani,
             kind: dest.destination_type,
             destination: dest.destination,
             from_display: id.display.clone(),

@@ -6,7 +6,7 @@
 use crate::askurl::AskUrlReply;
 use crate::blocks::{
     parse_blocks, AskUrlBlock, AskUrlDestinationType, Block, BridgeBlock, BridgeDestination,
-    BridgeMode, CallControlBlock, CollectDigitsBlock, ConferenceBlock, DestinationType,
+    BridgeMode, CallControlBlock, CollectDigitsBlock, ConferenceBlock, DestinationType, ForwardAni,
     TimeoutDestination,
 };
 use crate::hangup::HangupCause;
@@ -82,7 +82,7 @@ pub enum Action {
     /// Call the destinations; report `BridgeConnected`/`BridgeFailed`, then `BridgeEnded`.
     Bridge {
         block: BridgeBlock,
-        forward_ani: bool,
+        forward_ani: ForwardAni,
         /// Set when ASK_URL chose the destination.
         leg_urls: Option<LegUrls>,
     },
@@ -273,7 +273,7 @@ pub struct CallFlow {
     step: Step,
     vars: CallVariables,
     answered: bool,
-    forward_ani: bool,
+    forward_ani: ForwardAni,
     next_play_id: u64,
     timer: Option<Instant>,
     actions: VecDeque<Action>,
@@ -299,7 +299,7 @@ impl CallFlow {
             step: Step::Idle,
             vars,
             answered: false,
-            forward_ani: true,
+            forward_ani: ForwardAni::Caller,
             next_play_id: 1,
             timer: None,
             actions: VecDeque::new(),
@@ -365,6 +365,11 @@ impl CallFlow {
 
     pub fn variables(&self) -> &CallVariables {
         &self.vars
+    }
+
+    /// The call was answered at `at` (the `answered_time` variable).
+    pub fn set_answered_time(&mut self, at: chrono::DateTime<chrono::Utc>) {
+        self.vars.set_answered(at);
     }
 
     pub fn is_done(&self) -> bool {
@@ -748,7 +753,7 @@ impl CallFlow {
         let leg_urls = (urls.answer_url.is_some() || urls.hangup_url.is_some()).then_some(urls);
         self.actions.push_back(Action::Bridge {
             block,
-            forward_ani: self.forward_ani,
+            forward_ani: self.forward_ani.clone(),
             leg_urls,
         });
         self.step = Step::Bridging;
@@ -853,7 +858,7 @@ impl CallFlow {
                 Block::Bridge(b) => {
                     self.actions.push_back(Action::Bridge {
                         block: b,
-                        forward_ani: self.forward_ani,
+                        forward_ani: self.forward_ani.clone(),
                         leg_urls: None,
                     });
                     self.step = Step::Bridging;
@@ -981,7 +986,7 @@ impl CallFlow {
         };
         if digits.len() >= block.min_digits as usize {
             let (name, value) = (block.variable_name.clone(), std::mem::take(digits));
-            let _ = self.vars.set(&name, &value);
+            let _ = self.vars.set_collected(&name, &value);
             self.actions.push_back(Action::Collected {
                 variable: name,
                 digits: value.clone(),
@@ -997,7 +1002,7 @@ impl CallFlow {
             // Out of tries: the variable is set empty and the plan goes on, so the plan (or
             // the customer's webhook) decides what an empty answer means.
             let name = block.variable_name.clone();
-            let _ = self.vars.set(&name, "");
+            let _ = self.vars.set_collected(&name, "");
             self.actions.push_back(Action::Collected {
                 variable: name,
                 digits: String::new(),
@@ -1210,7 +1215,7 @@ mod tests {
         assert!(matches!(
             &a[..],
             [Action::Bridge {
-                forward_ani: true,
+                forward_ani: ForwardAni::Caller,
                 ..
             }]
         ));
@@ -1281,7 +1286,7 @@ mod tests {
         assert!(matches!(
             &drain(&mut f)[..],
             [Action::Bridge {
-                forward_ani: false,
+                forward_ani: ForwardAni::Called,
                 ..
             }]
         ));

@@ -18,16 +18,23 @@ pub const CALLER_ID_NUMBER: &str = "caller_id_number";
 pub const DESTINATION_NUMBER: &str = "destination_number";
 /// When the call arrived, RFC 3339 UTC with a `Z`, whole seconds (`2024-05-01T10:00:00Z`).
 pub const CALL_START_TIME: &str = "call_start_time";
+/// When the call was answered, as TENIOS (FreeSWITCH underneath) sends it: microseconds since
+/// the Unix epoch as a decimal string, `"0"` until the call is answered.
+pub const ANSWERED_TIME: &str = "answered_time";
 /// Why the last BRIDGE block did not connect: `no_answer`, `busy` or `failed`.
 pub const BRIDGE_RESULT: &str = "bridge_result";
+/// What a COLLECT block stores under `variableName` is also stored under this prefix and the
+/// name (`collected_pin` for `pin`): TENIOS apps read it there.
+pub const COLLECTED_PREFIX: &str = "collected_";
 
 /// The variables Callplane sets for every call; blocks and webhooks may read but not overwrite them.
-pub const RESERVED: [&str; 5] = [
+pub const RESERVED: [&str; 6] = [
     CALL_UUID,
     CORRELATION_ID,
     CALLER_ID_NUMBER,
     DESTINATION_NUMBER,
     CALL_START_TIME,
+    ANSWERED_TIME,
 ];
 
 /// Whether `name` is one of the always-present variables in [`RESERVED`].
@@ -67,7 +74,20 @@ impl CallVariables {
             CALL_START_TIME.to_owned(),
             call_start_time.to_rfc3339_opts(SecondsFormat::Secs, true),
         );
+        map.insert(ANSWERED_TIME.to_owned(), "0".to_owned());
         CallVariables(map)
+    }
+
+    /// Records when the call was answered (`answered_time`).
+    pub fn set_answered(&mut self, at: DateTime<Utc>) {
+        self.0
+            .insert(ANSWERED_TIME.to_owned(), at.timestamp_micros().to_string());
+    }
+
+    /// Stores what a COLLECT block collected under `name` and under `collected_<name>`.
+    pub fn set_collected(&mut self, name: &str, value: &str) -> Result<(), VariableError> {
+        self.set(name, value)?;
+        self.set(format!("{COLLECTED_PREFIX}{name}"), value)
     }
 
     /// Sets (or replaces) a variable. Refuses the empty name and the [`RESERVED`] names.
@@ -186,7 +206,8 @@ mod tests {
         assert_eq!(v.get(CALLER_ID_NUMBER), Some("+4922155400300"));
         assert_eq!(v.get(DESTINATION_NUMBER), Some("+498912345"));
         assert_eq!(v.get(CALL_START_TIME), Some("2024-05-01T10:00:07Z"));
-        assert_eq!(v.len(), 5);
+        assert_eq!(v.get(ANSWERED_TIME), Some("0"));
+        assert_eq!(v.len(), 6);
         assert!(!v.is_empty());
     }
 
@@ -209,6 +230,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "answered_time",
                 "bridge_result",
                 "call_start_time",
                 "call_uuid",
@@ -247,9 +269,24 @@ mod tests {
                 "caller_id_number": "+4922155400300",
                 "destination_number": "+498912345",
                 "call_start_time": "2024-05-01T10:00:07Z",
+                "answered_time": "0",
                 "pin": "0042"
             })
         );
         assert_eq!(serde_json::to_value(&v).ok(), Some(v.to_json()));
+    }
+
+    #[test]
+    fn answered_time_is_epoch_microseconds_and_collected_values_are_stored_twice() {
+        let mut v = sample();
+        let at = Utc.timestamp_opt(1_700_000_000, 123_456_000).single();
+        v.set_answered(at.unwrap_or_default());
+        assert_eq!(v.get(ANSWERED_TIME), Some("1700000000123456"));
+        assert_eq!(v.set_collected("pin", "42"), Ok(()));
+        assert_eq!(
+            (v.get("pin"), v.get("collected_pin")),
+            (Some("42"), Some("42"))
+        );
+        assert!(v.set_collected(CALL_UUID, "x").is_err());
     }
 }

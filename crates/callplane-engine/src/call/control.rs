@@ -360,7 +360,10 @@ impl Call {
     ) -> Result<(), CommandRefused> {
         self.check_transfer(from)?;
         let from_leg = self.connected_record().map(|r| r as u32);
-        let forward_ani = self.bridge.as_ref().is_some_and(|b| b.forward_ani);
+        let forward_ani = self
+            .bridge
+            .as_ref()
+            .map_or(ForwardAni::Called, |b| b.forward_ani.clone());
         info!(call = %self.uuid, to = %to.destination, "blind transfer");
         self.flow
             .set_variable("transferred_to", to.destination.clone());

@@ -349,6 +349,8 @@ async fn originate(
     for (k, v) in &d.req.variables {
         let _ = vars.set(k.clone(), v.clone());
     }
+    // The called party answered before the session starts.
+    vars.set_answered(now_utc());
     let blocks = std::mem::take(&mut d.req.blocks);
     let flow = CallFlow::new(blocks, vars)
         .with_max_call_control_loops(svc.max_call_control_loops)
