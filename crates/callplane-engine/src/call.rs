@@ -92,6 +92,8 @@ enum HangupBy {
     System,
     /// An API command (`POST /v1/calls/{id}/hangup`).
     Api,
+    /// The caller's side took the call elsewhere (a REFER block).
+    Referred,
 }
 
 impl HangupBy {
@@ -101,6 +103,7 @@ impl HangupBy {
             HangupBy::Callee => "callee",
             HangupBy::System => "system",
             HangupBy::Api => "api",
+            HangupBy::Referred => "referred",
         }
     }
 }
@@ -1052,8 +1055,50 @@ impl Call {
                     self.emit_for(0, EventKind::DigitsCollected { variable, digits })
                 }
                 Action::BlocksDone => self.emit_for(0, EventKind::BlocksDone),
+                Action::Refer { id, destination } => self.send_refer(id, destination),
+                Action::Referred {
+                    destination,
+                    status,
+                } => self.referred(destination, status).await,
             }
         }
+    }
+
+    /// Sends REFER off the actor; `Input::ReferAnswered` comes back through `inputs`.
+    fn send_refer(&mut self, id: u64, destination: String) {
+        info!(call = %self.uuid, %destination, "REFER");
+        let reinviter = self.leg.reinviter();
+        let inputs = self.inputs_tx.clone();
+        let uuid = self.uuid.clone();
+        tokio::spawn(async move {
+            let status = match reinviter.refer(&destination).await {
+                Ok(status) => Some(status),
+                Err(e) => {
+                    warn!(call = %uuid, error = %e, "REFER could not be sent");
+                    None
+                }
+            };
+            let _ = inputs.send(Input::ReferAnswered { id, status });
+        });
+    }
+
+    /// The caller's side transferred the call (REFER block): our part ends with BYE, and the
+    /// CDR has a `refer` leg naming where it went.
+    async fn referred(&mut self, destination: String, status: u16) {
+        info!(call = %self.uuid, %destination, status, "call referred");
+        let now = now_utc();
+        self.legs.push(LegRecord {
+            direction: "refer",
+            destination_type: None,
+            destination,
+            start: now,
+            answer: Some(now),
+            end: Some(now),
+            sip_status: Some(status),
+            cause: Some(HangupCause::NormalClearing),
+        });
+        self.hangup(HangupCause::NormalClearing, HangupBy::Referred)
+            .await;
     }
 
     /// Reads a stored plan off the actor; `Input::PlanLoaded` comes back through `inputs`.
@@ -1287,6 +1332,16 @@ impl Call {
                     .await
             }
             Some(InboundEvent::Dtmf(d)) => self.on_digit(d, None),
+            Some(InboundEvent::ReferProgress(p)) => {
+                info!(call = %self.uuid, status = p.status, done = p.done, "REFER progress");
+                self.flow.handle(
+                    Input::ReferProgress {
+                        status: p.status,
+                        done: p.done,
+                    },
+                    Instant::now(),
+                );
+            }
             Some(InboundEvent::Reinvite { sdp, responder }) => {
                 let parsed = sdp.as_deref().map(negotiate_sdp).transpose();
                 match parsed {
@@ -2208,6 +2263,8 @@ impl Call {
             OutboundEvent::Failed { status } => DialInput::Failed { attempt, status },
             OutboundEvent::RemoteBye => DialInput::RemoteBye { attempt },
             OutboundEvent::Dtmf(_) => return, // taken above
+            // We send no REFER to a callee.
+            OutboundEvent::ReferProgress(_) => return,
             OutboundEvent::Reinvite { sdp, responder } => {
                 // The callee's hold, resume or session refresh: answered from its leg's own
                 // description (same o= session id, direction mirrored, its telephone-event).

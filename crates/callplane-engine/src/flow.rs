@@ -108,6 +108,39 @@ pub enum Action {
     /// Blocks run on the call through the API are done; the call waits for more (a claimed
     /// call) or its plan goes on.
     BlocksDone,
+    /// Send SIP REFER to the caller's side with `destination` (a URI, or a number at the
+    /// peer's host); report `ReferAnswered { id }` with its final status, then the NOTIFYs as
+    /// `ReferProgress`.
+    Refer { id: u64, destination: String },
+    /// The caller's side took the call elsewhere (REFER accepted, NOTIFY 2xx): end our part
+    /// with BYE; the CDR says it was referred to `destination` (`status`: the NOTIFY's).
+    Referred { destination: String, status: u16 },
+}
+
+/// How long a REFER block waits for the transfer's outcome (REFER answered and a final
+/// NOTIFY) before it gives up and the plan goes on with `refer_result=timeout`.
+pub const REFER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a REFER block did not end the call, as stored in `refer_result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferResult {
+    /// The REFER itself was refused (a final non-2xx, `refer_status` holds it) or could not
+    /// be sent.
+    Rejected,
+    /// Accepted, but the NOTIFY reported the transfer failed (`refer_status`: its status).
+    Failed,
+    /// No outcome within [`REFER_TIMEOUT`].
+    Timeout,
+}
+
+impl ReferResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReferResult::Rejected => "rejected",
+            ReferResult::Failed => "failed",
+            ReferResult::Timeout => "timeout",
+        }
+    }
 }
 
 /// Why a CONFERENCE block ended with the caller still there, as stored in `conference_result`.
@@ -188,6 +221,16 @@ pub enum Input {
     /// request) — or, on a call an application claimed, the call waits for more. Blocks
     /// posted while earlier ones run replace them.
     RunBlocks(Vec<Block>),
+    /// The final response to REFER `id`: its status, or `None` when it could not be sent.
+    ReferAnswered {
+        id: u64,
+        status: Option<u16>,
+    },
+    /// A NOTIFY about the REFER in progress.
+    ReferProgress {
+        status: u16,
+        done: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +264,11 @@ enum Step {
     AskUrl {
         id: u64,
         block: AskUrlBlock,
+    },
+    /// A REFER block waiting for the transfer's outcome.
+    Referring {
+        id: u64,
+        destination: String,
     },
     Done,
 }
@@ -411,6 +459,7 @@ impl CallFlow {
         match self.step {
             Step::Collect { .. } => self.finish_try(now),
             Step::Webhook(_) => self.call_control_failed("no answer within the timeout", now),
+            Step::Referring { .. } => self.refer_failed(ReferResult::Timeout, None, now),
             Step::AskUrl { .. } => {
                 if let Step::AskUrl { block, .. } = std::mem::replace(&mut self.step, Step::Idle) {
                     self.ask_url_failed(block, "no answer within the timeout", now);
@@ -514,7 +563,53 @@ impl CallFlow {
                     self.step = Step::Bridging;
                 }
             }
+            Input::ReferAnswered { id, status } => {
+                if !matches!(&self.step, Step::Referring { id: current, .. } if *current == id) {
+                    return;
+                }
+                match status {
+                    Some(200..=299) => {} // accepted: the NOTIFYs tell the rest
+                    other => self.refer_failed(ReferResult::Rejected, other, now),
+                }
+            }
+            Input::ReferProgress { status, done } => {
+                let Step::Referring { destination, .. } = &self.step else {
+                    return;
+                };
+                if (200..300).contains(&status) {
+                    let destination = destination.clone();
+                    let _ = self.vars.set("refer_status", status.to_string());
+                    self.hangup = Some(HangupCause::NormalClearing);
+                    self.timer = None;
+                    self.step = Step::Done;
+                    self.actions.push_back(Action::Referred {
+                        destination,
+                        status,
+                    });
+                } else if done {
+                    let failed = (status >= 300).then_some(status);
+                    self.refer_failed(ReferResult::Failed, failed, now);
+                }
+            }
         }
+    }
+
+    /// A REFER block ends without a transfer: `refer_result` (and `refer_status` when a SIP
+    /// status says why) are set and the plan goes on.
+    fn refer_failed(&mut self, result: ReferResult, status: Option<u16>, now: Instant) {
+        tracing::info!(
+            result = result.as_str(),
+            ?status,
+            "REFER did not transfer the call"
+        );
+        let _ = self.vars.set("refer_result", result.as_str());
+        let _ = self.vars.set(
+            "refer_status",
+            status.map(|s| s.to_string()).unwrap_or_default(),
+        );
+        self.timer = None;
+        self.step = Step::Idle;
+        self.advance(now);
     }
 
     /// Stops whatever runs — a prompt, a collection, a bridge, a conference seat, or a wait
@@ -530,7 +625,8 @@ impl CallFlow {
             | Step::Controlled
             | Step::Webhook(_)
             | Step::AskUrl { .. }
-            | Step::LoadingPlan => {}
+            | Step::LoadingPlan
+            | Step::Referring { .. } => {}
         }
         self.timer = None;
         self.step = Step::Idle;
@@ -604,6 +700,10 @@ impl CallFlow {
             Step::Collect { .. } => self.actions.push_back(Action::StopPlay),
             Step::Bridging | Step::Bridged => self.actions.push_back(Action::StopBridge),
             Step::Conference => self.actions.push_back(Action::LeaveConference),
+            // Stop waiting for the transfer's outcome (the peer may still carry it out).
+            Step::Referring { .. } => {
+                let _ = self.vars.set("refer_result", "interrupted");
+            }
         }
         self.timer = None;
         self.step = Step::Idle;
@@ -902,9 +1002,24 @@ impl CallFlow {
                     self.timer = Some(now + timeout);
                     self.step = Step::AskUrl { id, block: b };
                 }
+                Block::Refer(b) => {
+                    // REFER needs a confirmed dialog: answer first (TENIOS's REFER block is
+                    // for calls from SIP trunks, which it answers too).
+                    self.ensure_answered();
+                    let id = self.next_id();
+                    self.actions.push_back(Action::Refer {
+                        id,
+                        destination: b.destination.clone(),
+                    });
+                    self.timer = Some(now + REFER_TIMEOUT);
+                    self.step = Step::Referring {
+                        id,
+                        destination: b.destination,
+                    };
+                }
                 other => {
-                    // Speech and transfer blocks come with later work; skipping them keeps
-                    // the rest of the plan (and the caller) going.
+                    // Speech blocks come with later work; skipping them keeps the rest of
+                    // the plan (and the caller) going.
                     tracing::warn!(
                         block = other.block_type(),
                         "block not supported yet; skipped"
@@ -1944,5 +2059,190 @@ mod tests {
                 name: "sales".into()
             }]
         );
+    }
+
+    fn refer_plan() -> CallFlow {
+        flow(json!([
+            {"blockType":"REFER","destination":"+4930123"},
+            {"blockType":"HANGUP","hangupCause":"CALL_REJECTED"}
+        ]))
+    }
+
+    /// Starts a REFER plan: answer, then the REFER; its id.
+    fn start_refer(f: &mut CallFlow, t: Instant) -> u64 {
+        f.start(t);
+        let a = drain(f);
+        assert!(matches!(a[0], Action::Answer), "{a:?}");
+        match &a[1] {
+            Action::Refer { id, destination } if destination == "+4930123" => *id,
+            other => panic!("expected a REFER, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refer_accepted_and_notified_ok_ends_the_call_as_referred() {
+        let t = Instant::now();
+        let mut f = refer_plan();
+        let id = start_refer(&mut f, t);
+        f.handle(
+            Input::ReferAnswered {
+                id,
+                status: Some(202),
+            },
+            t,
+        );
+        f.handle(
+            Input::ReferProgress {
+                status: 100,
+                done: false,
+            },
+            t,
+        );
+        assert!(drain(&mut f).is_empty(), "still waiting");
+        f.handle(
+            Input::ReferProgress {
+                status: 200,
+                done: true,
+            },
+            t,
+        );
+        assert_eq!(
+            drain(&mut f),
+            [Action::Referred {
+                destination: "+4930123".into(),
+                status: 200
+            }]
+        );
+        assert!(f.is_done());
+        assert_eq!(f.hangup_cause(), Some(HangupCause::NormalClearing));
+        // A late answer to the REFER changes nothing.
+        f.handle(
+            Input::ReferAnswered {
+                id,
+                status: Some(202),
+            },
+            t,
+        );
+        assert!(drain(&mut f).is_empty());
+    }
+
+    #[test]
+    fn a_notify_before_the_202_still_counts() {
+        let t = Instant::now();
+        let mut f = refer_plan();
+        let id = start_refer(&mut f, t);
+        f.handle(
+            Input::ReferProgress {
+                status: 200,
+                done: true,
+            },
+            t,
+        );
+        f.handle(
+            Input::ReferAnswered {
+                id,
+                status: Some(202),
+            },
+            t,
+        );
+        assert!(matches!(drain(&mut f)[..], [Action::Referred { .. }]));
+    }
+
+    #[test]
+    fn refused_failed_or_silent_refers_continue_the_plan_with_refer_result() {
+        let t = Instant::now();
+        for (name, inputs, result, status) in [
+            (
+                "refused",
+                vec![Input::ReferAnswered {
+                    id: 0,
+                    status: Some(603),
+                }],
+                "rejected",
+                "603",
+            ),
+            (
+                "unsendable",
+                vec![Input::ReferAnswered {
+                    id: 0,
+                    status: None,
+                }],
+                "rejected",
+                "",
+            ),
+            (
+                "failed",
+                vec![
+                    Input::ReferAnswered {
+                        id: 0,
+                        status: Some(202),
+                    },
+                    Input::ReferProgress {
+                        status: 180,
+                        done: false,
+                    },
+                    Input::ReferProgress {
+                        status: 486,
+                        done: true,
+                    },
+                ],
+                "failed",
+                "486",
+            ),
+            (
+                "given up",
+                vec![
+                    Input::ReferAnswered {
+                        id: 0,
+                        status: Some(202),
+                    },
+                    Input::ReferProgress {
+                        status: 100,
+                        done: true,
+                    },
+                ],
+                "failed",
+                "",
+            ),
+        ] {
+            let mut f = refer_plan();
+            let id = start_refer(&mut f, t);
+            for input in inputs {
+                let input = match input {
+                    Input::ReferAnswered { status, .. } => Input::ReferAnswered { id, status },
+                    other => other,
+                };
+                f.handle(input, t);
+            }
+            assert_eq!(
+                drain(&mut f),
+                [Action::Hangup {
+                    cause: HangupCause::CallRejected
+                }],
+                "{name}: the plan goes on"
+            );
+            assert_eq!(f.variables().get("refer_result"), Some(result), "{name}");
+            assert_eq!(f.variables().get("refer_status"), Some(status), "{name}");
+        }
+        // No outcome at all within the timeout.
+        let mut f = refer_plan();
+        let id = start_refer(&mut f, t);
+        f.handle(
+            Input::ReferAnswered {
+                id,
+                status: Some(202),
+            },
+            t,
+        );
+        f.handle_timeout(t + REFER_TIMEOUT - Duration::from_millis(1));
+        assert!(drain(&mut f).is_empty());
+        f.handle_timeout(t + REFER_TIMEOUT);
+        assert_eq!(
+            drain(&mut f),
+            [Action::Hangup {
+                cause: HangupCause::CallRejected
+            }]
+        );
+        assert_eq!(f.variables().get("refer_result"), Some("timeout"));
     }
 }

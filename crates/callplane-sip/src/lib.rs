@@ -17,7 +17,8 @@ mod validate;
 pub use network::Network;
 pub use server::{
     Answerer, InboundCall, InboundEvent, InboundLeg, OutboundCall, OutboundEvent, OutboundLeg,
-    ReinviteAnswer, ReinviteResponder, Reinviter, SipConfig, SipDirectory, SipServer,
+    ReferProgress, ReinviteAnswer, ReinviteResponder, Reinviter, SipConfig, SipDirectory,
+    SipServer,
 };
 
 /// The transport a SIP peer uses.

@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 /// How long a nonce we issued stays good (then `stale=true`).
 const NONCE_LIFETIME_SECS: u64 = 300;
 
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER, NOTIFY";
 
 /// Listening addresses and policies of the SIP server.
 #[derive(Debug, Clone)]
@@ -155,6 +155,43 @@ pub enum InboundEvent {
         sdp: Option<String>,
         responder: ReinviteResponder,
     },
+    /// How a REFER we sent is going (its NOTIFY, already answered 200).
+    ReferProgress(ReferProgress),
+}
+
+/// What a NOTIFY of the `refer` event package says (RFC 3515 §2.4.5): the status line of the
+/// `message/sipfrag` body, and whether the subscription is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReferProgress {
+    /// The status code of the referred call's latest response (100 while trying).
+    pub status: u16,
+    /// `Subscription-State: terminated`, or a final status: no more NOTIFYs will come.
+    pub done: bool,
+}
+
+impl ReferProgress {
+    /// Reads a refer NOTIFY's body and `Subscription-State`; `None` when the body holds no
+    /// SIP status line.
+    pub fn parse(sipfrag: &str, subscription_state: Option<&str>) -> Option<ReferProgress> {
+        let line = sipfrag.lines().find(|l| !l.trim().is_empty())?;
+        let mut words = line.split_whitespace();
+        if !words.next()?.eq_ignore_ascii_case("SIP/2.0") {
+            return None;
+        }
+        let status: u16 = words.next()?.parse().ok()?;
+        if !(100..700).contains(&status) {
+            return None;
+        }
+        let terminated = subscription_state.is_some_and(|s| {
+            s.split(';')
+                .next()
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("terminated"))
+        });
+        Some(ReferProgress {
+            status,
+            done: terminated || status >= 200,
+        })
+    }
 }
 
 /// Answers a re-INVITE with our current SDP.
@@ -194,6 +231,54 @@ pub struct ReinviteAnswer {
 }
 
 impl Reinviter {
+    /// Sends REFER (RFC 3515) with `Refer-To: <target>` and waits for its final response's
+    /// status (202 accepted; the outcome then comes as `ReferProgress` events). A `target`
+    /// without a URI scheme is a number: `sip:<target>@<the peer's host>`. Waits up to 2 s for
+    /// the dialog to be confirmed (a REFER right after our 200 may beat the ACK).
+    pub async fn refer(&self, target: &str) -> Result<u16, SipError> {
+        let deadline = tokio::time::Instant::now() + BYE_WAITS_FOR_ACK;
+        while !matches!(self.dialog.state(), DialogState::Confirmed(..)) {
+            if matches!(self.dialog.state(), DialogState::Terminated(..))
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Err(SipError::Stack("the dialog is not confirmed".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let uri = self.refer_uri(target);
+        let resp = self
+            .dialog
+            .refer(format!("<{uri}>"), None, None)
+            .await?
+            .ok_or_else(|| SipError::Stack("the dialog is not confirmed".into()))?;
+        Ok(resp.status_code.code())
+    }
+
+    /// `target` as a URI: as it is with a scheme, else a number at the peer's host (the From
+    /// host of an inbound call, the Request-URI host of one we placed).
+    fn refer_uri(&self, target: &str) -> String {
+        let lower = target.to_ascii_lowercase();
+        if ["sip:", "sips:", "tel:"]
+            .iter()
+            .any(|s| lower.starts_with(s))
+        {
+            return target.to_owned();
+        }
+        let req = self.dialog.initial_request();
+        let host = match self.dialog.role() {
+            rsipstack::transaction::key::TransactionRole::Server => req
+                .from_header()
+                .ok()
+                .and_then(|f| f.typed().ok())
+                .map(|f| f.uri.host_with_port.to_string()),
+            _ => Some(req.uri.host_with_port.to_string()),
+        };
+        format!(
+            "sip:{target}@{}",
+            host.unwrap_or_else(|| "localhost".into())
+        )
+    }
+
     /// Sends a re-INVITE with our `sdp` offer and waits for its final response (a 491 glare
     /// is retried after RFC 3261's random wait, at most three times). An error when the dialog
     /// is not confirmed (no ACK yet, or over) or the transaction failed.
@@ -218,6 +303,7 @@ enum InDialog {
         sdp: Option<String>,
         responder: ReinviteResponder,
     },
+    ReferProgress(ReferProgress),
     Done,
 }
 
@@ -242,8 +328,26 @@ async fn answer_in_dialog(state: DialogState) -> InDialog {
             handle.reply(StatusCode::OK).await.ok();
             InDialog::Done
         }
+        DialogState::Notify(_, req, handle)
+            if header_values(&req, "Event")
+                .chain(header_values(&req, "o"))
+                .any(|e| {
+                    e.split(';')
+                        .next()
+                        .is_some_and(|p| p.trim().eq_ignore_ascii_case("refer"))
+                }) =>
+        {
+            let state = header_values(&req, "Subscription-State").next();
+            let progress = ReferProgress::parse(&String::from_utf8_lossy(&req.body), state);
+            handle.reply(StatusCode::OK).await.ok();
+            progress.map_or(InDialog::Done, InDialog::ReferProgress)
+        }
+        // A NOTIFY of another event package: no subscription of ours.
+        DialogState::Notify(_, _, handle) => {
+            handle.reply(StatusCode::from(481)).await.ok();
+            InDialog::Done
+        }
         DialogState::Refer(_, _, handle)
-        | DialogState::Notify(_, _, handle)
         | DialogState::Message(_, _, handle)
         | DialogState::Publish(_, _, handle) => {
             handle.reply(StatusCode::from(501)).await.ok();
@@ -315,6 +419,7 @@ async fn forward_inbound(
             other => match Box::pin(answer_in_dialog(other)).await {
                 InDialog::Dtmf(d) => InboundEvent::Dtmf(d),
                 InDialog::Reinvite { sdp, responder } => InboundEvent::Reinvite { sdp, responder },
+                InDialog::ReferProgress(p) => InboundEvent::ReferProgress(p),
                 InDialog::Done => continue,
             },
         };
@@ -503,6 +608,8 @@ pub enum OutboundEvent {
         sdp: Option<String>,
         responder: ReinviteResponder,
     },
+    /// How a REFER we sent is going (its NOTIFY, already answered 200).
+    ReferProgress(ReferProgress),
 }
 
 /// The client side of a call we placed. Like [`InboundLeg`], its dialog states and the
@@ -594,6 +701,7 @@ async fn forward_outbound(
                     other => match Box::pin(answer_in_dialog(other)).await {
                         InDialog::Dtmf(d) => OutboundEvent::Dtmf(d),
                         InDialog::Reinvite { sdp, responder } => OutboundEvent::Reinvite { sdp, responder },
+                        InDialog::ReferProgress(p) => OutboundEvent::ReferProgress(p),
                         InDialog::Done => continue,
                     },
                 }
@@ -1609,6 +1717,47 @@ fn httpdate_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refer_notify_bodies() {
+        let p = |body: &str, state: Option<&str>| ReferProgress::parse(body, state);
+        assert_eq!(
+            p("SIP/2.0 100 Trying\r\n", Some("active;expires=60")),
+            Some(ReferProgress {
+                status: 100,
+                done: false
+            })
+        );
+        assert_eq!(
+            p("SIP/2.0 200 OK", Some("terminated;reason=noresource")),
+            Some(ReferProgress {
+                status: 200,
+                done: true
+            })
+        );
+        // A final status ends it even when the subscription still says active.
+        assert_eq!(
+            p("\r\nsip/2.0 486 Busy Here\r\n", None).map(|p| p.done),
+            Some(true)
+        );
+        // Terminated without a final status (the transferee gave up).
+        assert_eq!(
+            p("SIP/2.0 180 Ringing", Some(" Terminated ")),
+            Some(ReferProgress {
+                status: 180,
+                done: true
+            })
+        );
+        for bad in [
+            "",
+            "HTTP/1.1 200 OK",
+            "SIP/2.0 abc",
+            "SIP/2.0 99 Odd",
+            "SIP/2.0",
+        ] {
+            assert_eq!(p(bad, None), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn contact_parsing() {

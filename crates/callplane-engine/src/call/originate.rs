@@ -273,7 +273,7 @@ async fn originate(
                     OutboundEvent::RemoteBye => {
                         return finish_unanswered(&svc, &mut d, &mut events, HangupCause::NormalClearing, HangupBy::Callee, None);
                     }
-                    OutboundEvent::Dtmf(_) => {}
+                    OutboundEvent::Dtmf(_) | OutboundEvent::ReferProgress(_) => {}
                     OutboundEvent::Reinvite { responder, .. } => responder.reject(491).await,
                 }
             }
@@ -322,6 +322,7 @@ async fn originate(
                     InboundEvent::Failed(format!("the dialog failed ({status})"))
                 }
                 OutboundEvent::Dtmf(c) => InboundEvent::Dtmf(c),
+                OutboundEvent::ReferProgress(p) => InboundEvent::ReferProgress(p),
                 OutboundEvent::Reinvite { sdp, responder } => {
                     InboundEvent::Reinvite { sdp, responder }
                 }

@@ -191,7 +191,7 @@ impl Call {
                 self.supervisor_gone(Some(status), HangupCause::from_sip_status(status))
             }
             OutboundEvent::RemoteBye => self.supervisor_gone(None, HangupCause::NormalClearing),
-            OutboundEvent::Dtmf(_) => {}
+            OutboundEvent::Dtmf(_) | OutboundEvent::ReferProgress(_) => {}
             OutboundEvent::Reinvite { sdp, responder } => {
                 let answer = match sdp.as_deref().map(negotiate_sdp) {
                     Some(Ok(n)) => {
