@@ -84,6 +84,8 @@ pub enum HookReply {
     Json(serde_json::Value),
     /// This status, content type and body.
     Raw(u16, &'static str, String),
+    /// This status, content type and binary body (audio).
+    Bytes(u16, &'static str, Vec<u8>),
     /// Never answer; keep the connection open until the client gives up.
     Hang,
 }
@@ -243,8 +245,9 @@ fn serve_connection(conn: TcpStream, s: &Shared) {
         s.requests.lock().expect("lock").push(req.clone());
         s.arrived.notify_all();
         let (status, ctype, body) = match (s.handler)(&req) {
-            HookReply::Json(v) => (200, "application/json", v.to_string()),
-            HookReply::Raw(status, ctype, body) => (status, ctype, body),
+            HookReply::Json(v) => (200, "application/json", v.to_string().into_bytes()),
+            HookReply::Raw(status, ctype, body) => (status, ctype, body.into_bytes()),
+            HookReply::Bytes(status, ctype, body) => (status, ctype, body),
             HookReply::Hang => {
                 // Hold the connection without a word until the client closes it.
                 let mut sink = [0u8; 512];
@@ -256,11 +259,13 @@ fn serve_connection(conn: TcpStream, s: &Shared) {
                 return;
             }
         };
-        let resp = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+        let mut resp = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
             body.len()
-        );
-        if writer.write_all(resp.as_bytes()).is_err() {
+        )
+        .into_bytes();
+        resp.extend_from_slice(&body);
+        if writer.write_all(&resp).is_err() {
             return;
         }
     }

@@ -647,6 +647,19 @@ fn parse_say(f: &Fields, e: &mut Errors) -> Option<Block> {
     let text = f.string(e, "text", true, MAX_SAY_TEXT_CHARS).flatten();
     let voice_name = f.program_word(e, "voiceName", false, MAX_NAME_CHARS, "voice name");
     let use_ssml = f.boolean(e, "useSsml", false);
+    let text = match (text, &use_ssml) {
+        (Some(t), Some(Some(true))) => match crate::tts::Ssml::parse(t) {
+            Ok(_) => Some(t),
+            Err(why) => {
+                e.push(
+                    f.path("text"),
+                    format!("must be valid SSML when useSsml is true: {why}"),
+                );
+                None
+            }
+        },
+        (t, _) => t,
+    };
     Some(Block::Say(SayBlock {
         text: text?.to_owned(),
         voice_name: voice_name?.map(str::to_owned),
@@ -1980,6 +1993,31 @@ mod tests {
                 use_ssml: false
             })
         );
+        // TENIOS voice names.
+        for voice in ["de.female.1", "en-us.male.2", "en-au.female.1"] {
+            accepted(&with(&base, "voiceName", json!(voice)));
+        }
+        // With useSsml the text must be SSML; without, markup is just text.
+        accepted(&with(
+            &base,
+            "text",
+            json!("<speak>Hallo <break time=\"1s\"/></speak>"),
+        ));
+        let msg = rejected_on(
+            &with(&base, "text", json!("<speak>Hallo <blink/></speak>")),
+            "text",
+        );
+        assert!(
+            msg.starts_with("must be valid SSML when useSsml is true: <blink>"),
+            "{msg}"
+        );
+        rejected_on(&with(&base, "text", json!("<speak>Hallo")), "text");
+        let plain = with(
+            &with(&base, "text", json!("<speak>Hallo")),
+            "useSsml",
+            json!(false),
+        );
+        accepted(&plain);
     }
 
     // ----- COLLECT_DIGITS ----------------------------------------------------------------------

@@ -1195,8 +1195,9 @@ impl Call {
                     standard: a.standard_announcement,
                 }),
                 Block::Say(s) => Some(Prompt::Tts {
-                    text: self.flow.variables().expand(&s.text),
+                    text: self.flow.variables().expand_for(&s.text, s.use_ssml),
                     voice: s.voice_name,
+                    ssml: s.use_ssml,
                 }),
                 _ => None,
             })

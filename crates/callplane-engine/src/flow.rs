@@ -64,8 +64,12 @@ pub struct LegUrls {
 pub enum Prompt {
     /// A tenant announcement (`standard == false`) or one from the standard prompt set.
     Announcement { name: String, standard: bool },
-    /// Text to speech.
-    Tts { text: String, voice: Option<String> },
+    /// Text to speech; `ssml`: the text is an SSML document (checked when the block was).
+    Tts {
+        text: String,
+        voice: Option<String>,
+        ssml: bool,
+    },
     /// Digits read one by one from the digit prompts (`digit-0` … `digit-hash`).
     Digits(String),
 }
@@ -927,10 +931,11 @@ impl CallFlow {
                 }
                 Block::Say(b) => {
                     self.ensure_answered();
-                    let text = self.vars.expand(&b.text);
+                    let text = self.vars.expand_for(&b.text, b.use_ssml);
                     let id = self.play(vec![Prompt::Tts {
                         text,
                         voice: b.voice_name,
+                        ssml: b.use_ssml,
                     }]);
                     self.step = Step::Playing(id);
                 }

@@ -1,10 +1,11 @@
 //! Turns a `Prompt` into 8 kHz audio: tenant announcements (files named in the store),
 //! standard prompts (the shipped prompt set), digit prompts and espeak-ng text to speech.
 //! Decoded audio is cached by file path (and the file's modification time and size, so an
-//! announcement replaced through the API is heard at the next call), TTS output by text and
-//! voice, so a busy prompt is read from disk once.
+//! announcement replaced through the API is heard at the next call), TTS output by provider,
+//! voice and text (see `tts.rs`), so a busy prompt is read from disk once.
 
 use crate::flow::Prompt;
+use crate::tts::{Ssml, TtsProvider, TtsText};
 use callplane_store::Store;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +20,9 @@ pub struct PromptConfig {
     pub prompts_dir: PathBuf,
     /// Generated TTS audio.
     pub tts_cache_dir: PathBuf,
-    /// The espeak-ng program; `None` when it is not installed (SAY then fails over).
-    pub espeak: Option<String>,
+    /// Text-to-speech providers, in order of preference: a SAY goes to the next one when one
+    /// fails. Empty when none is available (SAY then fails over).
+    pub tts: Vec<Arc<dyn TtsProvider>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +33,7 @@ pub enum PromptError {
     UnknownStandard(String),
     #[error("cannot read {path}: {reason}")]
     Unreadable { path: String, reason: String },
-    #[error("text to speech is not available (espeak-ng not installed)")]
+    #[error("text to speech is not available (no provider: espeak-ng not installed)")]
     NoTts,
     #[error("text to speech failed: {0}")]
     TtsFailed(String),
@@ -164,84 +166,70 @@ impl PromptLibrary {
                 }
                 Ok(out.into())
             }
-            Prompt::Tts { text, voice } => self.tts(text, voice.as_deref()),
+            Prompt::Tts { text, voice, ssml } => self.tts(text, voice.as_deref(), *ssml),
         }
     }
 
-    fn tts(&self, text: &str, voice: Option<&str>) -> Result<Arc<[i16]>, PromptError> {
-        let espeak = self.cfg.espeak.as_deref().ok_or(PromptError::NoTts)?;
-        let voice = voice.unwrap_or("en");
-        let key = {
-            use sha2::{Digest, Sha256};
-            let mut h = Sha256::new();
-            h.update(voice.as_bytes());
-            h.update([0]);
-            h.update(text.as_bytes());
-            let d = h.finalize();
-            d.iter()
-                .take(16)
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+    /// Speaks `text` with the first provider that can: each provider's file is cached by
+    /// (provider, its voice, SSML or text, the text).
+    fn tts(&self, text: &str, voice: Option<&str>, ssml: bool) -> Result<Arc<[i16]>, PromptError> {
+        let text = if ssml {
+            TtsText::Ssml(
+                Ssml::parse(text).map_err(|e| PromptError::TtsFailed(format!("SSML: {e}")))?,
+            )
+        } else {
+            TtsText::Plain(text.to_owned())
         };
-        let path = self.cfg.tts_cache_dir.join(format!("{key}.wav"));
-        if !path.exists() {
-            std::fs::create_dir_all(&self.cfg.tts_cache_dir)
-                .map_err(|e| PromptError::TtsFailed(format!("cannot create TTS cache dir: {e}")))?;
-            let tmp = path.with_extension("tmp.wav");
-            // Text goes through stdin, never the command line, so no text is taken as an option.
-            let mut child = std::process::Command::new(espeak)
-                .arg("-v")
-                .arg(voice)
-                .arg("-w")
-                .arg(&tmp)
-                .arg("--stdin")
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| PromptError::TtsFailed(e.to_string()))?;
-            if let Some(mut stdin) = child.stdin.take() {
-                use std::io::Write;
-                stdin
-                    .write_all(text.as_bytes())
-                    .map_err(|e| PromptError::TtsFailed(e.to_string()))?;
+        let mut last = PromptError::NoTts;
+        for provider in &self.cfg.tts {
+            let (resolved, note) = provider.voice(voice);
+            if let Some(note) = note {
+                tracing::info!(provider = provider.id(), requested = ?voice, voice = %resolved, "SAY voice: {note}");
             }
-            // A hung synthesiser must not hold the prompt (nor this blocking thread) for ever.
-            let deadline = std::time::Instant::now() + TTS_TIMEOUT;
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => break status,
-                    Ok(None) if std::time::Instant::now() < deadline => {
-                        std::thread::sleep(std::time::Duration::from_millis(5))
-                    }
-                    Ok(None) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(PromptError::TtsFailed(format!(
-                            "{espeak} did not finish within {} s",
-                            TTS_TIMEOUT.as_secs()
-                        )));
-                    }
-                    Err(e) => return Err(PromptError::TtsFailed(e.to_string())),
+            let (kind, body) = text.key_text();
+            let key = {
+                use sha2::{Digest, Sha256};
+                let mut h = Sha256::new();
+                for part in [provider.id(), resolved.as_str(), kind, body] {
+                    h.update(part.as_bytes());
+                    h.update([0]);
                 }
+                let d = h.finalize();
+                d.iter()
+                    .take(16)
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
             };
-            if !status.success() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
+            let path = self.cfg.tts_cache_dir.join(format!("{key}.wav"));
+            if !path.exists() {
+                std::fs::create_dir_all(&self.cfg.tts_cache_dir).map_err(|e| {
+                    PromptError::TtsFailed(format!("cannot create TTS cache dir: {e}"))
+                })?;
+                let tmp = path.with_extension(format!("{}.tmp.wav", std::process::id()));
+                if let Err(e) = provider.render(&text, &resolved, &tmp) {
+                    let _ = std::fs::remove_file(&tmp);
+                    tracing::warn!(provider = provider.id(), voice = %resolved, error = %e, "text to speech failed");
+                    last = PromptError::TtsFailed(format!("{}: {e}", provider.id()));
+                    continue;
                 }
-                return Err(PromptError::TtsFailed(err.trim().to_string()));
+                std::fs::rename(&tmp, &path).map_err(|e| PromptError::TtsFailed(e.to_string()))?;
             }
-            std::fs::rename(&tmp, &path).map_err(|e| PromptError::TtsFailed(e.to_string()))?;
+            match self.load(&path) {
+                Ok(audio) => return Ok(audio),
+                Err(e) => {
+                    // A bad file must not stay cached.
+                    let _ = std::fs::remove_file(&path);
+                    last = e;
+                }
+            }
         }
-        self.load(&path)
+        Err(last)
     }
 }
 
-/// How long espeak-ng may take to render one text before it is killed and the SAY fails over.
-const TTS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a provider may take to render one text before it is given up (the next provider,
+/// or the SAY fails over).
+pub const TTS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Finds espeak-ng on PATH (or at the configured path); None when missing.
 pub fn find_program(name: &str) -> Option<String> {
@@ -303,7 +291,7 @@ mod tests {
                 sounds_dir: dir.clone(),
                 prompts_dir: dir.clone(),
                 tts_cache_dir: dir.clone(),
-                espeak: None,
+                tts: Vec::new(),
             },
             store,
         );

@@ -132,6 +132,23 @@ impl CallVariables {
         &self.0
     }
 
+    /// [`expand`](Self::expand) for a SAY text; in SSML (`ssml`) the values are XML-escaped, so
+    /// a variable cannot change the markup.
+    pub fn expand_for(&self, text: &str, ssml: bool) -> String {
+        if !ssml {
+            return self.expand(text);
+        }
+        let mut escaped = self.clone();
+        for v in escaped.0.values_mut() {
+            *v = v
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;");
+        }
+        escaped.expand(text)
+    }
+
     /// Replaces `${name}` with the variable's value (empty when unset), for SAY texts.
     pub fn expand(&self, text: &str) -> String {
         let mut out = String::with_capacity(text.len());

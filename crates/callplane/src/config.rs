@@ -209,6 +209,51 @@ impl Default for ClickToDialSection {
     }
 }
 
+/// `[tts]`: an OpenAI-compatible speech endpoint tried before the built-in espeak-ng (which
+/// stays the fallback, so a SAY is not silent when the endpoint fails).
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TtsSection {
+    /// The endpoint, e.g. `https://api.openai.com/v1/audio/speech`; absent: espeak-ng only.
+    pub url: Option<String>,
+    /// Bearer key for the endpoint; write-only (never logged).
+    pub api_key: Option<String>,
+    pub model: String,
+    /// The endpoint's voice for a SAY without `voiceName`, or with one not in `voices`.
+    pub default_voice: String,
+    /// SAY `voiceName` (e.g. TENIOS's `de.female.1`) → the endpoint's voice name.
+    pub voices: std::collections::BTreeMap<String, String>,
+    /// Seconds one synthesis may take before the next provider is asked.
+    pub timeout: f64,
+}
+
+impl Default for TtsSection {
+    fn default() -> Self {
+        TtsSection {
+            url: None,
+            api_key: None,
+            model: "tts-1".into(),
+            default_voice: "alloy".into(),
+            voices: Default::default(),
+            timeout: 10.0,
+        }
+    }
+}
+
+// By hand so that the key never reaches a log line.
+impl std::fmt::Debug for TtsSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TtsSection")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("model", &self.model)
+            .field("default_voice", &self.default_voice)
+            .field("voices", &self.voices)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 /// The file's shape: `[server]` plus the provisioning lists. Spelled out rather than
 /// flattened so that TOML errors keep their line numbers.
 #[derive(Debug, Deserialize)]
@@ -218,6 +263,8 @@ struct ConfigFile {
     server: ServerSection,
     #[serde(default)]
     click_to_dial: ClickToDialSection,
+    #[serde(default)]
+    tts: TtsSection,
     #[serde(default)]
     tenants: Vec<callplane_store::model::Tenant>,
     #[serde(default)]
@@ -278,6 +325,7 @@ pub struct ConfiguredApiKey {
 pub struct Config {
     pub server: ServerSection,
     pub click_to_dial: ClickToDialSection,
+    pub tts: TtsSection,
     pub provisioning: Provisioning,
     pub api_keys: Vec<ConfiguredApiKey>,
 }
@@ -291,6 +339,7 @@ impl Config {
         let mut cfg = Config {
             server: file.server,
             click_to_dial: file.click_to_dial,
+            tts: file.tts,
             provisioning: Provisioning {
                 tenants: file.tenants,
                 numbers: file.numbers,
@@ -387,6 +436,23 @@ impl Config {
                     message: format!("{n:?} is not an address or CIDR network"),
                 });
             }
+        }
+        if let Some(url) = &self.tts.url {
+            let lower = url.to_ascii_lowercase();
+            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                errors.push(FieldError {
+                    object: "tts".into(),
+                    field: "url".into(),
+                    message: format!("{url:?} is not an http:// or https:// URL"),
+                });
+            }
+        }
+        if !(self.tts.timeout.is_finite() && (0.1..=120.0).contains(&self.tts.timeout)) {
+            errors.push(FieldError {
+                object: "tts".into(),
+                field: "timeout".into(),
+                message: "must be between 0.1 and 120 seconds".into(),
+            });
         }
         let s = &self.server;
         for (i, n) in s.trusted_networks.iter().enumerate() {
@@ -534,6 +600,7 @@ impl Config {
         Config {
             server,
             click_to_dial: ClickToDialSection::default(),
+            tts: TtsSection::default(),
             provisioning,
             api_keys: Vec::new(),
         }

@@ -8,6 +8,7 @@ mod metrics;
 
 use anyhow::{bail, Context};
 use callplane_engine::prompts::{find_program, PromptConfig};
+use callplane_engine::tts::{EspeakTts, EspeakVoices, HttpTts, TtsProvider};
 use callplane_engine::{Engine, EngineConfig};
 use callplane_media::{MediaConfig, MediaEngine};
 use callplane_sip::digest::Algorithm;
@@ -227,6 +228,38 @@ impl SipDirectory for Directory {
 }
 
 /// The kernel's host name, for the ask-URL `server` field.
+/// The SAY providers in order: the configured HTTP endpoint first, espeak-ng (when installed)
+/// as the fallback.
+fn tts_providers(
+    t: &config::TtsSection,
+    espeak: Option<String>,
+) -> anyhow::Result<Vec<Arc<dyn TtsProvider>>> {
+    let timeout = std::time::Duration::from_secs_f64(t.timeout);
+    let mut providers: Vec<Arc<dyn TtsProvider>> = Vec::new();
+    if let Some(url) = &t.url {
+        let http = HttpTts::new(
+            url.clone(),
+            t.api_key.clone(),
+            t.model.clone(),
+            t.default_voice.clone(),
+            t.voices.clone(),
+            timeout,
+        )
+        .map_err(|e| anyhow::anyhow!("[tts]: {e}"))?;
+        info!(url = %url, model = %t.model, "SAY speaks through an HTTP TTS endpoint (espeak-ng as the fallback)");
+        providers.push(Arc::new(http));
+    }
+    if let Some(program) = espeak {
+        let voices = EspeakVoices::list(&program);
+        providers.push(Arc::new(EspeakTts {
+            program,
+            voices,
+            timeout,
+        }));
+    }
+    Ok(providers)
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -358,7 +391,7 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
                 sounds_dir: s.sounds_dir.clone(),
                 prompts_dir: s.prompts_dir.clone(),
                 tts_cache_dir: s.data_dir.join("tts-cache"),
-                espeak,
+                tts: tts_providers(&cfg.tts, espeak)?,
             },
             webhooks: callplane_engine::webhook::WebhookConfig {
                 max_per_host: s.webhook_max_per_host.max(1),
