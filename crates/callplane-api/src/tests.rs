@@ -2143,7 +2143,7 @@ async fn placing_a_call_checks_its_fields_realm_and_destination() {
             "plan",
         ),
         (
-            json!({"to": to_alice, "callerId": "1", "blocks": [{"blockType": "HANGUP"}]}),
+            json!({"to": to_alice, "callerId": "1", "blocks": [{"blockType": "HANGUP", "hangupCause": "LATER"}]}),
             "validation_failed",
             "blocks[0].hangupCause",
         ),

@@ -39,7 +39,7 @@ pub const MAX_ACCESS_KEY_CHARS: usize = 1024;
 pub const DEFAULT_RING_TIMEOUT: u32 = 30;
 
 /// Every `blockType` this vocabulary knows, in the spec's order.
-pub const BLOCK_TYPES: [&str; 13] = [
+pub const BLOCK_TYPES: [&str; 14] = [
     "ANNOUNCEMENT",
     "SAY",
     "SAY_DIGITS",
@@ -53,6 +53,7 @@ pub const BLOCK_TYPES: [&str; 13] = [
     "CALL_CONTROL",
     "ASK_URL",
     "CONFERENCE",
+    "STREAM",
 ];
 
 /// Most participants a CONFERENCE may allow.
@@ -93,6 +94,8 @@ pub enum Block {
     /// Callplane extension: joins the caller to the tenant's named conference room.
     #[serde(rename = "CONFERENCE")]
     Conference(ConferenceBlock),
+    #[serde(rename = "STREAM")]
+    Stream(StreamBlock),
 }
 
 impl Block {
@@ -112,6 +115,7 @@ impl Block {
             Block::CallControl(_) => "CALL_CONTROL",
             Block::AskUrl(_) => "ASK_URL",
             Block::Conference(_) => "CONFERENCE",
+            Block::Stream(_) => "STREAM",
         }
     }
 }
@@ -416,6 +420,50 @@ pub struct CallControlBlock {
     pub fallback_plan: Option<String>,
 }
 
+/// Which audio a STREAM block sends to its WebSocket server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamTrack {
+    /// What the caller says (Twilio's `inbound_track`).
+    Inbound,
+    /// What the caller hears from us (prompts, the server's own audio).
+    Outbound,
+    /// Both, as separate `media` messages.
+    Both,
+}
+
+impl StreamTrack {
+    pub fn wants(self, track: callplane_media::Track) -> bool {
+        matches!(
+            (self, track),
+            (StreamTrack::Both, _)
+                | (StreamTrack::Inbound, callplane_media::Track::Inbound)
+                | (StreamTrack::Outbound, callplane_media::Track::Outbound)
+        )
+    }
+}
+
+/// `STREAM` (Callplane extension for voice bots): the call's audio to a WebSocket server in
+/// the Twilio Media Streams format, and the server's audio back to the caller, until the
+/// server closes the socket or sends `stop`; then the plan goes on (`stream_result`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamBlock {
+    /// `url`: required, `ws://` or `wss://` with a host.
+    pub url: String,
+    /// `track`: `inbound` (default), `outbound` or `both`.
+    pub track: StreamTrack,
+    /// `parameters`: sent as `start.customParameters`. Optional; scalars as strings, at most
+    /// [`MAX_VARIABLES`] entries.
+    pub parameters: BTreeMap<String, String>,
+    /// `timeout`: seconds the stream may last at most, 1–86400. Optional, default 3600.
+    pub timeout: u32,
+    /// `fallbackPlan`: the plan to continue in when the server cannot be reached. Optional:
+    /// absent, the plan continues after this block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_plan: Option<String>,
+}
+
 /// A `dtype` of the ask-URL protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -604,6 +652,7 @@ pub fn parse_block(index: usize, value: &Value) -> Result<Block, Vec<ValidationE
         "CALL_CONTROL" => parse_call_control(&fields, e),
         "ASK_URL" => parse_ask_url(&fields, e),
         "CONFERENCE" => parse_conference(&fields, e),
+        "STREAM" => parse_stream(&fields, e),
         _ => None,
     };
     match block {
@@ -959,7 +1008,7 @@ fn parse_refer(f: &Fields, e: &mut Errors) -> Option<Block> {
 fn parse_call_control(f: &Fields, e: &mut Errors) -> Option<Block> {
     let url = f.url(e, "url", true).flatten();
     let access_key = f.string(e, "accessKey", false, MAX_ACCESS_KEY_CHARS);
-    let variables = f.variables(e, "variables");
+    let variables = f.variables(e, "variables", true);
     let timeout = f.integer_in(e, "timeout", 100, 60_000, false);
     let fallback_plan = f.name(e, "fallbackPlan", false);
     Some(Block::CallControl(CallControlBlock {
@@ -977,6 +1026,52 @@ const ASK_URL_DTYPES: &[(&str, AskUrlDestinationType)] = &[
     ("plan", AskUrlDestinationType::Plan),
     ("hangup", AskUrlDestinationType::Hangup),
 ];
+
+fn parse_stream(f: &Fields, e: &mut Errors) -> Option<Block> {
+    const TRACKS: &[(&str, StreamTrack)] = &[
+        ("inbound", StreamTrack::Inbound),
+        ("outbound", StreamTrack::Outbound),
+        ("both", StreamTrack::Both),
+    ];
+    let url = f.string(e, "url", true, MAX_URL_CHARS).flatten();
+    let url = match url {
+        Some(u) if !is_ws_url(u) => {
+            e.push(
+                f.path("url"),
+                format!(
+                    "must be a ws:// or wss:// URL with a host and no spaces (got {})",
+                    quote(u)
+                ),
+            );
+            None
+        }
+        u => u,
+    };
+    let track = f.choice(e, "track", TRACKS, false);
+    let parameters = f.variables(e, "parameters", false);
+    let timeout = f.integer_in(e, "timeout", 1, 86_400, false);
+    let fallback_plan = f.name(e, "fallbackPlan", false);
+    Some(Block::Stream(StreamBlock {
+        url: url?.to_owned(),
+        track: track?.unwrap_or(StreamTrack::Inbound),
+        parameters: parameters?,
+        timeout: timeout?.unwrap_or(3600),
+        fallback_plan: fallback_plan?.map(str::to_owned),
+    }))
+}
+
+/// A `ws://` or `wss://` URL with a host (the http check, on the same rest).
+fn is_ws_url(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase();
+    let rest = if lower.starts_with("wss://") {
+        s.get(6..)
+    } else if lower.starts_with("ws://") {
+        s.get(5..)
+    } else {
+        None
+    };
+    rest.is_some_and(|r| is_http_url(&format!("http://{r}")))
+}
 
 fn parse_ask_url(f: &Fields, e: &mut Errors) -> Option<Block> {
     let url = f.url(e, "url", true).flatten();
@@ -1367,7 +1462,14 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn variables(&self, e: &mut Errors, field: &str) -> Option<BTreeMap<String, String>> {
+    /// A map of scalars as strings; `call_variables`: its names become call variables, so
+    /// the reserved ones are refused.
+    fn variables(
+        &self,
+        e: &mut Errors,
+        field: &str,
+        call_variables: bool,
+    ) -> Option<BTreeMap<String, String>> {
         let map = match self.get(field) {
             None => return Some(BTreeMap::new()),
             Some(Value::Object(map)) => map,
@@ -1395,7 +1497,7 @@ impl<'a> Fields<'a> {
                 ))
             } else if name.chars().any(char::is_control) {
                 Some("a variable name must not contain control characters".to_owned())
-            } else if variables::is_reserved(name) {
+            } else if call_variables && variables::is_reserved(name) {
                 Some(format!(
                     "{} is set by Callplane for every call and cannot be overwritten",
                     quote(name)
@@ -1848,7 +1950,7 @@ mod tests {
             errors[7].to_string(),
             "block 3: field 'blockType': unknown block type \"NOPE\" (expected one of \
              ANNOUNCEMENT, SAY, SAY_DIGITS, COLLECT_DIGITS, COLLECT_SPEECH, BRIDGE, HANGUP, ROUTINGPLAN, \
-             CALL_SETTINGS, REFER, CALL_CONTROL, ASK_URL, CONFERENCE)"
+             CALL_SETTINGS, REFER, CALL_CONTROL, ASK_URL, CONFERENCE, STREAM)"
         );
     }
 
@@ -2865,7 +2967,45 @@ mod tests {
                 enter_announcement_name: Some("welcome".into()),
                 standard_enter_announcement: false,
             }),
+            Block::Stream(StreamBlock {
+                url: "wss://bot.example.com/media".into(),
+                track: StreamTrack::Both,
+                parameters: BTreeMap::from([("call_uuid".to_owned(), "x".to_owned())]),
+                timeout: 86_400,
+                fallback_plan: Some("human".into()),
+            }),
         ]
+    }
+
+    #[test]
+    fn stream_fields_and_defaults() {
+        let base = json!({"blockType":"STREAM","url":"ws://127.0.0.1:9000/bot"});
+        assert_eq!(
+            accepted(&base),
+            Block::Stream(StreamBlock {
+                url: "ws://127.0.0.1:9000/bot".into(),
+                track: StreamTrack::Inbound,
+                parameters: BTreeMap::new(),
+                timeout: 3600,
+                fallback_plan: None,
+            })
+        );
+        check_required(&base, "url");
+        for bad in ["http://x/", "ws://", "wss:// x", "bot"] {
+            let msg = rejected_on(&with(&base, "url", json!(bad)), "url");
+            assert!(msg.starts_with("must be a ws:// or wss:// URL"), "{msg}");
+        }
+        for t in ["inbound", "outbound", "both", "BOTH"] {
+            accepted(&with(&base, "track", json!(t)));
+        }
+        rejected_on(&with(&base, "track", json!("stereo")), "track");
+        check_int_bounds(&base, "timeout", 1, 86_400);
+        let Block::Stream(b) = accepted(&with(&base, "parameters", json!({"lang":"de","n":3})))
+        else {
+            panic!("not a stream");
+        };
+        assert_eq!(b.parameters.get("n").map(String::as_str), Some("3"));
+        rejected_on(&with(&base, "parameters", json!({"x":[1]})), "parameters.x");
     }
 
     #[test]

@@ -411,6 +411,7 @@ impl SessionStart {
             answer_with: None,
             flow: self.flow,
             playing: None,
+            stream: None,
             bridge: None,
             conference: None,
             callee_seat: None,
@@ -481,6 +482,9 @@ struct Call {
     flow: CallFlow,
     /// The flow's play id of what the media leg is playing, keyed by the media's play id.
     playing: Option<(u64, u64)>,
+    /// The running STREAM block's task: digits and ends of plays go to it; dropping it ends
+    /// the stream.
+    stream: Option<(u64, mpsc::UnboundedSender<crate::stream::StreamControl>)>,
     bridge: Option<BridgeRun>,
     /// The conference the caller is in (CONFERENCE block, or the call turned into one).
     conference: Option<ConferenceSeat>,
@@ -951,6 +955,11 @@ impl Call {
                 _ = sleep_until_opt(timer) => self.flow.handle_timeout(Instant::now()),
                 _ = sleep_until_opt(self.offer_deadline) => self.offer_expired(),
                 Some(input) = self.inputs.recv() => {
+                    if let Input::StreamEnded { id, .. } = &input {
+                        if self.stream.as_ref().is_some_and(|(s, _)| s == id) {
+                            self.stream = None;
+                        }
+                    }
                     if matches!(input, Input::ConferenceLeft(_)) {
                         // The conference ended under us: out of its room first.
                         self.leave_conference();
@@ -1060,8 +1069,35 @@ impl Call {
                     destination,
                     status,
                 } => self.referred(destination, status).await,
+                Action::Stream { id, block } => self.start_stream(id, block),
+                Action::StopStream => {
+                    if let Some((_, s)) = self.stream.take() {
+                        let _ = s.send(crate::stream::StreamControl::Stop);
+                    }
+                }
             }
         }
+    }
+
+    /// Starts a STREAM block's task; `Input::StreamEnded` comes back through `inputs`.
+    fn start_stream(&mut self, id: u64, block: crate::blocks::StreamBlock) {
+        let (control_tx, control) = mpsc::unbounded_channel();
+        if let Some((_, old)) = self.stream.replace((id, control_tx)) {
+            let _ = old.send(crate::stream::StreamControl::Stop);
+        }
+        let job = crate::stream::StreamJob {
+            id,
+            url: block.url,
+            track: block.track,
+            parameters: block.parameters,
+            timeout: Duration::from_secs(block.timeout.into()),
+            call_id: self.uuid.clone(),
+            account: self.tenant.name.clone(),
+            media: self.media.clone(),
+            inputs: self.inputs_tx.clone(),
+            control,
+        };
+        tokio::spawn(crate::stream::run(job));
     }
 
     /// Sends REFER off the actor; `Input::ReferAnswered` comes back through `inputs`.
@@ -1296,6 +1332,9 @@ impl Call {
                 }
             }
             MediaEvent::PlayFinished { id, .. } => {
+                if let Some((_, s)) = &self.stream {
+                    let _ = s.send(crate::stream::StreamControl::Played(id));
+                }
                 if let Some((media_id, flow_id)) = self.playing {
                     if media_id == id {
                         self.playing = None;
@@ -1447,6 +1486,9 @@ impl Call {
 
     async fn finish(&mut self) {
         self.set_caller_state(LegState::Ended);
+        if let Some((_, s)) = self.stream.take() {
+            let _ = s.send(crate::stream::StreamControl::Stop);
+        }
         self.leave_conference();
         if let Some(seat) = self.callee_seat.take() {
             self.vacate(seat);
@@ -1574,6 +1616,9 @@ impl Call {
                 party: Party::Caller,
             },
         );
+        if let Some((_, s)) = &self.stream {
+            let _ = s.send(crate::stream::StreamControl::Dtmf(digit));
+        }
         let Some(a) = self.bridged_callee() else {
             self.flow.handle(Input::Digit(digit), Instant::now());
             return;

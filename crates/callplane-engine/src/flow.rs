@@ -7,7 +7,7 @@ use crate::askurl::AskUrlReply;
 use crate::blocks::{
     parse_blocks, AskUrlBlock, AskUrlDestinationType, Block, BridgeBlock, BridgeDestination,
     BridgeMode, CallControlBlock, CollectDigitsBlock, ConferenceBlock, DestinationType, ForwardAni,
-    TimeoutDestination,
+    StreamBlock, TimeoutDestination,
 };
 use crate::hangup::HangupCause;
 use crate::variables::CallVariables;
@@ -119,6 +119,32 @@ pub enum Action {
     /// The caller's side took the call elsewhere (REFER accepted, NOTIFY 2xx): end our part
     /// with BYE; the CDR says it was referred to `destination` (`status`: the NOTIFY's).
     Referred { destination: String, status: u16 },
+    /// Stream the call's audio to the block's WebSocket server (its audio plays to the
+    /// caller); report `StreamEnded { id }`.
+    Stream { id: u64, block: StreamBlock },
+    /// End the running stream (interrupt); its `StreamEnded` is then ignored.
+    StopStream,
+}
+
+/// How a STREAM block's stream ended with the call still up, as stored in `stream_result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The server sent `stop`.
+    Stopped,
+    /// The server closed the WebSocket (or it broke).
+    Closed,
+    /// The block's `timeout` passed.
+    Timeout,
+}
+
+impl StreamEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamEnd::Stopped => "stopped",
+            StreamEnd::Closed => "closed",
+            StreamEnd::Timeout => "timeout",
+        }
+    }
 }
 
 /// How long a REFER block waits for the transfer's outcome (REFER answered and a final
@@ -235,6 +261,11 @@ pub enum Input {
         status: u16,
         done: bool,
     },
+    /// STREAM `id` is over: how it ended, or why the server could not be reached.
+    StreamEnded {
+        id: u64,
+        result: Result<StreamEnd, String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +304,11 @@ enum Step {
     Referring {
         id: u64,
         destination: String,
+    },
+    /// A STREAM block's stream is running.
+    Streaming {
+        id: u64,
+        fallback: Option<String>,
     },
     Done,
 }
@@ -576,6 +612,34 @@ impl CallFlow {
                     other => self.refer_failed(ReferResult::Rejected, other, now),
                 }
             }
+            Input::StreamEnded { id, result } => {
+                let Step::Streaming {
+                    id: current,
+                    fallback,
+                } = &self.step
+                else {
+                    return;
+                };
+                if *current != id {
+                    return;
+                }
+                let fallback = fallback.clone();
+                self.step = Step::Idle;
+                match result {
+                    Ok(end) => {
+                        let _ = self.vars.set("stream_result", end.as_str());
+                        self.advance(now);
+                    }
+                    Err(why) => {
+                        tracing::warn!(error = %why, "STREAM server unreachable");
+                        let _ = self.vars.set("stream_result", "failed");
+                        match fallback {
+                            Some(plan) => self.load_plan(plan),
+                            None => self.advance(now),
+                        }
+                    }
+                }
+            }
             Input::ReferProgress { status, done } => {
                 let Step::Referring { destination, .. } = &self.step else {
                     return;
@@ -631,6 +695,7 @@ impl CallFlow {
             | Step::AskUrl { .. }
             | Step::LoadingPlan
             | Step::Referring { .. } => {}
+            Step::Streaming { .. } => self.actions.push_back(Action::StopStream),
         }
         self.timer = None;
         self.step = Step::Idle;
@@ -707,6 +772,10 @@ impl CallFlow {
             // Stop waiting for the transfer's outcome (the peer may still carry it out).
             Step::Referring { .. } => {
                 let _ = self.vars.set("refer_result", "interrupted");
+            }
+            Step::Streaming { .. } => {
+                let _ = self.vars.set("stream_result", "interrupted");
+                self.actions.push_back(Action::StopStream);
             }
         }
         self.timer = None;
@@ -1006,6 +1075,13 @@ impl CallFlow {
                     }));
                     self.timer = Some(now + timeout);
                     self.step = Step::AskUrl { id, block: b };
+                }
+                Block::Stream(b) => {
+                    self.ensure_answered();
+                    let id = self.next_id();
+                    let fallback = b.fallback_plan.clone();
+                    self.actions.push_back(Action::Stream { id, block: b });
+                    self.step = Step::Streaming { id, fallback };
                 }
                 Block::Refer(b) => {
                     // REFER needs a confirmed dialog: answer first (TENIOS's REFER block is

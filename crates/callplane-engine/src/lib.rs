@@ -15,6 +15,7 @@ pub mod hangup;
 pub mod leg;
 pub mod prompts;
 pub mod registry;
+pub mod stream;
 pub mod tts;
 pub mod variables;
 pub mod webhook;

@@ -27,6 +27,6 @@ pub use sdp::{
 };
 pub use session::{
     DtmfSource, MediaConfig, MediaEngine, MediaError, MediaEvent, MediaHandle, MediaLeg,
-    MediaTotals, RemoteMedia, Room, RoomEvent, StreamStats,
+    MediaTotals, RemoteMedia, Room, RoomEvent, StreamStats, TapFrame, Track,
 };
 pub use wav::{decode_wav_8k, load_wav_8k, WavError, WavWriter};

@@ -157,6 +157,24 @@ pub enum MediaEvent {
     RtpTimeout,
 }
 
+/// Which way a tapped frame went (see [`MediaHandle::tap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    /// Audio the peer sent us, decoded.
+    Inbound,
+    /// Audio we sent the peer (prompts, streamed audio, silence), before encoding.
+    Outbound,
+}
+
+/// One frame of a leg's audio, 8 kHz linear, for a tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapFrame {
+    /// Which way it went.
+    pub track: Track,
+    /// One packet's (inbound) or one 20 ms tick's (outbound) samples.
+    pub samples: Vec<i16>,
+}
+
 /// Snapshot of a leg's stream counters.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct StreamStats {
@@ -507,6 +525,7 @@ impl MediaEngine {
             room: None,
             fill_silence: None,
             filling: false,
+            tap: None,
         };
         tokio::spawn(task.run());
         let ip = if cfg.advertise_ip.is_unspecified() {
@@ -629,6 +648,13 @@ impl MediaHandle {
         self.send(Command::StartRecording(path));
     }
 
+    /// Copies every audio frame (received, decoded; sent, before encoding) to `tap`, or stops
+    /// copying (`None`). The leg never waits for the tap: a frame that does not fit is
+    /// dropped for it.
+    pub fn tap(&self, tap: Option<mpsc::Sender<TapFrame>>) {
+        self.send(Command::Tap(tap));
+    }
+
     /// Finish the recording (the WAV sizes are fixed up asynchronously, right after).
     pub fn stop_recording(&self) {
         self.send(Command::StopRecording);
@@ -733,6 +759,7 @@ enum Command {
     StopRecording,
     SetRtpTimeout(Option<Duration>),
     SetFillSilence(bool),
+    Tap(Option<mpsc::Sender<TapFrame>>),
     /// From the handle (`room: None`: a plain bridge, which takes the leg out of any room) or
     /// from a room on its fast path (`room: Some(id)`, ignored unless the leg is still in it):
     /// this leg should bridge with `peer_id`.
@@ -985,6 +1012,9 @@ struct LegTask {
     /// Send silence when there is nothing else to send (see `MediaLeg::set_fill_silence`):
     /// the `now_us` it was turned on at.
     fill_silence: Option<u64>,
+    /// Where a copy of every audio frame goes (an audio stream to a bot); full: the frame is
+    /// dropped for the tap only, never waited for.
+    tap: Option<mpsc::Sender<TapFrame>>,
     /// Silence has started: every idle tick sends a frame from now on.
     filling: bool,
 }
@@ -1254,6 +1284,7 @@ impl LegTask {
                 self.rtp_timeout = t;
                 self.restart_timeout_clock();
             }
+            Command::Tap(tap) => self.tap = tap,
             Command::SetFillSilence(on) => {
                 self.fill_silence = on.then(|| self.shared.now_us(Instant::now()));
                 self.filling &= on;
@@ -1480,9 +1511,10 @@ impl LegTask {
             }
             Kind::Audio(codec) => {
                 let detect = self.inband.is_some() && !self.seen_telephone_event;
-                if detect || self.recorder.is_some() {
+                if detect || self.recorder.is_some() || self.tap.is_some() {
                     let n = codec.decode(pkt.payload, &mut scratch.pcm);
                     let pcm = &scratch.pcm[..n];
+                    self.copy_to_tap(Track::Inbound, pcm);
                     if let Some(rec) = self.recorder.as_mut() {
                         if let Err(e) = rec.write(pkt.timestamp, pcm) {
                             tracing::warn!(leg = self.shared.id, error = %e, "recording stopped");
@@ -1543,6 +1575,18 @@ impl LegTask {
     }
 
     /// One 20 ms tick: a telephone-event packet, or a frame of queued audio.
+    /// A copy of a frame for the tap, if there is one and it has room.
+    fn copy_to_tap(&mut self, track: Track, samples: &[i16]) {
+        let Some(tap) = &self.tap else { return };
+        match tap.try_send(TapFrame {
+            track,
+            samples: samples.to_vec(),
+        }) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => self.tap = None,
+        }
+    }
+
     async fn on_tick(&mut self, scratch: &mut Scratch) {
         let now_us = self.shared.now_us(Instant::now());
         let target = self.target();
@@ -1638,6 +1682,7 @@ impl LegTask {
         self.filling |= silence;
         if filled > 0 || silence {
             scratch.frame[filled..].fill(0);
+            self.copy_to_tap(Track::Outbound, &scratch.frame);
             let marker = self.ensure_talkspurt(now_us);
             let (seq, ts) = self.shared.out.next(FRAME_SAMPLES as u32, now_us);
             let (codec, pt) = match self.remote {
