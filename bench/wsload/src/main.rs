@@ -84,7 +84,13 @@ async fn main() {
                 return;
             };
             let _ = tcp.set_nodelay(true);
-            let Ok((mut ws, _)) = tokio_tungstenite::client_async(url, tcp).await else {
+            // A small read buffer: tungstenite zero-fills all of it (128 KiB by default) before
+            // every read, which on this machine took CPU from the server being measured.
+            let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(8 * 1024);
+            let Ok((mut ws, _)) =
+                tokio_tungstenite::client_async_with_config(url, tcp, Some(cfg)).await
+            else {
                 return;
             };
             let _hello = ws.next().await;
