@@ -273,8 +273,9 @@ fn downmix(data: &[u8], fmt: &FmtInfo) -> Vec<f32> {
 
 /// Resample mono audio from `rate` to 8 kHz with rubato's windowed-sinc resampler
 /// (`SincFixedIn`: 64 zero crossings and at least 256 taps, Blackman-Harris², cut-off at
-/// 92.5 % of the lower Nyquist frequency, cubic interpolation between 256 precomputed phases). The output is aligned with
-/// the input (rubato's filter delay removed) and has `len * 8000 / rate` samples.
+/// 92.5 % of the lower Nyquist frequency, cubic interpolation between 256 precomputed phases).
+/// The output is aligned with the input within one 8 kHz sample and has `len * 8000 / rate`
+/// samples.
 pub fn resample_rubato_to_8k(input: &[f32], rate: u32) -> Vec<f32> {
     use rubato::{
         Resampler, SincFixedIn, SincInterpolationParameters, SincInterpolationType, WindowFunction,
@@ -300,8 +301,11 @@ pub fn resample_rubato_to_8k(input: &[f32], rate: u32) -> Vec<f32> {
         return Vec::new();
     };
     let want = (input.len() as u64 * u64::from(TARGET_RATE) / u64::from(rate)) as usize;
-    let delay = r.output_delay();
-    let mut out: Vec<f32> = Vec::with_capacity(want + delay + CHUNK);
+    // SincFixedIn's output leads its input by one input sample (its even-length filter's
+    // centre): one sample of silence in front puts every output sample where it belongs.
+    let delayed: Vec<f32> = std::iter::once(0.0).chain(input.iter().copied()).collect();
+    let input = &delayed[..];
+    let mut out: Vec<f32> = Vec::with_capacity(want + CHUNK);
     let mut pos = 0;
     while pos + r.input_frames_next() <= input.len() {
         let n = r.input_frames_next();
@@ -311,16 +315,16 @@ pub fn resample_rubato_to_8k(input: &[f32], rate: u32) -> Vec<f32> {
         }
         pos += n;
     }
-    // The rest, then zeros until the filter's delay has come out.
+    // The rest, then zeros until the filter's tail has come out. (SincFixedIn has no start-up
+    // delay to cut: its first index starts half a filter early.)
     let mut tail: Option<&[f32]> = Some(&input[pos..]);
-    while out.len() < want + delay {
+    while out.len() < want {
         let chunk = tail.take();
         match r.process_partial(chunk.map(|c| [c]).as_ref().map(|c| &c[..]), None) {
             Ok(mut o) if !o[0].is_empty() => out.append(&mut o[0]),
             _ => break,
         }
     }
-    let mut out: Vec<f32> = out.into_iter().skip(delay).collect();
     out.resize(want, 0.0);
     out
 }
@@ -849,6 +853,30 @@ mod tests {
                 w[i] = (seed >> 24) as u8;
             }
             let _ = decode_wav_8k(&w);
+        }
+    }
+
+    #[test]
+    fn resampling_keeps_time_alignment() {
+        for rate in [16_000u32, 22_050, 24_000, 44_100, 48_000] {
+            let mut input = vec![0f32; rate as usize * 2];
+            input[rate as usize] = 1.0;
+            let out = resample_rubato_to_8k(&input, rate);
+            assert_eq!(out.len(), 16_000);
+            let peak = out
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i);
+            // Within one 8 kHz sample of its instant (a parabola through the peak and its
+            // neighbours): rubato leads by a fraction of a sample that grows with the rate.
+            let p = peak.unwrap_or(0);
+            let (a, b, c) = (out[p - 1], out[p], out[p + 1]);
+            let at = p as f32 + 0.5 * (a - c) / (a - 2.0 * b + c);
+            assert!(
+                (at - 8000.0).abs() < 1.0,
+                "{rate}: an impulse at 1 s comes out at {at:.2}"
+            );
         }
     }
 }
