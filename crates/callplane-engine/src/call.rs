@@ -82,6 +82,8 @@ pub struct CallServices {
     pub controllers: Arc<Controllers>,
     /// How long an offered call waits for a claim before its plan runs.
     pub offer_timeout: Duration,
+    /// COLLECT_SPEECH's recognizer, if one is configured.
+    pub recognizer: Option<Arc<dyn crate::asr::SpeechRecognizer>>,
 }
 
 /// Who ended the call, as written to the CDR.
@@ -412,6 +414,7 @@ impl SessionStart {
             flow: self.flow,
             playing: None,
             stream: None,
+            listening: None,
             bridge: None,
             conference: None,
             callee_seat: None,
@@ -485,6 +488,8 @@ struct Call {
     /// The running STREAM block's task: digits and ends of plays go to it; dropping it ends
     /// the stream.
     stream: Option<(u64, mpsc::UnboundedSender<crate::stream::StreamControl>)>,
+    /// A COLLECT_SPEECH try's listen task; sending (or dropping) stops it.
+    listening: Option<mpsc::UnboundedSender<()>>,
     bridge: Option<BridgeRun>,
     /// The conference the caller is in (CONFERENCE block, or the call turned into one).
     conference: Option<ConferenceSeat>,
@@ -1070,6 +1075,16 @@ impl Call {
                     status,
                 } => self.referred(destination, status).await,
                 Action::Stream { id, block } => self.start_stream(id, block),
+                Action::Listen {
+                    id,
+                    language,
+                    timeout,
+                } => self.start_listening(id, language, timeout),
+                Action::StopListen => {
+                    if let Some(stop) = self.listening.take() {
+                        let _ = stop.send(());
+                    }
+                }
                 Action::StopStream => {
                     if let Some((_, s)) = self.stream.take() {
                         let _ = s.send(crate::stream::StreamControl::Stop);
@@ -1077,6 +1092,32 @@ impl Call {
                 }
             }
         }
+    }
+
+    /// Starts a COLLECT_SPEECH try's listen task; `Input::SpeechResult` comes back through
+    /// `inputs` (at once, as a failure, when no recognizer is configured).
+    fn start_listening(&mut self, id: u64, language: String, timeout: Duration) {
+        if let Some(old) = self.listening.take() {
+            let _ = old.send(());
+        }
+        let Some(recognizer) = self.svc.recognizer.clone() else {
+            let _ = self.inputs_tx.send(Input::SpeechResult {
+                id,
+                result: Err("no speech recognizer is configured ([asr] url)".into()),
+            });
+            return;
+        };
+        let (stop_tx, stop) = mpsc::unbounded_channel();
+        self.listening = Some(stop_tx);
+        tokio::spawn(crate::asr::listen(crate::asr::ListenJob {
+            id,
+            language,
+            timeout,
+            recognizer,
+            media: self.media.clone(),
+            inputs: self.inputs_tx.clone(),
+            stop,
+        }));
     }
 
     /// Starts a STREAM block's task; `Input::StreamEnded` comes back through `inputs`.
@@ -1488,6 +1529,9 @@ impl Call {
         self.set_caller_state(LegState::Ended);
         if let Some((_, s)) = self.stream.take() {
             let _ = s.send(crate::stream::StreamControl::Stop);
+        }
+        if let Some(stop) = self.listening.take() {
+            let _ = stop.send(());
         }
         self.leave_conference();
         if let Some(seat) = self.callee_seat.take() {

@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub recordings_dir: std::path::PathBuf,
     /// How long a call to a number an application controls waits for a claim.
     pub offer_timeout: Duration,
+    /// COLLECT_SPEECH's recognizer; `None`: the blocks are skipped (logged at start).
+    pub recognizer: Option<Arc<dyn crate::asr::SpeechRecognizer>>,
 }
 
 #[derive(Clone)]
@@ -89,6 +91,7 @@ impl Engine {
                 recordings_dir: cfg.recordings_dir,
                 controllers: Arc::default(),
                 offer_timeout: cfg.offer_timeout,
+                recognizer: cfg.recognizer,
             }),
         })
     }

@@ -6,8 +6,8 @@
 use crate::askurl::AskUrlReply;
 use crate::blocks::{
     parse_blocks, AskUrlBlock, AskUrlDestinationType, Block, BridgeBlock, BridgeDestination,
-    BridgeMode, CallControlBlock, CollectDigitsBlock, ConferenceBlock, DestinationType, ForwardAni,
-    StreamBlock, TimeoutDestination,
+    BridgeMode, CallControlBlock, CollectDigitsBlock, CollectSpeechBlock, ConferenceBlock,
+    DestinationType, ForwardAni, StreamBlock, TimeoutDestination,
 };
 use crate::hangup::HangupCause;
 use crate::variables::CallVariables;
@@ -124,6 +124,24 @@ pub enum Action {
     Stream { id: u64, block: StreamBlock },
     /// End the running stream (interrupt); its `StreamEnded` is then ignored.
     StopStream,
+    /// Listen to the caller for one utterance (COLLECT_SPEECH); report `SpeechResult { id }`.
+    Listen {
+        id: u64,
+        /// The block's `language`.
+        language: String,
+        /// How long to wait for speech to start.
+        timeout: Duration,
+    },
+    /// Stop listening (interrupt); its `SpeechResult` is then ignored.
+    StopListen,
+}
+
+/// What a recognizer understood.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recognized {
+    pub text: String,
+    /// 0–1, when the recognizer gives one.
+    pub confidence: Option<f64>,
 }
 
 /// How a STREAM block's stream ended with the call still up, as stored in `stream_result`.
@@ -266,6 +284,22 @@ pub enum Input {
         id: u64,
         result: Result<StreamEnd, String>,
     },
+    /// Listen `id` is over: what was said (`None`: no speech before the timeout, or nothing
+    /// intelligible), or why it could not be recognised.
+    SpeechResult {
+        id: u64,
+        result: Result<Option<Recognized>, String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpeechPhase {
+    /// The block's prompt is playing.
+    Prompt(u64),
+    /// Waiting for the caller's words.
+    Listening(u64),
+    /// The missing-input prompt is playing before the next try.
+    Missing(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,6 +343,13 @@ enum Step {
     Streaming {
         id: u64,
         fallback: Option<String>,
+    },
+    /// A COLLECT_SPEECH block.
+    CollectSpeech {
+        block: CollectSpeechBlock,
+        /// Tries that heard nothing so far.
+        tries: u32,
+        phase: SpeechPhase,
     },
     Done,
 }
@@ -612,6 +653,7 @@ impl CallFlow {
                     other => self.refer_failed(ReferResult::Rejected, other, now),
                 }
             }
+            Input::SpeechResult { id, result } => self.on_speech(id, result, now),
             Input::StreamEnded { id, result } => {
                 let Step::Streaming {
                     id: current,
@@ -662,6 +704,100 @@ impl CallFlow {
         }
     }
 
+    /// One try of a COLLECT_SPEECH block: its prompt (if it has one), then listening.
+    fn speech_try(&mut self, block: CollectSpeechBlock, tries: u32) {
+        let prompt = block.announcement_name.clone();
+        let standard = block.standard_announcement;
+        self.step = Step::CollectSpeech {
+            block,
+            tries,
+            phase: SpeechPhase::Listening(0),
+        };
+        match prompt {
+            Some(name) => {
+                let id = self.play(vec![Prompt::Announcement { name, standard }]);
+                if let Step::CollectSpeech { phase, .. } = &mut self.step {
+                    *phase = SpeechPhase::Prompt(id);
+                }
+            }
+            None => self.start_listening(),
+        }
+    }
+
+    fn start_listening(&mut self) {
+        let id = self.next_id();
+        let Step::CollectSpeech { block, phase, .. } = &mut self.step else {
+            return;
+        };
+        *phase = SpeechPhase::Listening(id);
+        let action = Action::Listen {
+            id,
+            language: block.language.clone(),
+            timeout: Duration::from_secs(block.timeout.into()),
+        };
+        self.actions.push_back(action);
+    }
+
+    /// [`Input::SpeechResult`]: the text is stored and the plan goes on; nothing heard plays
+    /// the missing-input prompt and tries again (up to `maxTries`, then the variable is empty);
+    /// a recognizer that failed fails the block over as a missing prompt does.
+    fn on_speech(&mut self, id: u64, result: Result<Option<Recognized>, String>, now: Instant) {
+        let Step::CollectSpeech {
+            phase: SpeechPhase::Listening(current),
+            ..
+        } = &self.step
+        else {
+            return;
+        };
+        if *current != id {
+            return;
+        }
+        let Step::CollectSpeech { block, tries, .. } =
+            std::mem::replace(&mut self.step, Step::Idle)
+        else {
+            return;
+        };
+        let name = block.variable_name.clone();
+        match result {
+            Ok(Some(r)) => {
+                let _ = self.vars.set_collected(&name, &r.text);
+                if let Some(c) = r.confidence {
+                    let _ = self
+                        .vars
+                        .set(format!("{name}_confidence"), format!("{c:.2}"));
+                }
+                self.advance(now);
+            }
+            Ok(None) if tries + 1 < block.max_tries => {
+                let tries = tries + 1;
+                match block.missing_input_announcement_name.clone() {
+                    Some(missing) => {
+                        let standard = block.standard_missing_input_announcement;
+                        let id = self.play(vec![Prompt::Announcement {
+                            name: missing,
+                            standard,
+                        }]);
+                        self.step = Step::CollectSpeech {
+                            block,
+                            tries,
+                            phase: SpeechPhase::Missing(id),
+                        };
+                    }
+                    None => self.speech_try(block, tries),
+                }
+            }
+            Ok(None) => {
+                let _ = self.vars.set_collected(&name, "");
+                self.advance(now);
+            }
+            Err(why) => {
+                tracing::warn!(error = %why, "COLLECT_SPEECH could not recognise; skipped");
+                let _ = self.vars.set_collected(&name, "");
+                self.advance(now);
+            }
+        }
+    }
+
     /// A REFER block ends without a transfer: `refer_result` (and `refer_status` when a SIP
     /// status says why) are set and the plan goes on.
     fn refer_failed(&mut self, result: ReferResult, status: Option<u16>, now: Instant) {
@@ -696,6 +832,10 @@ impl CallFlow {
             | Step::LoadingPlan
             | Step::Referring { .. } => {}
             Step::Streaming { .. } => self.actions.push_back(Action::StopStream),
+            Step::CollectSpeech { phase, .. } => self.actions.push_back(match phase {
+                SpeechPhase::Listening(_) => Action::StopListen,
+                SpeechPhase::Prompt(_) | SpeechPhase::Missing(_) => Action::StopPlay,
+            }),
         }
         self.timer = None;
         self.step = Step::Idle;
@@ -744,6 +884,10 @@ impl CallFlow {
                 phase: CollectPhase::Prompt(p) | CollectPhase::ErrorPrompt(p),
                 ..
             } => *p == id,
+            Step::CollectSpeech {
+                phase: SpeechPhase::Prompt(p) | SpeechPhase::Missing(p),
+                ..
+            } => *p == id,
             _ => false,
         }
     }
@@ -777,6 +921,10 @@ impl CallFlow {
                 let _ = self.vars.set("stream_result", "interrupted");
                 self.actions.push_back(Action::StopStream);
             }
+            Step::CollectSpeech { phase, .. } => self.actions.push_back(match phase {
+                SpeechPhase::Listening(_) => Action::StopListen,
+                SpeechPhase::Prompt(_) | SpeechPhase::Missing(_) => Action::StopPlay,
+            }),
         }
         self.timer = None;
         self.step = Step::Idle;
@@ -1076,6 +1224,10 @@ impl CallFlow {
                     self.timer = Some(now + timeout);
                     self.step = Step::AskUrl { id, block: b };
                 }
+                Block::CollectSpeech(b) => {
+                    self.ensure_answered();
+                    self.speech_try(b, 0);
+                }
                 Block::Stream(b) => {
                     self.ensure_answered();
                     let id = self.next_id();
@@ -1098,19 +1250,26 @@ impl CallFlow {
                         destination: b.destination,
                     };
                 }
-                other => {
-                    // Speech blocks come with later work; skipping them keeps the rest of
-                    // the plan (and the caller) going.
-                    tracing::warn!(
-                        block = other.block_type(),
-                        "block not supported yet; skipped"
-                    );
-                }
             }
         }
     }
 
     fn on_play_finished(&mut self, id: u64, now: Instant) {
+        if let Step::CollectSpeech { phase, .. } = &self.step {
+            match *phase {
+                SpeechPhase::Prompt(p) if p == id => self.start_listening(),
+                SpeechPhase::Missing(p) if p == id => {
+                    if let Step::CollectSpeech { block, tries, .. } =
+                        std::mem::replace(&mut self.step, Step::Idle)
+                    {
+                        self.speech_try(block, tries);
+                    }
+                }
+                _ => {}
+            }
+            let _ = now;
+            return;
+        }
         match &mut self.step {
             Step::Playing(current) if *current == id => {
                 self.step = Step::Idle;

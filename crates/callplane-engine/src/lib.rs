@@ -3,6 +3,7 @@
 //! and the `Engine` that accepts inbound calls.
 
 pub mod askurl;
+pub mod asr;
 pub mod blocks;
 pub mod call;
 pub mod callstate;

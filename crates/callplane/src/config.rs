@@ -254,6 +254,15 @@ impl std::fmt::Debug for TtsSection {
     }
 }
 
+/// `[asr]`: the speech recognizer COLLECT_SPEECH uses, a server speaking the Vosk/Kaldi
+/// WebSocket protocol (`vosk-server`, …). Absent: COLLECT_SPEECH blocks are skipped.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AsrSection {
+    /// `ws://host:2700` or `wss://…`.
+    pub url: Option<String>,
+}
+
 /// The file's shape: `[server]` plus the provisioning lists. Spelled out rather than
 /// flattened so that TOML errors keep their line numbers.
 #[derive(Debug, Deserialize)]
@@ -265,6 +274,8 @@ struct ConfigFile {
     click_to_dial: ClickToDialSection,
     #[serde(default)]
     tts: TtsSection,
+    #[serde(default)]
+    asr: AsrSection,
     #[serde(default)]
     tenants: Vec<callplane_store::model::Tenant>,
     #[serde(default)]
@@ -326,6 +337,7 @@ pub struct Config {
     pub server: ServerSection,
     pub click_to_dial: ClickToDialSection,
     pub tts: TtsSection,
+    pub asr: AsrSection,
     pub provisioning: Provisioning,
     pub api_keys: Vec<ConfiguredApiKey>,
 }
@@ -340,6 +352,7 @@ impl Config {
             server: file.server,
             click_to_dial: file.click_to_dial,
             tts: file.tts,
+            asr: file.asr,
             provisioning: Provisioning {
                 tenants: file.tenants,
                 numbers: file.numbers,
@@ -444,6 +457,16 @@ impl Config {
                     object: "tts".into(),
                     field: "url".into(),
                     message: format!("{url:?} is not an http:// or https:// URL"),
+                });
+            }
+        }
+        if let Some(url) = &self.asr.url {
+            let lower = url.to_ascii_lowercase();
+            if !(lower.starts_with("ws://") || lower.starts_with("wss://")) {
+                errors.push(FieldError {
+                    object: "asr".into(),
+                    field: "url".into(),
+                    message: format!("{url:?} is not a ws:// or wss:// URL"),
                 });
             }
         }
@@ -601,6 +624,7 @@ impl Config {
             server,
             click_to_dial: ClickToDialSection::default(),
             tts: TtsSection::default(),
+            asr: AsrSection::default(),
             provisioning,
             api_keys: Vec::new(),
         }

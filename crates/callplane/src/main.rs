@@ -260,6 +260,26 @@ fn tts_providers(
     Ok(providers)
 }
 
+/// COLLECT_SPEECH's recognizer, said once at start either way.
+fn speech_recognizer(
+    a: &config::AsrSection,
+) -> Option<Arc<dyn callplane_engine::asr::SpeechRecognizer>> {
+    match &a.url {
+        Some(url) => {
+            info!(url = %url, "COLLECT_SPEECH recognises through a Vosk-protocol server");
+            Some(Arc::new(callplane_engine::asr::VoskRecognizer {
+                url: url.clone(),
+            }))
+        }
+        None => {
+            warn!(
+                "no speech recognizer configured: COLLECT_SPEECH blocks are skipped (set [asr] url to a Vosk-protocol server such as vosk-server; docs/decisions.md says why none is built in)"
+            );
+            None
+        }
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -403,6 +423,7 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
             music_on_hold: s.music_on_hold.clone(),
             recordings_dir: s.data_dir.join("recordings"),
             offer_timeout: std::time::Duration::from_secs_f64(s.offer_timeout.clamp(0.1, 600.0)),
+            recognizer: speech_recognizer(&cfg.asr),
         },
         store.clone(),
         cdrs.clone(),

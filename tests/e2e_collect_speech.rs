@@ -1,0 +1,192 @@
+//! COLLECT_SPEECH through the Vosk-protocol streaming provider. The recognizer is a server in
+//! this test speaking Vosk's WebSocket protocol; it recognises by comparing the audio it
+//! receives with espeak-ng's renderings of the three phrases the callers say (so a result is
+//! only right when the caller's words reached it intact). Callers say "yes", "no" and a digit
+//! string (espeak-ng audio sent as RTP after the prompt): the text lands in the variable, in
+//! `collected_<name>` and with its confidence. A silent caller hears the missing-input prompt,
+//! is asked again, and the variable ends up empty.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+
+const PHRASES: [&str; 3] = ["yes", "no", "four five six"];
+
+/// espeak-ng's rendering of `text` at 8 kHz.
+fn speak(text: &str) -> Vec<i16> {
+    let dir = std::env::temp_dir().join(format!("callplane-speech-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_default();
+    let name = text.replace(' ', "_");
+    let raw = dir.join(format!("{name}.raw.wav"));
+    let out = dir.join(format!("{name}.wav"));
+    assert!(Command::new("espeak-ng")
+        .args(["-v", "en-us", "-w"])
+        .arg(&raw)
+        .arg(text)
+        .status()
+        .is_ok_and(|s| s.success()));
+    assert!(Command::new("sox")
+        .arg(&raw)
+        .args(["-r", "8000", "-c", "1", "-b", "16"])
+        .arg(&out)
+        .status()
+        .is_ok_and(|s| s.success()));
+    read_wav(&out).samples
+}
+
+/// What the recognizer got: per session, the config and the audio.
+#[derive(Default)]
+struct Sessions(Vec<(Value, Vec<i16>)>);
+
+/// A Vosk-protocol recognizer that matches the utterance against `phrases` by correlation.
+fn recognizer(listener: TcpListener, phrases: Vec<(String, Vec<i16>)>, log: Arc<Mutex<Sessions>>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { return };
+        let phrases = phrases.clone();
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let Ok(mut ws) = tungstenite::accept(stream) else {
+                return;
+            };
+            let mut config = Value::Null;
+            let mut audio: Vec<i16> = Vec::new();
+            loop {
+                match ws.read() {
+                    Ok(Message::Text(t)) => {
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                        if v.get("config").is_some() {
+                            config = v;
+                        } else if v.get("eof").is_some() {
+                            break;
+                        }
+                    }
+                    Ok(Message::Binary(b)) => {
+                        audio.extend(b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])));
+                        let _ = ws.send(Message::text(json!({"partial": ""}).to_string()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+            let best = phrases
+                .iter()
+                .filter_map(|(text, pcm)| {
+                    let (_, c) = find_audio(&audio, pcm)?;
+                    Some((text.clone(), c))
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            let result = match best {
+                Some((text, c)) if c > 0.5 => json!({
+                    "result": text.split(' ').map(|w| json!({"word": w, "conf": c})).collect::<Vec<_>>(),
+                    "text": text,
+                }),
+                _ => json!({"text": ""}),
+            };
+            let _ = ws.send(Message::text(result.to_string()));
+            log.lock().unwrap().0.push((config, audio));
+        });
+    }
+}
+
+#[test]
+fn callers_are_recognised_and_a_silent_one_hears_the_missing_input_prompt() {
+    let phrases: Vec<(String, Vec<i16>)> =
+        PHRASES.iter().map(|p| (p.to_string(), speak(p))).collect();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let log = Arc::new(Mutex::new(Sessions::default()));
+    {
+        let phrases = phrases.clone();
+        let log = log.clone();
+        std::thread::spawn(move || recognizer(listener, phrases, log));
+    }
+    let prov = format!(
+        "[asr]\nurl = \"ws://127.0.0.1:{port}\"\n\n{}{}",
+        tenant_with_prompts(),
+        number_with_plan(
+            "950",
+            "ask",
+            r#"  { blockType = "COLLECT_SPEECH", announcementName = "enter-digits", missingInputAnnouncementName = "invalid", language = "en-US", variableName = "answer", maxTries = 2, timeout = 2 },
+  { blockType = "HANGUP" },"#
+        )
+    );
+    let server = Server::start(&prov, true);
+    let prompt_len = prompt("enter-digits").duration();
+
+    for (text, pcm) in &phrases {
+        let rtp = RtpPeer::new();
+        let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
+            .service("950")
+            .set("rtp_port", rtp.port())
+            .spawn();
+        rtp.wait_for_packets(1, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
+        // Silence while the prompt plays (listening starts after it), then the words.
+        rtp.send_silence((prompt_len.as_millis() / 20) as usize + 15);
+        rtp.send_pcm(pcm);
+        rtp.send_silence(60);
+        let caller = caller.wait();
+        caller.assert_success(&server.log_tail());
+        let cdr = server.cdr_for_call_id(&caller.call_id);
+        let var = |n: &str| cdr.variables.get(n).cloned().unwrap_or_default();
+        assert_eq!(var("answer"), *text, "{}", cdr_text(&cdr));
+        assert_eq!(var("collected_answer"), *text);
+        let confidence: f64 = var("answer_confidence").parse().unwrap_or(0.0);
+        assert!(confidence > 0.5, "{}", cdr_text(&cdr));
+    }
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.0.len(), 3, "one recognizer session per utterance");
+        for ((config, audio), (text, pcm)) in log.0.iter().zip(&phrases) {
+            assert_eq!(config["config"]["sample_rate"], 8000);
+            assert_eq!(config["config"]["language"], "en-US");
+            // The utterance with up to 300 ms before it and the 800 ms of silence that ended it.
+            let (got, said) = (audio.len() as f64 / 8000.0, pcm.len() as f64 / 8000.0);
+            assert!(
+                got >= said && got <= said + 1.4,
+                "{text}: {got:.2} s streamed for {said:.2} s said"
+            );
+        }
+    }
+
+    // A silent caller: prompt, 2 s, the missing-input prompt, the prompt again, 2 s, done.
+    let rtp = RtpPeer::new();
+    let started = Instant::now();
+    let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
+        .service("950")
+        .set("rtp_port", rtp.port())
+        .spawn();
+    rtp.wait_for_packets(1, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
+    let caller = caller.wait();
+    caller.assert_success(&server.log_tail());
+    let heard = rtp.heard(started, Instant::now());
+    let (_, missing) = find_audio(&heard, &prompt("invalid").samples).unwrap_or_default();
+    assert!(
+        missing > 0.9,
+        "the missing-input prompt is played ({missing:.2})"
+    );
+    let cdr = server.cdr_for_call_id(&caller.call_id);
+    assert_eq!(
+        cdr.variables.get("answer").map(String::as_str),
+        Some(""),
+        "{}",
+        cdr_text(&cdr)
+    );
+    assert_eq!(
+        log.lock().unwrap().0.len(),
+        3,
+        "silence never reaches the recognizer"
+    );
+    let length = Duration::from_millis(cdr.talk_time_ms as u64);
+    assert!(
+        length >= prompt_len * 2 + Duration::from_secs(4),
+        "prompt, 2 s, missing-input prompt, prompt, 2 s: {length:?}"
+    );
+}
