@@ -4,7 +4,8 @@
 //! only right when the caller's words reached it intact). Callers say "yes", "no" and a digit
 //! string (espeak-ng audio sent as RTP after the prompt): the text lands in the variable, in
 //! `collected_<name>` and with its confidence. A silent caller hears the missing-input prompt,
-//! is asked again, and the variable ends up empty.
+//! is asked again, and the variable ends up empty. COLLECT_DIGITS with `allowSpeechInput` takes
+//! spoken digits ("four five six" → 456).
 
 mod common;
 
@@ -107,12 +108,18 @@ fn callers_are_recognised_and_a_silent_one_hears_the_missing_input_prompt() {
         std::thread::spawn(move || recognizer(listener, phrases, log));
     }
     let prov = format!(
-        "[asr]\nurl = \"ws://127.0.0.1:{port}\"\n\n{}{}",
+        "[asr]\nurl = \"ws://127.0.0.1:{port}\"\n\n{}{}{}",
         tenant_with_prompts(),
         number_with_plan(
             "950",
             "ask",
             r#"  { blockType = "COLLECT_SPEECH", announcementName = "enter-digits", missingInputAnnouncementName = "invalid", language = "en-US", variableName = "answer", maxTries = 2, timeout = 2 },
+  { blockType = "HANGUP" },"#
+        ),
+        number_with_plan(
+            "951",
+            "keys",
+            r#"  { blockType = "COLLECT_DIGITS", announcementName = "enter-digits", variableName = "pin", minDigits = 1, maxDigits = 4, maxTries = 1, timeout = 3, allowSpeechInput = true, language = "en-US" },
   { blockType = "HANGUP" },"#
         )
     );
@@ -188,5 +195,26 @@ fn callers_are_recognised_and_a_silent_one_hears_the_missing_input_prompt() {
     assert!(
         length >= prompt_len * 2 + Duration::from_secs(4),
         "prompt, 2 s, missing-input prompt, prompt, 2 s: {length:?}"
+    );
+
+    // COLLECT_DIGITS with allowSpeechInput: the caller says the digits instead of keying them.
+    let rtp = RtpPeer::new();
+    let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
+        .service("951")
+        .set("rtp_port", rtp.port())
+        .spawn();
+    rtp.wait_for_packets(1, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
+    rtp.send_silence((prompt_len.as_millis() / 20) as usize + 15);
+    rtp.send_pcm(&phrases[2].1);
+    rtp.send_silence(60);
+    let caller = caller.wait();
+    caller.assert_success(&server.log_tail());
+    let cdr = server.cdr_for_call_id(&caller.call_id);
+    assert_eq!(
+        cdr.variables.get("pin").map(String::as_str),
+        Some("456"),
+        "spoken digits become the digits: {}",
+        cdr_text(&cdr)
     );
 }

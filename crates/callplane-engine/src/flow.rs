@@ -165,6 +165,54 @@ impl StreamEnd {
     }
 }
 
+/// The digits a spoken answer names, when every word is a digit (English or German, or the
+/// digit itself): `"four five six"` → `"456"`, `"null acht"` → `"08"`.
+pub fn spoken_digits(text: &str) -> Option<String> {
+    const WORDS: &[(&str, char)] = &[
+        ("zero", '0'),
+        ("oh", '0'),
+        ("o", '0'),
+        ("null", '0'),
+        ("one", '1'),
+        ("eins", '1'),
+        ("ein", '1'),
+        ("two", '2'),
+        ("to", '2'),
+        ("too", '2'),
+        ("zwei", '2'),
+        ("zwo", '2'),
+        ("three", '3'),
+        ("drei", '3'),
+        ("four", '4'),
+        ("for", '4'),
+        ("vier", '4'),
+        ("five", '5'),
+        ("fünf", '5'),
+        ("fuenf", '5'),
+        ("six", '6'),
+        ("sechs", '6'),
+        ("seven", '7'),
+        ("sieben", '7'),
+        ("eight", '8'),
+        ("acht", '8'),
+        ("nine", '9'),
+        ("neun", '9'),
+    ];
+    let mut out = String::new();
+    for word in text.split(|c: char| c.is_whitespace() || c == ',' || c == '-') {
+        if word.is_empty() {
+            continue;
+        }
+        if word.chars().all(|c| c.is_ascii_digit()) {
+            out.push_str(word);
+            continue;
+        }
+        let lower = word.to_lowercase();
+        out.push(WORDS.iter().find(|(w, _)| *w == lower)?.1);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// How long a REFER block waits for the transfer's outcome (REFER answered and a final
 /// NOTIFY) before it gives up and the plan goes on with `refer_result=timeout`.
 pub const REFER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -412,6 +460,9 @@ pub struct CallFlow {
     ask_url_ring_seconds: u32,
     /// What the caller last keyed into a COLLECT_DIGITS block.
     last_digits: Option<String>,
+    /// The listen id of a COLLECT_DIGITS with `allowSpeechInput` waiting for its answer: the
+    /// caller may say it instead of keying it.
+    speech_listen: Option<u64>,
     /// An application claimed the call: no plan runs, only the blocks it sends.
     controlled: bool,
 }
@@ -437,6 +488,7 @@ impl CallFlow {
             max_loops: DEFAULT_MAX_CALL_CONTROL_LOOPS,
             ask_url_ring_seconds: DEFAULT_ASK_URL_RING_SECONDS,
             last_digits: None,
+            speech_listen: None,
             controlled: false,
         }
     }
@@ -653,6 +705,10 @@ impl CallFlow {
                     other => self.refer_failed(ReferResult::Rejected, other, now),
                 }
             }
+            Input::SpeechResult { id, result } if self.speech_listen == Some(id) => {
+                self.speech_listen = None;
+                self.on_spoken_digits(result, now);
+            }
             Input::SpeechResult { id, result } => self.on_speech(id, result, now),
             Input::StreamEnded { id, result } => {
                 let Step::Streaming {
@@ -822,7 +878,13 @@ impl CallFlow {
     fn stop_step(&mut self) -> bool {
         match &self.step {
             Step::Done => return false,
-            Step::Playing(_) | Step::Collect { .. } => self.actions.push_back(Action::StopPlay),
+            Step::Playing(_) => self.actions.push_back(Action::StopPlay),
+            Step::Collect { .. } => {
+                self.actions.push_back(Action::StopPlay);
+                if self.speech_listen.take().is_some() {
+                    self.actions.push_back(Action::StopListen);
+                }
+            }
             Step::Bridging | Step::Bridged => self.actions.push_back(Action::StopBridge),
             Step::Conference => self.actions.push_back(Action::LeaveConference),
             Step::Idle
@@ -910,7 +972,12 @@ impl CallFlow {
             | Step::AskUrl { .. }
             | Step::LoadingPlan => return,
             Step::Playing(_) => self.actions.push_back(Action::StopPlay),
-            Step::Collect { .. } => self.actions.push_back(Action::StopPlay),
+            Step::Collect { .. } => {
+                self.actions.push_back(Action::StopPlay);
+                if self.speech_listen.take().is_some() {
+                    self.actions.push_back(Action::StopListen);
+                }
+            }
             Step::Bridging | Step::Bridged => self.actions.push_back(Action::StopBridge),
             Step::Conference => self.actions.push_back(Action::LeaveConference),
             // Stop waiting for the transfer's outcome (the peer may still carry it out).
@@ -1284,7 +1351,18 @@ impl CallFlow {
                 CollectPhase::Prompt(p) if p == id => {
                     *phase = CollectPhase::Waiting;
                     let _ = digits;
-                    self.timer = Some(now + Duration::from_secs(block.timeout.into()));
+                    let timeout = Duration::from_secs(block.timeout.into());
+                    self.timer = Some(now + timeout);
+                    if block.allow_speech_input {
+                        let language = block.language.clone().unwrap_or_default();
+                        let id = self.next_id();
+                        self.speech_listen = Some(id);
+                        self.actions.push_back(Action::Listen {
+                            id,
+                            language,
+                            timeout,
+                        });
+                    }
                 }
                 CollectPhase::ErrorPrompt(p) if p == id => {
                     let name = block.announcement_name.clone();
@@ -1301,6 +1379,10 @@ impl CallFlow {
     }
 
     fn on_digit(&mut self, d: char, now: Instant) {
+        if matches!(self.step, Step::Collect { .. }) && self.speech_listen.take().is_some() {
+            // A key: the caller answers by keys, not by voice.
+            self.actions.push_back(Action::StopListen);
+        }
         let Step::Collect {
             block,
             digits,
@@ -1327,9 +1409,33 @@ impl CallFlow {
         }
     }
 
+    /// What a COLLECT_DIGITS with `allowSpeechInput` heard: spoken digits ("four five six",
+    /// "vier fünf sechs") become the digits they name, other words are kept as said; either
+    /// ends the try as keyed digits would. Nothing heard, or a failed recognizer: the keys
+    /// and the try's timeout decide as without speech.
+    fn on_spoken_digits(&mut self, result: Result<Option<Recognized>, String>, now: Instant) {
+        let text = match result {
+            Ok(Some(r)) => r.text,
+            Ok(None) => return,
+            Err(why) => {
+                // Said once at start when no recognizer is configured; keys still work.
+                tracing::debug!(error = %why, "COLLECT_DIGITS speech input could not be recognised");
+                return;
+            }
+        };
+        let Step::Collect { digits, .. } = &mut self.step else {
+            return;
+        };
+        *digits = spoken_digits(&text).unwrap_or(text);
+        self.finish_try(now);
+    }
+
     /// Ends one try of COLLECT_DIGITS: success, retry with the error prompt, or give up.
     fn finish_try(&mut self, now: Instant) {
         self.timer = None;
+        if self.speech_listen.take().is_some() {
+            self.actions.push_back(Action::StopListen);
+        }
         let Step::Collect {
             block,
             tries,
@@ -2484,5 +2590,94 @@ mod tests {
             }]
         );
         assert_eq!(f.variables().get("refer_result"), Some("timeout"));
+    }
+
+    #[test]
+    fn spoken_digit_strings() {
+        assert_eq!(spoken_digits("four five six").as_deref(), Some("456"));
+        assert_eq!(spoken_digits("Null acht, fünf").as_deref(), Some("085"));
+        assert_eq!(spoken_digits("1 2 three").as_deref(), Some("123"));
+        assert_eq!(spoken_digits("yes"), None);
+        assert_eq!(spoken_digits("four score"), None);
+        assert_eq!(spoken_digits("  "), None);
+    }
+
+    #[test]
+    fn collect_digits_with_speech_listens_and_keys_or_words_end_it() {
+        let t = Instant::now();
+        let plan = json!([
+            {"blockType":"COLLECT_DIGITS","announcementName":"ask","variableName":"pin",
+             "minDigits":1,"maxDigits":4,"maxTries":1,"timeout":5,"allowSpeechInput":true,
+             "language":"de-DE"},
+            {"blockType":"HANGUP","hangupCause":"CALL_REJECTED"}
+        ]);
+        // Spoken digits answer it.
+        let mut f = flow(plan.clone());
+        f.start(t);
+        let id = play_id(&drain(&mut f));
+        f.handle(Input::PlayFinished { id }, t);
+        let listen = match &drain(&mut f)[..] {
+            [Action::Listen {
+                id,
+                language,
+                timeout,
+            }] => {
+                assert_eq!(
+                    (language.as_str(), *timeout),
+                    ("de-DE", Duration::from_secs(5))
+                );
+                *id
+            }
+            other => panic!("expected a Listen, got {other:?}"),
+        };
+        let heard = Recognized {
+            text: "vier zwei".into(),
+            confidence: Some(0.9),
+        };
+        f.handle(
+            Input::SpeechResult {
+                id: listen,
+                result: Ok(Some(heard)),
+            },
+            t,
+        );
+        let a = drain(&mut f);
+        assert!(
+            a.contains(&Action::Collected {
+                variable: "pin".into(),
+                digits: "42".into()
+            }),
+            "{a:?}"
+        );
+        assert_eq!(f.variables().get("collected_pin"), Some("42"));
+        // A key stops listening; the keys answer it.
+        let mut f = flow(plan);
+        f.start(t);
+        let id = play_id(&drain(&mut f));
+        f.handle(Input::PlayFinished { id }, t);
+        let listen = match &drain(&mut f)[..] {
+            [Action::Listen { id, .. }] => *id,
+            other => panic!("expected a Listen, got {other:?}"),
+        };
+        f.handle(Input::Digit('7'), t);
+        assert_eq!(drain(&mut f), [Action::StopListen]);
+        f.handle(Input::Digit('#'), t);
+        assert!(drain(&mut f).contains(&Action::Collected {
+            variable: "pin".into(),
+            digits: "7".into()
+        }));
+        // A late recognition changes nothing.
+        let late = Recognized {
+            text: "eins".into(),
+            confidence: None,
+        };
+        f.handle(
+            Input::SpeechResult {
+                id: listen,
+                result: Ok(Some(late)),
+            },
+            t,
+        );
+        assert_eq!(f.variables().get("pin"), Some("7"));
     }
 }
