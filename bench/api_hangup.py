@@ -54,43 +54,12 @@ blocks = [
 """
 
 
-def invite(i, local, server, rtp_port):
-    sdp = (f"v=0\r\no=bench {i} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-           f"m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
-    return (f"INVITE sip:100@{server[0]}:{server[1]} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK-inv-{i}\r\n"
-            f"From: <sip:h{i}@{local[0]}>;tag=f{i}\r\n"
-            f"To: <sip:100@{server[0]}>\r\n"
-            f"Call-ID: bench-hangup-{i}\r\nCSeq: 1 INVITE\r\n"
-            f"Contact: <sip:h{i}@{local[0]}:{local[1]}>\r\nMax-Forwards: 70\r\n"
-            f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}").encode()
 
 
-def headers(msg):
-    head = msg.split("\r\n\r\n", 1)[0].split("\r\n")
-    out = {}
-    for line in head[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            out.setdefault(k.strip().lower(), v.strip())
-    return head[0], out
 
 
-def ack(h, local, server):
-    to = h["to"]
-    cid = h["call-id"]
-    i = cid.rsplit("-", 1)[1]
-    return (f"ACK sip:100@{server[0]}:{server[1]} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK-ack-{i}\r\n"
-            f"From: {h['from']}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: 1 ACK\r\n"
-            f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
 
 
-def ok_for(msg):
-    head = msg.split("\r\n\r\n", 1)[0].split("\r\n")
-    keep = [l for l in head[1:] if l.split(":", 1)[0].strip().lower() in
-            ("via", "from", "to", "call-id", "cseq")]
-    return ("SIP/2.0 200 OK\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n").encode()
 
 
 class Http:
@@ -183,7 +152,8 @@ def main():
     while time.monotonic() < end:
         now = time.monotonic()
         while next_call < total and start + next_call / a.rate <= now:
-            sip.sendto(invite(next_call, local, server, rtp_port), server)
+            sip.sendto(common.sip_invite(next_call, local, server, rtp_port, f"h{next_call}",
+                                        f"bench-hangup-{next_call}"), server)
             next_call += 1
         # Hang up calls whose hold time is over.
         for i, t in list(answered.items()):
@@ -206,17 +176,17 @@ def main():
                         break
                     t = time.monotonic()
                     msg = data.decode(errors="replace")
-                    first, h = headers(msg)
+                    first, h = common.sip_headers(msg)
                     cid = h.get("call-id", "")
                     if not cid.startswith("bench-hangup-"):
                         continue
                     i = int(cid.rsplit("-", 1)[1])
                     if first.startswith("SIP/2.0 200") and "INVITE" in h.get("cseq", ""):
-                        s.sendto(ack(h, local, server), server)
+                        s.sendto(common.sip_ack(h, local, server), server)
                         if i not in hung and i not in answered:
                             answered[i] = t
                     elif first.startswith("BYE "):
-                        s.sendto(ok_for(msg), server)
+                        s.sendto(common.sip_ok_for(msg), server)
                         if i in sent_at and i not in byes:
                             byes.add(i)
                             latency.append((t - sent_at[i]) * 1000.0)

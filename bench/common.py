@@ -553,3 +553,47 @@ class EventsSocket:
                 raise RuntimeError("events socket closed")
             self.queue.extend(self.feed(chunk))
         return self.queue.pop(0)
+
+
+# ----- a minimal SIP caller on one UDP socket (benches that must time both ends themselves) ---
+
+def sip_invite(i, local, server, rtp_port, user, call_id):
+    """An INVITE to number 100 offering PCMU at `rtp_port`, From `user`."""
+    sdp = (f"v=0\r\no=bench {i} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           f"m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
+    return (f"INVITE sip:100@{server[0]}:{server[1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK-inv-{i}\r\n"
+            f"From: <sip:{user}@{local[0]}>;tag=f{i}\r\n"
+            f"To: <sip:100@{server[0]}>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+            f"Contact: <sip:{user}@{local[0]}:{local[1]}>\r\nMax-Forwards: 70\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}").encode()
+
+
+def sip_headers(msg):
+    """The first line and the headers (lower-case names, first of each) of a SIP message."""
+    head = msg.split("\r\n\r\n", 1)[0].split("\r\n")
+    out = {}
+    for line in head[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out.setdefault(k.strip().lower(), v.strip())
+    return head[0], out
+
+
+def sip_ack(h, local, server):
+    """The ACK for a 2xx whose headers are `h` (its Call-ID ends in `-<i>`)."""
+    cid = h["call-id"]
+    i = cid.rsplit("-", 1)[1]
+    return (f"ACK sip:100@{server[0]}:{server[1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK-ack-{i}\r\n"
+            f"From: {h['from']}\r\nTo: {h['to']}\r\nCall-ID: {cid}\r\nCSeq: 1 ACK\r\n"
+            f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def sip_ok_for(msg):
+    """200 OK to a request (a BYE)."""
+    head = msg.split("\r\n\r\n", 1)[0].split("\r\n")
+    keep = [l for l in head[1:] if l.split(":", 1)[0].strip().lower() in
+            ("via", "from", "to", "call-id", "cseq")]
+    return ("SIP/2.0 200 OK\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n").encode()

@@ -46,42 +46,12 @@ blocks = [
 """
 
 
-def invite(i, local, server, rtp_port):
-    sdp = (f"v=0\r\no=bench {i} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-           f"m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
-    return (f"INVITE sip:100@{server[0]}:{server[1]} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK-say-{i}\r\n"
-            f"From: <sip:{1000000 + i}@{local[0]}>;tag=f{i}\r\n"
-            f"To: <sip:100@{server[0]}>\r\n"
-            f"Call-ID: bench-say-{i}\r\nCSeq: 1 INVITE\r\n"
-            f"Contact: <sip:{1000000 + i}@{local[0]}:{local[1]}>\r\nMax-Forwards: 70\r\n"
-            f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}").encode()
 
 
-def fields(msg):
-    head = msg.split("\r\n\r\n", 1)[0].split("\r\n")
-    out = {}
-    for line in head[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            out.setdefault(k.strip().lower(), v.strip())
-    return head[0], out
 
 
-def ack(h, local, server):
-    cid = h["call-id"]
-    i = cid.rsplit("-", 1)[1]
-    return (f"ACK sip:100@{server[0]}:{server[1]} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK-ack-{i}\r\n"
-            f"From: {h['from']}\r\nTo: {h['to']}\r\nCall-ID: {cid}\r\nCSeq: 1 ACK\r\n"
-            f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
 
 
-def ok_for(msg):
-    head = msg.split("\r\n\r\n", 1)[0].split("\r\n")
-    keep = [l for l in head[1:] if l.split(":", 1)[0].strip().lower() in
-            ("via", "from", "to", "call-id", "cseq")]
-    return ("SIP/2.0 200 OK\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n").encode()
 
 
 def cpu_with_children(srv):
@@ -129,7 +99,8 @@ def main():
             sel.register(r, selectors.EVENT_READ, ("rtp", nxt))
             rtp_of[nxt] = r
             sent[nxt] = time.monotonic()
-            sip.sendto(invite(nxt, local, server, r.getsockname()[1]), server)
+            sip.sendto(common.sip_invite(nxt, local, server, r.getsockname()[1], 1000000 + nxt,
+                                          f"bench-say-{nxt}"), server)
             nxt += 1
         if nxt == a.calls and len(first) + failures["no_answer"] >= a.calls:
             break
@@ -154,14 +125,14 @@ def main():
                 except BlockingIOError:
                     break
                 msg = data.decode(errors="replace")
-                line, h = fields(msg)
+                line, h = common.sip_headers(msg)
                 if line.startswith("SIP/2.0 200") and "INVITE" in h.get("cseq", ""):
                     cid = h["call-id"]
                     if cid not in answered:
                         answered.add(cid)
-                    sip.sendto(ack(h, local, server), server)
+                    sip.sendto(common.sip_ack(h, local, server), server)
                 elif line.startswith("BYE"):
-                    sip.sendto(ok_for(msg), server)
+                    sip.sendto(common.sip_ok_for(msg), server)
     cpu = cpu_with_children(srv) - cpu0
     failures["no_audio"] = a.calls - len(first)
     failures["no_answer"] = a.calls - len(answered)

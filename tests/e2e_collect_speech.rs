@@ -95,6 +95,26 @@ fn recognizer(listener: TcpListener, phrases: Vec<(String, Vec<i16>)>, log: Arc<
     }
 }
 
+/// Calls `number`, stays silent while its prompt ("enter-digits") plays, says `pcm`, and waits
+/// for the call to end; its CDR.
+fn say_after_prompt(server: &Server, number: &str, pcm: &[i16]) -> Cdr {
+    let rtp = RtpPeer::new();
+    let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
+        .service(number)
+        .set("rtp_port", rtp.port())
+        .spawn();
+    rtp.wait_for_packets(1, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
+    // Silence while the prompt plays (listening starts after it), then the words.
+    let prompt_len = prompt("enter-digits").duration();
+    rtp.send_silence((prompt_len.as_millis() / 20) as usize + 15);
+    rtp.send_pcm(pcm);
+    rtp.send_silence(60);
+    let caller = caller.wait();
+    caller.assert_success(&server.log_tail());
+    server.cdr_for_call_id(&caller.call_id)
+}
+
 #[test]
 fn callers_are_recognised_and_a_silent_one_hears_the_missing_input_prompt() {
     let phrases: Vec<(String, Vec<i16>)> =
@@ -127,20 +147,7 @@ fn callers_are_recognised_and_a_silent_one_hears_the_missing_input_prompt() {
     let prompt_len = prompt("enter-digits").duration();
 
     for (text, pcm) in &phrases {
-        let rtp = RtpPeer::new();
-        let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
-            .service("950")
-            .set("rtp_port", rtp.port())
-            .spawn();
-        rtp.wait_for_packets(1, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
-        // Silence while the prompt plays (listening starts after it), then the words.
-        rtp.send_silence((prompt_len.as_millis() / 20) as usize + 15);
-        rtp.send_pcm(pcm);
-        rtp.send_silence(60);
-        let caller = caller.wait();
-        caller.assert_success(&server.log_tail());
-        let cdr = server.cdr_for_call_id(&caller.call_id);
+        let cdr = say_after_prompt(&server, "950", pcm);
         let var = |n: &str| cdr.variables.get(n).cloned().unwrap_or_default();
         assert_eq!(var("answer"), *text, "{}", cdr_text(&cdr));
         assert_eq!(var("collected_answer"), *text);
@@ -198,19 +205,7 @@ fn callers_are_recognised_and_a_silent_one_hears_the_missing_input_prompt() {
     );
 
     // COLLECT_DIGITS with allowSpeechInput: the caller says the digits instead of keying them.
-    let rtp = RtpPeer::new();
-    let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
-        .service("951")
-        .set("rtp_port", rtp.port())
-        .spawn();
-    rtp.wait_for_packets(1, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
-    rtp.send_silence((prompt_len.as_millis() / 20) as usize + 15);
-    rtp.send_pcm(&phrases[2].1);
-    rtp.send_silence(60);
-    let caller = caller.wait();
-    caller.assert_success(&server.log_tail());
-    let cdr = server.cdr_for_call_id(&caller.call_id);
+    let cdr = say_after_prompt(&server, "951", &phrases[2].1);
     assert_eq!(
         cdr.variables.get("pin").map(String::as_str),
         Some("456"),

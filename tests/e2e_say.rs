@@ -167,23 +167,10 @@ fn an_ssml_break_adds_the_pause_and_invalid_ssml_is_refused_naming_the_field() {
         "<break time=\"1s\"/> adds a one-second pause: {ssml:?}"
     );
 
-    let dir = std::env::temp_dir().join(format!("callplane-ssml-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_default();
-    let bad = dir.join("bad.json");
     let list = json!([{"blockType": "SAY", "useSsml": true, "voiceName": "de.female.1",
                        "text": "<speak>Hallo <blink>Welt</blink></speak>"}]);
-    std::fs::write(&bad, list.to_string()).unwrap_or_default();
-    let out = Command::new(env!("CARGO_BIN_EXE_callplane"))
-        .args(["plan", "validate"])
-        .arg(&bad)
-        .output()
-        .expect("run callplane plan validate");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = plan_validate(&list);
+    assert!(!ok, "{text}");
     assert!(
         text.contains("block 0 (SAY): field 'text': must be valid SSML when useSsml is true"),
         "{text}"

@@ -9,7 +9,6 @@ mod common;
 use common::webhook::*;
 use common::*;
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::Duration;
 
 const ALICE: &str =
@@ -43,38 +42,15 @@ fn tenios_shaped_blocks() -> Value {
 
 #[test]
 fn plan_validate_accepts_tenios_shaped_block_lists() {
-    let dir = tempdir();
-    let good = dir.join("tenios.json");
-    std::fs::write(&good, tenios_shaped_blocks().to_string()).unwrap_or_default();
-    let out = Command::new(env!("CARGO_BIN_EXE_callplane"))
-        .args(["plan", "validate"])
-        .arg(&good)
-        .output()
-        .expect("run callplane plan validate");
-    assert!(
-        out.status.success(),
-        "a TENIOS-shaped list must validate\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = plan_validate(&tenios_shaped_blocks());
+    assert!(ok, "a TENIOS-shaped list must validate: {text}");
 
     // Leniency has limits: a wrong value still names block index and field.
     let mut bad = tenios_shaped_blocks();
     bad[2]["destinations"][0]["timeout"] = json!("soon");
     bad[8]["hangupCause"] = json!("LATER");
-    let bad_path = dir.join("bad.json");
-    std::fs::write(&bad_path, bad.to_string()).unwrap_or_default();
-    let out = Command::new(env!("CARGO_BIN_EXE_callplane"))
-        .args(["plan", "validate"])
-        .arg(&bad_path)
-        .output()
-        .expect("run callplane plan validate");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = plan_validate(&bad);
+    assert!(!ok, "{text}");
     assert!(
         text.contains("block 2 (BRIDGE): field 'destinations[0].timeout'"),
         "{text}"
@@ -83,17 +59,6 @@ fn plan_validate_accepts_tenios_shaped_block_lists() {
         text.contains("block 8 (HANGUP): field 'hangupCause'"),
         "{text}"
     );
-}
-
-/// A scratch directory under the system's temp dir.
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "callplane-tenios-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap_or_default();
-    dir
 }
 
 #[test]

@@ -2040,3 +2040,28 @@ pub fn wait_invited(callee: &mut SippProcess, rtp: &RtpPeer) -> TracedMessage {
     });
     invite
 }
+
+/// `callplane plan validate` on `blocks` (written to a scratch file): whether it passed, and
+/// what it printed (stdout and stderr).
+pub fn plan_validate(blocks: &serde_json::Value) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "callplane-plan-validate-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap_or_default();
+    let file = dir.join("plan.json");
+    std::fs::write(&file, blocks.to_string()).unwrap_or_default();
+    let out = Command::new(env!("CARGO_BIN_EXE_callplane"))
+        .args(["plan", "validate"])
+        .arg(&file)
+        .output()
+        .expect("run callplane plan validate");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

@@ -296,6 +296,9 @@ impl Reinviter {
     }
 }
 
+/// How long a digit from SIP INFO waits after its 200 was queued (see `answer_in_dialog`).
+const INFO_REPLY_HEAD_START: Duration = Duration::from_millis(2);
+
 /// What an in-dialog request means to the leg's owner, once the stack's side is answered.
 enum InDialog {
     Dtmf(char),
@@ -315,6 +318,12 @@ async fn answer_in_dialog(state: DialogState) -> InDialog {
         DialogState::Info(_, req, handle) => {
             let digit = parse_info_dtmf(content_type(&req).as_deref(), &req.body);
             handle.reply(StatusCode::OK).await.ok();
+            if digit.is_some() {
+                // `reply` only queues the 200 for the transaction's task: let it reach the wire
+                // before the digit can end the call, or our BYE may overtake it (a terminator
+                // key ending the last block did, now and then).
+                tokio::time::sleep(INFO_REPLY_HEAD_START).await;
+            }
             digit.map_or(InDialog::Done, InDialog::Dtmf)
         }
         DialogState::Updated(_, req, handle) if req.method == Method::Invite => {
