@@ -296,8 +296,12 @@ impl Reinviter {
     }
 }
 
-/// How long a digit from SIP INFO waits after its 200 was queued (see `answer_in_dialog`).
-const INFO_REPLY_HEAD_START: Duration = Duration::from_millis(2);
+/// Waits a moment after answering an in-dialog request whose news may end the call (a digit
+/// that ends the last block, a NOTIFY that ends a REFER): rsipstack's `reply` only queues the
+/// 200 for the transaction's task, and without this our BYE sometimes overtook it on the wire.
+async fn reply_head_start() {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+}
 
 /// What an in-dialog request means to the leg's owner, once the stack's side is answered.
 enum InDialog {
@@ -319,10 +323,7 @@ async fn answer_in_dialog(state: DialogState) -> InDialog {
             let digit = parse_info_dtmf(content_type(&req).as_deref(), &req.body);
             handle.reply(StatusCode::OK).await.ok();
             if digit.is_some() {
-                // `reply` only queues the 200 for the transaction's task: let it reach the wire
-                // before the digit can end the call, or our BYE may overtake it (a terminator
-                // key ending the last block did, now and then).
-                tokio::time::sleep(INFO_REPLY_HEAD_START).await;
+                reply_head_start().await;
             }
             digit.map_or(InDialog::Done, InDialog::Dtmf)
         }
@@ -349,6 +350,9 @@ async fn answer_in_dialog(state: DialogState) -> InDialog {
             let state = header_values(&req, "Subscription-State").next();
             let progress = ReferProgress::parse(&String::from_utf8_lossy(&req.body), state);
             handle.reply(StatusCode::OK).await.ok();
+            if progress.is_some() {
+                reply_head_start().await;
+            }
             progress.map_or(InDialog::Done, InDialog::ReferProgress)
         }
         // A NOTIFY of another event package: no subscription of ours.

@@ -501,17 +501,7 @@ impl RoomTask {
             }
         }
         // The handle is gone: every leg leaves.
-        if let Some((a, _)) = self.relay.take() {
-            if let Some(MemberIo::Leg { cmd, .. }) = self.io(a) {
-                send_leg(
-                    cmd,
-                    Command::RoomUnbridge {
-                        room_id: self.id,
-                        member: a,
-                    },
-                );
-            }
-        }
+        self.end_relay();
         for m in std::mem::take(&mut self.members) {
             match m.io {
                 MemberIo::Leg { cmd, .. } => send_leg(
@@ -812,6 +802,28 @@ impl RoomTask {
         true
     }
 
+    /// Ends the relay between the fast path's two legs, telling **both**: one end's unbridge
+    /// reaches the other as `PeerGone`, but not if the other has not yet seen the room's
+    /// `BridgeWith` (or its re-send after a late `LegLink`) — it would then install the first
+    /// end from its stale hello and relay to it for good, out of the mix (e2e_conference_api
+    /// caught a participant not hearing the agent that way, now and then).
+    fn end_relay(&mut self) {
+        let Some((a, b)) = self.relay.take() else {
+            return;
+        };
+        for member in [a, b] {
+            if let Some(MemberIo::Leg { cmd, .. }) = self.io(member) {
+                send_leg(
+                    cmd,
+                    Command::RoomUnbridge {
+                        room_id: self.id,
+                        member,
+                    },
+                );
+            }
+        }
+    }
+
     /// Puts the legs in relay or mixer mode for the current graph.
     fn apply_mode(&mut self) {
         self.applied = self.graph.generation();
@@ -819,17 +831,7 @@ impl RoomTask {
         if fast.is_some() && fast == self.relay {
             return;
         }
-        if let Some((a, _)) = self.relay.take() {
-            if let Some(MemberIo::Leg { cmd, .. }) = self.io(a) {
-                send_leg(
-                    cmd,
-                    Command::RoomUnbridge {
-                        room_id: self.id,
-                        member: a,
-                    },
-                );
-            }
-        }
+        self.end_relay();
         let relay_legs = fast.and_then(|(a, b)| match (self.io(a), self.io(b)) {
             (
                 Some(MemberIo::Leg {
