@@ -930,3 +930,100 @@ fn a_tcp_softphone_is_held_and_resumed_through_the_api() {
 fn a_udp_softphone_is_held_and_resumed_through_the_api() {
     api_hold_of_a_softphone("udp");
 }
+
+/// A REFER block against a real phone: PJSUA2 (UDP) calls a number whose plan REFERs it to a
+/// SIPp "target". The phone accepts (202), calls the target itself, reports the outcome in
+/// NOTIFYs; once one says 200 our part ends with our BYE, the CDR says `referred`.
+#[test]
+fn a_softphone_accepts_a_refer_calls_the_target_and_our_part_ends_as_referred() {
+    let mut target = Sipp::uas("uas_answer.xml")
+        .set("rtp_port", RtpPeer::new().port())
+        .set("answer_delay_ms", 200)
+        .set("hangup_after_ms", 1500)
+        .timeout_s(60)
+        .spawn();
+    target.wait_listening();
+    let prov = format!(
+        "{}{}",
+        tenant_with_prompts(),
+        number_with_plan(
+            "710",
+            "refer",
+            &format!(
+                "  {{ blockType = \"REFER\", destination = \"sip:target@127.0.0.1:{}\" }},\n  {{ blockType = \"HANGUP\", hangupCause = \"CALL_REJECTED\" }},",
+                target.port()
+            )
+        )
+    );
+    let server = Server::start(&prov, true);
+    let port = server.sip_port().to_string();
+    let phone = Phone::run(
+        &server,
+        &[
+            "call",
+            "--transport",
+            "udp",
+            "--sip-port",
+            &port,
+            "--number",
+            "710",
+            "--wait-disconnect",
+            "20",
+        ],
+        Duration::from_secs(90),
+    );
+    let r = &phone.result;
+    phone.check(
+        &server,
+        r["confirmed"] == Value::Bool(true),
+        "the phone's call must reach CONFIRMED",
+    );
+    let flow: Vec<String> = r["flow"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    // The phone's view, in order: our REFER, its 202, its NOTIFYs, then our BYE.
+    let at = |dir: &str, what: &str| {
+        flow.iter()
+            .position(|l| l.contains(dir) && l.contains(what))
+    };
+    let refer = at(" rx ", "REFER sip:");
+    let accepted = at(" tx ", "SIP/2.0 202");
+    let notify = at(" tx ", "NOTIFY sip:");
+    let last_notify = flow
+        .iter()
+        .rposition(|l| l.contains(" tx ") && l.contains("NOTIFY sip:"));
+    let bye = at(" rx ", "BYE sip:");
+    phone.check(&server, refer.is_some(), "the phone got our REFER");
+    phone.check(&server, accepted > refer, "the phone accepted it (202)");
+    phone.check(&server, notify > accepted, "the phone reported in NOTIFYs");
+    phone.check(
+        &server,
+        bye > last_notify,
+        "our BYE came after its last NOTIFY",
+    );
+    phone.check(
+        &server,
+        r["disconnected_by"].as_str() == Some("server"),
+        format!("our BYE ends our part: ended by {}", r["disconnected_by"]),
+    );
+    let target = target.wait();
+    phone.check(
+        &server,
+        target.received_request("INVITE").is_some(),
+        format!("the phone called the target itself\n{}", target.report()),
+    );
+    let cdr = server.wait_for_cdr("the referred call", |c| c.number == "710");
+    assert_eq!(cdr.hangup_by, "referred", "{}", cdr_text(&cdr));
+    let leg = cdr.legs.iter().find(|l| l.direction == "refer");
+    assert_eq!(
+        leg.and_then(|l| l.sip_status),
+        Some(200),
+        "{}",
+        cdr_text(&cdr)
+    );
+}
