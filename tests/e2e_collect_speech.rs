@@ -12,34 +12,11 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::net::TcpListener;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tungstenite::Message;
 
 const PHRASES: [&str; 3] = ["yes", "no", "four five six"];
-
-/// espeak-ng's rendering of `text` at 8 kHz.
-fn speak(text: &str) -> Vec<i16> {
-    let dir = std::env::temp_dir().join(format!("callplane-speech-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_default();
-    let name = text.replace(' ', "_");
-    let raw = dir.join(format!("{name}.raw.wav"));
-    let out = dir.join(format!("{name}.wav"));
-    assert!(Command::new("espeak-ng")
-        .args(["-v", "en-us", "-w"])
-        .arg(&raw)
-        .arg(text)
-        .status()
-        .is_ok_and(|s| s.success()));
-    assert!(Command::new("sox")
-        .arg(&raw)
-        .args(["-r", "8000", "-c", "1", "-b", "16"])
-        .arg(&out)
-        .status()
-        .is_ok_and(|s| s.success()));
-    read_wav(&out).samples
-}
 
 /// What the recognizer got: per session, the config and the audio.
 #[derive(Default)]
@@ -117,8 +94,10 @@ fn say_after_prompt(server: &Server, number: &str, pcm: &[i16]) -> Cdr {
 
 #[test]
 fn callers_are_recognised_and_a_silent_one_hears_the_missing_input_prompt() {
-    let phrases: Vec<(String, Vec<i16>)> =
-        PHRASES.iter().map(|p| (p.to_string(), speak(p))).collect();
+    let phrases: Vec<(String, Vec<i16>)> = PHRASES
+        .iter()
+        .map(|p| (p.to_string(), espeak_8k("en-us", p)))
+        .collect();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     let log = Arc::new(Mutex::new(Sessions::default()));

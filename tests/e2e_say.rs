@@ -10,7 +10,6 @@ mod common;
 use common::webhook::*;
 use common::*;
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const GERMAN: &str = "Guten Tag und herzlich willkommen. Bitte warten Sie einen Moment.";
@@ -32,29 +31,6 @@ fn hear(server: &Server, number: &str) -> Vec<i16> {
         .run();
     caller.assert_success(&server.log_tail());
     rtp.heard(from, Instant::now())
-}
-
-/// espeak-ng's own rendering of `text` with `voice`, at 8 kHz (sox), as the test's reference.
-fn reference(voice: &str, text: &str) -> Vec<i16> {
-    let dir = std::env::temp_dir().join(format!("callplane-say-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_default();
-    let raw = dir.join(format!("{voice}.raw.wav"));
-    let out = dir.join(format!("{voice}.wav"));
-    let ok = Command::new("espeak-ng")
-        .args(["-v", voice, "-w"])
-        .arg(&raw)
-        .arg(text)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "espeak-ng renders the reference");
-    let ok = Command::new("sox")
-        .arg(&raw)
-        .args(["-r", "8000", "-c", "1", "-b", "16"])
-        .arg(&out)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "sox resamples the reference");
-    read_wav(&out).samples
 }
 
 /// Seconds of audible 20 ms frames.
@@ -100,8 +76,8 @@ fn tenios_voice_names_speak_their_language_and_unknown_voices_fall_back() {
         ("801", ENGLISH, "en-us+m1", "de+m1"),
     ] {
         let heard = hear(&server, number);
-        let right_ref = reference(voice, text);
-        let wrong = reference(other, text);
+        let right_ref = espeak_8k(voice, text);
+        let wrong = espeak_8k(other, text);
         let speech = audible_seconds(&heard);
         let expected = right_ref.len() as f64 / 8000.0;
         assert!(

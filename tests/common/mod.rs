@@ -2065,3 +2065,33 @@ pub fn plan_validate(blocks: &serde_json::Value) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// espeak-ng's rendering of `text` with `voice`, resampled to 8 kHz mono by sox: what a
+/// caller "says" in the speech tests, and the reference SAY's audio is compared with.
+pub fn espeak_8k(voice: &str, text: &str) -> Vec<i16> {
+    let dir = std::env::temp_dir().join(format!(
+        "callplane-espeak-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap_or_default();
+    let raw = dir.join("raw.wav");
+    let out = dir.join("8k.wav");
+    let ok = Command::new("espeak-ng")
+        .args(["-v", voice, "-w"])
+        .arg(&raw)
+        .arg(text)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "espeak-ng renders {text:?} with {voice}");
+    let ok = Command::new("sox")
+        .arg(&raw)
+        .args(["-r", "8000", "-c", "1", "-b", "16"])
+        .arg(&out)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "sox resamples {text:?} to 8 kHz");
+    let samples = read_wav(&out).samples;
+    let _ = std::fs::remove_dir_all(&dir);
+    samples
+}

@@ -16,13 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// Delay histogram, 1 ms buckets up to 10 s.
 const BUCKETS: usize = 10_000;
 
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
+mod args;
+use args::arg;
 
 /// Milliseconds since the epoch of `…"time":"2026-12-04T18:17:43.279Z"…`, without a date
 /// library: days from the civil date (Howard Hinnant's algorithm).

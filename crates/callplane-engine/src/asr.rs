@@ -34,8 +34,6 @@ const PRE_ROLL_FRAMES: usize = 15;
 const SPEECH_RMS: f64 = 260.0;
 /// How long the recognizer may take for its final answer after the end of speech.
 const FINAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long connecting to the recognizer may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the detector saw in a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,20 +119,7 @@ impl SpeechRecognizer for VoskRecognizer {
         let url = self.url.clone();
         let language = language.to_owned();
         Box::pin(async move {
-            let (ws, _) = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                tokio_tungstenite::connect_async_with_config(
-                    url.as_str(),
-                    Some(
-                        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-                            .read_buffer_size(8 * 1024),
-                    ),
-                    true,
-                ),
-            )
-            .await
-            .map_err(|_| format!("no connection to {url} within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+            let ws = crate::stream::connect(&url).await?;
             let (mut tx, mut rx) = ws.split();
             // The language rides along for servers that host several models; Vosk ignores it.
             let config = serde_json::json!({"config": {"sample_rate": 8000, "language": language}});

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
 /// How long connecting (TCP, TLS, the WebSocket handshake) may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames the tap holds for a server that reads slowly (2 s per track).
 const TAP_FRAMES: usize = 200;
 /// Largest message accepted from the server (a `media` message of a few seconds).
@@ -93,10 +93,16 @@ pub async fn run(job: StreamJob) {
     let _ = inputs.send(Input::StreamEnded { id, result });
 }
 
-async fn stream(mut job: StreamJob) -> Result<StreamEnd, String> {
-    let request = job.url.as_str();
+/// A client WebSocket to a customer's or an engine's server (STREAM bots, speech recognizers):
+/// connecting (TCP, TLS, the handshake) takes at most [`CONNECT_TIMEOUT`].
+pub(crate) async fn connect(
+    url: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+> {
     let connect = tokio_tungstenite::connect_async_with_config(
-        request,
+        url,
         Some(
             // tungstenite zero-fills its whole read buffer before every read (128 KiB by
             // default): at 50 messages a second per stream that was most of the CPU.
@@ -109,8 +115,13 @@ async fn stream(mut job: StreamJob) -> Result<StreamEnd, String> {
     );
     let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
-        .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(|_| format!("no connection to {url} within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    Ok(ws)
+}
+
+async fn stream(mut job: StreamJob) -> Result<StreamEnd, String> {
+    let ws = connect(&job.url).await?;
     let (mut tx, mut rx) = ws.split();
     let sid = stream_sid();
     info!(call = %job.call_id, stream = %sid, url = %job.url, "STREAM connected");
@@ -248,11 +259,8 @@ async fn stream(mut job: StreamJob) -> Result<StreamEnd, String> {
                     }
                 }
                 Some(StreamControl::Stop) | None => {
-                    job.media.tap(None);
                     job.media.stop_play();
-                    let _ = tx.send(out.next(json!({"event": "stop", "stop": {"accountSid": job.account, "callSid": job.call_id}}))).await;
-                    let _ = tx.close().await;
-                    return Ok(StreamEnd::Stopped);
+                    break StreamEnd::Stopped;
                 }
             },
             _ = tokio::time::sleep_until(deadline) => break StreamEnd::Timeout,

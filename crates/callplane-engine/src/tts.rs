@@ -348,6 +348,13 @@ fn parse_ssml_time(t: &str) -> Option<Duration> {
     (x.is_finite() && x >= 0.0).then(|| Duration::from_secs_f64(x * scale))
 }
 
+/// `text` with `& < > "` as XML entities (for text put into SSML).
+pub fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    escape(text, &mut out);
+    out
+}
+
 fn escape(text: &str, out: &mut String) {
     for c in text.chars() {
         match c {

@@ -140,11 +140,7 @@ impl CallVariables {
         }
         let mut escaped = self.clone();
         for v in escaped.0.values_mut() {
-            *v = v
-                .replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-                .replace('"', "&quot;");
+            *v = crate::tts::xml_escape(v);
         }
         escaped.expand(text)
     }

@@ -21,13 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_tungstenite::tungstenite::Message;
 
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
+#[path = "../args.rs"]
+mod args;
+use args::arg;
 
 /// Tag bytes: a nibble each, 0x10 | n.
 const TAG_NIBBLES: usize = 4 + 8 + 16; // call (16 bit), counter (32), send time µs (64)
