@@ -931,18 +931,29 @@ fn a_udp_softphone_is_held_and_resumed_through_the_api() {
     api_hold_of_a_softphone("udp");
 }
 
-/// A REFER block against a real phone: PJSUA2 (UDP) calls a number whose plan REFERs it to a
-/// SIPp "target". The phone accepts (202), calls the target itself, reports the outcome in
-/// NOTIFYs; once one says 200 our part ends with our BYE, the CDR says `referred`.
-#[test]
-fn a_softphone_accepts_a_refer_calls_the_target_and_our_part_ends_as_referred() {
+/// A REFER block against a real phone: PJSUA2 (over `transport` only) calls a number whose
+/// plan REFERs it to a SIPp "target" on the same transport. The phone accepts (202), calls the
+/// target itself, reports the outcome in NOTIFYs; once one says 200 our part ends with our
+/// BYE, the CDR says `referred`.
+fn a_softphone_accepts_a_refer(transport: &str) {
+    let tcp = transport == "tcp";
     let mut target = Sipp::uas("uas_answer.xml")
+        .arg("-t")
+        .arg(if tcp { "t1" } else { "u1" })
         .set("rtp_port", RtpPeer::new().port())
         .set("answer_delay_ms", 200)
         .set("hangup_after_ms", 1500)
         .timeout_s(60)
         .spawn();
-    target.wait_listening();
+    if tcp {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", target.port())).is_err() {
+            assert!(Instant::now() < deadline, "the SIPp target listens on TCP");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    } else {
+        target.wait_listening();
+    }
     let prov = format!(
         "{}{}",
         tenant_with_prompts(),
@@ -950,7 +961,7 @@ fn a_softphone_accepts_a_refer_calls_the_target_and_our_part_ends_as_referred() 
             "710",
             "refer",
             &format!(
-                "  {{ blockType = \"REFER\", destination = \"sip:target@127.0.0.1:{}\" }},\n  {{ blockType = \"HANGUP\", hangupCause = \"CALL_REJECTED\" }},",
+                "  {{ blockType = \"REFER\", destination = \"sip:target@127.0.0.1:{};transport={transport}\" }},\n  {{ blockType = \"HANGUP\", hangupCause = \"CALL_REJECTED\" }},",
                 target.port()
             )
         )
@@ -962,7 +973,7 @@ fn a_softphone_accepts_a_refer_calls_the_target_and_our_part_ends_as_referred() 
         &[
             "call",
             "--transport",
-            "udp",
+            transport,
             "--sip-port",
             &port,
             "--number",
@@ -1026,4 +1037,14 @@ fn a_softphone_accepts_a_refer_calls_the_target_and_our_part_ends_as_referred() 
         "{}",
         cdr_text(&cdr)
     );
+}
+
+#[test]
+fn a_tcp_softphone_accepts_a_refer_calls_the_target_and_our_part_ends_as_referred() {
+    a_softphone_accepts_a_refer("tcp");
+}
+
+#[test]
+fn a_udp_softphone_accepts_a_refer_calls_the_target_and_our_part_ends_as_referred() {
+    a_softphone_accepts_a_refer("udp");
 }
