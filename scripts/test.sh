@@ -23,4 +23,13 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# The built-in speech recognizer's model and runtime (PyPI, pinned by hash) for
+# tests/e2e_builtin_speech.rs; a no-op when already installed.
+if [ "$(id -u)" = 0 ] || [ -w /usr/local/lib ]; then
+  bash scripts/install-moonshine.sh
+elif [ ! -f /usr/local/lib/callplane/moonshine/moonshine_cpp/models/base-en/decoder_model_merged.ort ]; then
+  echo "missing the speech model: run scripts/install-moonshine.sh as root" >&2
+  exit 1
+fi
+
 cargo test --workspace --locked "$@"

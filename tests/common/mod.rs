@@ -2095,3 +2095,23 @@ pub fn espeak_8k(voice: &str, text: &str) -> Vec<i16> {
     let _ = std::fs::remove_dir_all(&dir);
     samples
 }
+
+/// Calls `number`, stays silent while its prompt ("enter-digits") plays, says `pcm`, and waits
+/// for the call to end; its CDR.
+pub fn say_after_prompt(server: &Server, number: &str, pcm: &[i16]) -> Cdr {
+    let rtp = RtpPeer::new();
+    let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
+        .service(number)
+        .set("rtp_port", rtp.port())
+        .spawn();
+    rtp.wait_for_packets(1, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
+    // Silence while the prompt plays (listening starts after it), then the words.
+    let prompt_len = prompt("enter-digits").duration();
+    rtp.send_silence((prompt_len.as_millis() / 20) as usize + 15);
+    rtp.send_pcm(pcm);
+    rtp.send_silence(60);
+    let caller = caller.wait();
+    caller.assert_success(&server.log_tail());
+    server.cdr_for_call_id(&caller.call_id)
+}

@@ -224,6 +224,7 @@ pub async fn listen(mut job: ListenJob) {
                 match vad.frame(&frame.samples) {
                     VadEvent::Started => {
                         debug!(listen = job.id, "speech started");
+                        let _ = job.inputs.send(Input::SpeechStarted { id: job.id });
                         let (tx, rx) = mpsc::channel(MAX_UTTERANCE_FRAMES as usize + PRE_ROLL_FRAMES);
                         for f in pre_roll.drain(..) {
                             let _ = tx.try_send(f);

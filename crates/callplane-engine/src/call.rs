@@ -1103,7 +1103,9 @@ impl Call {
         let Some(recognizer) = self.svc.recognizer.clone() else {
             let _ = self.inputs_tx.send(Input::SpeechResult {
                 id,
-                result: Err("no speech recognizer is configured ([asr] url)".into()),
+                result: Err(
+                    "no speech recognizer (neither [asr] url nor the built-in model)".into(),
+                ),
             });
             return;
         };

@@ -199,7 +199,8 @@ pub fn spoken_digits(text: &str) -> Option<String> {
         ("neun", '9'),
     ];
     let mut out = String::new();
-    for word in text.split(|c: char| c.is_whitespace() || c == ',' || c == '-') {
+    // Any punctuation separates (engines write "One, two, three." or "4-5-6").
+    for word in text.split(|c: char| !c.is_alphanumeric()) {
         if word.is_empty() {
             continue;
         }
@@ -331,6 +332,11 @@ pub enum Input {
     StreamEnded {
         id: u64,
         result: Result<StreamEnd, String>,
+    },
+    /// Listen `id` heard the caller start speaking: a COLLECT_DIGITS try's timeout waits for
+    /// what was said instead of running out while the recognizer works.
+    SpeechStarted {
+        id: u64,
     },
     /// Listen `id` is over: what was said (`None`: no speech before the timeout, or nothing
     /// intelligible), or why it could not be recognised.
@@ -703,6 +709,11 @@ impl CallFlow {
                 match status {
                     Some(200..=299) => {} // accepted: the NOTIFYs tell the rest
                     other => self.refer_failed(ReferResult::Rejected, other, now),
+                }
+            }
+            Input::SpeechStarted { id } => {
+                if self.speech_listen == Some(id) && matches!(self.step, Step::Collect { .. }) {
+                    self.timer = None;
                 }
             }
             Input::SpeechResult { id, result } if self.speech_listen == Some(id) => {
@@ -1412,10 +1423,13 @@ impl CallFlow {
     /// What a COLLECT_DIGITS with `allowSpeechInput` heard: spoken digits ("four five six",
     /// "vier fünf sechs") become the digits they name, other words are kept as said; either
     /// ends the try as keyed digits would. Nothing heard, or a failed recognizer: the keys
-    /// and the try's timeout decide as without speech.
+    /// and the try's timeout decide as without speech (once the caller had spoken, the
+    /// timeout has been waiting for this: the try ends now, as at its timeout).
     fn on_spoken_digits(&mut self, result: Result<Option<Recognized>, String>, now: Instant) {
+        let spoke = self.timer.is_none();
         let text = match result {
             Ok(Some(r)) => r.text,
+            Ok(None) | Err(_) if spoke => return self.finish_try(now),
             Ok(None) => return,
             Err(why) => {
                 // Said once at start when no recognizer is configured; keys still work.
@@ -2597,6 +2611,10 @@ mod tests {
         assert_eq!(spoken_digits("four five six").as_deref(), Some("456"));
         assert_eq!(spoken_digits("Null acht, fünf").as_deref(), Some("085"));
         assert_eq!(spoken_digits("1 2 three").as_deref(), Some("123"));
+        assert_eq!(
+            spoken_digits("One, two, three, four.").as_deref(),
+            Some("1234")
+        );
         assert_eq!(spoken_digits("yes"), None);
         assert_eq!(spoken_digits("four score"), None);
         assert_eq!(spoken_digits("  "), None);
@@ -2650,6 +2668,40 @@ mod tests {
             "{a:?}"
         );
         assert_eq!(f.variables().get("collected_pin"), Some("42"));
+        // Once the caller speaks, the try's timeout waits for the recognizer.
+        let mut f = flow(plan.clone());
+        f.start(t);
+        let id = play_id(&drain(&mut f));
+        f.handle(Input::PlayFinished { id }, t);
+        let listen = match &drain(&mut f)[..] {
+            [Action::Listen { id, .. }] => *id,
+            other => panic!("expected a Listen, got {other:?}"),
+        };
+        assert_eq!(f.poll_timeout(), Some(t + Duration::from_secs(5)));
+        f.handle(
+            Input::SpeechStarted { id: listen },
+            t + Duration::from_secs(4),
+        );
+        assert_eq!(
+            f.poll_timeout(),
+            None,
+            "no timeout while the words are recognised"
+        );
+        let late = t + Duration::from_secs(7);
+        f.handle(
+            Input::SpeechResult {
+                id: listen,
+                result: Ok(Some(Recognized {
+                    text: "eins".into(),
+                    confidence: None,
+                })),
+            },
+            late,
+        );
+        assert!(drain(&mut f).contains(&Action::Collected {
+            variable: "pin".into(),
+            digits: "1".into()
+        }));
         // A key stops listening; the keys answer it.
         let mut f = flow(plan);
         f.start(t);

@@ -14,6 +14,7 @@ pub mod events;
 pub mod flow;
 pub mod hangup;
 pub mod leg;
+pub mod moonshine;
 pub mod prompts;
 pub mod registry;
 pub mod stream;

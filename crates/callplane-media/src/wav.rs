@@ -277,17 +277,25 @@ fn downmix(data: &[u8], fmt: &FmtInfo) -> Vec<f32> {
 /// The output is aligned with the input within one 8 kHz sample and has `len * 8000 / rate`
 /// samples.
 pub fn resample_rubato_to_8k(input: &[f32], rate: u32) -> Vec<f32> {
+    resample_rubato(input, rate, TARGET_RATE)
+}
+
+/// Resample mono audio from `from` to `to` Hz, as [`resample_rubato_to_8k`] does (the speech
+/// recognizer also goes up, 8 → 16 kHz). The output has `len * to / from` samples.
+pub fn resample_rubato(input: &[f32], from: u32, to: u32) -> Vec<f32> {
     use rubato::{
         Resampler, SincFixedIn, SincInterpolationParameters, SincInterpolationType, WindowFunction,
     };
-    if rate == TARGET_RATE || input.is_empty() {
+    if from == to || input.is_empty() || from == 0 || to == 0 {
         return input.to_vec();
     }
     const CHUNK: usize = 4096;
-    let ratio = f64::from(TARGET_RATE) / f64::from(rate);
+    let ratio = f64::from(to) / f64::from(from);
     // The filter spans 64 zero crossings of its sinc whatever the rate ratio (256 taps at
-    // least), so the transition band (3.7 → 4 kHz) stays as narrow from 48 kHz as from 16.
-    let zero_crossing = f64::from(rate) / (2.0 * CUTOFF_FRACTION * f64::from(TARGET_RATE / 2));
+    // least), so the transition band (3.7 → 4 kHz at 8 kHz) stays as narrow from 48 kHz as
+    // from 16.
+    let lower = from.min(to);
+    let zero_crossing = f64::from(from) / (2.0 * CUTOFF_FRACTION * f64::from(lower / 2));
     let sinc_len = ((64.0 * zero_crossing).ceil() as usize).max(256);
     let params = SincInterpolationParameters {
         sinc_len,
@@ -300,7 +308,7 @@ pub fn resample_rubato_to_8k(input: &[f32], rate: u32) -> Vec<f32> {
         // Only for a rate the loader already refuses (see MIN_RATE/MAX_RATE).
         return Vec::new();
     };
-    let want = (input.len() as u64 * u64::from(TARGET_RATE) / u64::from(rate)) as usize;
+    let want = (input.len() as u64 * u64::from(to) / u64::from(from)) as usize;
     // SincFixedIn's output leads its input by one input sample (its even-length filter's
     // centre): one sample of silence in front puts every output sample where it belongs.
     let delayed: Vec<f32> = std::iter::once(0.0).chain(input.iter().copied()).collect();

@@ -254,13 +254,21 @@ impl std::fmt::Debug for TtsSection {
     }
 }
 
-/// `[asr]`: the speech recognizer COLLECT_SPEECH uses, a server speaking the Vosk/Kaldi
-/// WebSocket protocol (`vosk-server`, …). Absent: COLLECT_SPEECH blocks are skipped.
+/// `[asr]`: the speech recognizer COLLECT_SPEECH uses. With `url`, a server speaking the
+/// Vosk/Kaldi WebSocket protocol (`vosk-server`, …); without it the built-in offline one
+/// (Moonshine's English model, installed by scripts/install-moonshine.sh). Neither there:
+/// COLLECT_SPEECH blocks fail over (one log line at start says so).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AsrSection {
     /// `ws://host:2700` or `wss://…`.
     pub url: Option<String>,
+    /// Where the built-in recognizer's package is (default
+    /// `/usr/local/lib/callplane/moonshine/moonshine_cpp`).
+    pub moonshine_dir: Option<String>,
+    /// Utterances the built-in recognizer works on at once, one core each (default: the
+    /// machine's cores).
+    pub threads: Option<usize>,
 }
 
 /// The file's shape: `[server]` plus the provisioning lists. Spelled out rather than
@@ -469,6 +477,13 @@ impl Config {
                     message: format!("{url:?} is not a ws:// or wss:// URL"),
                 });
             }
+        }
+        if self.asr.threads.is_some_and(|t| !(1..=256).contains(&t)) {
+            errors.push(FieldError {
+                object: "asr".into(),
+                field: "threads".into(),
+                message: "must be between 1 and 256".into(),
+            });
         }
         if !(self.tts.timeout.is_finite() && (0.1..=120.0).contains(&self.tts.timeout)) {
             errors.push(FieldError {

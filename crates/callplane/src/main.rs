@@ -260,20 +260,35 @@ fn tts_providers(
     Ok(providers)
 }
 
-/// COLLECT_SPEECH's recognizer, said once at start either way.
+/// COLLECT_SPEECH's recognizer, said once at start either way: the configured Vosk-protocol
+/// server, else the built-in one when its model is installed.
 fn speech_recognizer(
     a: &config::AsrSection,
 ) -> Option<Arc<dyn callplane_engine::asr::SpeechRecognizer>> {
-    match &a.url {
-        Some(url) => {
-            info!(url = %url, "COLLECT_SPEECH recognises through a Vosk-protocol server");
-            Some(Arc::new(callplane_engine::asr::VoskRecognizer {
-                url: url.clone(),
-            }))
+    use callplane_engine::moonshine::{MoonshineRecognizer, DEFAULT_DIR};
+    if let Some(url) = &a.url {
+        info!(url = %url, "COLLECT_SPEECH recognises through a Vosk-protocol server");
+        return Some(Arc::new(callplane_engine::asr::VoskRecognizer {
+            url: url.clone(),
+        }));
+    }
+    let dir = a.moonshine_dir.as_deref().unwrap_or(DEFAULT_DIR);
+    let threads = a.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    match MoonshineRecognizer::load(std::path::Path::new(dir), threads) {
+        Ok(r) => {
+            info!(
+                dir,
+                threads, "COLLECT_SPEECH recognises English with the built-in Moonshine model"
+            );
+            Some(Arc::new(r))
         }
-        None => {
+        Err(e) => {
             warn!(
-                "no speech recognizer configured: COLLECT_SPEECH blocks are skipped (set [asr] url to a Vosk-protocol server such as vosk-server; docs/decisions.md says why none is built in)"
+                "no speech recognizer: the built-in model is not usable ({e}); COLLECT_SPEECH blocks fail over (install it with scripts/install-moonshine.sh, or set [asr] url to a Vosk-protocol server)"
             );
             None
         }
