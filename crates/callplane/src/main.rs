@@ -282,9 +282,20 @@ fn speech_recognizer(
         Ok(r) => {
             info!(
                 dir,
-                threads, "COLLECT_SPEECH recognises English with the built-in Moonshine model"
+                threads,
+                preload = a.preload,
+                "COLLECT_SPEECH recognises English with the built-in Moonshine model"
             );
-            Some(Arc::new(r))
+            let r = Arc::new(r);
+            if a.preload {
+                let r = r.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = r.warm_up().await {
+                        warn!(error = %e, "the built-in speech model did not load");
+                    }
+                });
+            }
+            Some(r)
         }
         Err(e) => {
             warn!(
