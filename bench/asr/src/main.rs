@@ -110,10 +110,8 @@ async fn main() {
         .flat_map(|_| audio.iter().map(|(_, pcm)| pcm.clone()))
         .collect();
     for pcm in jobs {
-        if in_flight.len() > workers {
-            if !matches!(in_flight.join_next().await, Some(Ok(Ok(_)))) {
-                failed += 1;
-            }
+        if in_flight.len() > workers && !matches!(in_flight.join_next().await, Some(Ok(Ok(_)))) {
+            failed += 1;
         }
         total += pcm.len() as f64 / 8_000.0;
         speech += (pcm.len() - PADDING) as f64 / 8_000.0;
