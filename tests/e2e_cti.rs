@@ -377,6 +377,42 @@ fn events_need_a_key_and_a_websocket() {
     assert_eq!(limited.error().0, "rate_limited");
     assert_eq!(limited.header("retry-after"), Some("1"));
     assert_eq!(get(&server, "/v1/calls", ADMIN).status, 200);
+    // A rate given through the API: the new key has it (and it is listed), and a limited key
+    // cannot hand out more than it has.
+    let made = post(
+        &server,
+        "/v1/apikeys",
+        ADMIN,
+        Some(json!({"name": "api-slow", "realm": "customer", "tenant": "t1", "rateLimit": 1})),
+    );
+    assert_eq!(made.status, 201, "{}", made.describe());
+    assert_eq!(made.json()["rateLimit"], 1);
+    let secret = made.json()["key"].as_str().unwrap_or_default().to_string();
+    let statuses: Vec<u16> = (0..11)
+        .map(|_| get(&server, "/v1/calls", &secret).status)
+        .collect();
+    assert_eq!(&statuses[..10], [200; 10], "{statuses:?}");
+    assert_eq!(get(&server, "/v1/calls", &secret).status, 429);
+    let listed = get(&server, "/v1/apikeys/api-slow", ADMIN);
+    assert_eq!(listed.json()["rateLimit"], 1, "{}", listed.describe());
+    std::thread::sleep(Duration::from_millis(3100)); // "slow" gets three requests back
+    for (rate, status) in [(json!(5), 403), (json!(0), 403)] {
+        let r = post(
+            &server,
+            "/v1/apikeys",
+            SLOW,
+            Some(json!({"name": "greedy", "realm": "customer", "tenant": "t1", "rateLimit": rate})),
+        );
+        assert_eq!(r.status, status, "{}", r.describe());
+        assert_eq!(r.error().1.as_deref(), Some("rateLimit"));
+    }
+    let r = post(
+        &server,
+        "/v1/apikeys",
+        ADMIN,
+        Some(json!({"name": "absurd", "realm": "admin", "rateLimit": 1_000_000})),
+    );
+    assert_eq!(r.status, 400, "{}", r.describe());
     let r = http::json(server.http_port(), "GET", "/v1/events", None, None);
     assert_eq!(r.status, 401, "{}", r.describe());
     let r = get(&server, "/v1/events", ADMIN);

@@ -58,6 +58,24 @@ pub async fn create(
         ))
         .with_field("realm"));
     }
+    // A key hands out no more than it has: below admin, the new key's request rate may not
+    // be above the caller's own (nor unlimited when the caller is limited).
+    if caller.realm() != ApiRealm::Admin {
+        let own = st.rate_limits.rate_of(&caller.0);
+        let asked = st.rate_limits.rate_of(&key);
+        let exceeds = match (own, asked) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(o), Some(a)) => a.per_second > o.per_second,
+        };
+        if exceeds {
+            let own = own.map_or(0.0, |r| r.per_second);
+            return Err(ApiError::forbidden(format!(
+                "a key may not create a key with a higher request rate than its own ({own} per second)"
+            ))
+            .with_field("rateLimit"));
+        }
+    }
     let object = key.label();
     let errors = resolve_api_key(&st.store, &mut key, &object)?;
     if !errors.is_empty() {

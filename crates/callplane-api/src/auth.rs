@@ -89,7 +89,7 @@ impl FromRequestParts<ApiState> for Caller {
         if let Some(c) = parts.extensions.remove::<Caller>() {
             state
                 .rate_limits
-                .admit(&c.0.name)
+                .admit(&c.0)
                 .map_err(ApiError::rate_limited)?;
             return Ok(c);
         }
@@ -138,7 +138,7 @@ impl Caller {
         let caller = Caller::from_token(&state.store, token)?;
         state
             .rate_limits
-            .admit(&caller.0.name)
+            .admit(&caller.0)
             .map_err(ApiError::rate_limited)?;
         Ok(caller)
     }

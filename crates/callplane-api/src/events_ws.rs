@@ -880,7 +880,7 @@ async fn on_client_message(
             Some(reply)
         }
         "command" => {
-            if let Err(secs) = st.rate_limits.admit(&caller.0.name) {
+            if let Err(secs) = st.rate_limits.admit(&caller.0) {
                 return Some(error_reply(op, id, &ApiError::rate_limited(secs)));
             }
             if !matches!(st.store.get_api_key(&caller.0.name), Ok(Some(_))) {

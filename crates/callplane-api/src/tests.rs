@@ -328,6 +328,7 @@ fn key(name: &str, realm: ApiRealm) -> ApiKey {
         tenant: None,
         reseller: None,
         sip_user: None,
+        rate_limit: None,
         created: None,
     }
 }

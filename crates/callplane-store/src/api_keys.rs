@@ -9,7 +9,7 @@ use crate::model::{ApiKey, ApiRealm, FieldError, Validate};
 use crate::sql::{time_text, SqlTime};
 use crate::Store;
 
-const API_KEY_COLS: &str = "name, realm, tenant, reseller, sip_user, created";
+const API_KEY_COLS: &str = "name, realm, tenant, reseller, sip_user, created, rate_limit";
 
 fn api_key_from_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
     let realm: String = row.get(1)?;
@@ -27,6 +27,7 @@ fn api_key_from_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
         tenant: row.get(2)?,
         reseller: row.get(3)?,
         sip_user: row.get(4)?,
+        rate_limit: row.get(6)?,
         created: Some(created),
     })
 }
@@ -92,12 +93,12 @@ impl Store {
         let on_conflict = if replace {
             " ON CONFLICT (name) DO UPDATE SET key_sha256 = excluded.key_sha256, \
              realm = excluded.realm, tenant = excluded.tenant, reseller = excluded.reseller, \
-             sip_user = excluded.sip_user"
+             sip_user = excluded.sip_user, rate_limit = excluded.rate_limit"
         } else {
             ""
         };
         tx.prepare_cached(&format!(
-            "INSERT INTO api_keys (key_sha256, {API_KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7){on_conflict}"
+            "INSERT INTO api_keys (key_sha256, {API_KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8){on_conflict}"
         ))?
         .execute(params![
             key_sha256,
@@ -106,7 +107,8 @@ impl Store {
             key.tenant,
             key.reseller,
             key.sip_user,
-            time_text(&Utc::now())
+            time_text(&Utc::now()),
+            key.rate_limit
         ])?;
         let stored = load(&tx, &key.name)?;
         tx.commit()?;

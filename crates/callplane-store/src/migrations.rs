@@ -200,6 +200,11 @@ CREATE TABLE recordings (
 );
 CREATE INDEX recordings_by_call ON recordings (call_id);
 "#,
+    // 8: a request rate per API key (NULL: the server's default, 0: none), settable through
+    // the API as well as the config file.
+    r#"
+ALTER TABLE api_keys ADD COLUMN rate_limit INTEGER CHECK (rate_limit IS NULL OR rate_limit >= 0);
+"#,
 ];
 
 /// Steps written in Rust that run after a version's SQL, in the same transaction.

@@ -202,6 +202,10 @@ pub struct ApiKey {
     pub reseller: Option<String>,
     /// The SIP user (username) of an `account` key.
     pub sip_user: Option<String>,
+    /// Requests per second this key may make (`0`: no limit); left out, the server's
+    /// `apiRateLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
     /// When the key was created; set by the store, ignored on input.
     #[serde(
         default,

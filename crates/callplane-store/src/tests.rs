@@ -1030,6 +1030,7 @@ fn key(name: &str, realm: ApiRealm) -> ApiKey {
         tenant: None,
         reseller: None,
         sip_user: None,
+        rate_limit: None,
         created: None,
     }
 }
@@ -1046,6 +1047,7 @@ fn api_keys_round_trip_by_hash_and_name() {
     assert!(admin.created.is_some_and(|c| c >= before));
     let customer = ApiKey {
         tenant: Some("acme".into()),
+        rate_limit: Some(7),
         ..key("acme-app", ApiRealm::Customer)
     };
     store.create_api_key(&customer, &hash('b')).unwrap();
@@ -1067,6 +1069,8 @@ fn api_keys_round_trip_by_hash_and_name() {
         ("acme-app", ApiRealm::Customer)
     );
     assert_eq!(found.tenant.as_deref(), Some("acme"));
+    assert_eq!(found.rate_limit, Some(7));
+    assert_eq!(admin.rate_limit, None);
     assert_eq!(store.find_api_key(&hash('e')).unwrap(), None);
     assert_eq!(
         store

@@ -121,6 +121,9 @@ pub struct ApikeyCreate {
     pub reseller: Option<String>,
     #[arg(long)]
     pub sip_user: Option<String>,
+    /// Requests per second (0: no limit); default the server's apiRateLimit
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
     /// The config file (its dataDir and realm)
     #[arg(long, conflicts_with = "data_dir")]
     pub config: Option<PathBuf>,

@@ -338,8 +338,6 @@ pub struct ConfiguredApiKey {
     pub key: ApiKey,
     pub key_sha256: String,
     secret_chars: usize,
-    /// Requests per second for this key (`0`: unlimited); else the server's `apiRateLimit`.
-    pub rate_limit: Option<u32>,
 }
 
 /// A loaded and validated configuration.
@@ -376,7 +374,6 @@ impl Config {
                 .api_keys
                 .into_iter()
                 .map(|k| ConfiguredApiKey {
-                    rate_limit: k.rate_limit,
                     key_sha256: callplane_api::hash_key(&k.key),
                     secret_chars: k.key.chars().count(),
                     key: ApiKey {
@@ -385,6 +382,7 @@ impl Config {
                         tenant: k.tenant,
                         reseller: k.reseller,
                         sip_user: k.sip_user,
+                        rate_limit: k.rate_limit,
                         created: None,
                     },
                 })

@@ -114,6 +114,7 @@ fn apikey_create(args: cli::ApikeyCreate) -> anyhow::Result<()> {
         tenant,
         reseller,
         sip_user,
+        rate_limit,
         config,
         data_dir,
     } = args;
@@ -147,6 +148,7 @@ fn apikey_create(args: cli::ApikeyCreate) -> anyhow::Result<()> {
         tenant,
         reseller,
         sip_user,
+        rate_limit,
         created: None,
     };
     let errors = callplane_api::resolve_api_key(&store, &mut key, "apikey")?;
@@ -335,7 +337,6 @@ fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
 async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
     let s = &cfg.server;
     let click_to_dial = &cfg.click_to_dial;
-    let api_keys = &cfg.api_keys;
     // 0700 / 0600: the database holds trunk passwords, signing secrets and HA1 values.
     callplane_store::create_private_dir(&s.data_dir)
         .with_context(|| format!("cannot create data dir {}", s.data_dir.display()))?;
@@ -484,17 +485,6 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
         api_shutdown = Some(api.shutdown.clone());
         api.rate_limits = Arc::new(callplane_api::ratelimit::RateLimits::new(
             callplane_api::ratelimit::Rate::per_second(s.api_rate_limit),
-            api_keys
-                .iter()
-                .filter_map(|k| {
-                    k.rate_limit.map(|r| {
-                        (
-                            k.key.name.clone(),
-                            callplane_api::ratelimit::Rate::per_second(r),
-                        )
-                    })
-                })
-                .collect(),
         ));
         api.click_to_dial = callplane_api::click_to_dial::ClickToDialConfig {
             allow_from: click_to_dial

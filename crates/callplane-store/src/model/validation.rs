@@ -257,6 +257,9 @@ impl Validate for Announcement {
     }
 }
 
+/// The highest per-key request rate that may be set (requests per second).
+pub const MAX_RATE_LIMIT: u32 = 100_000;
+
 impl Validate for ApiKey {
     /// `api key ops`.
     fn label(&self) -> String {
@@ -272,6 +275,12 @@ impl Validate for ApiKey {
         e.opt_name("tenant", &self.tenant);
         e.opt_name("reseller", &self.reseller);
         e.opt_name("sipUser", &self.sip_user);
+        if self.rate_limit.is_some_and(|r| r > MAX_RATE_LIMIT) {
+            e.push(
+                "rateLimit",
+                format!("must be 0 (no limit) to {MAX_RATE_LIMIT} requests per second"),
+            );
+        }
         let realm = self.realm;
         let required = |e: &mut Errors, field: &str, value: &Option<String>| {
             if value.is_none() {
