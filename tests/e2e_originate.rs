@@ -390,7 +390,7 @@ fn click_to_dial_rings_the_user_first_then_bridges_the_target() {
     target.wait_listening();
     let prov = format!(
         "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN}\"\n\n{}\
-         [[sipUsers]]\ntenant = \"t1\"\nusername = \"alice\"\npassword = \"secret\"\n\n\
+         [[sipUsers]]\ntenant = \"t1\"\nusername = \"alice\"\npassword = \"secret\"\nautoAnswer = true\n\n\
          [[sipUsers]]\ntenant = \"t1\"\nusername = \"bob\"\npassword = \"secret\"\n\n",
         tenant_with_carrier(target.port())
     );
@@ -425,10 +425,8 @@ fn click_to_dial_rings_the_user_first_then_bridges_the_target() {
         r.describe()
     );
 
-    let r = call_init(
-        &server,
-        "user=alice&to=4930555&cidnum=%2B4922100&autoAnswer=1",
-    );
+    // alice's phone answers by itself (her own `autoAnswer` setting; no parameter needed).
+    let r = call_init(&server, "user=alice&to=4930555&cidnum=%2B4922100");
     assert_eq!(r.status, 200, "{}\n{}", r.describe(), server.log_tail());
     let id = r.json()["id"].as_str().expect("id").to_string();
     let ring = phone.wait_for_message("the INVITE to the phone", Duration::from_secs(10), |m| {
@@ -494,9 +492,24 @@ fn click_to_dial_rings_the_user_first_then_bridges_the_target() {
     );
 
     // Withheld: the target sees anonymous, with Privacy: id, and the CDR keeps it private.
-    let r = call_init(&server, "user=alice&to=4930666&clir=1");
+    // `autoAnswer=0` overrides alice's setting: her phone rings as usual.
+    let r = call_init(&server, "user=alice&to=4930666&clir=1&autoAnswer=0");
     assert_eq!(r.status, 200, "{}", r.describe());
     let id = r.json()["id"].as_str().expect("id").to_string();
+    let ring = phone.wait_for_message(
+        "the second INVITE to the phone",
+        Duration::from_secs(10),
+        |m| {
+            !m.sent
+                && m.method() == Some("INVITE")
+                && m.header("From").unwrap_or_default().contains("4930666")
+        },
+    );
+    assert!(
+        ring.header("Call-Info").is_none(),
+        "no auto-answer this time"
+    );
+    assert!(ring.header("Alert-Info").is_none());
     let out = target.wait_for_message(
         "the second INVITE to the target",
         Duration::from_secs(15),

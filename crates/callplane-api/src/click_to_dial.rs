@@ -69,7 +69,7 @@ pub async fn call_init(
         ));
     }
     let (mut user, mut to, mut from, mut cidnum, mut token) = (None, None, None, None, None);
-    let (mut clir, mut prv, mut auto_answer) = (false, false, false);
+    let (mut clir, mut prv, mut auto_answer) = (false, false, None);
     for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         let v = v.into_owned();
         match k.as_ref() {
@@ -79,7 +79,7 @@ pub async fn call_init(
             "cidnum" => cidnum = Some(v).filter(|c| !c.is_empty()),
             "clir" => clir = flag("clir", &v)?,
             "prv" => prv = flag("prv", &v)?,
-            "autoAnswer" | "autoanswer" => auto_answer = flag("autoAnswer", &v)?,
+            "autoAnswer" | "autoanswer" => auto_answer = Some(flag("autoAnswer", &v)?),
             "token" => token = Some(v),
             other => return Err(ApiError::invalid_field(
                 "call-init",
@@ -196,7 +196,8 @@ pub async fn call_init(
         bridge_as.caller_id.clone().unwrap_or_default()
     };
     let mut phone_headers = Vec::new();
-    if auto_answer {
+    // The request decides; without `autoAnswer`, the ringing user's own setting.
+    if auto_answer.unwrap_or(ringing.auto_answer) {
         phone_headers.push(("Call-Info".into(), "<sip:127.0.0.1>;answer-after=0".into()));
         phone_headers.push((
             "Alert-Info".into(),

@@ -205,6 +205,10 @@ CREATE INDEX recordings_by_call ON recordings (call_id);
     r#"
 ALTER TABLE api_keys ADD COLUMN rate_limit INTEGER CHECK (rate_limit IS NULL OR rate_limit >= 0);
 "#,
+    // 9: SIP users whose phones click-to-dial asks to answer by themselves.
+    r#"
+ALTER TABLE sip_users ADD COLUMN auto_answer INTEGER NOT NULL DEFAULT 0 CHECK (auto_answer IN (0, 1));
+"#,
 ];
 
 /// Steps written in Rust that run after a version's SQL, in the same transaction.

@@ -48,6 +48,10 @@ pub struct SipUser {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     pub display_name: Option<String>,
+    /// Click-to-dial rings this user's phone with the auto-answer headers unless the request
+    /// says `autoAnswer=0` (a headset user's desk phone, an operator's softphone).
+    #[serde(default)]
+    pub auto_answer: bool,
     /// Read from the store: whether HA1 values are stored (`passwordSet` in API answers).
     #[serde(skip)]
     pub password_set: bool,
@@ -381,6 +385,7 @@ impl fmt::Debug for SipUser {
             .field("password", &self.password.as_ref().map(|_| REDACTED))
             .field("display_name", &self.display_name)
             .field("password_set", &self.password_set)
+            .field("auto_answer", &self.auto_answer)
             .finish()
     }
 }

@@ -505,7 +505,7 @@ const TENANT_COLS_T: &str = "t.name, t.customer_number, t.signing_secret, t.defa
      t.callstate_info_url, t.reseller";
 pub(crate) const NUMBER_COLS: &str = "n.number, n.tenant, n.routing_plan, n.callstate_info_url";
 pub(crate) const SIP_USER_COLS: &str =
-    "tenant, username, display_name, ha1_md5 IS NOT NULL AND ha1_sha256 IS NOT NULL";
+    "tenant, username, display_name, ha1_md5 IS NOT NULL AND ha1_sha256 IS NOT NULL, auto_answer";
 pub(crate) const TRUNK_COLS: &str =
     "tenant, name, host, port, transport, username, password, caller_id";
 pub(crate) const PLAN_COLS: &str = "tenant, name, blocks, callstate_info_url";
@@ -539,6 +539,7 @@ pub(crate) fn sip_user_from_row(row: &Row<'_>) -> rusqlite::Result<SipUser> {
         password: None,
         display_name: row.get(2)?,
         password_set: row.get(3)?,
+        auto_answer: row.get(4)?,
     })
 }
 
@@ -738,9 +739,10 @@ pub(crate) fn upsert_sip_user(
     let Some(password) = &u.password else {
         let n = conn
             .prepare_cached(
-                "UPDATE sip_users SET tenant = ?2, display_name = ?3 WHERE username = ?1",
+                "UPDATE sip_users SET tenant = ?2, display_name = ?3, auto_answer = ?4 \
+                 WHERE username = ?1",
             )?
-            .execute(params![u.username, u.tenant, u.display_name])?;
+            .execute(params![u.username, u.tenant, u.display_name, u.auto_answer])?;
         if n == 0 {
             use crate::model::Validate;
             return Err(StoreError::Invalid(vec![crate::FieldError {
@@ -753,11 +755,12 @@ pub(crate) fn upsert_sip_user(
     };
     let (md5, sha256) = ha1_pair(&u.username, realm, password);
     conn.prepare_cached(
-        "INSERT INTO sip_users (username, tenant, display_name, ha1_md5, ha1_sha256, ha1_realm) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+        "INSERT INTO sip_users (username, tenant, display_name, ha1_md5, ha1_sha256, ha1_realm, \
+         auto_answer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
          ON CONFLICT (username) DO UPDATE SET tenant = excluded.tenant, \
          display_name = excluded.display_name, ha1_md5 = excluded.ha1_md5, \
-         ha1_sha256 = excluded.ha1_sha256, ha1_realm = excluded.ha1_realm",
+         ha1_sha256 = excluded.ha1_sha256, ha1_realm = excluded.ha1_realm, \
+         auto_answer = excluded.auto_answer",
     )?
     .execute(params![
         u.username,
@@ -765,7 +768,8 @@ pub(crate) fn upsert_sip_user(
         u.display_name,
         md5,
         sha256,
-        realm
+        realm,
+        u.auto_answer
     ])?;
     Ok(())
 }

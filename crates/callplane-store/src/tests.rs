@@ -81,6 +81,7 @@ fn sample() -> Provisioning {
                 password: Some("pw-alice".into()),
                 display_name: Some("Alice A.".into()),
                 password_set: false,
+                auto_answer: false,
             },
             SipUser {
                 tenant: "beta".into(),
@@ -88,6 +89,7 @@ fn sample() -> Provisioning {
                 password: Some("pw-bob".into()),
                 display_name: None,
                 password_set: false,
+                auto_answer: false,
             },
         ],
         trunks: vec![
@@ -557,6 +559,7 @@ fn object_validation_names_object_and_field() {
         password: Some("".into()),
         display_name: Some("Evil\r\nVia: x".into()),
         password_set: false,
+        auto_answer: false,
     };
     let fields: Vec<_> = user.validate().into_iter().map(|e| e.field).collect();
     assert_eq!(fields, ["username", "password", "displayName"]);
@@ -605,6 +608,7 @@ fn provisioning_validation_checks_references_and_duplicates() {
         password: Some("x".into()),
         display_name: None,
         password_set: false,
+        auto_answer: false,
     });
     p.routing_plans.push(RoutingPlan {
         tenant: "acme".into(),
