@@ -273,6 +273,27 @@ pub struct Server {
     readers: Vec<JoinHandle<()>>,
 }
 
+/// Starts `callplane serve --config <config_path>` with its output read into a new log.
+fn spawn_serve(mut cmd: Command, config_path: &Path) -> (Child, LogSink, Vec<JoinHandle<()>>) {
+    let mut child = cmd
+        .arg("serve")
+        .arg("--config")
+        .arg(config_path)
+        .env("NO_COLOR", "1")
+        .env("CALLPLANE_LOG", "info,rsipstack=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn callplane");
+    let logs = LogSink::default();
+    let readers = vec![
+        logs.attach(child.stdout.take().expect("stdout"), ""),
+        logs.attach(child.stderr.take().expect("stderr"), "[stderr] "),
+    ];
+    (child, logs, readers)
+}
+
 fn toml_str(p: &Path) -> String {
     format!("{:?}", p.to_string_lossy())
 }
@@ -353,7 +374,7 @@ impl Server {
         );
         let config_path = dir.join("callplane.toml");
         std::fs::write(&config_path, &config).expect("write config");
-        let mut cmd = match opts.nofile {
+        let cmd = match opts.nofile {
             None => Command::new(env!("CARGO_BIN_EXE_callplane")),
             Some(n) => {
                 let mut c = Command::new("sh");
@@ -363,22 +384,7 @@ impl Server {
                 c
             }
         };
-        let mut child = cmd
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("NO_COLOR", "1")
-            .env("CALLPLANE_LOG", "info,rsipstack=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn callplane");
-        let logs = LogSink::default();
-        let readers = vec![
-            logs.attach(child.stdout.take().expect("stdout"), ""),
-            logs.attach(child.stderr.take().expect("stderr"), "[stderr] "),
-        ];
+        let (child, logs, readers) = spawn_serve(cmd, &config_path);
         let mut server = Server {
             child: Some(child),
             dir,
@@ -404,6 +410,31 @@ impl Server {
                 server.stop();
                 Err((msg, retry))
             }
+        }
+    }
+
+    /// Stops the process (SIGTERM) and starts it again on the same configuration and data
+    /// directory, as an operator restarts it; the log starts afresh.
+    pub fn restart(&mut self) {
+        self.stop();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let (child, logs, readers) = spawn_serve(
+            Command::new(env!("CARGO_BIN_EXE_callplane")),
+            &self.config_path,
+        );
+        self.child = Some(child);
+        self.logs = logs;
+        self.readers = readers;
+        if let Err(why) = self
+            .logs
+            .wait_for(2, READY_TIMEOUT, |l| l.contains("callplane ready:"))
+        {
+            panic!(
+                "no `callplane ready:` line after a restart: {why}\n{}",
+                self.logs.tail(60)
+            );
         }
     }
 

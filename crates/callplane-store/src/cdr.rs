@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::error::StoreError;
@@ -211,6 +212,36 @@ impl Store {
                 r.size_bytes
             ])?;
         Ok(())
+    }
+
+    /// Up to `limit` recordings that ended before `cutoff`, oldest first: what a retention
+    /// period lets go.
+    pub fn recordings_ended_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Recording>, StoreError> {
+        let rows = self
+            .read()
+            .prepare_cached(&format!(
+                "SELECT {RECORDING_COLS} FROM recordings WHERE end_time < ?1 \
+                 ORDER BY end_time, id LIMIT ?2"
+            ))?
+            .query_map(
+                params![time_text(&cutoff), limit as i64],
+                recording_from_row,
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Forgets a recording (its file is the caller's to remove first); whether it was there.
+    pub fn delete_recording(&self, id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .prepare_cached("DELETE FROM recordings WHERE id = ?1")?
+            .execute([id])?;
+        Ok(n > 0)
     }
 
     /// One finished recording, with the lines of its call (from the call's CDR, once it is

@@ -98,6 +98,8 @@ pub struct ServerSection {
     /// A WAV file (any common format) played, looped, to a party held by a command; absent:
     /// a built-in tune.
     pub music_on_hold: Option<PathBuf>,
+    /// Days a finished recording is kept (its file and its listing); 0: for ever.
+    pub recording_retention_days: u32,
     /// Seconds a call to a number an application controls (`"control": true` on the events
     /// socket) waits for a claim before its plan runs.
     pub offer_timeout: f64,
@@ -144,6 +146,7 @@ impl Default for ServerSection {
             events_resume_window: 60.0,
             api_rate_limit: 100,
             music_on_hold: None,
+            recording_retention_days: 0,
             offer_timeout: 10.0,
         }
     }

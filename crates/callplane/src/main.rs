@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod logging;
 mod metrics;
+mod retention;
 
 use anyhow::{bail, Context};
 use callplane_engine::prompts::{find_program, PromptConfig};
@@ -348,6 +349,9 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot store the configuration: {e}"))?;
     apply_api_keys(&store, &cfg)?;
     let cdrs = CdrWriter::spawn(store.clone());
+    if s.recording_retention_days > 0 {
+        tokio::spawn(retention::run(store.clone(), s.recording_retention_days));
+    }
 
     // Optional system parts: say once, clearly, what is missing and what fails over.
     let espeak = find_program(&s.espeak_path);
