@@ -3,7 +3,8 @@
 //! (`call.offered`, the caller hears ringing), claims it (the first claim wins), answers it,
 //! runs a COLLECT_DIGITS block on it and gets the digits the caller keyed (RFC 4733) as an
 //! event and in the call's variables, then bridges it. A call nobody claims runs its plan once
-//! the offer times out.
+//! the offer times out. A call claimed through a socket whose session then ends goes back to
+//! its plan.
 
 mod common;
 
@@ -219,4 +220,67 @@ fn an_application_claims_answers_collects_digits_and_bridges_an_inbound_call() {
     let offered = next_event(&mut app2, "call.offered");
     next_event(&mut app2, "call.offer_expired");
     assert!(offered["callId"].is_string());
+}
+
+#[test]
+fn a_call_whose_application_goes_away_is_handed_back_to_its_plan() {
+    let mut prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN}\"\n\n\
+         [[apiKeys]]\nname = \"ivr-app\"\nrealm = \"customer\"\ntenant = \"t1\"\nkey = \"{APP}\"\n\n"
+    );
+    prov.push_str(&tenant_with_prompts());
+    prov.push_str(&number_with_plan(
+        "801",
+        "after-the-app",
+        r##"  { blockType = "ANNOUNCEMENT", announcementName = "enter-digits" },
+  { blockType = "HANGUP", hangupCause = "CALL_REJECTED" },"##,
+    ));
+    let server = Server::start_with(
+        &prov,
+        ServerOptions {
+            extra_server: "offerTimeout = 5\neventsResumeWindow = 1\n".into(),
+            ..ServerOptions::default()
+        },
+    );
+    let (mut observer, _) = connect(&server, &format!("token={ADMIN}"));
+    subscribe(&mut observer, json!({"op": "subscribe"}));
+    let (mut app, _) = connect(&server, &format!("token={APP}"));
+    send(
+        &mut app,
+        json!({"op": "subscribe", "numbers": ["801"], "control": true}),
+    );
+    assert_eq!(
+        next_json(&mut app).expect("subscribed")["type"],
+        "subscribed"
+    );
+
+    let (mut caller, _caller_rtp) = reinvited_caller(&server, "801");
+    let offered = next_event(&mut app, "call.offered");
+    let id = offered["callId"].as_str().expect("callId").to_string();
+    let reply = command(&mut app, "claim", "calls.claim", json!({"callId": id}));
+    assert_eq!(reply["ok"], true, "{reply}");
+    let r = post(&server, &format!("/v1/calls/{id}/answer"), APP, None);
+    assert_eq!(r.status, 200, "{}", r.describe());
+
+    // The application's socket goes; its session waits the resume window (1 s), then the
+    // call is the plan's again: the prompt, then the plan's HANGUP.
+    drop(app);
+    let gone = Instant::now();
+    let released = next_event(&mut observer, "call.released");
+    assert_eq!(released["callId"], id.as_str(), "{released}");
+    assert_eq!(released["data"]["by"], "ivr-app", "{released}");
+    assert!(
+        gone.elapsed() >= Duration::from_millis(900),
+        "not before the session's resume window ran out: {:?}",
+        gone.elapsed()
+    );
+    next_event(&mut observer, "call.hangup");
+    caller.wait().assert_success(&server.log_tail());
+    let cdr = server.wait_for_cdr("the released call", |c| c.call_id == id);
+    assert_eq!(cdr.hangup_cause, "CALL_REJECTED", "{}", cdr_text(&cdr));
+    assert!(
+        cdr.talk_time_ms >= prompt("enter-digits").duration().as_millis() as i64,
+        "the plan's prompt played first: {}",
+        cdr_text(&cdr)
+    );
 }

@@ -68,8 +68,11 @@ pub trait CallControl: Send + Sync + 'static {
     ) -> Option<callplane_engine::conference::ConferenceInfo>;
     /// The call and leg index of a conference's present participant.
     fn locate_participant(&self, tenant: &str, name: &str, leg_id: &str) -> Option<(String, u32)>;
-    /// An application (`by`) claims an offered call; `None` when it is gone.
-    fn claim(&self, call_id: &str, by: String) -> HangupFuture;
+    /// An application (`by`, through events session `session` if any) claims an offered
+    /// call; `None` when it is gone.
+    fn claim(&self, call_id: &str, by: String, session: Option<String>) -> HangupFuture;
+    /// The events session that claimed `call_id` is gone: the call goes back to its plan.
+    fn release_claim(&self, call_id: &str, session: String);
     /// Runs blocks on a call now; `None` when it is gone.
     fn run_blocks(&self, call_id: &str, blocks: Vec<Block>) -> HangupFuture;
     /// Calls to `number` of `tenant` are offered to an application until the returned
@@ -156,10 +159,16 @@ impl CallControl for callplane_engine::Engine {
         self.conferences().list(keep)
     }
 
-    fn claim(&self, call_id: &str, by: String) -> HangupFuture {
+    fn claim(&self, call_id: &str, by: String, session: Option<String>) -> HangupFuture {
         let engine = self.clone();
         let call_id = call_id.to_string();
-        Box::pin(async move { callplane_engine::Engine::claim(&engine, &call_id, by).await })
+        Box::pin(
+            async move { callplane_engine::Engine::claim(&engine, &call_id, by, session).await },
+        )
+    }
+
+    fn release_claim(&self, call_id: &str, session: String) {
+        callplane_engine::Engine::release_claim(self, call_id, session);
     }
 
     fn run_blocks(&self, call_id: &str, blocks: Vec<Block>) -> HangupFuture {
@@ -738,16 +747,19 @@ pub async fn claim(
     caller: Caller,
     P(id): P<String>,
 ) -> Result<Json<CallInfo>, ApiError> {
-    claim_call(&st, &caller, &id).await.map(Json)
+    claim_call(&st, &caller, &id, None).await.map(Json)
 }
 
+/// A claim through the events socket passes its `session`: the claim then lasts as long as
+/// that session (see `events_ws`); through REST it lasts until the call ends.
 pub(crate) async fn claim_call(
     st: &ApiState,
     caller: &Caller,
     id: &str,
+    session: Option<String>,
 ) -> Result<CallInfo, ApiError> {
     scoped_call(st, caller, id).await?;
-    command_answer(id, st.calls.claim(id, caller.0.name.clone()).await)
+    command_answer(id, st.calls.claim(id, caller.0.name.clone(), session).await)
 }
 
 /// `POST /v1/calls/{id}/answer`: answers a call an application claimed.

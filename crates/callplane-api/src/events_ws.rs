@@ -154,6 +154,23 @@ struct Session {
     /// The numbers this session controls (`"control": true`): their calls are offered to it
     /// while the session exists (also while it waits to be resumed).
     control: Mutex<Vec<Box<dyn std::any::Any + Send + Sync>>>,
+    /// The calls this session claimed: when the session ends, they go back to their plans.
+    claims: Mutex<Vec<ClaimHold>>,
+}
+
+/// A call claimed through a session; dropped with the session (closed for good, or not
+/// resumed within the window), it hands the call back to its routing plan.
+struct ClaimHold {
+    calls: Arc<dyn crate::calls::CallControl>,
+    call_id: String,
+    session: String,
+}
+
+impl Drop for ClaimHold {
+    fn drop(&mut self) {
+        self.calls
+            .release_claim(&self.call_id, std::mem::take(&mut self.session));
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,6 +178,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Session {
+    /// Keeps a claim of `call_id` for as long as the session lives; claims of calls that
+    /// have ended are let go on the way.
+    fn hold_claim(&self, st: &ApiState, call_id: String) {
+        let mut claims = lock(&self.claims);
+        claims.retain(|c| st.calls.call_tenant(&c.call_id).is_some());
+        claims.push(ClaimHold {
+            calls: st.calls.clone(),
+            call_id,
+            session: self.id.clone(),
+        });
+    }
+
     /// Appends a frame if the session's realm and subscription let it through.
     fn offer(&self, f: &Frame, cap: usize) {
         {
@@ -598,6 +627,7 @@ async fn run(
                 closed: CancellationToken::new(),
                 close_reason: Mutex::new(None),
                 control: Mutex::new(Vec::new()),
+                claims: Mutex::new(Vec::new()),
                 taken_over: Mutex::new(CancellationToken::new()),
             });
             hub.insert(s.clone());
@@ -890,7 +920,7 @@ async fn on_client_message(
                 );
                 return None;
             }
-            Some(command(st, caller, id, &msg).await)
+            Some(command(st, caller, s, id, &msg).await)
         }
         "" => Some(error_reply(
             op,
@@ -950,7 +980,13 @@ fn control_numbers(
 /// `{"op":"command","id":…,"method":"calls.hangup","params":{…}}` → `{"type":"reply",…}`.
 /// A command that changes a call and carries an `id` is run once per key and id: a retry gets
 /// the first reply again (`"replayed": true`).
-async fn command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value) -> Value {
+async fn command(
+    st: &ApiState,
+    caller: &Caller,
+    s: &Session,
+    id: Option<&Value>,
+    msg: &Value,
+) -> Value {
     let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
     let changes = matches!(
         method,
@@ -976,7 +1012,7 @@ async fn command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value
         other => other.to_string(),
     });
     let Some(key) = key else {
-        return run_command(st, caller, id, msg).await;
+        return run_command(st, caller, s, id, msg).await;
     };
     let request = format!("{method}\n{}", msg.get("params").unwrap_or(&Value::Null));
     let (claim, slot) =
@@ -993,7 +1029,7 @@ async fn command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value
                    "status": 409, "error": e.to_json()})
         }
         crate::idempotency::Claim::Run => {
-            let reply = run_command(st, caller, id, msg).await;
+            let reply = run_command(st, caller, s, id, msg).await;
             let status = reply["status"].as_u64().unwrap_or(200);
             let keep = status < 500;
             st.idempotency.finish(
@@ -1010,7 +1046,13 @@ async fn command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value
     }
 }
 
-async fn run_command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &Value) -> Value {
+async fn run_command(
+    st: &ApiState,
+    caller: &Caller,
+    s: &Session,
+    id: Option<&Value>,
+    msg: &Value,
+) -> Value {
     let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
     let mut params = match msg.get("params") {
         None | Some(Value::Null) => serde_json::Map::new(),
@@ -1091,9 +1133,13 @@ async fn run_command(st: &ApiState, caller: &Caller, id: Option<&Value>, msg: &V
             Err(e) => Err(e),
         },
         "calls.claim" => match call_id() {
-            Ok(c) => crate::calls::claim_call(st, caller, &c)
-                .await
-                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Ok(c) => {
+                let claimed = crate::calls::claim_call(st, caller, &c, Some(s.id.clone())).await;
+                if claimed.is_ok() {
+                    s.hold_claim(st, c);
+                }
+                claimed.map(|v| serde_json::to_value(v).unwrap_or_default())
+            }
             Err(e) => Err(e),
         },
         "calls.answer" => match call_id() {

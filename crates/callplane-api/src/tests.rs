@@ -156,10 +156,12 @@ impl CallControl for FakeCalls {
         Vec::new()
     }
 
-    fn claim(&self, call_id: &str, _by: String) -> crate::HangupFuture {
+    fn claim(&self, call_id: &str, _by: String, _session: Option<String>) -> crate::HangupFuture {
         let answer = self.info(call_id, "ringing").map(Ok);
         Box::pin(async move { answer })
     }
+
+    fn release_claim(&self, _call_id: &str, _session: String) {}
 
     fn run_blocks(
         &self,

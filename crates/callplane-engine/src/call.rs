@@ -423,6 +423,7 @@ impl SessionStart {
             reinviting: std::collections::HashMap::new(),
             offer_deadline: None,
             controller: None,
+            controller_session: None,
             bridges_run: 0,
             rooms_made: 0,
             supervisor: None,
@@ -507,6 +508,8 @@ struct Call {
     offer_deadline: Option<Instant>,
     /// The application (its API key's name) that claimed the call.
     controller: Option<String>,
+    /// The events session it claimed the call through: the claim lasts as long as it does.
+    controller_session: Option<String>,
     /// Counts BRIDGE blocks run, for `BridgeRun::serial`.
     bridges_run: u64,
     /// Counts bridge rooms made, for `BridgeRoom::id`.
@@ -988,9 +991,10 @@ impl Call {
                     CallCommand::Control { cmd, reply } => {
                         let _ = reply.send(self.control(cmd));
                     }
-                    CallCommand::Claim { by, reply } => {
-                        let _ = reply.send(self.claim(by));
+                    CallCommand::Claim { by, session, reply } => {
+                        let _ = reply.send(self.claim(by, session));
                     }
+                    CallCommand::ReleaseClaim { session } => self.release_claim(&session),
                     CallCommand::RunBlocks { blocks, reply } => {
                         let _ = reply.send(self.run_blocks(blocks));
                     }

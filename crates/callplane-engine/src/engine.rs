@@ -139,11 +139,20 @@ impl Engine {
         &self,
         call_id: &str,
         by: String,
+        session: Option<String>,
     ) -> Option<Result<crate::registry::CallInfo, crate::registry::CommandRefused>> {
         self.svc
             .calls
-            .ask(call_id, |reply| CallCommand::Claim { by, reply })
+            .ask(call_id, |reply| CallCommand::Claim { by, session, reply })
             .await
+    }
+
+    /// The events session `session` is gone: a call it claimed goes back to its plan. False
+    /// when the call is not running.
+    pub fn release_claim(&self, call_id: &str, session: String) -> bool {
+        self.svc
+            .calls
+            .send(call_id, CallCommand::ReleaseClaim { session })
     }
 
     /// Runs blocks on a call now (see [`crate::flow::Input::RunBlocks`]); `None` when it is

@@ -83,6 +83,10 @@ pub enum EventKind {
     },
     /// Nobody claimed the offered call in time: its plan runs.
     OfferExpired,
+    /// The application that claimed the call (`by`) is gone: its plan runs.
+    Released {
+        by: String,
+    },
     /// A COLLECT_DIGITS block is over: what it stored in `variable` (empty: no input).
     DigitsCollected {
         variable: String,
@@ -163,6 +167,7 @@ impl EventKind {
             EventKind::Offered { .. } => "call.offered",
             EventKind::Claimed { .. } => "call.claimed",
             EventKind::OfferExpired => "call.offer_expired",
+            EventKind::Released { .. } => "call.released",
             EventKind::DigitsCollected { .. } => "call.digits_collected",
             EventKind::BlocksDone => "call.blocks_done",
             EventKind::Supervisor { what, .. } => match *what {
@@ -207,7 +212,7 @@ impl EventKind {
                 number,
                 timeout_ms,
             } => json!({ "from": from, "to": to, "number": number, "timeoutMs": timeout_ms }),
-            EventKind::Claimed { by } => json!({ "by": by }),
+            EventKind::Claimed { by } | EventKind::Released { by } => json!({ "by": by }),
             EventKind::OfferExpired | EventKind::BlocksDone => json!({}),
             EventKind::DigitsCollected { variable, digits } => {
                 json!({ "variable": variable, "digits": digits })

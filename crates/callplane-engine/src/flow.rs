@@ -471,6 +471,8 @@ pub struct CallFlow {
     speech_listen: Option<u64>,
     /// An application claimed the call: no plan runs, only the blocks it sends.
     controlled: bool,
+    /// The routing plan a claim set aside, for [`CallFlow::release_control`].
+    plan_set_aside: Option<Vec<Block>>,
 }
 
 impl CallFlow {
@@ -496,6 +498,7 @@ impl CallFlow {
             last_digits: None,
             speech_listen: None,
             controlled: false,
+            plan_set_aside: None,
         }
     }
 
@@ -503,6 +506,10 @@ impl CallFlow {
     /// call waits for the blocks the application sends.
     pub fn take_control(&mut self) {
         self.controlled = true;
+        self.plan_set_aside = self
+            .frames
+            .first_mut()
+            .map(|f| std::mem::take(&mut f.blocks));
         self.frames = vec![Frame {
             blocks: Vec::new(),
             pc: 0,
@@ -512,6 +519,25 @@ impl CallFlow {
         self.timer = None;
         self.actions.clear();
         self.step = Step::Controlled;
+    }
+
+    /// The application that claimed the call is gone: the call is its plan's again. Blocks the
+    /// application sent that are still running (a bridge to an agent) finish first; then, or
+    /// at once when the call was waiting for the application, the routing plan runs from its
+    /// first block.
+    pub fn release_control(&mut self, now: Instant) {
+        if !self.controlled {
+            return;
+        }
+        self.controlled = false;
+        if let Some(base) = self.frames.first_mut() {
+            base.blocks = self.plan_set_aside.take().unwrap_or_default();
+            base.pc = 0;
+        }
+        if matches!(self.step, Step::Controlled) {
+            self.step = Step::Idle;
+            self.advance(now);
+        }
     }
 
     /// The call ends now with `cause` (a participant removed from its conference): what runs
@@ -2206,6 +2232,34 @@ mod tests {
         );
         assert_eq!(f.variables().get("pin"), Some("42"));
         assert!(!f.is_done());
+        // The application goes away: the plan runs from its first block.
+        f.release_control(t);
+        assert!(!f.is_controlled());
+        let a = drain(&mut f);
+        assert!(
+            a.contains(&Action::Hangup {
+                cause: HangupCause::CallRejected
+            }),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_released_call_finishes_the_blocks_it_was_sent_before_its_plan() {
+        let t = Instant::now();
+        let mut f = flow(json!([{"blockType":"ANNOUNCEMENT","announcementName":"plan"}]));
+        f.take_control();
+        f.start(t);
+        let sent = parse_blocks(&json!([{"blockType":"ANNOUNCEMENT","announcementName":"app"}]))
+            .expect("valid");
+        f.handle(Input::RunBlocks(sent), t);
+        let a = drain(&mut f);
+        assert!(plays(&a, "app"), "{a:?}");
+        f.release_control(t);
+        assert!(drain(&mut f).is_empty(), "the app's prompt plays on");
+        f.handle(Input::PlayFinished { id: play_id(&a) }, t);
+        let a = drain(&mut f);
+        assert!(plays(&a, "plan"), "then the plan: {a:?}");
     }
 
     #[test]

@@ -34,12 +34,16 @@ pub enum CallCommand {
         cmd: ControlCommand,
         reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
     },
-    /// An application claims an offered call (`by`: its API key's name): the first claim
-    /// wins, and the call's plan will not run.
+    /// An application claims an offered call (`by`: its API key's name; `session`: the
+    /// events socket session it claimed through, if any): the first claim wins, and the
+    /// call's plan will not run while the claim holds.
     Claim {
         by: String,
+        session: Option<String>,
         reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
     },
+    /// The events session that claimed the call is gone: the call is its plan's again.
+    ReleaseClaim { session: String },
     /// Run blocks on the call now (`POST …/blocks`): see [`crate::flow::Input::RunBlocks`].
     RunBlocks {
         blocks: Vec<crate::blocks::Block>,

@@ -103,7 +103,11 @@ mod tests {
             .into_iter()
             .map(|r| r.id)
             .collect();
-        assert_eq!(left, ["stuck", "young"], "the stuck one is tried again next time");
+        assert_eq!(
+            left,
+            ["stuck", "young"],
+            "the stuck one is tried again next time"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

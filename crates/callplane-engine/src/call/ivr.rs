@@ -82,7 +82,11 @@ impl Call {
     }
 
     /// [`CallCommand::Claim`]: the first claim of an offered call wins.
-    pub(super) fn claim(&mut self, by: String) -> Result<CallInfo, CommandRefused> {
+    pub(super) fn claim(
+        &mut self,
+        by: String,
+        session: Option<String>,
+    ) -> Result<CallInfo, CommandRefused> {
         if self.ended.is_some() {
             return Err(CommandRefused::Ending);
         }
@@ -95,8 +99,25 @@ impl Call {
         info!(call = %self.uuid, by = %by, "claimed by an application");
         self.flow.take_control();
         self.controller = Some(by.clone());
+        self.controller_session = session;
         self.emit(EventKind::Claimed { by });
         Ok(self.snapshot())
+    }
+
+    /// [`CallCommand::ReleaseClaim`]: the events session that claimed the call ended (closed,
+    /// and not resumed within its window). The call is handed back to its routing plan, which
+    /// runs from its first block once the blocks the application sent are done.
+    pub(super) fn release_claim(&mut self, session: &str) {
+        if self.ended.is_some() || self.controller_session.as_deref() != Some(session) {
+            return;
+        }
+        self.controller_session = None;
+        let Some(by) = self.controller.take() else {
+            return;
+        };
+        info!(call = %self.uuid, by = %by, "the application that claimed the call is gone: its plan runs");
+        self.emit(EventKind::Released { by });
+        self.flow.release_control(Instant::now());
     }
 
     /// [`ControlCommand::Answer`]: a claimed call is answered on command.

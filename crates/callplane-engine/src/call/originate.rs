@@ -437,7 +437,7 @@ fn dialling_command(d: &Dialling, cmd: CallCommand) -> Option<HangupCause> {
             let _ = reply.send(Err(CommandRefused::NotAnswered));
             None
         }
-        CallCommand::Interrupt => None,
+        CallCommand::Interrupt | CallCommand::ReleaseClaim { .. } => None,
         CallCommand::Claim { reply, .. } => {
             let _ = reply.send(Err(CommandRefused::NotOffered));
             None
