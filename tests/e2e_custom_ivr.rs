@@ -254,7 +254,7 @@ fn a_call_whose_application_goes_away_is_handed_back_to_its_plan() {
         "subscribed"
     );
 
-    let (mut caller, _caller_rtp) = reinvited_caller(&server, "801");
+    let (caller, _caller_rtp) = reinvited_caller(&server, "801");
     let offered = next_event(&mut app, "call.offered");
     let id = offered["callId"].as_str().expect("callId").to_string();
     let reply = command(&mut app, "claim", "calls.claim", json!({"callId": id}));
