@@ -846,6 +846,8 @@ fn an_attended_transfer_connects_the_customer_to_the_consulted_target() {
     let c = consultation();
     let server = &c.server;
     let (a, b) = (&c.a, &c.b);
+    let (mut events, _) = common::ws::connect(server, &format!("token={KEY}"));
+    common::ws::subscribe(&mut events, serde_json::json!({"op": "subscribe"}));
     let mut window = (Instant::now(), Instant::now());
     std::thread::scope(|s| {
         s.spawn(|| c.customer_rtp.send_pcm(&sine(CALLER_HZ, 6.0, 6000.0)));
@@ -870,6 +872,20 @@ fn an_attended_transfer_connects_the_customer_to_the_consulted_target() {
             t + Duration::from_millis(600),
             t + Duration::from_millis(2400),
         );
+        // The moved party's keys are the customer's call's now: `call.dtmf` on it, from the
+        // target's leg there.
+        c.target_rtp.send_rfc4733("5", 101, 5);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let dtmf = loop {
+            let v = common::ws::next_json(&mut events).expect("events");
+            if v["type"] == "call.dtmf" {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "no call.dtmf");
+        };
+        assert_eq!(dtmf["callId"], a.as_str(), "{dtmf}");
+        assert_eq!(dtmf["legId"], format!("{a}.2"), "{dtmf}");
+        assert_eq!(dtmf["data"]["digit"], "5", "{dtmf}");
         // The consultation call is over.
         let r = http::json(
             server.http_port(),

@@ -245,6 +245,16 @@ enum AttemptEvent {
     Digit { digit: char, source: DtmfSource },
 }
 
+impl AttemptEvent {
+    /// A keypad digit the callee's media heard; other media events stay with the media.
+    fn from_media(ev: MediaEvent) -> Option<AttemptEvent> {
+        match ev {
+            MediaEvent::Dtmf { digit, source } => Some(AttemptEvent::Digit { digit, source }),
+            _ => None,
+        }
+    }
+}
+
 /// A running BRIDGE block: the sans-IO `Dial` and the legs it placed.
 struct BridgeRun {
     /// Which BRIDGE of the call this is: late launch results of an earlier one are refused.
@@ -2127,30 +2137,13 @@ impl Call {
                 b.dial
                     .handle_input(DialInput::LaunchFailed { attempt, status }, Instant::now());
             }
-            Ok(mut l) => {
-                // The callee's keypad digits (RFC 4733 or in-band) reach the session too.
+            Ok(l) => {
                 let leg_id = LegId(u64::from(attempt.0));
                 let owner = b.mailbox.adopt(leg_id, 1);
-                if let Some(mut media_events) = l.media.take_events() {
-                    let tx = b.events_tx.clone();
-                    tokio::spawn(async move {
-                        while let Some(ev) = media_events.recv().await {
-                            if let MediaEvent::Dtmf { digit, source } = ev {
-                                let event = AttemptEvent::Digit { digit, source };
-                                let a = Addressed {
-                                    leg: leg_id,
-                                    owner,
-                                    event,
-                                };
-                                if tx.send(a).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    });
-                }
                 let Launched { leg, media, sdp } = *l;
                 let handle = media.handle();
+                // The callee's keypad digits (RFC 4733 or in-band) reach the session too, and
+                // whichever call owns the leg after an attended transfer.
                 let leg = spawn_outbound(
                     leg_id,
                     leg,
@@ -2158,6 +2151,7 @@ impl Call {
                     owner,
                     b.events_tx.clone(),
                     AttemptEvent::Sip,
+                    Some(AttemptEvent::from_media),
                 );
                 if let Some(reason) = slot.hangup_pending.take() {
                     // Dial gave it up while it was launching.

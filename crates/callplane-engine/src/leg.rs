@@ -7,7 +7,7 @@
 //! the owner's commands (ringing, answer, reject, hang-up) and moves, so the leg outlives the
 //! owner that created it once it is moved, and no owner awaits a SIP transaction.
 
-use callplane_media::MediaLeg;
+use callplane_media::{MediaEvent, MediaLeg};
 use callplane_sip::{Answerer, InboundEvent, InboundLeg, OutboundEvent, OutboundLeg, Reinviter};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -214,17 +214,21 @@ impl<E> LegHandle<E> {
 const DRAIN: Duration = Duration::from_secs(32);
 
 /// Spawns the task that owns `leg`: it forwards the dialog's events (mapped by `wrap`) to the
-/// current owner and tracks the leg's state; it ends with the dialog.
+/// current owner and tracks the leg's state; it ends with the dialog. With `wrap_media`, the
+/// events of the leg's media (keypad digits) are forwarded to the current owner too, so they
+/// follow the leg when it moves.
 pub fn spawn_outbound<E: Send + 'static>(
     id: LegId,
     mut leg: OutboundLeg,
-    media: MediaLeg,
+    mut media: MediaLeg,
     owner: Owner,
     events: mpsc::UnboundedSender<Addressed<E>>,
     wrap: fn(OutboundEvent) -> E,
+    wrap_media: Option<fn(MediaEvent) -> Option<E>>,
 ) -> LegHandle<E> {
     let (tx, mut commands) = mpsc::unbounded_channel::<LegCommand<E>>();
     let reinviter = leg.reinviter();
+    let mut media_events = wrap_media.and_then(|_| media.take_events());
     tokio::spawn(async move {
         // The leg's RTP endpoint: closed when the dialog is over (or hung up), not before.
         let mut media = Some(media);
@@ -258,6 +262,14 @@ pub fn spawn_outbound<E: Send + 'static>(
                         return;
                     }
                 },
+                ev = recv_media(&mut media_events) => match (ev, wrap_media) {
+                    (Some(ev), Some(wrap_media)) => {
+                        if let Some(event) = wrap_media(ev) {
+                            let _ = events.send(Addressed { leg: id, owner, event });
+                        }
+                    }
+                    _ => media_events = None,
+                },
                 ev = leg.next_event() => {
                     let Some(ev) = ev else { return };
                     let early = matches!(&ev, OutboundEvent::Ringing { sdp: Some(_), .. });
@@ -286,6 +298,14 @@ pub fn spawn_outbound<E: Send + 'static>(
         id,
         commands: tx,
         reinviter,
+    }
+}
+
+/// The next media event, or never when there is no receiver.
+async fn recv_media(rx: &mut Option<mpsc::Receiver<MediaEvent>>) -> Option<MediaEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -236,7 +236,15 @@ async fn originate(
     let leg_id = LegId(svc.next_leg.fetch_add(1, Ordering::Relaxed));
     let (out_tx, mut out_events) = mpsc::unbounded_channel::<Addressed<OutboundEvent>>();
     let media_handle = media.handle();
-    let handle = spawn_outbound(leg_id, leg, media, held.adopt(leg_id, 1), out_tx, |e| e);
+    let handle = spawn_outbound(
+        leg_id,
+        leg,
+        media,
+        held.adopt(leg_id, 1),
+        out_tx,
+        |e| e,
+        None,
+    );
     let ringing_state = |early: bool| {
         if early {
             LegState::EarlyMedia

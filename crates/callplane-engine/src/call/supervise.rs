@@ -141,6 +141,7 @@ impl Call {
                     owner,
                     self.side_tx.clone(),
                     AttemptEvent::Sip,
+                    None,
                 );
                 if let Some(s) = self.supervisor.as_mut() {
                     s.live = Some(Attempt {
