@@ -1,8 +1,8 @@
 //! The TENIOS side APIs with TENIOS-style payloads: `POST /makecall/init` calls a number (a SIPp
 //! trunk) and, once it answers, runs the TENIOS number's routing plan — here a Call Control
 //! block whose webhook sees `callback_id` and `callback_bleg_uuid`; `POST /makecall/status`
-//! follows it; `POST /interrupt-ecc-block` stops the running Call Control block so the next
-//! webhook request goes out at once.
+//! follows it (also across a restart); `POST /interrupt-ecc-block` stops the running Call
+//! Control block so the next webhook request goes out at once.
 
 mod common;
 
@@ -172,4 +172,22 @@ fn makecall_runs_the_numbers_plan_and_interrupt_ecc_block_moves_it_on() {
         cdr.variables.get("callback_id").map(String::as_str),
         Some(id.to_string().as_str())
     );
+
+    // After a restart the request is still known (its state from the CDR), and the next
+    // request gets a new id, not one handed out before.
+    let mut server = server;
+    server.restart();
+    assert_eq!(status(&server, &id), "DISCONNECTED");
+    let r = post(
+        &server,
+        "/makecall/init",
+        json!({"access_key": ACCESS_KEY, "destination_number": "+4930124", "tenios_number": "+4922155400300"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let next = r.json()["id"].as_u64().expect("an id");
+    assert!(next > id.as_u64().unwrap_or(u64::MAX), "{next} after {id}");
+    // The new request has its own state; the old one keeps its own.
+    let s = status(&server, &json!(next));
+    assert!(s == "REQUESTED" || s == "CALLING_A", "{s}");
+    assert_eq!(status(&server, &id), "DISCONNECTED");
 }

@@ -19,7 +19,8 @@ use serde_json::{json, Map, Value};
 use crate::auth::Caller;
 use crate::ApiState;
 
-/// How many makecall requests are remembered for `/makecall/status` (oldest forgotten first).
+/// How many makecall requests are followed in memory (oldest forgotten first); an older one's
+/// state comes from its call's CDR.
 const TRACKED: usize = 10_000;
 
 /// A makecall request's state, as `/makecall/status` reports it (the states of TENIOS's
@@ -58,7 +59,6 @@ struct Tracked {
 
 #[derive(Default)]
 struct TrackerState {
-    next_id: u64,
     by_id: BTreeMap<u64, Tracked>,
     by_call: HashMap<String, u64>,
 }
@@ -72,11 +72,9 @@ impl MakecallTracker {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A new request id (1, 2, 3… per process).
-    fn track(&self, call_id: &str, tenant: &str) -> u64 {
+    /// Follows request `id` (numbered by the store) for the call `call_id`.
+    fn track(&self, id: u64, call_id: &str, tenant: &str) {
         let mut s = self.lock();
-        s.next_id += 1;
-        let id = s.next_id;
         s.by_id.insert(
             id,
             Tracked {
@@ -91,7 +89,6 @@ impl MakecallTracker {
                 s.by_call.remove(&old.call_id);
             }
         }
-        id
     }
 
     fn status(&self, id: u64) -> Option<(String, MakecallStatus)> {
@@ -291,8 +288,17 @@ pub async fn makecall_init(
             )
         })?;
     let call_uuid = uuid::Uuid::new_v4();
-    // Tracked before the call starts, so that none of its events is missed.
-    let request_id = st.makecalls.track(&call_uuid.to_string(), &tenant.name);
+    // Numbered by the store (ids go on across restarts) and tracked before the call starts,
+    // so that none of its events is missed.
+    let request_id = st
+        .store
+        .insert_makecall(&call_uuid.to_string(), &tenant.name)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot store a makecall request");
+            TeniosError::new("INTERNAL_ERROR", "the request could not be stored", &[])
+        })?;
+    st.makecalls
+        .track(request_id, &call_uuid.to_string(), &tenant.name);
     st.calls.originate(Originate {
         destination_type: DestinationType::ExternalNumber,
         destination: destination.clone(),
@@ -327,7 +333,26 @@ pub async fn makecall_status(
     let id: u64 = text(&m, "id")
         .and_then(|s| s.parse().ok())
         .ok_or_else(unknown)?;
-    let (tenant, status) = st.makecalls.status(id).ok_or_else(unknown)?;
+    // A request followed in memory, else one of before a restart (or long ago): its call's
+    // CDR says how it ended.
+    let (tenant, status) = match st.makecalls.status(id) {
+        Some(s) => s,
+        None => {
+            let (call_id, tenant) = st
+                .store
+                .get_makecall(id)
+                .ok()
+                .flatten()
+                .ok_or_else(unknown)?;
+            let status = match st.store.get_cdr(&call_id).ok().flatten() {
+                Some(cdr) if cdr.answer_time.is_some() => MakecallStatus::Disconnected,
+                Some(_) => MakecallStatus::CallAFailed,
+                // Never started (the server stopped first): it will not be.
+                None => MakecallStatus::CallAFailed,
+            };
+            (tenant, status)
+        }
+    };
     let scope = caller
         .call_scope(&st.store)
         .map_err(|_| TeniosError::bad_credentials())?;

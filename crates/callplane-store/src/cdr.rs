@@ -214,6 +214,26 @@ impl Store {
         Ok(())
     }
 
+    /// Numbers a TENIOS makecall request for `call_id`: ids count up across restarts.
+    pub fn insert_makecall(&self, call_id: &str, tenant: &str) -> Result<u64, StoreError> {
+        let conn = self.conn();
+        conn.prepare_cached(
+            "INSERT INTO makecalls (call_id, tenant, created) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![call_id, tenant, time_text(&Utc::now())])?;
+        Ok(conn.last_insert_rowid() as u64)
+    }
+
+    /// The call and tenant of makecall request `id`.
+    pub fn get_makecall(&self, id: u64) -> Result<Option<(String, String)>, StoreError> {
+        let found = self
+            .read()
+            .prepare_cached("SELECT call_id, tenant FROM makecalls WHERE id = ?1")?
+            .query_row([id as i64], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        Ok(found)
+    }
+
     /// Up to `limit` recordings that ended before `cutoff`, oldest first: what a retention
     /// period lets go.
     pub fn recordings_ended_before(

@@ -209,6 +209,16 @@ ALTER TABLE api_keys ADD COLUMN rate_limit INTEGER CHECK (rate_limit IS NULL OR 
     r#"
 ALTER TABLE sip_users ADD COLUMN auto_answer INTEGER NOT NULL DEFAULT 0 CHECK (auto_answer IN (0, 1));
 "#,
+    // 10: TENIOS makecall requests: their ids go on counting across restarts, and a request's
+    // call is found again (its state then comes from the call's CDR).
+    r#"
+CREATE TABLE makecalls (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    call_id TEXT NOT NULL UNIQUE,
+    tenant  TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+"#,
 ];
 
 /// Steps written in Rust that run after a version's SQL, in the same transaction.
