@@ -19,8 +19,14 @@ trap 'rm -rf "$tmp"' EXIT
 cat >"$tmp/requirements.txt" <<'REQ'
 moonshine-cpp==0.1.4 --hash=sha256:f7afc662bdd3ef98815ee3b940438b456e77d5a77cea5396ed9c572785412ebd
 REQ
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --only-binary=:all: \
-    --require-hashes -r "$tmp/requirements.txt" --target "$tmp/pkg"
+# The interpreter's pip, else one in a throwaway venv (Debian's python3 has no pip by itself).
+pip=(python3 -m pip)
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m venv "$tmp/venv"
+    pip=("$tmp/venv/bin/python" -m pip)
+fi
+"${pip[@]}" install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --only-binary=:all: --require-hashes -r "$tmp/requirements.txt" --target "$tmp/pkg"
 mkdir -p "$target"
 rm -rf "$target/moonshine_cpp"
 mv "$tmp/pkg/moonshine_cpp" "$target/moonshine_cpp"
