@@ -557,3 +557,31 @@ fn a_client_that_never_reads_is_closed_while_calls_go_on() {
         "the fast client saw {finished} of {calls} calls end"
     );
 }
+
+#[test]
+fn a_request_retried_after_a_restart_with_its_idempotency_key_is_not_run_again() {
+    let mut server = server("");
+    let auth = format!("Bearer {ADMIN}");
+    let body = br#"{"name": "t-idem", "customerNumber": 424242}"#;
+    let create = |server: &Server| {
+        http::request(
+            server.http_port(),
+            "POST",
+            "/v1/tenants",
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", "create-t-idem"),
+            ],
+            body,
+        )
+    };
+    let first = create(&server);
+    assert_eq!(first.status, 201, "{}", first.describe());
+    server.restart();
+    // Run again, this would be 409 (the tenant exists); it is the first answer instead.
+    let again = create(&server);
+    assert_eq!(again.status, 201, "{}", again.describe());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, first.body);
+}

@@ -2,10 +2,11 @@
 //! the same route, with the same body) is not executed again — its first answer is replayed,
 //! with `Idempotent-Replayed: true`. The events socket's commands use their `id` the same way.
 //!
-//! Answers are kept for [`KEEP`] (at most [`CAPACITY`] of them, oldest dropped first). A retry
-//! while the first request still runs is `409`; the same key with another route or body is
-//! `409` too (the key names one request). Server errors (5xx) are not kept: a retry after one
-//! runs again.
+//! Answers are kept for [`KEEP`] (in memory at most [`CAPACITY`] of them, oldest dropped
+//! first; and in the store, so a retry after a restart — or after its answer left memory — is
+//! still not run twice). A retry while the first request still runs is `409`; the same key
+//! with another route or body is `409` too (the key names one request). Server errors (5xx)
+//! are not kept: a retry after one runs again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -51,11 +52,42 @@ pub struct Stored {
 struct Inner {
     entries: HashMap<[u8; 32], (Entry, Instant)>,
     order: VecDeque<([u8; 32], Instant)>,
+    /// Answers written to the store since it was last pruned.
+    written: u32,
 }
 
-/// The kept answers of one process.
+/// The kept answers: in memory, and in the store when there is one.
 #[derive(Default)]
-pub struct Idempotency(Mutex<Inner>);
+pub struct Idempotency {
+    inner: Mutex<Inner>,
+    store: Option<callplane_store::Store>,
+}
+
+/// The store is pruned of answers older than [`KEEP`] after this many writes.
+const PRUNE_EVERY: u32 = 1000;
+
+impl Stored {
+    fn from_kept(a: callplane_store::IdempotentAnswer) -> Option<Stored> {
+        Some(Stored {
+            status: StatusCode::from_u16(a.status).ok()?,
+            content_type: a.content_type.and_then(|v| HeaderValue::from_str(&v).ok()),
+            location: a.location.and_then(|v| HeaderValue::from_str(&v).ok()),
+            body: Bytes::from(a.body),
+        })
+    }
+
+    fn to_kept(&self, request: [u8; 32]) -> callplane_store::IdempotentAnswer {
+        let text =
+            |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
+        callplane_store::IdempotentAnswer {
+            request,
+            status: self.status.as_u16(),
+            content_type: text(&self.content_type),
+            location: text(&self.location),
+            body: self.body.to_vec(),
+        }
+    }
+}
 
 /// What to do with a request that carries a key.
 pub enum Claim {
@@ -77,8 +109,33 @@ fn digest(parts: &[&[u8]]) -> [u8; 32] {
 }
 
 impl Idempotency {
+    /// Answers kept in `store` too.
+    pub fn durable(store: callplane_store::Store) -> Self {
+        Idempotency {
+            inner: Mutex::default(),
+            store: Some(store),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The answer the store kept under `id` (within [`KEEP`]).
+    fn kept(&self, id: &[u8; 32]) -> Option<([u8; 32], Stored)> {
+        let store = self.store.as_ref()?;
+        let since = chrono::Utc::now() - chrono::Duration::from_std(KEEP).ok()?;
+        match store.get_idempotent(id, since) {
+            Ok(Some(a)) => {
+                let request = a.request;
+                Some((request, Stored::from_kept(a)?))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a kept idempotent answer");
+                None
+            }
+        }
     }
 
     /// `who` is the caller's credential (hashed here, never kept), `key` its idempotency key,
@@ -115,26 +172,59 @@ impl Idempotency {
                     Claim::Conflict("this Idempotency-Key was used for another request")
                 }
             }
-            None => {
-                inner.entries.insert(id, (Entry::Running { request }, now));
-                inner.order.push_back((id, now));
-                Claim::Run
-            }
+            None => match self.kept(&id) {
+                // Answered before this process (or before memory let it go).
+                Some((r, answer)) => {
+                    let claim = if r == request {
+                        Claim::Replay(answer.clone())
+                    } else {
+                        Claim::Conflict("this Idempotency-Key was used for another request")
+                    };
+                    inner
+                        .entries
+                        .insert(id, (Entry::Done { request: r, answer }, now));
+                    inner.order.push_back((id, now));
+                    claim
+                }
+                None => {
+                    inner.entries.insert(id, (Entry::Running { request }, now));
+                    inner.order.push_back((id, now));
+                    Claim::Run
+                }
+            },
         };
         (claim, id)
     }
 
     /// The request claimed as `id` answered `answer` (`None`: not kept, a retry runs again).
     pub fn finish(&self, id: [u8; 32], answer: Option<Stored>) {
+        self.finish_kept(id, answer, true)
+    }
+
+    /// As [`Idempotency::finish`]; `durable: false` keeps the answer in memory only (an answer
+    /// carrying a secret, such as a new API key's, is never written to the database).
+    pub fn finish_kept(&self, id: [u8; 32], answer: Option<Stored>, durable: bool) {
         let mut inner = self.lock();
         match answer {
             Some(answer) => {
-                if let Some((entry, _)) = inner.entries.get_mut(&id) {
-                    if let Entry::Running { request } = entry {
-                        *entry = Entry::Done {
-                            request: *request,
-                            answer,
-                        };
+                let Some((entry, _)) = inner.entries.get_mut(&id) else {
+                    return;
+                };
+                let Entry::Running { request } = *entry else {
+                    return;
+                };
+                if let Some(store) = self.store.as_ref().filter(|_| durable) {
+                    if let Err(e) = store.put_idempotent(&id, &answer.to_kept(request)) {
+                        tracing::warn!(error = %e, "cannot keep an idempotent answer");
+                    }
+                }
+                *entry = Entry::Done { request, answer };
+                inner.written += 1;
+                if inner.written >= PRUNE_EVERY {
+                    inner.written = 0;
+                    if let (Some(store), Ok(keep)) = (&self.store, chrono::Duration::from_std(KEEP))
+                    {
+                        let _ = store.prune_idempotent(chrono::Utc::now() - keep);
                     }
                 }
             }
@@ -209,7 +299,9 @@ pub async fn layer(State(st): State<ApiState>, req: Request, next: Next) -> Resp
                 location: parts.headers.get(header::LOCATION).cloned(),
                 body: body.clone(),
             };
-            st.idempotency.finish(id, Some(stored));
+            // A new API key's answer holds its secret: never written to the database.
+            let durable = path != b"/v1/apikeys";
+            st.idempotency.finish_kept(id, Some(stored), durable);
             Response::from_parts(parts, Body::from(body))
         }
     }
@@ -234,4 +326,54 @@ pub fn socket_claim(st: &ApiState, key_name: &str, id: &str, request: &[u8]) -> 
     let who = format!("socket\u{0}{key_name}");
     st.idempotency
         .claim(who.as_bytes(), id.as_bytes(), &[b"socket", request])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: &'static str) -> Stored {
+        Stored {
+            status: StatusCode::CREATED,
+            content_type: Some(HeaderValue::from_static("application/json")),
+            location: Some(HeaderValue::from_static("/v1/things/1")),
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn an_answer_is_replayed_by_the_next_process_but_a_secret_one_is_not() {
+        let store = callplane_store::Store::open_in_memory().expect("store");
+        let before = Idempotency::durable(store.clone());
+        let req: [&[u8]; 2] = [b"POST", b"/v1/things"];
+        let (claim, id) = before.claim(b"who", b"k-1", &req);
+        assert!(matches!(claim, Claim::Run));
+        before.finish(id, Some(answer("{\"id\":1}")));
+        let (claim, id2) = before.claim(b"who", b"k-2", &req);
+        assert!(matches!(claim, Claim::Run));
+        before.finish_kept(id2, Some(answer("{\"key\":\"secret\"}")), false);
+
+        // A restart: a new process on the same database.
+        let after = Idempotency::durable(store);
+        match after.claim(b"who", b"k-1", &req) {
+            (Claim::Replay(s), _) => {
+                assert_eq!(s.status, StatusCode::CREATED);
+                assert_eq!(&s.body[..], b"{\"id\":1}");
+                assert_eq!(
+                    s.location.as_ref().map(|v| v.as_bytes()),
+                    Some(&b"/v1/things/1"[..])
+                );
+            }
+            _ => panic!("the answer is replayed"),
+        }
+        let other: [&[u8]; 2] = [b"POST", b"/v1/other"];
+        assert!(matches!(
+            after.claim(b"who", b"k-1", &other).0,
+            Claim::Conflict(_)
+        ));
+        assert!(
+            matches!(after.claim(b"who", b"k-2", &req).0, Claim::Run),
+            "the secret answer was not written"
+        );
+    }
 }

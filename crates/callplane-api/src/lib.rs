@@ -109,6 +109,7 @@ impl ApiState {
         let hub = events_ws::EventHub::start(events, |s| calls.subscribe(s));
         let makecalls = Arc::new(tenios::MakecallTracker::default());
         calls.subscribe(makecalls.clone());
+        let idempotency = Arc::new(idempotency::Idempotency::durable(store.clone()));
         ApiState {
             store,
             data_dir,
@@ -117,7 +118,7 @@ impl ApiState {
             shutdown: tokio_util::sync::CancellationToken::new(),
             click_to_dial: click_to_dial::ClickToDialConfig::default(),
             makecalls,
-            idempotency: Arc::default(),
+            idempotency,
             rate_limits: Arc::default(),
         }
     }

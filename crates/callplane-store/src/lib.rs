@@ -6,6 +6,7 @@ mod api_keys;
 mod cdr;
 mod directory;
 mod error;
+mod idempotency;
 mod migrations;
 pub mod model;
 mod objects;
@@ -17,6 +18,7 @@ mod writer;
 pub use cdr::CdrQuery;
 pub use directory::{SipDirectoryView, WATCH_INTERVAL as DIRECTORY_WATCH_INTERVAL};
 pub use error::StoreError;
+pub use idempotency::IdempotentAnswer;
 pub use migrations::SCHEMA_VERSION;
 pub use model::{
     Announcement, ApiKey, ApiRealm, Cdr, CdrLeg, FieldError, Number, Provisioning, Recording,

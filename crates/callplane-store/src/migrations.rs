@@ -219,6 +219,20 @@ CREATE TABLE makecalls (
     created TEXT NOT NULL
 );
 "#,
+    // 11: the answers of requests made with an idempotency key (hashes of who asked and of
+    // the request, not the request itself), so a retry after a restart is not run twice.
+    r#"
+CREATE TABLE idempotent_answers (
+    id           BLOB PRIMARY KEY NOT NULL,
+    request      BLOB NOT NULL,
+    status       INTEGER NOT NULL,
+    content_type TEXT,
+    location     TEXT,
+    body         BLOB NOT NULL,
+    stored       TEXT NOT NULL
+);
+CREATE INDEX idempotent_answers_by_time ON idempotent_answers (stored);
+"#,
 ];
 
 /// Steps written in Rust that run after a version's SQL, in the same transaction.
