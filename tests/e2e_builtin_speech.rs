@@ -3,13 +3,14 @@
 //! it first). No `[asr] url`: callers say "yes", "no" and "one two three four" (espeak-ng audio
 //! sent as RTP after the prompt) and the words land in the variable and `collected_<name>`,
 //! with a confidence; COLLECT_DIGITS with `allowSpeechInput` turns the spoken digits into
-//! 1234. A model that is not there gives one log line at start, and the block is skipped with
-//! the variable empty while the plan goes on.
+//! 1234; a silent caller hears the missing-input prompt and the question again, and the
+//! variable ends up empty. A model that is not there gives one log line at start, and the
+//! block is skipped with the variable empty while the plan goes on.
 
 mod common;
 
 use common::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn plans() -> String {
     format!(
@@ -54,6 +55,37 @@ fn the_built_in_recognizer_understands_yes_no_and_digits() {
             cdr_text(&cdr)
         );
     }
+    // A silent caller: the missing-input prompt, the question again, then an empty answer.
+    let rtp = RtpPeer::new();
+    let started = Instant::now();
+    let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
+        .service("960")
+        .set("rtp_port", rtp.port())
+        .spawn();
+    rtp.wait_for_packets(1, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
+    let caller = caller.wait();
+    caller.assert_success(&server.log_tail());
+    let heard = rtp.heard(started, Instant::now());
+    let (_, missing) = find_audio(&heard, &prompt("invalid").samples).unwrap_or_default();
+    assert!(
+        missing > 0.9,
+        "the missing-input prompt is played ({missing:.2})"
+    );
+    let cdr = server.cdr_for_call_id(&caller.call_id);
+    assert_eq!(
+        cdr.variables.get("answer").map(String::as_str),
+        Some(""),
+        "{}",
+        cdr_text(&cdr)
+    );
+    let length = Duration::from_millis(cdr.talk_time_ms as u64);
+    let prompt_len = prompt("enter-digits").duration();
+    assert!(
+        length >= prompt_len * 2 + Duration::from_secs(6),
+        "prompt, 3 s, missing-input prompt, prompt, 3 s: {length:?}"
+    );
+
     let cdr = say_after_prompt(&server, "961", &espeak_8k("en-us", "one two three four"));
     assert_eq!(
         cdr.variables.get("pin").map(String::as_str),
