@@ -269,6 +269,7 @@ fn a_call_whose_application_goes_away_is_handed_back_to_its_plan() {
     let released = next_event(&mut observer, "call.released");
     assert_eq!(released["callId"], id.as_str(), "{released}");
     assert_eq!(released["data"]["by"], "ivr-app", "{released}");
+    assert_eq!(released["data"]["reason"], "gone", "{released}");
     assert!(
         gone.elapsed() >= Duration::from_millis(900),
         "not before the session's resume window ran out: {:?}",
@@ -283,4 +284,59 @@ fn a_call_whose_application_goes_away_is_handed_back_to_its_plan() {
         "the plan's prompt played first: {}",
         cdr_text(&cdr)
     );
+}
+
+#[test]
+fn a_claimed_call_left_waiting_goes_back_to_its_plan_after_the_claim_idle_timeout() {
+    let mut prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN}\"\n\n\
+         [[apiKeys]]\nname = \"ivr-app\"\nrealm = \"customer\"\ntenant = \"t1\"\nkey = \"{APP}\"\n\n"
+    );
+    prov.push_str(&tenant_with_prompts());
+    prov.push_str(&number_with_plan(
+        "802",
+        "after-the-app",
+        r##"  { blockType = "HANGUP", hangupCause = "CALL_REJECTED" },"##,
+    ));
+    let server = Server::start_with(
+        &prov,
+        ServerOptions {
+            extra_server: "offerTimeout = 5\nclaimIdleTimeout = 1.5\n".into(),
+            ..ServerOptions::default()
+        },
+    );
+    let (mut observer, _) = connect(&server, &format!("token={ADMIN}"));
+    subscribe(&mut observer, json!({"op": "subscribe"}));
+    let (mut app, _) = connect(&server, &format!("token={APP}"));
+    send(
+        &mut app,
+        json!({"op": "subscribe", "numbers": ["802"], "control": true}),
+    );
+    assert_eq!(
+        next_json(&mut app).expect("subscribed")["type"],
+        "subscribed"
+    );
+    let (caller, _caller_rtp) = reinvited_caller(&server, "802");
+    let id = next_event(&mut app, "call.offered")["callId"]
+        .as_str()
+        .expect("callId")
+        .to_string();
+    // Claimed over REST and answered, then nothing: the application is stuck.
+    let r = post(&server, &format!("/v1/calls/{id}/claim"), APP, None);
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let r = post(&server, &format!("/v1/calls/{id}/answer"), APP, None);
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let answered = Instant::now();
+    let released = next_event(&mut observer, "call.released");
+    assert_eq!(released["callId"], id.as_str(), "{released}");
+    assert_eq!(released["data"]["reason"], "idle", "{released}");
+    assert!(
+        answered.elapsed() >= Duration::from_millis(1300),
+        "after the idle timeout: {:?}",
+        answered.elapsed()
+    );
+    caller.wait().assert_success(&server.log_tail());
+    let cdr = server.wait_for_cdr("the released call", |c| c.call_id == id);
+    assert_eq!(cdr.hangup_cause, "CALL_REJECTED", "{}", cdr_text(&cdr));
+    drop(app);
 }

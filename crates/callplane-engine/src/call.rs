@@ -82,6 +82,8 @@ pub struct CallServices {
     pub controllers: Arc<Controllers>,
     /// How long an offered call waits for a claim before its plan runs.
     pub offer_timeout: Duration,
+    /// How long a claimed call waits for its application before its plan runs.
+    pub claim_idle_timeout: Option<Duration>,
     /// COLLECT_SPEECH's recognizer, if one is configured.
     pub recognizer: Option<Arc<dyn crate::asr::SpeechRecognizer>>,
 }
@@ -434,6 +436,7 @@ impl SessionStart {
             offer_deadline: None,
             controller: None,
             controller_session: None,
+            idle_since: None,
             bridges_run: 0,
             rooms_made: 0,
             supervisor: None,
@@ -520,6 +523,8 @@ struct Call {
     controller: Option<String>,
     /// The events session it claimed the call through: the claim lasts as long as it does.
     controller_session: Option<String>,
+    /// Since when a claimed call has been waiting for its application (nothing running).
+    idle_since: Option<Instant>,
     /// Counts BRIDGE blocks run, for `BridgeRun::serial`.
     bridges_run: u64,
     /// Counts bridge rooms made, for `BridgeRoom::id`.
@@ -957,6 +962,7 @@ impl Call {
             }
             let timer = self.flow.poll_timeout();
             let bridge_deadline = self.bridge.as_ref().and_then(|b| b.dial.poll_timeout());
+            let claim_deadline = self.claim_idle_deadline();
             tokio::select! {
                 ev = self.leg_events.recv() => match ev {
                     // An event from an epoch this session no longer holds is dropped.
@@ -972,6 +978,7 @@ impl Call {
                 ev = supervise::recv_side(&mut self.side_rx, &self.side) => self.on_supervisor_event(ev).await,
                 _ = sleep_until_opt(timer) => self.flow.handle_timeout(Instant::now()),
                 _ = sleep_until_opt(self.offer_deadline) => self.offer_expired(),
+                _ = sleep_until_opt(claim_deadline) => self.claim_idle(),
                 Some(input) = self.inputs.recv() => {
                     if let Input::StreamEnded { id, .. } = &input {
                         if self.stream.as_ref().is_some_and(|(s, _)| s == id) {

@@ -33,6 +33,9 @@ pub struct EngineConfig {
     pub recordings_dir: std::path::PathBuf,
     /// How long a call to a number an application controls waits for a claim.
     pub offer_timeout: Duration,
+    /// How long a claimed call waits for its application before its plan runs; `None`: for
+    /// ever.
+    pub claim_idle_timeout: Option<Duration>,
     /// COLLECT_SPEECH's recognizer; `None`: the blocks are skipped (logged at start).
     pub recognizer: Option<Arc<dyn crate::asr::SpeechRecognizer>>,
 }
@@ -91,6 +94,7 @@ impl Engine {
                 recordings_dir: cfg.recordings_dir,
                 controllers: Arc::default(),
                 offer_timeout: cfg.offer_timeout,
+                claim_idle_timeout: cfg.claim_idle_timeout,
                 recognizer: cfg.recognizer,
             }),
         })

@@ -83,9 +83,11 @@ pub enum EventKind {
     },
     /// Nobody claimed the offered call in time: its plan runs.
     OfferExpired,
-    /// The application that claimed the call (`by`) is gone: its plan runs.
+    /// The application that claimed the call (`by`) is gone (`reason`: `gone`, its events
+    /// session ended; `idle`, it left the call waiting too long): its plan runs.
     Released {
         by: String,
+        reason: &'static str,
     },
     /// A COLLECT_DIGITS block is over: what it stored in `variable` (empty: no input).
     DigitsCollected {
@@ -212,7 +214,8 @@ impl EventKind {
                 number,
                 timeout_ms,
             } => json!({ "from": from, "to": to, "number": number, "timeoutMs": timeout_ms }),
-            EventKind::Claimed { by } | EventKind::Released { by } => json!({ "by": by }),
+            EventKind::Claimed { by } => json!({ "by": by }),
+            EventKind::Released { by, reason } => json!({ "by": by, "reason": reason }),
             EventKind::OfferExpired | EventKind::BlocksDone => json!({}),
             EventKind::DigitsCollected { variable, digits } => {
                 json!({ "variable": variable, "digits": digits })

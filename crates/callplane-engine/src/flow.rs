@@ -553,6 +553,11 @@ impl CallFlow {
         self.controlled
     }
 
+    /// Whether a claimed call waits for its application: nothing runs and no blocks are left.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.step, Step::Controlled)
+    }
+
     /// Sets how many requests one CALL_CONTROL block instance may send (at least 1).
     pub fn with_max_call_control_loops(mut self, n: u32) -> Self {
         self.max_loops = n.max(1);

@@ -103,6 +103,9 @@ pub struct ServerSection {
     /// Seconds a call to a number an application controls (`"control": true` on the events
     /// socket) waits for a claim before its plan runs.
     pub offer_timeout: f64,
+    /// Seconds a claimed call may wait for its application (nothing running, no blocks sent)
+    /// before it goes back to its plan; 0: for ever.
+    pub claim_idle_timeout: f64,
 }
 
 impl Default for ServerSection {
@@ -148,6 +151,7 @@ impl Default for ServerSection {
             music_on_hold: None,
             recording_retention_days: 0,
             offer_timeout: 10.0,
+            claim_idle_timeout: 60.0,
         }
     }
 }

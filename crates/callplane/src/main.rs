@@ -454,6 +454,9 @@ async fn serve_async(cfg: Config, demo: bool) -> anyhow::Result<()> {
             music_on_hold: s.music_on_hold.clone(),
             recordings_dir: s.data_dir.join("recordings"),
             offer_timeout: std::time::Duration::from_secs_f64(s.offer_timeout.clamp(0.1, 600.0)),
+            claim_idle_timeout: (s.claim_idle_timeout > 0.0).then(|| {
+                std::time::Duration::from_secs_f64(s.claim_idle_timeout.clamp(0.1, 86_400.0))
+            }),
             recognizer: speech_recognizer(&cfg.asr),
         },
         store.clone(),

@@ -111,12 +111,44 @@ impl Call {
         if self.ended.is_some() || self.controller_session.as_deref() != Some(session) {
             return;
         }
+        info!(call = %self.uuid, "the application that claimed the call is gone: its plan runs");
+        self.give_back("gone");
+    }
+
+    /// When a claimed call that waits for its application (nothing running, no blocks sent)
+    /// gives up on it: the claim idle timeout after it began to wait.
+    pub(super) fn claim_idle_deadline(&mut self) -> Option<Instant> {
+        let waiting = self.ended.is_none() && self.controller.is_some() && self.flow.is_waiting();
+        if !waiting {
+            self.idle_since = None;
+            return None;
+        }
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        self.svc.claim_idle_timeout.map(|t| since + t)
+    }
+
+    /// A claimed call waited for its application for the claim idle timeout: the application
+    /// is taken as stuck (a claim made over REST has no socket that could be seen to close),
+    /// and the call goes back to its plan.
+    pub(super) fn claim_idle(&mut self) {
+        if self
+            .claim_idle_deadline()
+            .is_none_or(|d| d > Instant::now())
+        {
+            return;
+        }
+        info!(call = %self.uuid, "the claimed call waited too long for its application: its plan runs");
+        self.give_back("idle");
+    }
+
+    /// The claim ends: `call.released` (`by`, `reason`) and the plan runs.
+    fn give_back(&mut self, reason: &'static str) {
         self.controller_session = None;
+        self.idle_since = None;
         let Some(by) = self.controller.take() else {
             return;
         };
-        info!(call = %self.uuid, by = %by, "the application that claimed the call is gone: its plan runs");
-        self.emit(EventKind::Released { by });
+        self.emit(EventKind::Released { by, reason });
         self.flow.release_control(Instant::now());
     }
 
