@@ -602,15 +602,17 @@ impl Call {
             return;
         }
         let attempt = r.attempt;
-        self.end_bridge_room();
-        let Some(b) = self.bridge.as_mut() else {
-            return;
-        };
+        // The plain bridge is asked for before the room goes: each leg then leaves the room on
+        // that command, and the room's own goodbyes (its relay's unbridge, sent when it sees
+        // its handle dropped) come after it and no longer apply. The other way round, under
+        // load, one leg could unbridge on the room's word after the other had already asked
+        // for the new bridge, and its PeerGone wiped that request: the pair stayed silent.
         if b.connected == Some(attempt) && b.bridged == Some(attempt) {
             if let Some(callee) = b.live(attempt) {
                 self.media.bridge(&callee.media);
             }
         }
+        self.end_bridge_room();
     }
 
     /// The recording info of the call now (for snapshots).
