@@ -1358,15 +1358,13 @@ impl LegTask {
                 }
             }
             Command::PeerGone { from } => {
+                // The relay to it stops. What this leg was asked for (`expected_peer`) stays:
+                // only its own commands change that. The peer's goodbye may be older than a
+                // bridge both legs have since been asked for (it said goodbye to an earlier
+                // one), and its hello for the new one follows the goodbye (one sender, in
+                // order), so a stale hello can never come after it.
                 if self.peer.as_ref().is_some_and(|p| p.id == from) {
                     self.peer = None;
-                }
-                if self
-                    .expected_peer
-                    .as_ref()
-                    .is_some_and(|(id, _)| *id == from)
-                {
-                    self.expected_peer = None;
                 }
             }
             Command::Unbridge => self.detach_peer(),
