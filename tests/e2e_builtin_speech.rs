@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn plans() -> String {
     format!(
@@ -56,29 +56,7 @@ fn the_built_in_recognizer_understands_yes_no_and_digits() {
         );
     }
     // A silent caller: the missing-input prompt, the question again, then an empty answer.
-    let rtp = RtpPeer::new();
-    let started = Instant::now();
-    let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
-        .service("960")
-        .set("rtp_port", rtp.port())
-        .spawn();
-    rtp.wait_for_packets(1, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
-    let caller = caller.wait();
-    caller.assert_success(&server.log_tail());
-    let heard = rtp.heard(started, Instant::now());
-    let (_, missing) = find_audio(&heard, &prompt("invalid").samples).unwrap_or_default();
-    assert!(
-        missing > 0.9,
-        "the missing-input prompt is played ({missing:.2})"
-    );
-    let cdr = server.cdr_for_call_id(&caller.call_id);
-    assert_eq!(
-        cdr.variables.get("answer").map(String::as_str),
-        Some(""),
-        "{}",
-        cdr_text(&cdr)
-    );
+    let cdr = silent_caller(&server, "960");
     let length = Duration::from_millis(cdr.talk_time_ms as u64);
     let prompt_len = prompt("enter-digits").duration();
     assert!(

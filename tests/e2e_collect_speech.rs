@@ -13,7 +13,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tungstenite::Message;
 
 const PHRASES: [&str; 3] = ["yes", "no", "four five six"];
@@ -129,29 +129,7 @@ fn callers_are_recognised_and_a_silent_one_hears_the_missing_input_prompt() {
     }
 
     // A silent caller: prompt, 2 s, the missing-input prompt, the prompt again, 2 s, done.
-    let rtp = RtpPeer::new();
-    let started = Instant::now();
-    let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
-        .service("950")
-        .set("rtp_port", rtp.port())
-        .spawn();
-    rtp.wait_for_packets(1, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
-    let caller = caller.wait();
-    caller.assert_success(&server.log_tail());
-    let heard = rtp.heard(started, Instant::now());
-    let (_, missing) = find_audio(&heard, &prompt("invalid").samples).unwrap_or_default();
-    assert!(
-        missing > 0.9,
-        "the missing-input prompt is played ({missing:.2})"
-    );
-    let cdr = server.cdr_for_call_id(&caller.call_id);
-    assert_eq!(
-        cdr.variables.get("answer").map(String::as_str),
-        Some(""),
-        "{}",
-        cdr_text(&cdr)
-    );
+    let cdr = silent_caller(&server, "950");
     assert_eq!(
         log.lock().unwrap().0.len(),
         3,

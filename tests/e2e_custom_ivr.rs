@@ -222,23 +222,20 @@ fn an_application_claims_answers_collects_digits_and_bridges_an_inbound_call() {
     assert!(offered["callId"].is_string());
 }
 
-#[test]
-fn a_call_whose_application_goes_away_is_handed_back_to_its_plan() {
+/// A server whose number `number` runs `plan` when no application has it, with `extra` in
+/// `[server]`; an admin socket that sees every event, and the application's socket, which
+/// controls `number`.
+fn controlled_number(number: &str, plan: &str, extra: &str) -> (Server, Ws, Ws) {
     let mut prov = format!(
         "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN}\"\n\n\
          [[apiKeys]]\nname = \"ivr-app\"\nrealm = \"customer\"\ntenant = \"t1\"\nkey = \"{APP}\"\n\n"
     );
     prov.push_str(&tenant_with_prompts());
-    prov.push_str(&number_with_plan(
-        "801",
-        "after-the-app",
-        r##"  { blockType = "ANNOUNCEMENT", announcementName = "enter-digits" },
-  { blockType = "HANGUP", hangupCause = "CALL_REJECTED" },"##,
-    ));
+    prov.push_str(&number_with_plan(number, "after-the-app", plan));
     let server = Server::start_with(
         &prov,
         ServerOptions {
-            extra_server: "offerTimeout = 5\neventsResumeWindow = 1\n".into(),
+            extra_server: extra.into(),
             ..ServerOptions::default()
         },
     );
@@ -247,13 +244,23 @@ fn a_call_whose_application_goes_away_is_handed_back_to_its_plan() {
     let (mut app, _) = connect(&server, &format!("token={APP}"));
     send(
         &mut app,
-        json!({"op": "subscribe", "numbers": ["801"], "control": true}),
+        json!({"op": "subscribe", "numbers": [number], "control": true}),
     );
     assert_eq!(
         next_json(&mut app).expect("subscribed")["type"],
         "subscribed"
     );
+    (server, observer, app)
+}
 
+#[test]
+fn a_call_whose_application_goes_away_is_handed_back_to_its_plan() {
+    let (server, mut observer, mut app) = controlled_number(
+        "801",
+        r##"  { blockType = "ANNOUNCEMENT", announcementName = "enter-digits" },
+  { blockType = "HANGUP", hangupCause = "CALL_REJECTED" },"##,
+        "offerTimeout = 5\neventsResumeWindow = 1\n",
+    );
     let (caller, _caller_rtp) = reinvited_caller(&server, "801");
     let offered = next_event(&mut app, "call.offered");
     let id = offered["callId"].as_str().expect("callId").to_string();
@@ -288,33 +295,10 @@ fn a_call_whose_application_goes_away_is_handed_back_to_its_plan() {
 
 #[test]
 fn a_claimed_call_left_waiting_goes_back_to_its_plan_after_the_claim_idle_timeout() {
-    let mut prov = format!(
-        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{ADMIN}\"\n\n\
-         [[apiKeys]]\nname = \"ivr-app\"\nrealm = \"customer\"\ntenant = \"t1\"\nkey = \"{APP}\"\n\n"
-    );
-    prov.push_str(&tenant_with_prompts());
-    prov.push_str(&number_with_plan(
+    let (server, mut observer, mut app) = controlled_number(
         "802",
-        "after-the-app",
         r##"  { blockType = "HANGUP", hangupCause = "CALL_REJECTED" },"##,
-    ));
-    let server = Server::start_with(
-        &prov,
-        ServerOptions {
-            extra_server: "offerTimeout = 5\nclaimIdleTimeout = 1.5\n".into(),
-            ..ServerOptions::default()
-        },
-    );
-    let (mut observer, _) = connect(&server, &format!("token={ADMIN}"));
-    subscribe(&mut observer, json!({"op": "subscribe"}));
-    let (mut app, _) = connect(&server, &format!("token={APP}"));
-    send(
-        &mut app,
-        json!({"op": "subscribe", "numbers": ["802"], "control": true}),
-    );
-    assert_eq!(
-        next_json(&mut app).expect("subscribed")["type"],
-        "subscribed"
+        "offerTimeout = 5\nclaimIdleTimeout = 1.5\n",
     );
     let (caller, _caller_rtp) = reinvited_caller(&server, "802");
     let id = next_event(&mut app, "call.offered")["callId"]

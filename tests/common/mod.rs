@@ -2146,3 +2146,33 @@ pub fn say_after_prompt(server: &Server, number: &str, pcm: &[i16]) -> Cdr {
     caller.assert_success(&server.log_tail());
     server.cdr_for_call_id(&caller.call_id)
 }
+
+/// Calls `number` (a COLLECT_SPEECH plan asking with "enter-digits", "invalid" for missing
+/// input, `answer` as its variable) and says nothing: checks that the missing-input prompt was
+/// played and the answer left empty; the CDR.
+pub fn silent_caller(server: &Server, number: &str) -> Cdr {
+    let rtp = RtpPeer::new();
+    let started = Instant::now();
+    let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
+        .service(number)
+        .set("rtp_port", rtp.port())
+        .spawn();
+    rtp.wait_for_packets(1, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
+    let caller = caller.wait();
+    caller.assert_success(&server.log_tail());
+    let heard = rtp.heard(started, Instant::now());
+    let (_, missing) = find_audio(&heard, &prompt("invalid").samples).unwrap_or_default();
+    assert!(
+        missing > 0.9,
+        "the missing-input prompt is played ({missing:.2})"
+    );
+    let cdr = server.cdr_for_call_id(&caller.call_id);
+    assert_eq!(
+        cdr.variables.get("answer").map(String::as_str),
+        Some(""),
+        "{}",
+        cdr_text(&cdr)
+    );
+    cdr
+}
