@@ -945,15 +945,7 @@ fn a_softphone_accepts_a_refer(transport: &str) {
         .set("hangup_after_ms", 1500)
         .timeout_s(60)
         .spawn();
-    if tcp {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", target.port())).is_err() {
-            assert!(Instant::now() < deadline, "the SIPp target listens on TCP");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    } else {
-        target.wait_listening();
-    }
+    target.wait_listening();
     let prov = format!(
         "{}{}",
         tenant_with_prompts(),

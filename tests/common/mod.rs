@@ -1168,11 +1168,14 @@ impl SippProcess {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// Waits until SIPp has bound its SIP port (so a UAS is ready before calls are placed).
+    /// Waits until SIPp has bound its SIP port (so a UAS is ready before calls are placed):
+    /// its UDP port taken, or (`-t t1`) its TCP port accepting.
     pub fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if UdpSocket::bind(("127.0.0.1", self.port)).is_err() {
+            if UdpSocket::bind(("127.0.0.1", self.port)).is_err()
+                || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
                 return;
             }
             if let Some(c) = self.child.as_mut() {
@@ -2075,12 +2078,7 @@ pub fn wait_invited(callee: &mut SippProcess, rtp: &RtpPeer) -> TracedMessage {
 /// `callplane plan validate` on `blocks` (written to a scratch file): whether it passed, and
 /// what it printed (stdout and stderr).
 pub fn plan_validate(blocks: &serde_json::Value) -> (bool, String) {
-    let dir = std::env::temp_dir().join(format!(
-        "callplane-plan-validate-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap_or_default();
+    let dir = temp_dir("plan-validate");
     let file = dir.join("plan.json");
     std::fs::write(&file, blocks.to_string()).unwrap_or_default();
     let out = Command::new(env!("CARGO_BIN_EXE_callplane"))
@@ -2100,12 +2098,7 @@ pub fn plan_validate(blocks: &serde_json::Value) -> (bool, String) {
 /// espeak-ng's rendering of `text` with `voice`, resampled to 8 kHz mono by sox: what a
 /// caller "says" in the speech tests, and the reference SAY's audio is compared with.
 pub fn espeak_8k(voice: &str, text: &str) -> Vec<i16> {
-    let dir = std::env::temp_dir().join(format!(
-        "callplane-espeak-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap_or_default();
+    let dir = temp_dir("espeak");
     let raw = dir.join("raw.wav");
     let out = dir.join("8k.wav");
     let ok = Command::new("espeak-ng")

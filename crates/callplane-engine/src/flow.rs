@@ -2688,25 +2688,30 @@ mod tests {
              "language":"de-DE"},
             {"blockType":"HANGUP","hangupCause":"CALL_REJECTED"}
         ]);
-        // Spoken digits answer it.
-        let mut f = flow(plan.clone());
-        f.start(t);
-        let id = play_id(&drain(&mut f));
-        f.handle(Input::PlayFinished { id }, t);
-        let listen = match &drain(&mut f)[..] {
-            [Action::Listen {
-                id,
-                language,
-                timeout,
-            }] => {
-                assert_eq!(
-                    (language.as_str(), *timeout),
-                    ("de-DE", Duration::from_secs(5))
-                );
-                *id
+        // A new flow whose prompt has played: it listens (the listen's id, language, timeout).
+        let listening = || {
+            let mut f = flow(plan.clone());
+            f.start(t);
+            let id = play_id(&drain(&mut f));
+            f.handle(Input::PlayFinished { id }, t);
+            match &drain(&mut f)[..] {
+                [Action::Listen {
+                    id,
+                    language,
+                    timeout,
+                }] => {
+                    let (id, language, timeout) = (*id, language.clone(), *timeout);
+                    (f, id, language, timeout)
+                }
+                other => panic!("expected a Listen, got {other:?}"),
             }
-            other => panic!("expected a Listen, got {other:?}"),
         };
+        // Spoken digits answer it.
+        let (mut f, listen, language, timeout) = listening();
+        assert_eq!(
+            (language.as_str(), timeout),
+            ("de-DE", Duration::from_secs(5))
+        );
         let heard = Recognized {
             text: "vier zwei".into(),
             confidence: Some(0.9),
@@ -2728,14 +2733,7 @@ mod tests {
         );
         assert_eq!(f.variables().get("collected_pin"), Some("42"));
         // Once the caller speaks, the try's timeout waits for the recognizer.
-        let mut f = flow(plan.clone());
-        f.start(t);
-        let id = play_id(&drain(&mut f));
-        f.handle(Input::PlayFinished { id }, t);
-        let listen = match &drain(&mut f)[..] {
-            [Action::Listen { id, .. }] => *id,
-            other => panic!("expected a Listen, got {other:?}"),
-        };
+        let (mut f, listen, ..) = listening();
         assert_eq!(f.poll_timeout(), Some(t + Duration::from_secs(5)));
         f.handle(
             Input::SpeechStarted { id: listen },
@@ -2762,14 +2760,7 @@ mod tests {
             digits: "1".into()
         }));
         // A key stops listening; the keys answer it.
-        let mut f = flow(plan);
-        f.start(t);
-        let id = play_id(&drain(&mut f));
-        f.handle(Input::PlayFinished { id }, t);
-        let listen = match &drain(&mut f)[..] {
-            [Action::Listen { id, .. }] => *id,
-            other => panic!("expected a Listen, got {other:?}"),
-        };
+        let (mut f, listen, ..) = listening();
         f.handle(Input::Digit('7'), t);
         assert_eq!(drain(&mut f), [Action::StopListen]);
         f.handle(Input::Digit('#'), t);
