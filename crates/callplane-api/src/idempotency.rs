@@ -204,33 +204,39 @@ impl Idempotency {
     /// As [`Idempotency::finish`]; `durable: false` keeps the answer in memory only (an answer
     /// carrying a secret, such as a new API key's, is never written to the database).
     pub fn finish_kept(&self, id: [u8; 32], answer: Option<Stored>, durable: bool) {
-        let mut inner = self.lock();
-        match answer {
-            Some(answer) => {
-                let Some((entry, _)) = inner.entries.get_mut(&id) else {
-                    return;
-                };
-                let Entry::Running { request } = *entry else {
-                    return;
-                };
-                if let Some(store) = self.store.as_ref().filter(|_| durable) {
-                    if let Err(e) = store.put_idempotent(&id, &answer.to_kept(request)) {
-                        tracing::warn!(error = %e, "cannot keep an idempotent answer");
-                    }
-                }
-                *entry = Entry::Done { request, answer };
-                inner.written += 1;
-                if inner.written >= PRUNE_EVERY {
-                    inner.written = 0;
-                    if let (Some(store), Ok(keep)) = (&self.store, chrono::Duration::from_std(KEEP))
-                    {
-                        let _ = store.prune_idempotent(chrono::Utc::now() - keep);
-                    }
-                }
-            }
-            None => {
+        // Memory under the lock; the database after it, so keyed requests never queue behind
+        // a write.
+        let (kept, prune) = {
+            let mut inner = self.lock();
+            let Some(answer) = answer else {
                 inner.entries.remove(&id);
+                return;
+            };
+            let Some((entry, _)) = inner.entries.get_mut(&id) else {
+                return;
+            };
+            let Entry::Running { request } = *entry else {
+                return;
+            };
+            let kept = (durable && self.store.is_some()).then(|| answer.to_kept(request));
+            *entry = Entry::Done { request, answer };
+            if kept.is_some() {
+                inner.written += 1;
             }
+            let prune = inner.written >= PRUNE_EVERY;
+            if prune {
+                inner.written = 0;
+            }
+            (kept, prune)
+        };
+        let Some(store) = &self.store else { return };
+        if let Some(kept) = kept {
+            if let Err(e) = store.put_idempotent(&id, &kept) {
+                tracing::warn!(error = %e, "cannot keep an idempotent answer");
+            }
+        }
+        if let (true, Ok(keep)) = (prune, chrono::Duration::from_std(KEEP)) {
+            let _ = store.prune_idempotent(chrono::Utc::now() - keep);
         }
     }
 }
