@@ -114,11 +114,6 @@ impl MoonshineRecognizer {
         Ok(())
     }
 
-    /// How many utterances are recognised at once.
-    pub fn workers(&self) -> usize {
-        self.workers
-    }
-
     /// Recognises one utterance of 8 kHz audio on a worker thread.
     pub async fn transcribe(&self, audio: Vec<i16>) -> Result<Option<Recognized>, String> {
         transcribe(&self.jobs, audio).await
@@ -283,7 +278,7 @@ fn start_runtime(library: &Path) -> Result<(), String> {
 /// The model writes sentences ("One, two, three, four."); a COLLECT_SPEECH variable holds
 /// words as a telephony recognizer gives them (and as Vosk does): lower case, punctuation
 /// dropped, apostrophes and hyphens inside words kept ("one two three four", "don't").
-pub fn normalise(text: &str) -> String {
+fn normalise(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let chars: Vec<char> = text.chars().collect();
     for (i, &c) in chars.iter().enumerate() {
@@ -301,7 +296,7 @@ pub fn normalise(text: &str) -> String {
 
 /// 8 kHz samples → the model's input: trailing silence cut to [`TRAILING_SILENCE`], then
 /// 16 kHz floats.
-pub fn prepare(audio: &[i16]) -> Vec<f32> {
+fn prepare(audio: &[i16]) -> Vec<f32> {
     let frames = audio.chunks(160);
     let mut last_loud = 0;
     for (i, f) in frames.enumerate() {
@@ -474,7 +469,7 @@ fn pick(logits: &[f32]) -> (i64, f64) {
 /// Moonshine's `tokenizer.bin`: for each token id in order, one length byte and the token's
 /// bytes (SentencePiece pieces, `▁` for a space, `<0xNN>`-style byte tokens as raw bytes).
 #[derive(Debug)]
-pub struct Tokenizer {
+struct Tokenizer {
     tokens: Vec<Vec<u8>>,
 }
 
@@ -484,7 +479,7 @@ impl Tokenizer {
         Tokenizer::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    pub fn parse(bytes: &[u8]) -> Result<Tokenizer, String> {
+    fn parse(bytes: &[u8]) -> Result<Tokenizer, String> {
         let mut tokens = Vec::with_capacity(32_768);
         let mut i = 0;
         while i < bytes.len() {
@@ -503,7 +498,7 @@ impl Tokenizer {
     }
 
     /// The text of `ids`: special tokens (`<…>` below id 3) dropped, `▁` as a space.
-    pub fn decode(&self, ids: &[i64]) -> String {
+    fn decode(&self, ids: &[i64]) -> String {
         let mut bytes = Vec::new();
         for &id in ids {
             if id <= EOS {
