@@ -7,8 +7,10 @@
 //!   own task (nothing at all while no session exists). That task renders each event's JSON
 //!   once and appends it to the ring of every session it matches.
 //! - A session's ring holds its last `queue` events. A connection sends what its client has
-//!   not had yet; when an event would push out one that was not sent, the session has
-//!   overflowed and is closed with a reason (`queue_overflow`), whatever its socket is doing.
+//!   not had yet; when an event would push out one that was not sent while the client's socket
+//!   takes nothing more (or while no socket is attached), the session has overflowed and is
+//!   closed with a reason (`queue_overflow`). A session that is behind only because the server
+//!   has not got round to it (a busy machine) is not closed for it, up to a hard bound.
 //! - A session whose socket went away is kept for the resume window: events go on being
 //!   numbered into its ring, and a client reconnecting with `?session=<id>&resume=<last seq>`
 //!   gets exactly what it missed, in order, or `resume_failed` saying why.
@@ -69,6 +71,13 @@ const HUB_QUEUE: usize = 65_536;
 /// A write to a socket that does not complete in this long ends the connection (the session
 /// stays resumable): a client that reads nothing cannot hold its task and connection forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Unsent events a session may hold while its socket still takes what it is given: the
+/// server's own delay (the events thread not scheduled on a busy machine, the hub handing over
+/// a burst) is not the client's fault, but memory stays bounded.
+fn server_behind_limit(cap: usize) -> usize {
+    (cap * 4).max(cap + 4096)
+}
 
 /// Close codes (RFC 6455 §7.4; 4000–4999 are the application's).
 const CLOSE_OVERFLOW: u16 = 4008;
@@ -146,6 +155,10 @@ struct Session {
     filter: Mutex<Filter>,
     queue: Mutex<Queue>,
     notify: Notify,
+    /// Set while a write to the client's socket is under way. The hub and the sockets share
+    /// one thread, so the hub sees it set only while that write waits for the socket to take
+    /// more: the client is not reading.
+    socket_full: std::sync::atomic::AtomicBool,
     /// Cancelled when the session must close: overflow (the reason is kept), shutdown.
     closed: CancellationToken,
     close_reason: Mutex<Option<(u16, String)>>,
@@ -204,15 +217,22 @@ impl Session {
         q.next_seq += 1;
         q.ring.push_back((seq, f.tail.clone()));
         if q.ring.len() > cap {
-            if let Some((lost, _)) = q.ring.pop_front() {
-                if lost > q.sent {
-                    drop(q);
-                    self.close(
-                        CLOSE_OVERFLOW,
-                        format!("queue_overflow: more than {cap} events unread"),
-                    );
-                    return;
-                }
+            let front_sent = q.ring.front().is_some_and(|&(first, _)| first <= q.sent);
+            if front_sent {
+                q.ring.pop_front();
+            } else if !q.attached
+                || self.socket_full.load(Ordering::Relaxed)
+                || q.ring.len() > server_behind_limit(cap)
+            {
+                // The client is behind: its socket takes nothing more (or it has none). Only
+                // then, or when the server itself is very far behind, is it overflow; a
+                // session whose task simply has not run yet (a busy machine) is not to blame.
+                drop(q);
+                self.close(
+                    CLOSE_OVERFLOW,
+                    format!("queue_overflow: more than {cap} events unread"),
+                );
+                return;
             }
         }
         drop(q);
@@ -624,6 +644,7 @@ async fn run(
                     attachment: 1,
                 }),
                 notify: Notify::new(),
+                socket_full: std::sync::atomic::AtomicBool::new(false),
                 closed: CancellationToken::new(),
                 close_reason: Mutex::new(None),
                 control: Mutex::new(Vec::new()),
@@ -784,20 +805,26 @@ async fn send_batch(socket: &mut WebSocket, s: &Session, frames: Vec<(u64, Arc<s
         }
         socket.flush().await
     };
-    tokio::select! {
+    s.socket_full.store(true, Ordering::Relaxed);
+    let ok = tokio::select! {
         r = write => r.is_ok(),
         _ = s.closed.cancelled() => false,
         _ = tokio::time::sleep(SEND_TIMEOUT) => false,
-    }
+    };
+    s.socket_full.store(false, Ordering::Relaxed);
+    ok
 }
 
 async fn send_or_close_msg(socket: &mut WebSocket, s: &Session, msg: Message) -> bool {
-    tokio::select! {
+    s.socket_full.store(true, Ordering::Relaxed);
+    let ok = tokio::select! {
         r = socket.send(msg) => r.is_ok(),
         _ = s.closed.cancelled() => false,
         // A client that takes nothing for this long (replies, pings) is gone.
         _ = tokio::time::sleep(SEND_TIMEOUT) => false,
-    }
+    };
+    s.socket_full.store(false, Ordering::Relaxed);
+    ok
 }
 
 fn uuid_like() -> String {
