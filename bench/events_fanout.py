@@ -44,8 +44,7 @@ def main():
     prompt = os.path.join(work, "tone.wav")
     common.write_tone_wav(prompt, 1.0)
     prov = common.bench_api_key(KEY) + common.answer_play_hangup(prompt)
-    extra = ("httpMaxConnections = 4096\nhttpMaxConnectionsPerSource = 4096\n"
-             "eventsQueue = 10000\n")
+    extra = "httpMaxConnections = 4096\nhttpMaxConnectionsPerSource = 4096\n"
     srv = common.Server(prov, extra_server=extra, nofile=20000)
     try:
         base, base_cpu, base_p50, base_p99 = setup_run(work, srv, a.rate, a.duration)

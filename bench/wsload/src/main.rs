@@ -38,6 +38,13 @@ fn event_ms(text: &str) -> Option<i64> {
     Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
 }
 
+/// The `type` of an event frame.
+fn event_type(text: &str) -> Option<&str> {
+    let i = text.find("\"type\":\"")? + 8;
+    let len = text.get(i..)?.find('"')?;
+    text.get(i..i + len)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -66,7 +73,7 @@ async fn main() {
     }));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(duration);
     let mut tasks = Vec::new();
-    for _ in 0..clients {
+    for client in 0..clients {
         let (key, connected, closed, totals) = (
             key.clone(),
             connected.clone(),
@@ -100,10 +107,14 @@ async fn main() {
             connected.fetch_add(1, Ordering::Relaxed);
             let mut hist = vec![0u64; BUCKETS];
             let mut count = 0u64;
+            // The first client also keeps each event type's delays (printed on stderr).
+            let mut by_type: Vec<(String, Vec<i64>)> = Vec::new();
+            let end = tokio::time::sleep_until(deadline);
+            tokio::pin!(end);
             loop {
                 let msg = tokio::select! {
                     m = ws.next() => m,
-                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = &mut end => break,
                 };
                 match msg {
                     Some(Ok(Message::Text(t))) => {
@@ -111,6 +122,13 @@ async fn main() {
                             let delay = (now_ms() - at).clamp(0, BUCKETS as i64 - 1) as usize;
                             hist[delay] += 1;
                             count += 1;
+                            if client == 0 {
+                                let ty = event_type(t.as_str()).unwrap_or("?");
+                                match by_type.iter_mut().find(|(n, _)| n == ty) {
+                                    Some((_, v)) => v.push(delay as i64),
+                                    None => by_type.push((ty.to_string(), vec![delay as i64])),
+                                }
+                            }
                         }
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
@@ -119,6 +137,11 @@ async fn main() {
                     }
                     Some(Ok(_)) => {}
                 }
+            }
+            for (ty, mut v) in by_type {
+                v.sort_unstable();
+                let at = |q: f64| v[((q * v.len() as f64) as usize).min(v.len() - 1)];
+                eprintln!("{ty}: {} events, delay p50 {} ms, p99 {} ms", v.len(), at(0.5), at(0.99));
             }
             let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
             for (a, b) in t.hist.iter_mut().zip(hist) {

@@ -61,9 +61,10 @@ impl Default for EventsConfig {
     }
 }
 
-/// How long a session waits after its first pending event before it writes: what arrives
-/// meanwhile shares the wake-up and the write.
-const COALESCE: Duration = Duration::from_millis(10);
+/// The hub wakes the sessions with new events this long after the first event of a batch:
+/// what arrives meanwhile shares each session's wake-up and write (one write per session per
+/// batch, however many events and calls it holds), and one timer serves every session.
+const FLUSH_AFTER: Duration = Duration::from_millis(15);
 
 /// Events queued for the hub's task at most (calls never wait for it).
 const HUB_QUEUE: usize = 65_536;
@@ -108,12 +109,15 @@ struct Subscription {
 }
 
 impl Subscription {
-    fn matches(&self, f: &Frame) -> bool {
-        if self.lines.is_empty()
+    fn is_everything(&self) -> bool {
+        self.lines.is_empty()
             && self.numbers.is_empty()
             && self.calls.is_empty()
             && self.conferences.is_empty()
-        {
+    }
+
+    fn matches(&self, f: &Frame) -> bool {
+        if self.is_everything() {
             return true;
         }
         self.calls.contains(&f.call_id)
@@ -153,8 +157,13 @@ struct Session {
     /// The API key's name: only the same key may resume the session.
     key: String,
     filter: Mutex<Filter>,
+    /// The key's scope is the whole system and the subscription names nothing: every event
+    /// passes, and the hub does not look at the filter.
+    takes_everything: std::sync::atomic::AtomicBool,
     queue: Mutex<Queue>,
     notify: Notify,
+    /// Set when an event was queued since the hub last woke the session.
+    dirty: std::sync::atomic::AtomicBool,
     /// Set while a write to the client's socket is under way. The hub and the sockets share
     /// one thread, so the hub sees it set only while that write waits for the socket to take
     /// more: the client is not reading.
@@ -205,7 +214,7 @@ impl Session {
 
     /// Appends a frame if the session's realm and subscription let it through.
     fn offer(&self, f: &Frame, cap: usize) {
-        {
+        if !self.takes_everything.load(Ordering::Relaxed) {
             let filter = lock(&self.filter);
             let Some(sub) = &filter.sub else { return };
             if !filter.scope.covers(f.tenant.as_deref(), &f.scope.lines) || !sub.matches(f) {
@@ -236,7 +245,7 @@ impl Session {
             }
         }
         drop(q);
-        self.notify.notify_one();
+        self.dirty.store(true, Ordering::Relaxed);
     }
 
     fn close(&self, code: u16, reason: String) {
@@ -372,8 +381,23 @@ async fn fan_out(hub: std::sync::Weak<EventHub>, mut rx: mpsc::Receiver<CallEven
     // The conference each call is in, for `conferences` subscriptions.
     let mut in_conference: HashMap<String, String> = HashMap::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    // Armed by the first event after a flush; when it fires, the sessions given events since
+    // are woken.
+    let flush = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(flush);
+    let mut flush_armed = false;
     loop {
         tokio::select! {
+            _ = &mut flush, if flush_armed => {
+                flush_armed = false;
+                let Some(hub) = hub.upgrade() else { return };
+                let sessions = hub.sessions.read().unwrap_or_else(PoisonError::into_inner);
+                for s in sessions.values() {
+                    if s.dirty.swap(false, Ordering::Relaxed) {
+                        s.notify.notify_one();
+                    }
+                }
+            }
             ev = rx.recv() => {
                 let Some(ev) = ev else { return };
                 let Some(hub) = hub.upgrade() else { return };
@@ -412,6 +436,10 @@ async fn fan_out(hub: std::sync::Weak<EventHub>, mut rx: mpsc::Receiver<CallEven
                 for s in sessions.values() {
                     s.offer(&frame, cap);
                 }
+                if !flush_armed {
+                    flush_armed = true;
+                    flush.as_mut().reset(tokio::time::Instant::now() + FLUSH_AFTER);
+                }
             }
             _ = sweep.tick() => {
                 let Some(hub) = hub.upgrade() else { return };
@@ -437,11 +465,28 @@ fn render_tail(ev: &CallEvent) -> String {
 }
 
 fn frame_text(seq: u64, tail: &str) -> String {
-    if tail == "}" {
-        format!("{{\"seq\":{seq}}}")
-    } else {
-        format!("{{\"seq\":{seq},{tail}")
+    let mut s = String::with_capacity(tail.len() + 28);
+    s.push_str("{\"seq\":");
+    // The decimal digits by hand: this runs for every event and every client.
+    let mut digits = [0u8; 20];
+    let mut n = seq;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
+    for &d in &digits[i..] {
+        s.push(char::from(d));
+    }
+    if tail != "}" {
+        s.push(',');
+    }
+    s.push_str(tail);
+    s
 }
 
 /// `GET /v1/events` — upgrades to the events WebSocket. The key comes as `Authorization:
@@ -497,8 +542,9 @@ pub async fn events(
     let scope = caller.call_scope(&st.store)?;
     Ok(ws
         .max_message_size(64 * 1024)
-        // Clients send short commands; tungstenite zeroes this much before every read.
-        .read_buffer_size(4096)
+        // Clients send short commands; tungstenite zeroes this much before every read (and
+        // it reads, finding nothing, each time the socket's task wakes to write events).
+        .read_buffer_size(1024)
         // A batch of events is written at its flush (or every 16 KiB); what a slow client
         // cannot take stays in the session's queue, which closes it when full.
         .write_buffer_size(16 * 1024)
@@ -635,6 +681,7 @@ async fn run(
                 id: uuid_like(),
                 key: key.clone(),
                 filter: Mutex::new(Filter { scope, sub: None }),
+                takes_everything: std::sync::atomic::AtomicBool::new(false),
                 queue: Mutex::new(Queue {
                     ring: VecDeque::new(),
                     next_seq: 1,
@@ -644,6 +691,7 @@ async fn run(
                     attachment: 1,
                 }),
                 notify: Notify::new(),
+                dirty: std::sync::atomic::AtomicBool::new(false),
                 socket_full: std::sync::atomic::AtomicBool::new(false),
                 closed: CancellationToken::new(),
                 close_reason: Mutex::new(None),
@@ -705,10 +753,8 @@ async fn run(
                 }
             },
             _ = s.notify.notified() => {
-                // Events of one moment (a call's answer, its leg state…) and of many calls go
-                // out together: one wake-up and one write per batch instead of per event, for
-                // at most COALESCE of delay.
-                tokio::time::sleep(COALESCE).await;
+                // The hub wakes the session once per batch (see FLUSH_AFTER): everything
+                // pending goes out in one write.
                 loop {
                     let batch = s.pending(256);
                     let Some(&(last, _)) = batch.last() else { break };
@@ -932,8 +978,11 @@ async fn on_client_message(
                 "control": control,
             });
             let mut f = lock(&s.filter);
+            let everything = matches!(scope, CallScope::All) && sub.is_everything();
             f.scope = scope;
             f.sub = Some(sub);
+            s.takes_everything.store(everything, Ordering::Relaxed);
+            drop(f);
             Some(reply)
         }
         "command" => {
@@ -1226,5 +1275,21 @@ async fn run_command(
             "type": "reply", "id": id, "method": method, "ok": false,
             "status": e.status.as_u16(), "error": e.to_json(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::frame_text;
+
+    #[test]
+    fn a_frame_is_the_seq_then_the_event() {
+        assert_eq!(frame_text(0, "}"), r#"{"seq":0}"#);
+        assert_eq!(frame_text(7, r#""type":"x"}"#), r#"{"seq":7,"type":"x"}"#);
+        assert_eq!(
+            frame_text(u64::MAX, r#""a":1}"#),
+            format!("{{\"seq\":{},\"a\":1}}", u64::MAX)
+        );
+        assert_eq!(frame_text(1_000_000, "}"), r#"{"seq":1000000}"#);
     }
 }

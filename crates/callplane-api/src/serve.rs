@@ -85,6 +85,9 @@ async fn serve_connection(stream: TcpStream, app: Router, limits: HttpLimits, pe
         }
         _ = permit.evicted() => return,
     }
+    // Responses and event batches are written whole: Nagle's algorithm would only hold a
+    // batch back until the client's delayed ACK (up to 40 ms on Linux).
+    let _ = stream.set_nodelay(true);
     let clock = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
