@@ -164,9 +164,8 @@ struct Session {
     notify: Notify,
     /// Set when an event was queued since the hub last woke the session.
     dirty: std::sync::atomic::AtomicBool,
-    /// Set while a write to the client's socket is under way. The hub and the sockets share
-    /// one thread, so the hub sees it set only while that write waits for the socket to take
-    /// more: the client is not reading.
+    /// Set while a write to the client's socket waits for the socket to take more: the client
+    /// is not reading.
     socket_full: std::sync::atomic::AtomicBool,
     /// Cancelled when the session must close: overflow (the reason is kept), shutdown.
     closed: CancellationToken,
@@ -315,7 +314,7 @@ impl EventHub {
             dropped: std::sync::atomic::AtomicBool::new(false),
         });
         subscribe(Arc::new(HubSubscriber(hub.clone())));
-        events_runtime().spawn(fan_out(Arc::downgrade(&hub), rx));
+        events_runtime(0).spawn(fan_out(Arc::downgrade(&hub), rx));
         hub
     }
 
@@ -550,8 +549,11 @@ pub async fn events(
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .on_upgrade(move |socket| async move {
-            // The socket is served on the events runtime (see `events_runtime`).
-            let served = events_runtime().spawn(async move {
+            // The socket is served on one of the events threads (see `events_runtime`), in
+            // turn.
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let thread = NEXT.fetch_add(1, Ordering::Relaxed);
+            let served = events_runtime(thread).spawn(async move {
                 run(socket, st, caller, scope, session, resume).await;
                 drop(permit);
             });
@@ -559,49 +561,54 @@ pub async fn events(
         }))
 }
 
-/// The runtime the hub and every events socket run on: one thread of its own, at a lower
-/// scheduling priority (nice +10) than the threads that carry calls. A thousand subscribers
-/// cost about a core at 100 calls/s; on a busy machine the kernel then runs SIP, media and the
-/// call actors first, and event delivery takes the time that is left (it is bounded by the
-/// sessions' queues, which close a client that falls too far behind).
-fn events_runtime() -> &'static tokio::runtime::Handle {
-    static RT: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("events".into())
-            .spawn(move || {
-                lower_priority();
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => {
-                        let _ = tx.send(Some(rt.handle().clone()));
-                        rt.block_on(std::future::pending::<()>());
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start the events runtime");
-                        let _ = tx.send(None);
-                    }
-                }
-            });
-        let handle = spawned.ok().and_then(|_| rx.recv().ok().flatten());
-        // Without a thread of its own, the events share the caller's runtime.
-        handle.unwrap_or_else(tokio::runtime::Handle::current)
-    })
+/// The runtimes the hub and the events sockets run on: threads of their own, each a
+/// single-threaded runtime, separate from the calls' runtime (calls hand their events over
+/// without waiting); sockets are spread over them in turn and the hub runs on the first.
+/// One thread ([`EVENTS_THREADS`]) at normal priority measured best on the 2-core VM with
+/// 1,000 subscribers of 100 calls/s (`bench/events_fanout.py`): at nice +10 the busy machine
+/// left it unscheduled for tens of milliseconds (event delay p99 170 ms instead of 54–64 ms)
+/// with no gain in call setup; two threads made both the delays (p99 139 ms) and call setup
+/// worse, competing with the calls' threads for the same two cores.
+fn events_runtime(n: usize) -> &'static tokio::runtime::Handle {
+    static RT: std::sync::OnceLock<Vec<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    let all = RT.get_or_init(|| {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, EVENTS_THREADS);
+        let handles: Vec<_> = (0..threads).filter_map(events_thread).collect();
+        if handles.is_empty() {
+            // Without a thread of its own, the events share the caller's runtime.
+            vec![tokio::runtime::Handle::current()]
+        } else {
+            handles
+        }
+    });
+    &all[n % all.len()]
 }
 
-/// nice +10 for the calling thread (Linux: a thread's nice value is its own).
-fn lower_priority() {
-    // SAFETY: setpriority on the calling thread's id; no memory is passed.
-    let r = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10)
-    };
-    if r != 0 {
-        tracing::debug!("cannot lower the events thread's priority");
-    }
+/// Events threads at most (one per core up to this).
+const EVENTS_THREADS: usize = 1;
+
+fn events_thread(i: usize) -> Option<tokio::runtime::Handle> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("events-{i}"))
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    let _ = tx.send(Some(rt.handle().clone()));
+                    rt.block_on(std::future::pending::<()>());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start an events runtime");
+                    let _ = tx.send(None);
+                }
+            }
+        });
+    spawned.ok().and_then(|_| rx.recv().ok().flatten())
 }
 
 /// What the client asked to resume, and whether it could.
@@ -851,10 +858,27 @@ async fn send_batch(socket: &mut WebSocket, s: &Session, frames: Vec<(u64, Arc<s
         }
         socket.flush().await
     };
+    wait_for_socket(s, write).await
+}
+
+/// Runs a write to the client's socket; while it waits for the socket to take more (the client
+/// is not reading), the session says so (`socket_full`). Abandoned (false) when the session is
+/// closed meanwhile or after [`SEND_TIMEOUT`].
+async fn wait_for_socket<E>(
+    s: &Session,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    let mut write = std::pin::pin!(write);
+    let first =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(r) = first {
+        return r.is_ok();
+    }
     s.socket_full.store(true, Ordering::Relaxed);
     let ok = tokio::select! {
         r = write => r.is_ok(),
         _ = s.closed.cancelled() => false,
+        // A client that takes nothing for this long (events, replies, pings) is gone.
         _ = tokio::time::sleep(SEND_TIMEOUT) => false,
     };
     s.socket_full.store(false, Ordering::Relaxed);
@@ -862,15 +886,7 @@ async fn send_batch(socket: &mut WebSocket, s: &Session, frames: Vec<(u64, Arc<s
 }
 
 async fn send_or_close_msg(socket: &mut WebSocket, s: &Session, msg: Message) -> bool {
-    s.socket_full.store(true, Ordering::Relaxed);
-    let ok = tokio::select! {
-        r = socket.send(msg) => r.is_ok(),
-        _ = s.closed.cancelled() => false,
-        // A client that takes nothing for this long (replies, pings) is gone.
-        _ = tokio::time::sleep(SEND_TIMEOUT) => false,
-    };
-    s.socket_full.store(false, Ordering::Relaxed);
-    ok
+    wait_for_socket(s, socket.send(msg)).await
 }
 
 fn uuid_like() -> String {
