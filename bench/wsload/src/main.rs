@@ -142,7 +142,12 @@ async fn main() {
             for (ty, mut v) in by_type {
                 v.sort_unstable();
                 let at = |q: f64| v[((q * v.len() as f64) as usize).min(v.len() - 1)];
-                eprintln!("{ty}: {} events, delay p50 {} ms, p99 {} ms", v.len(), at(0.5), at(0.99));
+                eprintln!(
+                    "{ty}: {} events, delay p50 {} ms, p99 {} ms",
+                    v.len(),
+                    at(0.5),
+                    at(0.99)
+                );
             }
             let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
             for (a, b) in t.hist.iter_mut().zip(hist) {

@@ -869,8 +869,7 @@ async fn wait_for_socket<E>(
     write: impl std::future::Future<Output = Result<(), E>>,
 ) -> bool {
     let mut write = std::pin::pin!(write);
-    let first =
-        std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
     if let std::task::Poll::Ready(r) = first {
         return r.is_ok();
     }
