@@ -243,11 +243,48 @@ api_routes! {
     post "/interrupt-ecc-block" => tenios::interrupt_ecc_block;
 }
 
-/// The hand-written OpenAPI 3.1 description of [`ROUTES`].
+/// The written part of the OpenAPI 3.1 description of [`ROUTES`]: paths, parameters, request
+/// bodies, and the schemas not (yet) generated from types. See [`openapi_document`].
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
+/// The OpenAPI document served at `/v1/openapi.json`: [`OPENAPI_JSON`] with the schemas of the
+/// calls' and conferences' answers (`Call`, `CallLeg`, `RecordingRun`, `Conference`,
+/// `ConferenceParticipant`) generated from the types the handlers serialize, so those cannot
+/// drift from what the API answers.
+pub fn openapi_document() -> &'static str {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(OPENAPI_JSON) else {
+            // A unit test keeps the written part well-formed.
+            return OPENAPI_JSON.to_string();
+        };
+        let generated = generated_schemas();
+        if let Some(schemas) = doc
+            .pointer_mut("/components/schemas")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            schemas.extend(generated);
+        }
+        doc.to_string()
+    })
+}
+
+/// The JSON Schemas of the answer types, by their names in the document.
+pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12().for_serialize();
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
+    generator.subschema_for::<callplane_engine::registry::CallInfo>();
+    generator.subschema_for::<callplane_engine::conference::ConferenceInfo>();
+    generator.take_definitions(true)
+}
+
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_document(),
+    )
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {

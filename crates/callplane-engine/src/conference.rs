@@ -20,8 +20,9 @@ pub enum JoinError {
 }
 
 /// One leg in a conference, as the API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "ConferenceParticipant")]
 pub struct ParticipantInfo {
     /// `<call id>.<leg index>`.
     pub leg_id: String,
@@ -38,8 +39,9 @@ pub struct ParticipantInfo {
 
 /// A conference as the API shows it: present participants first (in joining order), then the
 /// departed ones.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "Conference")]
 pub struct ConferenceInfo {
     pub name: String,
     pub tenant: String,

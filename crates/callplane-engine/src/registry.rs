@@ -292,13 +292,15 @@ impl CommandRefused {
 }
 
 /// A call in progress as the API shows it (`GET /v1/calls/{id}`), built by its actor.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "Call")]
 pub struct CallInfo {
     pub id: String,
     pub sip_call_id: String,
     pub tenant: String,
     /// `inbound` (offered to us) or `outbound` (placed through the API).
+    #[schemars(extend("enum" = ["inbound", "outbound"]))]
     pub direction: &'static str,
     /// The caller (From user part).
     pub from: String,
@@ -310,6 +312,7 @@ pub struct CallInfo {
     pub lines: Vec<String>,
     /// The caller's leg state (`calling`, `ringing`, `early_media`, `answered`, `held`,
     /// `ending`, `ended`).
+    #[schemars(extend("enum" = ["calling", "ringing", "early_media", "answered", "held", "ending", "ended"]))]
     pub state: &'static str,
     /// The leg id of the callee the caller talks to, when bridged.
     pub bridged_to: Option<String>,
@@ -323,19 +326,23 @@ pub struct CallInfo {
     pub variables: std::collections::BTreeMap<String, String>,
 }
 
-/// One leg of a [`CallInfo`].
-#[derive(Debug, Clone, serde::Serialize)]
+/// One leg of a call (`legs` in `GET /v1/calls/{id}`).
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "CallLeg")]
 pub struct LegInfo {
     /// `<call id>.<index>`: the index is the leg's `legIndex` in the CDR (0 = the caller).
     pub id: String,
     pub index: u32,
-    /// `caller` or `callee`.
+    /// `caller`, `callee` or `supervisor`.
+    #[schemars(extend("enum" = ["caller", "callee", "supervisor"]))]
     pub party: &'static str,
     /// `inbound` or `outbound`.
+    #[schemars(extend("enum" = ["inbound", "outbound"]))]
     pub direction: &'static str,
     pub destination_type: Option<String>,
     pub destination: String,
+    #[schemars(extend("enum" = ["calling", "ringing", "early_media", "answered", "held", "ending", "ended"]))]
     pub state: &'static str,
     pub start_time: chrono::DateTime<chrono::Utc>,
     pub answer_time: Option<chrono::DateTime<chrono::Utc>>,
@@ -349,8 +356,9 @@ pub struct LegInfo {
 }
 
 /// A recording of a call in progress.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "RecordingRun")]
 pub struct RecordingInfo {
     /// Its id: `GET /v1/recordings/{id}` once it is complete.
     pub id: String,
