@@ -248,9 +248,9 @@ api_routes! {
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 /// The OpenAPI document served at `/v1/openapi.json`: [`OPENAPI_JSON`] with the schemas of the
-/// calls' and conferences' answers (`Call`, `CallLeg`, `RecordingRun`, `Conference`,
-/// `ConferenceParticipant`) generated from the types the handlers serialize, so those cannot
-/// drift from what the API answers.
+/// calls', conferences' and history's answers (`Call`, `CallLeg`, `RecordingRun`, `Conference`,
+/// `ConferenceParticipant`, `Cdr`, `CdrLeg`, `Recording`) generated from the types the handlers
+/// serialize, so those cannot drift from what the API answers.
 pub fn openapi_document() -> &'static str {
     static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DOC.get_or_init(|| {
@@ -277,6 +277,7 @@ pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
     let mut generator = settings.into_generator();
     generator.subschema_for::<callplane_engine::registry::CallInfo>();
     generator.subschema_for::<callplane_engine::conference::ConferenceInfo>();
+    generator.subschema_for::<callplane_store::Cdr>();
     generator.take_definitions(true)
 }
 

@@ -236,7 +236,7 @@ impl fmt::Display for FieldError {
 }
 
 /// Call detail record of one finished call, written in one transaction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cdr {
     /// Our call UUID.
@@ -248,10 +248,13 @@ pub struct Cdr {
     /// Calling number (ANI).
     pub caller: String,
     #[serde(with = "time_serde")]
+    #[schemars(with = "DateTime<Utc>")]
     pub start_time: DateTime<Utc>,
     #[serde(with = "opt_time_serde")]
+    #[schemars(with = "Option<DateTime<Utc>>")]
     pub answer_time: Option<DateTime<Utc>>,
     #[serde(with = "time_serde")]
+    #[schemars(with = "DateTime<Utc>")]
     pub end_time: DateTime<Utc>,
     pub talk_time_ms: i64,
     /// Q.850 cause name, e.g. `NORMAL_CLEARING`.
@@ -273,7 +276,7 @@ pub struct Cdr {
 
 /// A finished recording of a call (`POST /v1/calls/{id}/record`): an 8 kHz 16-bit WAV file,
 /// mono (both parties mixed) or stereo (caller left, callee right).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Recording {
     pub id: String,
@@ -282,17 +285,23 @@ pub struct Recording {
     /// Where the file is on this node; not served (the API serves the file itself).
     #[serde(skip_serializing, default)]
     pub path: String,
+    /// 1: both parties mixed; 2: caller left, callee right.
+    #[schemars(extend("enum" = [1, 2]))]
     pub channels: u16,
     #[serde(with = "time_serde")]
+    #[schemars(with = "DateTime<Utc>")]
     pub start_time: DateTime<Utc>,
     #[serde(with = "time_serde")]
+    #[schemars(with = "DateTime<Utc>")]
     pub end_time: DateTime<Utc>,
+    #[schemars(range(min = 0))]
     pub duration_ms: i64,
+    #[schemars(range(min = 0))]
     pub size_bytes: i64,
 }
 
 /// One leg of a call (the inbound leg or an outbound BRIDGE attempt).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CdrLeg {
     pub leg_index: i64,
@@ -302,10 +311,13 @@ pub struct CdrLeg {
     pub destination_type: Option<String>,
     pub destination: String,
     #[serde(with = "time_serde")]
+    #[schemars(with = "DateTime<Utc>")]
     pub start_time: DateTime<Utc>,
     #[serde(with = "opt_time_serde")]
+    #[schemars(with = "Option<DateTime<Utc>>")]
     pub answer_time: Option<DateTime<Utc>>,
     #[serde(with = "time_serde")]
+    #[schemars(with = "DateTime<Utc>")]
     pub end_time: DateTime<Utc>,
     pub sip_status: Option<u16>,
     pub hangup_cause: String,
