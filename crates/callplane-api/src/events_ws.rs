@@ -199,6 +199,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Session {
+    /// A new session, attached to the socket that opened it, not subscribed yet.
+    fn new(key: String, scope: CallScope) -> Session {
+        Session {
+            id: uuid_like(),
+            key,
+            filter: Mutex::new(Filter { scope, sub: None }),
+            takes_everything: std::sync::atomic::AtomicBool::new(false),
+            queue: Mutex::new(Queue {
+                ring: VecDeque::new(),
+                next_seq: 1,
+                sent: 0,
+                attached: true,
+                detached_at: None,
+                attachment: 1,
+            }),
+            notify: Notify::new(),
+            dirty: std::sync::atomic::AtomicBool::new(false),
+            socket_full: std::sync::atomic::AtomicBool::new(false),
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            control: Mutex::new(Vec::new()),
+            claims: Mutex::new(Vec::new()),
+            taken_over: Mutex::new(CancellationToken::new()),
+        }
+    }
+
     /// Keeps a claim of `call_id` for as long as the session lives; claims of calls that
     /// have ended are let go on the way.
     fn hold_claim(&self, st: &ApiState, call_id: String) {
@@ -224,24 +250,25 @@ impl Session {
         let seq = q.next_seq;
         q.next_seq += 1;
         q.ring.push_back((seq, f.tail.clone()));
-        if q.ring.len() > cap {
-            let front_sent = q.ring.front().is_some_and(|&(first, _)| first <= q.sent);
-            if front_sent {
-                q.ring.pop_front();
-            } else if !q.attached
+        // What was sent goes first (the ring may have grown past `cap` while the server was
+        // behind).
+        while q.ring.len() > cap && q.ring.front().is_some_and(|&(first, _)| first <= q.sent) {
+            q.ring.pop_front();
+        }
+        // More than `cap` unsent: overflow if the client is behind (its socket takes nothing
+        // more, or it has none), or the server itself very far behind; a session whose task
+        // simply has not run yet (a busy machine) is not to blame.
+        if q.ring.len() > cap
+            && (!q.attached
                 || self.socket_full.load(Ordering::Relaxed)
-                || q.ring.len() > server_behind_limit(cap)
-            {
-                // The client is behind: its socket takes nothing more (or it has none). Only
-                // then, or when the server itself is very far behind, is it overflow; a
-                // session whose task simply has not run yet (a busy machine) is not to blame.
-                drop(q);
-                self.close(
-                    CLOSE_OVERFLOW,
-                    format!("queue_overflow: more than {cap} events unread"),
-                );
-                return;
-            }
+                || q.ring.len() > server_behind_limit(cap))
+        {
+            drop(q);
+            self.close(
+                CLOSE_OVERFLOW,
+                format!("queue_overflow: more than {cap} events unread"),
+            );
+            return;
         }
         drop(q);
         self.dirty.store(true, Ordering::Relaxed);
@@ -684,28 +711,7 @@ async fn run(
                     return;
                 }
             }
-            let s = Arc::new(Session {
-                id: uuid_like(),
-                key: key.clone(),
-                filter: Mutex::new(Filter { scope, sub: None }),
-                takes_everything: std::sync::atomic::AtomicBool::new(false),
-                queue: Mutex::new(Queue {
-                    ring: VecDeque::new(),
-                    next_seq: 1,
-                    sent: 0,
-                    attached: true,
-                    detached_at: None,
-                    attachment: 1,
-                }),
-                notify: Notify::new(),
-                dirty: std::sync::atomic::AtomicBool::new(false),
-                socket_full: std::sync::atomic::AtomicBool::new(false),
-                closed: CancellationToken::new(),
-                close_reason: Mutex::new(None),
-                control: Mutex::new(Vec::new()),
-                claims: Mutex::new(Vec::new()),
-                taken_over: Mutex::new(CancellationToken::new()),
-            });
+            let s = Arc::new(Session::new(key.clone(), scope));
             hub.insert(s.clone());
             (s, false)
         }
@@ -1294,8 +1300,80 @@ async fn run_command(
 }
 
 #[cfg(test)]
-mod frame_tests {
-    use super::frame_text;
+mod tests {
+    use super::*;
+
+    fn frame(n: u64) -> Frame {
+        Frame {
+            call_id: format!("c{n}"),
+            tenant: None,
+            scope: Arc::new(EventScope::default()),
+            conference: None,
+            tail: format!("\"n\":{n}}}").into(),
+        }
+    }
+
+    fn subscribed() -> Session {
+        let s = Session::new("k".into(), CallScope::All);
+        lock(&s.filter).sub = Some(Subscription::default());
+        s
+    }
+
+    #[test]
+    fn a_session_behind_only_because_the_server_is_is_not_closed() {
+        let s = subscribed();
+        for n in 0..30 {
+            s.offer(&frame(n), 10);
+        }
+        assert!(
+            !s.closed.is_cancelled(),
+            "its socket takes what it is given"
+        );
+        assert_eq!(lock(&s.queue).ring.len(), 30);
+        // Once it caught up, the ring is back to `cap` at the next event.
+        lock(&s.queue).sent = 30;
+        s.offer(&frame(30), 10);
+        let q = lock(&s.queue);
+        assert_eq!(q.ring.len(), 10);
+        assert_eq!(q.ring.front().map(|f| f.0), Some(22));
+    }
+
+    #[test]
+    fn a_session_whose_socket_takes_nothing_more_is_closed_for_overflow() {
+        let s = subscribed();
+        s.socket_full.store(true, Ordering::Relaxed);
+        for n in 0..11 {
+            s.offer(&frame(n), 10);
+        }
+        assert!(s.closed.is_cancelled());
+        let reason = lock(&s.close_reason).clone().expect("a reason");
+        assert_eq!(reason.0, CLOSE_OVERFLOW);
+        assert!(reason.1.starts_with("queue_overflow"), "{reason:?}");
+    }
+
+    #[test]
+    fn a_detached_session_that_would_lose_events_is_closed() {
+        let s = subscribed();
+        lock(&s.queue).attached = false;
+        for n in 0..10 {
+            s.offer(&frame(n), 10);
+        }
+        assert!(
+            !s.closed.is_cancelled(),
+            "it holds `cap` events for a resume"
+        );
+        s.offer(&frame(10), 10);
+        assert!(s.closed.is_cancelled());
+    }
+
+    #[test]
+    fn the_server_falling_very_far_behind_closes_the_session_all_the_same() {
+        let s = subscribed();
+        for n in 0..=server_behind_limit(10) as u64 {
+            s.offer(&frame(n), 10);
+        }
+        assert!(s.closed.is_cancelled());
+    }
 
     #[test]
     fn a_frame_is_the_seq_then_the_event() {
