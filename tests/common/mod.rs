@@ -1169,13 +1169,13 @@ impl SippProcess {
     }
 
     /// Waits until SIPp has bound its SIP port (so a UAS is ready before calls are placed):
-    /// its UDP port taken, or (`-t t1`) its TCP port accepting.
+    /// a UDP socket on it, or (`-t t1`) a TCP socket listening on it. Read from the kernel's
+    /// socket tables: a probe that bound the port itself could take it from SIPp for that
+    /// moment (SIPp then dies of `EADDRINUSE`), and a probe connection would be a call to it.
     pub fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if UdpSocket::bind(("127.0.0.1", self.port)).is_err()
-                || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
+            if port_in_use(self.port) {
                 return;
             }
             if let Some(c) = self.child.as_mut() {
@@ -2168,4 +2168,28 @@ pub fn silent_caller(server: &Server, number: &str) -> Cdr {
         cdr_text(&cdr)
     );
     cdr
+}
+
+/// Whether a local UDP socket is bound to `port`, or a TCP socket listens on it
+/// (`/proc/net/{udp,udp6,tcp,tcp6}`: `local_address` is `ADDR:PORT` in hex, `st` 0A is LISTEN).
+pub fn port_in_use(port: u16) -> bool {
+    let wanted = format!("{port:04X}");
+    [
+        ("/proc/net/udp", false),
+        ("/proc/net/udp6", false),
+        ("/proc/net/tcp", true),
+        ("/proc/net/tcp6", true),
+    ]
+    .iter()
+    .any(|(table, listening_only)| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let mut fields = line.split_whitespace();
+                let local = fields.nth(1).unwrap_or("");
+                let state = fields.nth(1).unwrap_or("");
+                local.rsplit(':').next() == Some(wanted.as_str())
+                    && (!listening_only || state == "0A")
+            })
+        })
+    })
 }
