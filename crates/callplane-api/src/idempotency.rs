@@ -108,6 +108,26 @@ fn digest(parts: &[&[u8]]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// What the answer kept for `id` in memory says about a request `request` with its key;
+/// `None` when memory holds nothing for it.
+fn in_memory(inner: &Inner, id: &[u8; 32], request: [u8; 32]) -> Option<Claim> {
+    Some(match inner.entries.get(id)? {
+        (Entry::Running { .. }, _) => {
+            Claim::Conflict("a request with this Idempotency-Key is still being processed")
+        }
+        (Entry::Done { request: r, answer }, _) => replay_or_conflict(*r, answer.clone(), request),
+    })
+}
+
+/// A request with the key of a request `answered` that was answered `answer`.
+fn replay_or_conflict(answered: [u8; 32], answer: Stored, request: [u8; 32]) -> Claim {
+    if answered == request {
+        Claim::Replay(answer)
+    } else {
+        Claim::Conflict("this Idempotency-Key was used for another request")
+    }
+}
+
 impl Idempotency {
     /// Answers kept in `store` too.
     pub fn durable(store: callplane_store::Store) -> Self {
@@ -161,38 +181,31 @@ impl Idempotency {
         }) {
             inner.entries.remove(&id);
         }
-        let claim = match inner.entries.get(&id) {
-            Some((Entry::Running { .. }, _)) => {
-                Claim::Conflict("a request with this Idempotency-Key is still being processed")
-            }
-            Some((Entry::Done { request: r, answer }, _)) => {
-                if *r == request {
-                    Claim::Replay(answer.clone())
-                } else {
-                    Claim::Conflict("this Idempotency-Key was used for another request")
-                }
-            }
-            None => match self.kept(&id) {
-                // Answered before this process (or before memory let it go).
-                Some((r, answer)) => {
-                    let claim = if r == request {
-                        Claim::Replay(answer.clone())
-                    } else {
-                        Claim::Conflict("this Idempotency-Key was used for another request")
-                    };
-                    inner
-                        .entries
-                        .insert(id, (Entry::Done { request: r, answer }, now));
-                    inner.order.push_back((id, now));
-                    claim
-                }
-                None => {
-                    inner.entries.insert(id, (Entry::Running { request }, now));
-                    inner.order.push_back((id, now));
-                    Claim::Run
-                }
-            },
+        if let Some(claim) = in_memory(&inner, &id, request) {
+            return (claim, id);
+        }
+        // Not in memory: perhaps answered before this process (or before memory let it go).
+        // The store is read without the lock, so keyed requests never queue behind it.
+        drop(inner);
+        let kept = self.kept(&id);
+        let mut inner = self.lock();
+        // A claim of the same key may have come meanwhile: memory decides again.
+        if let Some(claim) = in_memory(&inner, &id, request) {
+            return (claim, id);
+        }
+        let now = Instant::now();
+        let (entry, claim) = match kept {
+            Some((r, answer)) => (
+                Entry::Done {
+                    request: r,
+                    answer: answer.clone(),
+                },
+                replay_or_conflict(r, answer, request),
+            ),
+            None => (Entry::Running { request }, Claim::Run),
         };
+        inner.entries.insert(id, (entry, now));
+        inner.order.push_back((id, now));
         (claim, id)
     }
 
