@@ -2120,9 +2120,9 @@ pub fn espeak_8k(voice: &str, text: &str) -> Vec<i16> {
     samples
 }
 
-/// Calls `number`, stays silent while its prompt ("enter-digits") plays, says `pcm`, and waits
-/// for the call to end; its CDR.
-pub fn say_after_prompt(server: &Server, number: &str, pcm: &[i16]) -> Cdr {
+/// A SIPp caller (`uac_announcement.xml`) of `number` with its RTP peer, once the first
+/// packet of the call's audio has arrived.
+fn caller_hearing_media(server: &Server, number: &str) -> (RtpPeer, SippProcess) {
     let rtp = RtpPeer::new();
     let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
         .service(number)
@@ -2130,6 +2130,13 @@ pub fn say_after_prompt(server: &Server, number: &str, pcm: &[i16]) -> Cdr {
         .spawn();
     rtp.wait_for_packets(1, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
+    (rtp, caller)
+}
+
+/// Calls `number`, stays silent while its prompt ("enter-digits") plays, says `pcm`, and waits
+/// for the call to end; its CDR.
+pub fn say_after_prompt(server: &Server, number: &str, pcm: &[i16]) -> Cdr {
+    let (rtp, caller) = caller_hearing_media(server, number);
     // Silence while the prompt plays (listening starts after it), then the words.
     let prompt_len = prompt("enter-digits").duration();
     rtp.send_silence((prompt_len.as_millis() / 20) as usize + 15);
@@ -2144,14 +2151,8 @@ pub fn say_after_prompt(server: &Server, number: &str, pcm: &[i16]) -> Cdr {
 /// input, `answer` as its variable) and says nothing: checks that the missing-input prompt was
 /// played and the answer left empty; the CDR.
 pub fn silent_caller(server: &Server, number: &str) -> Cdr {
-    let rtp = RtpPeer::new();
     let started = Instant::now();
-    let caller = Sipp::uac("uac_announcement.xml", server.sip_addr())
-        .service(number)
-        .set("rtp_port", rtp.port())
-        .spawn();
-    rtp.wait_for_packets(1, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("media: {e}\n{}", server.log_tail()));
+    let (rtp, caller) = caller_hearing_media(server, number);
     let caller = caller.wait();
     caller.assert_success(&server.log_tail());
     let heard = rtp.heard(started, Instant::now());
