@@ -2362,6 +2362,23 @@ fn the_answer_schemas_are_generated_from_the_handler_types() {
         "#/components/schemas/CallLeg"
     );
     assert_eq!(call["properties"]["state"]["enum"][0], "calling");
+    let leg = &served["components"]["schemas"]["CallLeg"];
+    assert_eq!(
+        leg["properties"]["state"]["enum"],
+        serde_json::json!([
+            "calling",
+            "ringing",
+            "early_media",
+            "answered",
+            "held",
+            "ending",
+            "ended"
+        ])
+    );
+    assert_eq!(
+        leg["properties"]["direction"]["enum"],
+        serde_json::json!(["inbound", "outbound"])
+    );
     assert!(call["required"]
         .as_array()
         .expect("required")

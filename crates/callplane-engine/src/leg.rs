@@ -43,6 +43,22 @@ pub enum LegState {
 }
 
 impl LegState {
+    /// Every state, in the order a leg goes through them.
+    pub const ALL: [LegState; 7] = [
+        LegState::Calling,
+        LegState::Ringing,
+        LegState::EarlyMedia,
+        LegState::Answered,
+        LegState::Held,
+        LegState::Ending,
+        LegState::Ended,
+    ];
+
+    /// The names of [`LegState::ALL`] (the `enum` of the API's state fields).
+    pub fn names() -> Vec<&'static str> {
+        LegState::ALL.iter().map(|s| s.as_str()).collect()
+    }
+
     /// The state's name in events (`calling`, `ringing`, `early_media`, …).
     pub fn as_str(self) -> &'static str {
         match self {

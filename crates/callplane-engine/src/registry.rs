@@ -291,6 +291,9 @@ impl CommandRefused {
     }
 }
 
+/// The values of a call's or leg's `direction`.
+const DIRECTIONS: [&str; 2] = ["inbound", "outbound"];
+
 /// A call in progress as the API shows it (`GET /v1/calls/{id}`), built by its actor.
 #[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -300,7 +303,7 @@ pub struct CallInfo {
     pub sip_call_id: String,
     pub tenant: String,
     /// `inbound` (offered to us) or `outbound` (placed through the API).
-    #[schemars(extend("enum" = ["inbound", "outbound"]))]
+    #[schemars(extend("enum" = DIRECTIONS))]
     pub direction: &'static str,
     /// The caller (From user part).
     pub from: String,
@@ -312,7 +315,7 @@ pub struct CallInfo {
     pub lines: Vec<String>,
     /// The caller's leg state (`calling`, `ringing`, `early_media`, `answered`, `held`,
     /// `ending`, `ended`).
-    #[schemars(extend("enum" = ["calling", "ringing", "early_media", "answered", "held", "ending", "ended"]))]
+    #[schemars(extend("enum" = crate::leg::LegState::names()))]
     pub state: &'static str,
     /// The leg id of the callee the caller talks to, when bridged.
     pub bridged_to: Option<String>,
@@ -338,11 +341,11 @@ pub struct LegInfo {
     #[schemars(extend("enum" = ["caller", "callee", "supervisor"]))]
     pub party: &'static str,
     /// `inbound` or `outbound`.
-    #[schemars(extend("enum" = ["inbound", "outbound"]))]
+    #[schemars(extend("enum" = DIRECTIONS))]
     pub direction: &'static str,
     pub destination_type: Option<String>,
     pub destination: String,
-    #[schemars(extend("enum" = ["calling", "ringing", "early_media", "answered", "held", "ending", "ended"]))]
+    #[schemars(extend("enum" = crate::leg::LegState::names()))]
     pub state: &'static str,
     pub start_time: chrono::DateTime<chrono::Utc>,
     pub answer_time: Option<chrono::DateTime<chrono::Utc>>,
