@@ -341,7 +341,7 @@ impl EventHub {
             dropped: std::sync::atomic::AtomicBool::new(false),
         });
         subscribe(Arc::new(HubSubscriber(hub.clone())));
-        events_runtime(0).spawn(fan_out(Arc::downgrade(&hub), rx));
+        events_runtime().spawn(fan_out(Arc::downgrade(&hub), rx));
         hub
     }
 
@@ -576,11 +576,8 @@ pub async fn events(
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .on_upgrade(move |socket| async move {
-            // The socket is served on one of the events threads (see `events_runtime`), in
-            // turn.
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let thread = NEXT.fetch_add(1, Ordering::Relaxed);
-            let served = events_runtime(thread).spawn(async move {
+            // The socket is served on the events thread (see `events_runtime`).
+            let served = events_runtime().spawn(async move {
                 run(socket, st, caller, scope, session, resume).await;
                 drop(permit);
             });
@@ -588,54 +585,38 @@ pub async fn events(
         }))
 }
 
-/// The runtimes the hub and the events sockets run on: threads of their own, each a
-/// single-threaded runtime, separate from the calls' runtime (calls hand their events over
-/// without waiting); sockets are spread over them in turn and the hub runs on the first.
-/// One thread ([`EVENTS_THREADS`]) at normal priority measured best on the 2-core VM with
-/// 1,000 subscribers of 100 calls/s (`bench/events_fanout.py`): at nice +10 the busy machine
-/// left it unscheduled for tens of milliseconds (event delay p99 170 ms instead of 54–64 ms)
-/// with no gain in call setup; two threads made both the delays (p99 139 ms) and call setup
-/// worse, competing with the calls' threads for the same two cores.
-fn events_runtime(n: usize) -> &'static tokio::runtime::Handle {
-    static RT: std::sync::OnceLock<Vec<tokio::runtime::Handle>> = std::sync::OnceLock::new();
-    let all = RT.get_or_init(|| {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, EVENTS_THREADS);
-        let handles: Vec<_> = (0..threads).filter_map(events_thread).collect();
-        if handles.is_empty() {
-            // Without a thread of its own, the events share the caller's runtime.
-            vec![tokio::runtime::Handle::current()]
-        } else {
-            handles
-        }
-    });
-    &all[n % all.len()]
-}
-
-/// Events threads at most (one per core up to this).
-const EVENTS_THREADS: usize = 1;
-
-fn events_thread(i: usize) -> Option<tokio::runtime::Handle> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name(format!("events-{i}"))
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => {
-                    let _ = tx.send(Some(rt.handle().clone()));
-                    rt.block_on(std::future::pending::<()>());
+/// The runtime the hub and every events socket run on: one thread of its own, a
+/// single-threaded runtime apart from the calls' runtime (calls hand their events over without
+/// waiting), at normal priority. Measured on the 2-core VM with 1,000 subscribers of 100
+/// calls/s (`bench/events_fanout.py`): at nice +10 the busy machine left it unscheduled for
+/// tens of milliseconds (event delay p99 170 ms instead of 54–64 ms) with no gain in call
+/// setup; two such threads (sockets shared out) made both the delays (p99 139 ms) and call
+/// setup worse, competing with the calls' threads for the same two cores.
+fn events_runtime() -> &'static tokio::runtime::Handle {
+    static RT: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => {
+                        let _ = tx.send(Some(rt.handle().clone()));
+                        rt.block_on(std::future::pending::<()>());
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the events runtime");
+                        let _ = tx.send(None);
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start an events runtime");
-                    let _ = tx.send(None);
-                }
-            }
-        });
-    spawned.ok().and_then(|_| rx.recv().ok().flatten())
+            });
+        let handle = spawned.ok().and_then(|_| rx.recv().ok().flatten());
+        // Without a thread of its own, the events share the caller's runtime.
+        handle.unwrap_or_else(tokio::runtime::Handle::current)
+    })
 }
 
 /// What the client asked to resume, and whether it could.
