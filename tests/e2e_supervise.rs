@@ -3,6 +3,8 @@
 //! own tone. In listen mode the supervisor hears both and neither hears it; in whisper mode
 //! the agent hears it and the customer does not; in barge mode both do; intercept ends the
 //! agent's leg and leaves the customer talking with the supervisor. Refusals are 409/400.
+//! A supervisor can also be named by a leg of another call (its phone called in, or a console
+//! called it through the API): that leg moves into the supervised call and its call ends.
 
 mod common;
 
@@ -90,12 +92,37 @@ fn a_supervisor_listens_whispers_barges_and_intercepts() {
             "{}",
             r.describe()
         );
+        // A leg of the call itself cannot supervise it; a leg id that names no call is 404.
         let r = supervise(
             &server,
             &id,
             serde_json::json!({"mode": "listen", "supervisor": format!("{id}.1")}),
         );
+        assert_eq!(r.status, 409, "{}", r.describe());
+        assert_eq!(
+            r.error().1.as_deref(),
+            Some("supervisor"),
+            "{}",
+            r.describe()
+        );
+        let r = supervise(
+            &server,
+            &id,
+            serde_json::json!({"mode": "listen", "supervisor": "no-such-call.0"}),
+        );
+        assert_eq!(r.status, 404, "{}", r.describe());
+        let r = supervise(
+            &server,
+            &id,
+            serde_json::json!({"mode": "listen", "supervisor": "sup"}),
+        );
         assert_eq!(r.status, 400, "{}", r.describe());
+        assert_eq!(
+            r.error().1.as_deref(),
+            Some("supervisor"),
+            "{}",
+            r.describe()
+        );
 
         let r = supervise(
             &server,
@@ -288,4 +315,240 @@ fn a_supervisor_listens_whispers_barges_and_intercepts() {
             "{t} counted"
         );
     }
+}
+
+/// A plan (or block list) that keeps a call waiting: a PIN prompt with a minute to answer.
+const WAITING: &str = r#"  { blockType = "COLLECT_DIGITS", announcementName = "enter-digits", variableName = "pin", minDigits = 4, maxDigits = 4, maxTries = 1, timeout = 60 },"#;
+
+/// Polls `GET /v1/calls/{id}` until the call is answered.
+fn wait_call_answered(server: &Server, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = http::json(
+            server.http_port(),
+            "GET",
+            &format!("/v1/calls/{id}"),
+            Some(KEY),
+            None,
+        )
+        .json();
+        if info["state"] == "answered" {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "call {id} not answered: {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_supervisor_named_by_its_leg_moves_in_from_its_own_call() {
+    let (mut agent, agent_rtp) = reinvited_callee(1000);
+    // The first supervisor's phone is called by a console through the API (an originated
+    // call: its first leg is an outbound dialog) ...
+    let (mut sup, sup_rtp) = reinvited_callee(300);
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}{}{}",
+        tenant_with_prompts(),
+        trunk("agent", agent.port()),
+        trunk("sup", sup.port()),
+        number_with_plan("500", "b", &bridge_to_trunk("agent", "NORMAL_CLEARING")),
+        number_with_plan("600", "lobby", WAITING),
+    );
+    let server = Server::start(&prov, true);
+    let (mut customer, customer_rtp) = reinvited_caller(&server, "500");
+    let id = server.started_call_id();
+    wait_answered(&mut customer, &customer_rtp);
+    wait_invited(&mut agent, &agent_rtp);
+
+    let r = http::json(
+        server.http_port(),
+        "POST",
+        "/v1/calls",
+        Some(KEY),
+        Some(&serde_json::json!({
+            "tenant": "t1",
+            "to": {"destinationType": "SIP_TRUNK", "destination": "sup"},
+            "callerId": "+4930100",
+            "blocks": [{"blockType": "COLLECT_DIGITS", "announcementName": "enter-digits",
+                        "variableName": "pin", "minDigits": 4, "maxDigits": 4, "maxTries": 1,
+                        "timeout": 60}]
+        })),
+    );
+    assert_eq!(r.status, 201, "{}", r.describe());
+    let console_call = r.json()["id"].as_str().expect("id").to_string();
+    wait_invited(&mut sup, &sup_rtp);
+    wait_call_answered(&server, &console_call);
+
+    let mut windows: Vec<(&str, Instant, Instant)> = Vec::new();
+    let sup2_rtp = RtpPeer::new();
+    let mut sup2 = None;
+    std::thread::scope(|s| {
+        s.spawn(|| customer_rtp.send_pcm(&sine(CUSTOMER_HZ, 14.0, 6000.0)));
+        s.spawn(|| agent_rtp.send_pcm(&sine(AGENT_HZ, 14.0, 6000.0)));
+        s.spawn(|| sup_rtp.send_pcm(&sine(SUPERVISOR_HZ, 7.0, 6000.0)));
+        std::thread::sleep(Duration::from_millis(300));
+        // A leg the console's call does not have: 404.
+        let r = supervise(
+            &server,
+            &id,
+            serde_json::json!({"mode": "listen", "supervisor": format!("{console_call}.5")}),
+        );
+        assert_eq!(r.status, 404, "{}", r.describe());
+        assert_eq!(
+            r.error().1.as_deref(),
+            Some("supervisor"),
+            "{}",
+            r.describe()
+        );
+        let r = supervise(
+            &server,
+            &id,
+            serde_json::json!({"mode": "listen", "supervisor": format!("{console_call}.0")}),
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let legs = r.json()["legs"].clone();
+        assert_eq!(legs[2]["party"], "supervisor", "{legs}");
+        assert_eq!(legs[2]["state"], "answered", "{legs}");
+        // The console's call is over: its leg lives on in the supervised call.
+        let moved = server.wait_for_cdr("the console call's CDR", |c| c.call_id == console_call);
+        assert_eq!(moved.hangup_by, "moved", "{}", cdr_text(&moved));
+        assert_eq!(
+            moved.variables.get("transferred_to_call"),
+            Some(&id),
+            "{}",
+            cdr_text(&moved)
+        );
+        let mut phase = |name: &'static str, mode: Option<&str>| {
+            if let Some(m) = mode {
+                let r = supervise(&server, &id, serde_json::json!({"mode": m}));
+                assert_eq!(r.status, 200, "{}", r.describe());
+            }
+            let t = Instant::now();
+            std::thread::sleep(Duration::from_millis(2200));
+            windows.push((
+                name,
+                t + Duration::from_millis(500),
+                t + Duration::from_millis(2100),
+            ));
+        };
+        phase("listen", None);
+        phase("barge", Some("barge"));
+        // Done: the supervisor is hung up by the supervised call.
+        let r = http::json(
+            server.http_port(),
+            "DELETE",
+            &format!("/v1/calls/{id}/supervise"),
+            Some(KEY),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        sup.wait_for_message("the supervisor's BYE", Duration::from_secs(5), |m| {
+            !m.sent && m.method() == Some("BYE")
+        });
+
+        // ... the second one's phone called in (an inbound dialog) and waits in a plan.
+        let mut phone = Sipp::uac("uac_reinvited.xml", server.sip_addr())
+            .service("600")
+            .set("rtp_port", sup2_rtp.port())
+            .timeout_s(90)
+            .spawn();
+        wait_answered(&mut phone, &sup2_rtp);
+        sup2 = Some(phone);
+        let calls = http::json(
+            server.http_port(),
+            "GET",
+            "/v1/calls?number=600",
+            Some(KEY),
+            None,
+        )
+        .json();
+        let lobby_call = calls[0]["id"].as_str().expect("the lobby call").to_string();
+        wait_call_answered(&server, &lobby_call);
+        s.spawn(|| sup2_rtp.send_pcm(&sine(SUPERVISOR_HZ, 4.0, 6000.0)));
+        std::thread::sleep(Duration::from_millis(300));
+        let r = supervise(
+            &server,
+            &id,
+            serde_json::json!({"mode": "whisper", "supervisor": format!("{lobby_call}.0")}),
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(2200));
+        windows.push((
+            "whisper",
+            t + Duration::from_millis(500),
+            t + Duration::from_millis(2100),
+        ));
+        let r = http::json(
+            server.http_port(),
+            "POST",
+            &format!("/v1/calls/{id}/hangup"),
+            Some(KEY),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let lobby = server.wait_for_cdr("the lobby call's CDR", |c| c.call_id == lobby_call);
+        assert_eq!(lobby.hangup_by, "moved", "{}", cdr_text(&lobby));
+    });
+    let sup2 = sup2.expect("the second supervisor's phone");
+    customer.wait().assert_success(&server.log_tail());
+    agent.wait().assert_success(&server.log_tail());
+    sup.wait().assert_success(&server.log_tail());
+    sup2.wait().assert_success(&server.log_tail());
+
+    for (name, from, to) in &windows {
+        let at_customer = customer_rtp.heard(*from, *to);
+        let at_agent = agent_rtp.heard(*from, *to);
+        let at_sup = if *name == "whisper" {
+            sup2_rtp.heard(*from, *to)
+        } else {
+            sup_rtp.heard(*from, *to)
+        };
+        let ctx = || {
+            format!(
+                "{name}\n customer: {}\n agent: {}\n supervisor: {}\n{}",
+                levels(&at_customer),
+                levels(&at_agent),
+                levels(&at_sup),
+                server.log_tail()
+            )
+        };
+        println!("{}", ctx().lines().take(4).collect::<Vec<_>>().join("\n"));
+        let hears = |pcm: &[i16], hz: f64| tone_amplitude(pcm, hz) > HEARD;
+        let silent = |pcm: &[i16], hz: f64| tone_amplitude(pcm, hz) < SILENT;
+        // The supervisor hears both parties in every mode, and they still hear each other.
+        assert!(
+            hears(&at_sup, CUSTOMER_HZ) && hears(&at_sup, AGENT_HZ),
+            "{}",
+            ctx()
+        );
+        assert!(
+            hears(&at_customer, AGENT_HZ) && hears(&at_agent, CUSTOMER_HZ),
+            "{}",
+            ctx()
+        );
+        match *name {
+            "listen" => assert!(
+                silent(&at_customer, SUPERVISOR_HZ) && silent(&at_agent, SUPERVISOR_HZ),
+                "{}",
+                ctx()
+            ),
+            "whisper" => assert!(
+                hears(&at_agent, SUPERVISOR_HZ) && silent(&at_customer, SUPERVISOR_HZ),
+                "{}",
+                ctx()
+            ),
+            _ => assert!(
+                hears(&at_customer, SUPERVISOR_HZ) && hears(&at_agent, SUPERVISOR_HZ),
+                "{}",
+                ctx()
+            ),
+        }
+    }
+    let cdr = server.wait_for_cdr("the supervised call's CDR", |c| c.call_id == id);
+    assert_eq!(cdr.legs.len(), 4, "{}", cdr_text(&cdr));
+    assert_eq!(cdr.legs[2].destination, "sup", "{}", cdr_text(&cdr));
+    assert_eq!(cdr.legs[2].direction, "outbound", "{}", cdr_text(&cdr));
+    assert_eq!(cdr.legs[3].direction, "inbound", "{}", cdr_text(&cdr));
+    assert!(cdr.legs[3].answer_time.is_some(), "{}", cdr_text(&cdr));
 }

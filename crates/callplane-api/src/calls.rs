@@ -55,6 +55,15 @@ pub trait CallControl: Send + Sync + 'static {
     /// Attended transfer of `call_id` (from leg `from`) to the party of call `consult`;
     /// `None` when `call_id` is gone.
     fn attended_transfer(&self, call_id: &str, from: Option<u32>, consult: &str) -> HangupFuture;
+    /// Supervision of `call_id` in `mode` by leg `leg` of call `leg_call`, which moves in;
+    /// `None` when `call_id` is gone.
+    fn supervise_with_leg(
+        &self,
+        call_id: &str,
+        mode: callplane_engine::registry::SuperviseMode,
+        leg_call: &str,
+        leg: u32,
+    ) -> HangupFuture;
     /// The live conferences whose tenant `keep` accepts.
     fn list_conferences(
         &self,
@@ -201,6 +210,22 @@ impl CallControl for callplane_engine::Engine {
         let engine = self.clone();
         let (call_id, consult) = (call_id.to_string(), consult.to_string());
         Box::pin(async move { engine.attended_transfer(&call_id, from, &consult).await })
+    }
+
+    fn supervise_with_leg(
+        &self,
+        call_id: &str,
+        mode: callplane_engine::registry::SuperviseMode,
+        leg_call: &str,
+        leg: u32,
+    ) -> HangupFuture {
+        let engine = self.clone();
+        let (call_id, leg_call) = (call_id.to_string(), leg_call.to_string());
+        Box::pin(async move {
+            engine
+                .supervise_with_leg(&call_id, mode, &leg_call, leg)
+                .await
+        })
     }
 }
 
@@ -963,8 +988,9 @@ pub(crate) async fn redirect_call(
 }
 
 /// `POST /v1/calls/{id}/supervise` `{"mode": "listen|whisper|barge|intercept", "supervisor":
-/// <destination>}`: dials the supervisor into the connected call, or (without `supervisor`)
-/// switches the mode of the one on it. Answers the call as it is then.
+/// <destination or leg id>}`: dials the supervisor into the connected call (or moves the
+/// named leg of another call into it), or (without `supervisor`) switches the mode of the
+/// one on it. Answers the call as it is then.
 pub async fn supervise(
     State(st): State<ApiState>,
     caller: Caller,
@@ -1008,12 +1034,8 @@ pub(crate) async fn supervise_call(
     let info = scoped_call_info(st, caller, id).await?;
     let supervisor = match body.remove("supervisor") {
         None | Some(Value::Null) => None,
-        Some(Value::String(_)) => {
-            return Err(ApiError::invalid_field(
-                "supervise",
-                "supervisor",
-                "a destination object to dial (naming a leg of another call is not supported)",
-            ))
+        Some(Value::String(leg)) => {
+            return supervise_with_leg(st, caller, id, &info, mode, &leg).await;
         }
         v => {
             let to = destination(st, v, "supervisor", "supervise", &info.tenant)?;
@@ -1027,6 +1049,52 @@ pub(crate) async fn supervise_call(
             .control(id, ControlCommand::Supervise { mode, supervisor })
             .await,
     )
+}
+
+/// Supervision by a leg already up in another call (`"supervisor": "<call id>.<index>"`: a
+/// supervisor's phone that called in, or that a console called through the API): that call
+/// must be in the key's scope and of the same tenant; the leg must be its answered first leg
+/// or its connected callee. It moves into this call (the other call ends if it was its first
+/// leg) and joins in `mode`.
+async fn supervise_with_leg(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+    info: &CallInfo,
+    mode: callplane_engine::registry::SuperviseMode,
+    leg: &str,
+) -> Result<CallInfo, ApiError> {
+    let Some((leg_call, index)) = leg
+        .rsplit_once('.')
+        .and_then(|(call, i)| Some((call, i.parse::<u32>().ok()?)))
+        .filter(|(call, _)| !call.is_empty())
+    else {
+        return Err(ApiError::invalid_field(
+            "supervise",
+            "supervisor",
+            "a destination object to dial, or the leg id (<call id>.<index>) of a leg of \
+             another call",
+        ));
+    };
+    // The leg's call must be the key's to command, and of the same tenant (a leg does not
+    // move between tenants' calls and CDRs).
+    let other = scoped_call_info(st, caller, leg_call)
+        .await
+        .map_err(|e| e.with_field("supervisor"))?;
+    if other.tenant != info.tenant {
+        return Err(
+            ApiError::conflict("the supervisor's leg belongs to another tenant's call")
+                .with_field("supervisor"),
+        );
+    }
+    let answer = st.calls.supervise_with_leg(id, mode, leg_call, index).await;
+    match answer {
+        Some(Err(CommandRefused::SupervisorLeg(why))) if *why == CommandRefused::NoSuchLeg => Err(
+            ApiError::not_found(format!("call {leg_call} has no leg {leg}"))
+                .with_field("supervisor"),
+        ),
+        answer => command_answer(id, answer),
+    }
 }
 
 /// `DELETE /v1/calls/{id}/supervise`: hangs up the call's supervisor.

@@ -132,6 +132,24 @@ impl CallControl for FakeCalls {
         user == "alice"
     }
 
+    fn supervise_with_leg(
+        &self,
+        call_id: &str,
+        _mode: callplane_engine::registry::SuperviseMode,
+        leg_call: &str,
+        _leg: u32,
+    ) -> crate::HangupFuture {
+        use callplane_engine::registry::CommandRefused;
+        let answer = self.info(call_id, "answered").map(|info| {
+            if leg_call == call_id {
+                Err(CommandRefused::SupervisorInCall)
+            } else {
+                Ok(info)
+            }
+        });
+        Box::pin(async move { answer })
+    }
+
     fn attended_transfer(
         &self,
         call_id: &str,
@@ -225,7 +243,7 @@ impl CallControl for FakeCalls {
             ControlCommand::Transfer { .. } => Err(CommandRefused::NotConnected),
             ControlCommand::Supervise { .. } => Ok(info),
             ControlCommand::StopSupervising => Err(CommandRefused::NoSupervisor),
-            ControlCommand::CheckTransfer { .. } => Ok(info),
+            ControlCommand::CheckTransfer { .. } | ControlCommand::CheckSupervise => Ok(info),
             ControlCommand::MakeConference { .. } => Ok(info),
             ControlCommand::Remove { .. } => Err(CommandRefused::NotAParty),
             ControlCommand::Answer => Err(CommandRefused::NotClaimed),

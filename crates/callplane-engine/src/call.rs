@@ -98,6 +98,8 @@ enum HangupBy {
     Api,
     /// The caller's side took the call elsewhere (a REFER block).
     Referred,
+    /// The first leg moved to another call (a supervisor named by its leg).
+    Moved,
 }
 
 impl HangupBy {
@@ -108,6 +110,7 @@ impl HangupBy {
             HangupBy::System => "system",
             HangupBy::Api => "api",
             HangupBy::Referred => "referred",
+            HangupBy::Moved => "moved",
         }
     }
 }
@@ -310,9 +313,20 @@ impl BridgeRun {
 enum CallerLeg {
     Inbound(InboundLegHandle),
     Outbound(LegHandle<OutboundEvent>),
+    /// Moved to another call ([`Call::release_caller`]): nothing of this session reaches it.
+    Moved,
 }
 
 impl CallerLeg {
+    /// Its leg id (none once moved).
+    fn id(&self) -> Option<LegId> {
+        match self {
+            CallerLeg::Inbound(l) => Some(l.id),
+            CallerLeg::Outbound(l) => Some(l.id),
+            CallerLeg::Moved => None,
+        }
+    }
+
     fn ringing(&self, sdp: Option<String>) {
         if let CallerLeg::Inbound(l) = self {
             l.ringing(sdp);
@@ -322,7 +336,7 @@ impl CallerLeg {
     fn answer(&self, sdp: String) -> Result<(), callplane_sip::SipError> {
         match self {
             CallerLeg::Inbound(l) => l.answer(sdp),
-            CallerLeg::Outbound(_) => Ok(()),
+            CallerLeg::Outbound(_) | CallerLeg::Moved => Ok(()),
         }
     }
 
@@ -330,14 +344,16 @@ impl CallerLeg {
         match self {
             CallerLeg::Inbound(l) => l.reject(status, reason),
             CallerLeg::Outbound(l) => l.hangup(reason),
+            CallerLeg::Moved => {}
         }
     }
 
-    /// What sends re-INVITEs on its dialog.
-    fn reinviter(&self) -> callplane_sip::Reinviter {
+    /// What sends re-INVITEs on its dialog (none once moved).
+    fn reinviter(&self) -> Option<callplane_sip::Reinviter> {
         match self {
-            CallerLeg::Inbound(l) => l.reinviter(),
-            CallerLeg::Outbound(l) => l.reinviter(),
+            CallerLeg::Inbound(l) => Some(l.reinviter()),
+            CallerLeg::Outbound(l) => Some(l.reinviter()),
+            CallerLeg::Moved => None,
         }
     }
 
@@ -350,6 +366,7 @@ impl CallerLeg {
                 l.hangup(reason);
                 tokio::sync::oneshot::channel().1
             }
+            CallerLeg::Moved => tokio::sync::oneshot::channel().1,
         }
     }
 }
@@ -1015,12 +1032,15 @@ impl Call {
                     CallCommand::RunBlocks { blocks, reply } => {
                         let _ = reply.send(self.run_blocks(blocks));
                     }
-                    CallCommand::ReleaseConnected { to_call, reply } => {
-                        let released = self.release_connected(&to_call).map(Box::new);
+                    CallCommand::ReleaseLeg { leg, to_call, reply } => {
+                        let released = self.release_leg(leg, &to_call).map(Box::new);
                         // The transfer was given up meanwhile: nobody takes the leg.
                         if let Err(Ok(moved)) = reply.send(released) {
                             moved.hang_up();
                         }
+                    }
+                    CallCommand::AdoptSupervisor { leg, mode, reply } => {
+                        let _ = reply.send(self.adopt_supervisor(*leg, mode));
                     }
                     CallCommand::AdoptForTransfer { leg, from, consult, reply } => {
                         let _ = reply.send(self.adopt_for_transfer(*leg, from, &consult));
@@ -1171,6 +1191,10 @@ impl Call {
         let inputs = self.inputs_tx.clone();
         let uuid = self.uuid.clone();
         tokio::spawn(async move {
+            let Some(reinviter) = reinviter else {
+                let _ = inputs.send(Input::ReferAnswered { id, status: None });
+                return;
+            };
             let status = match reinviter.refer(&destination).await {
                 Ok(status) => Some(status),
                 Err(e) => {

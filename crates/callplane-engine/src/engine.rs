@@ -291,7 +291,8 @@ impl Engine {
         let moved = self
             .svc
             .calls
-            .ask(consult, |reply| CallCommand::ReleaseConnected {
+            .ask(consult, |reply| CallCommand::ReleaseLeg {
+                leg: None,
                 to_call,
                 reply,
             })
@@ -316,6 +317,67 @@ impl Engine {
         if let Err(cmd) = sent {
             // The call ended meanwhile: the party has nowhere to go.
             if let CallCommand::AdoptForTransfer { leg, .. } = cmd {
+                leg.hang_up();
+            }
+            return None;
+        }
+        answer.await.ok()
+    }
+
+    /// Supervision by a leg of another call (`POST …/supervise` naming `leg_call`'s leg
+    /// `leg`): that call lets the leg go (its connected callee, or its answered first leg, and
+    /// then it ends) and the leg joins call `call_id` as its supervisor in `mode`. `None` when
+    /// `call_id` is not running.
+    pub async fn supervise_with_leg(
+        &self,
+        call_id: &str,
+        mode: crate::registry::SuperviseMode,
+        leg_call: &str,
+        leg: u32,
+    ) -> Option<Result<crate::registry::CallInfo, crate::registry::CommandRefused>> {
+        use crate::registry::{CommandRefused, ControlCommand};
+        if call_id == leg_call {
+            return Some(Err(CommandRefused::SupervisorInCall));
+        }
+        // First whether this call can take a supervisor, then the other call lets it go.
+        if let Err(why) = self
+            .control(call_id, ControlCommand::CheckSupervise)
+            .await?
+        {
+            return Some(Err(why));
+        }
+        let to_call = call_id.to_string();
+        let moved = self
+            .svc
+            .calls
+            .ask(leg_call, |reply| CallCommand::ReleaseLeg {
+                leg: Some(leg),
+                to_call,
+                reply,
+            })
+            .await;
+        let moved = match moved {
+            None => {
+                return Some(Err(CommandRefused::SupervisorLeg(Box::new(
+                    CommandRefused::ConsultGone,
+                ))))
+            }
+            Some(Err(why)) => return Some(Err(CommandRefused::SupervisorLeg(Box::new(why)))),
+            Some(Ok(m)) => m,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let cmd = CallCommand::AdoptSupervisor {
+            leg: moved,
+            mode,
+            reply,
+        };
+        let sent = match self.svc.calls.get(call_id) {
+            Some(h) => h.commands.send(cmd).map_err(|e| e.0),
+            None => Err(cmd),
+        };
+        if let Err(cmd) = sent {
+            // The call ended meanwhile: the leg has nowhere to go.
+            if let CallCommand::AdoptSupervisor { leg, .. } = cmd {
                 leg.hang_up();
             }
             return None;

@@ -479,6 +479,120 @@ pub fn spawn_inbound(
     }
 }
 
+/// What an adapter ([`adapt`]) asks of the leg it wraps, whatever that leg's events are.
+pub trait LegControl<E>: Send + 'static {
+    /// CANCEL before answer, BYE after.
+    fn hang_up(&self, reason: Option<String>);
+    /// Report to `owner` through `events` from now on.
+    fn report_to(&self, owner: Owner, events: mpsc::UnboundedSender<Addressed<E>>);
+}
+
+impl<E: Send + 'static> LegControl<E> for LegHandle<E> {
+    fn hang_up(&self, reason: Option<String>) {
+        self.hangup(reason);
+    }
+    fn report_to(&self, owner: Owner, events: mpsc::UnboundedSender<Addressed<E>>) {
+        self.move_to(owner, events);
+    }
+}
+
+impl LegControl<InboundEvent> for InboundLegHandle {
+    fn hang_up(&self, reason: Option<String>) {
+        // Whether the BYE's transaction is over is not awaited here.
+        drop(self.hangup(reason));
+    }
+    fn report_to(&self, owner: Owner, events: mpsc::UnboundedSender<Addressed<InboundEvent>>) {
+        self.move_to(owner, events);
+    }
+}
+
+/// A leg's media events, and what of them its owner takes (as its `Out` events).
+pub type MediaEvents<Out> = (mpsc::Receiver<MediaEvent>, fn(MediaEvent) -> Option<Out>);
+
+/// Hands a leg whose task speaks `In` events (a caller's leg: [`InboundEvent`]s, or an
+/// originated call's) to an owner that takes `Out` events (a session's dialled parties): a
+/// task of its own takes the leg over in `epoch` (newer than its owner's), maps its events
+/// (`None`: dropped) and the digits of its `media` events, and carries out the new handle's
+/// commands. Events that come before the new handle's first move are kept and delivered
+/// then. Dropping every handle hangs the leg up; when the leg's dialog is over the task ends
+/// after its last event (and `move_to` says so).
+pub fn adapt<In: Send + 'static, Out: Send + 'static>(
+    id: LegId,
+    inner: impl LegControl<In>,
+    reinviter: Reinviter,
+    epoch: Owner,
+    map: fn(In) -> Option<Out>,
+    media: Option<MediaEvents<Out>>,
+) -> LegHandle<Out> {
+    let (tx, mut commands) = mpsc::unbounded_channel::<LegCommand<Out>>();
+    let (in_tx, mut from_leg) = mpsc::unbounded_channel::<Addressed<In>>();
+    inner.report_to(epoch, in_tx);
+    let (mut media_events, media_map) = match media {
+        Some((rx, f)) => (Some(rx), Some(f)),
+        None => (None, None),
+    };
+    tokio::spawn(async move {
+        let mut to: Option<(Owner, mpsc::UnboundedSender<Addressed<Out>>)> = None;
+        let mut kept: Vec<Out> = Vec::new();
+        let deliver = |to: &Option<(Owner, mpsc::UnboundedSender<Addressed<Out>>)>,
+                       kept: &mut Vec<Out>,
+                       event: Out| match to {
+            Some((owner, events)) => {
+                let _ = events.send(Addressed {
+                    leg: id,
+                    owner: *owner,
+                    event,
+                });
+            }
+            None => kept.push(event),
+        };
+        loop {
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(LegCommand::MoveTo { owner, events }) => {
+                        if to.as_ref().is_some_and(|(o, _)| o.epoch >= owner.epoch) {
+                            continue;
+                        }
+                        for event in kept.drain(..) {
+                            let _ = events.send(Addressed { leg: id, owner, event });
+                        }
+                        to = Some((owner, events));
+                    }
+                    Some(LegCommand::Hangup(reason)) => {
+                        inner.hang_up(reason);
+                        return;
+                    }
+                    None => {
+                        inner.hang_up(None);
+                        return;
+                    }
+                },
+                ev = recv_media(&mut media_events) => match (ev, media_map) {
+                    (Some(ev), Some(f)) => {
+                        if let Some(event) = f(ev) {
+                            deliver(&to, &mut kept, event);
+                        }
+                    }
+                    _ => media_events = None,
+                },
+                ev = from_leg.recv() => {
+                    // The dialog is over and its last event delivered.
+                    let Some(a) = ev else { return };
+                    if let Some(event) = map(a.event) {
+                        deliver(&to, &mut kept, event);
+                    }
+                }
+            }
+        }
+    });
+    LegHandle {
+        id,
+        commands: tx,
+        reinviter,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,11 +49,21 @@ pub enum CallCommand {
         blocks: Vec<crate::blocks::Block>,
         reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
     },
-    /// Hand the connected callee's leg over to another call (`to_call`, an attended
-    /// transfer): this call lets it go without hanging it up, and ends as if it had left.
-    ReleaseConnected {
+    /// Hand a leg over to another call (`to_call`: an attended transfer, a supervisor named
+    /// by its leg): `leg` is the connected callee (`None` too) or the first leg (0), which
+    /// must be answered. This call lets it go without hanging it up: a callee's leaving ends
+    /// the bridge as if it had hung up, the first leg's ends the call.
+    ReleaseLeg {
+        leg: Option<u32>,
         to_call: String,
         reply: tokio::sync::oneshot::Sender<Result<Box<crate::call::MovedLeg>, CommandRefused>>,
+    },
+    /// A supervisor named by its leg (moved here from its own call) joins the connected call
+    /// in `mode`. Refused: the moved leg is hung up.
+    AdoptSupervisor {
+        leg: Box<crate::call::MovedLeg>,
+        mode: SuperviseMode,
+        reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
     },
     /// Attended transfer, the last step: `leg` (the consultation call `consult`'s party) takes
     /// the place of leg `from` (default: the connected callee), whose leg ends. Refused: the
@@ -122,6 +132,9 @@ pub enum ControlCommand {
     CheckTransfer {
         from: Option<u32>,
     },
+    /// Whether a supervisor could join now (the first step of supervising with a leg named,
+    /// before that leg's call lets it go).
+    CheckSupervise,
     /// Turn the connected call into a conference (`call-<call id>`); `owner` (default: the
     /// connected callee) is its owner.
     MakeConference {
@@ -206,6 +219,14 @@ pub enum CommandRefused {
     AlreadySupervised,
     /// No supervisor is on the call.
     NoSupervisor,
+    /// A leg named as a supervisor cannot come: its call is gone, or refused to let it go
+    /// (the reason).
+    SupervisorLeg(Box<CommandRefused>),
+    /// The supervisor's leg would be one of the call's own.
+    SupervisorInCall,
+    /// The leg is busy with a re-INVITE of ours (hold, resume): it cannot move until that is
+    /// answered.
+    LegBusy,
     /// The consultation call of an attended transfer has ended.
     ConsultGone,
     /// The consultation call has no connected party to transfer to.
@@ -252,6 +273,19 @@ impl CommandRefused {
                 "a supervisor is on the call already (post the mode alone to switch it)"
             }
             CommandRefused::NoSupervisor => "no supervisor is on the call (name one to dial)",
+            CommandRefused::SupervisorLeg(why) => match **why {
+                CommandRefused::ConsultGone => "the supervisor's call has ended",
+                CommandRefused::ConsultNotConnected | CommandRefused::NotConnected => {
+                    "the supervisor's leg is not connected in its call"
+                }
+                ref other => other.message(),
+            },
+            CommandRefused::SupervisorInCall => {
+                "the supervisor's leg is a leg of this call (name a leg of another call)"
+            }
+            CommandRefused::LegBusy => {
+                "the leg is being re-INVITEd (hold or resume); try again when that is over"
+            }
             CommandRefused::ConsultGone => "the consultation call has ended",
             CommandRefused::ConsultNotConnected => {
                 "the consultation call has no connected party to transfer to"
@@ -282,7 +316,10 @@ impl CommandRefused {
         match self {
             CommandRefused::NoSuchLeg | CommandRefused::NotAParty => "leg",
             CommandRefused::TransferFromFirstLeg => "from",
-            CommandRefused::AlreadySupervised | CommandRefused::NoSupervisor => "supervisor",
+            CommandRefused::AlreadySupervised
+            | CommandRefused::NoSupervisor
+            | CommandRefused::SupervisorLeg(_)
+            | CommandRefused::SupervisorInCall => "supervisor",
             CommandRefused::ConsultGone
             | CommandRefused::ConsultNotConnected
             | CommandRefused::ConsultIsTheCall => "consultCallId",

@@ -601,6 +601,17 @@ impl MediaHandle {
         self.shared.id
     }
 
+    /// A handle to the same endpoint that commands nothing: what an owner keeps once the
+    /// leg moved to another owner (its statistics still read; its commands go nowhere).
+    pub fn detached(&self) -> MediaHandle {
+        let (cmd, _) = mpsc::unbounded_channel();
+        MediaHandle {
+            shared: self.shared.clone(),
+            cmd,
+            local_addr: self.local_addr,
+        }
+    }
+
     /// Set (or change, on re-INVITE) where and how to send. An unspecified address
     /// (0.0.0.0 / ::) or port 0 means hold: nothing is sent until a real address is
     /// set. Symmetric RTP: the source of the first packet received after this call is

@@ -1,13 +1,17 @@
-//! Attended transfer (`POST …/transfer` with `consultCallId`): the consultation call hands its
-//! connected party's leg over ([`MovedLeg`]), and this call puts that leg in the place of its
-//! own connected callee (the agent), whose leg ends. The leg moves between the two sessions'
-//! mailboxes in a new epoch, so nothing it reported to the consultation call reaches this one.
+//! Legs that move between calls ([`MovedLeg`]). Attended transfer (`POST …/transfer` with
+//! `consultCallId`): the consultation call hands its connected party's leg over, and this call
+//! puts that leg in the place of its own connected callee (the agent), whose leg ends. A
+//! supervisor named by its leg id (`POST …/supervise`): the call that leg is in lets it go —
+//! its connected callee, or its answered first leg (then that call ends) — and it joins the
+//! supervised call. The leg moves between the sessions' mailboxes in a new epoch, so nothing
+//! it reported to its old call reaches the new one.
 
 use super::*;
 use crate::registry::ControlCommand;
 
-/// A connected callee's leg on its way from one call to another: its dialog and media (the
-/// leg's task keeps running), its session description and its record so far.
+/// A leg on its way from one call to another (a connected callee's, or a first leg's taken
+/// over by an adapter task that speaks a callee's events): its dialog and media (the leg's
+/// task keeps running), its session description and its record so far.
 pub struct MovedLeg {
     attempt: Attempt,
     /// Who it reports to until the new owner takes it.
@@ -29,10 +33,176 @@ impl MovedLeg {
     pub(crate) fn hang_up(self) {
         self.attempt.leg.hangup(None);
     }
+
+    pub(super) fn into_parts(self) -> (Attempt, crate::leg::Owner, LegRecord) {
+        (self.attempt, self.owner, self.record)
+    }
+}
+
+/// A first leg's dialog events as a dialled party's ([`AttemptEvent`]), once it moved.
+fn inbound_as_attempt(ev: InboundEvent) -> Option<AttemptEvent> {
+    let ev = match ev {
+        InboundEvent::Confirmed => return None,
+        InboundEvent::Cancelled => OutboundEvent::Failed { status: 487 },
+        InboundEvent::RemoteBye => OutboundEvent::RemoteBye,
+        InboundEvent::Failed(_) => OutboundEvent::Failed { status: 408 },
+        InboundEvent::Dtmf(c) => OutboundEvent::Dtmf(c),
+        InboundEvent::Reinvite { sdp, responder } => OutboundEvent::Reinvite { sdp, responder },
+        InboundEvent::ReferProgress(p) => OutboundEvent::ReferProgress(p),
+    };
+    Some(AttemptEvent::Sip(ev))
+}
+
+fn outbound_as_attempt(ev: OutboundEvent) -> Option<AttemptEvent> {
+    Some(AttemptEvent::Sip(ev))
 }
 
 impl Call {
-    /// [`CallCommand::ReleaseConnected`]: lets the connected callee go to call `to_call`
+    /// [`CallCommand::ReleaseLeg`]: lets leg `leg` go to call `to_call` — the connected
+    /// callee (`None` too), or the answered first leg.
+    pub(super) fn release_leg(
+        &mut self,
+        leg: Option<u32>,
+        to_call: &str,
+    ) -> Result<MovedLeg, CommandRefused> {
+        match leg {
+            None => self.release_connected(to_call),
+            Some(0) => self.release_caller(to_call),
+            Some(i) if Some(i as usize) == self.connected_record() => {
+                self.release_connected(to_call)
+            }
+            Some(i) if (i as usize) < self.legs.len() => Err(CommandRefused::NotAParty),
+            Some(_) => Err(CommandRefused::NoSuchLeg),
+        }
+    }
+
+    /// Lets the first leg (answered) go to call `to_call` without hanging it up: what this
+    /// call did with it stops (its plan, its bridge: a connected callee is hung up) and the
+    /// call ends, `hangup_by` = `moved`. An adapter task takes the leg over and reports its
+    /// dialog and digits as a dialled party's.
+    pub(super) fn release_caller(&mut self, to_call: &str) -> Result<MovedLeg, CommandRefused> {
+        if self.ended.is_some() {
+            return Err(CommandRefused::Ending);
+        }
+        if !self.answered || self.answer_with.is_some() {
+            return Err(CommandRefused::NotAnswered);
+        }
+        if self.conf_mode || self.conference.is_some() {
+            return Err(CommandRefused::InConference);
+        }
+        if self.reinviting.contains_key(&0) {
+            return Err(CommandRefused::LegBusy);
+        }
+        let Some(id) = self.leg.id() else {
+            return Err(CommandRefused::LegEnded);
+        };
+        let Some(owner) = self.held.owner_of(id) else {
+            return Err(CommandRefused::LegEnded);
+        };
+        // Nothing of this call plays to, listens to or bridges the leg any more.
+        if let Some((_, s)) = self.stream.take() {
+            let _ = s.send(crate::stream::StreamControl::Stop);
+        }
+        if let Some(stop) = self.listening.take() {
+            let _ = stop.send(());
+        }
+        self.flow.stop();
+        self.forget_holds();
+        self.end_bridge_attempts(Some(HangupCause::NormalClearing));
+        self.stop_ringback();
+        self.bridge = None;
+        self.media.stop_play();
+        self.playing = None;
+        // The leg, its media and its digits go; this call keeps handles that command nothing.
+        let detached = self.media.detached();
+        let media = std::mem::replace(&mut self.media, detached);
+        let (_, closed) = mpsc::channel(1);
+        let media_events = std::mem::replace(&mut self.media_events, closed);
+        self.media_gone = true;
+        self.held.release(id);
+        let epoch = crate::leg::Owner {
+            id: owner.id,
+            epoch: owner.epoch + 1,
+        };
+        let handle = match std::mem::replace(&mut self.leg, CallerLeg::Moved) {
+            CallerLeg::Inbound(l) => {
+                let reinviter = l.reinviter();
+                crate::leg::adapt(
+                    id,
+                    l,
+                    reinviter,
+                    epoch,
+                    inbound_as_attempt,
+                    Some((media_events, AttemptEvent::from_media)),
+                )
+            }
+            CallerLeg::Outbound(l) => {
+                let reinviter = l.reinviter();
+                crate::leg::adapt(
+                    id,
+                    l,
+                    reinviter,
+                    epoch,
+                    outbound_as_attempt,
+                    Some((media_events, AttemptEvent::from_media)),
+                )
+            }
+            CallerLeg::Moved => return Err(CommandRefused::LegEnded),
+        };
+        let first = &self.legs[0];
+        // Where the leg goes: the party's own number (a registered phone's user).
+        let (destination_type, destination) = if self.direction == "inbound" {
+            match &self.authenticated_user {
+                Some(user) => (Some(DestinationType::SipUser.as_str().into()), user.clone()),
+                None => (None, self.caller.clone()),
+            }
+        } else {
+            (first.destination_type.clone(), first.destination.clone())
+        };
+        let record = LegRecord {
+            direction: first.direction,
+            destination_type,
+            destination,
+            start: first.start,
+            answer: first.answer.or(self.answer_time),
+            end: None,
+            sip_status: first.sip_status,
+            cause: None,
+        };
+        let moved = MovedLeg {
+            attempt: Attempt {
+                media,
+                sdp: self.sdp.clone(),
+                leg: handle,
+                started: Instant::now(),
+                answered_at: Some(self.answered_at.unwrap_or_else(Instant::now)),
+                remote_te: self.offer.telephone_event_pt,
+                state: LegState::Answered,
+            },
+            owner: epoch,
+            record,
+        };
+        info!(call = %self.uuid, to_call, "first leg handed over");
+        self.flow
+            .set_variable("transferred_to_call", to_call.to_string());
+        self.emit_for(
+            0,
+            EventKind::Transferred {
+                mode: "moved",
+                from_leg: Some(0),
+                to: to_call.to_string(),
+                to_type: "CALL".into(),
+            },
+        );
+        if let Some(l) = self.legs.first_mut() {
+            l.end = Some(now_utc());
+            l.cause = Some(HangupCause::NormalClearing);
+        }
+        self.ended = Some((HangupCause::NormalClearing, HangupBy::Moved, Some(200)));
+        Ok(moved)
+    }
+
+    /// [`CallCommand::ReleaseLeg`] of the connected callee: lets it go to call `to_call`
     /// without hanging it up; this call then ends as if that callee had left.
     pub(super) fn release_connected(&mut self, to_call: &str) -> Result<MovedLeg, CommandRefused> {
         if self.ended.is_some() {

@@ -146,6 +146,7 @@ impl Call {
             ControlCommand::Supervise { mode, supervisor } => self.supervise(mode, supervisor),
             ControlCommand::StopSupervising => self.stop_supervising(),
             ControlCommand::CheckTransfer { from } => self.check_transfer(from),
+            ControlCommand::CheckSupervise => self.check_supervise(),
             ControlCommand::MakeConference { owner } => self.make_conference(owner),
             ControlCommand::Remove { .. } => Err(CommandRefused::NotAParty),
             ControlCommand::Answer => self.answer_on_command(),
@@ -306,7 +307,10 @@ impl Call {
             Direction::SendRecv
         };
         let (sdp, reinviter) = if record == 0 {
-            (self.sdp.with_direction(direction), self.leg.reinviter())
+            let Some(reinviter) = self.leg.reinviter() else {
+                return;
+            };
+            (self.sdp.with_direction(direction), reinviter)
         } else {
             let Some((_, a)) = self.connected_attempt_mut(record) else {
                 return;

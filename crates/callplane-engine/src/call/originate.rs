@@ -450,8 +450,17 @@ fn dialling_command(d: &Dialling, cmd: CallCommand) -> Option<HangupCause> {
             let _ = reply.send(Err(CommandRefused::NotOffered));
             None
         }
-        CallCommand::ReleaseConnected { reply, .. } => {
-            let _ = reply.send(Err(CommandRefused::ConsultNotConnected));
+        CallCommand::ReleaseLeg { leg, reply, .. } => {
+            let why = match leg {
+                Some(0) => CommandRefused::NotAnswered,
+                _ => CommandRefused::ConsultNotConnected,
+            };
+            let _ = reply.send(Err(why));
+            None
+        }
+        CallCommand::AdoptSupervisor { leg, reply, .. } => {
+            leg.hang_up();
+            let _ = reply.send(Err(CommandRefused::NotAnswered));
             None
         }
         CallCommand::AdoptForTransfer { leg, reply, .. } => {

@@ -64,6 +64,57 @@ impl Call {
         Ok(())
     }
 
+    /// [`ControlCommand::CheckSupervise`]: a supervisor can join now.
+    pub(super) fn check_supervise(&self) -> Result<(), CommandRefused> {
+        if self.ended.is_some() {
+            return Err(CommandRefused::Ending);
+        }
+        if self.bridged_callee().is_none() {
+            return Err(CommandRefused::NotConnected);
+        }
+        if self.supervisor.is_some() {
+            return Err(CommandRefused::AlreadySupervised);
+        }
+        Ok(())
+    }
+
+    /// [`CallCommand::AdoptSupervisor`]: a leg moved here from its own call (the supervisor
+    /// named by its leg id) joins the connected call in `mode`, answered already.
+    pub(super) fn adopt_supervisor(
+        &mut self,
+        moved: MovedLeg,
+        mode: SuperviseMode,
+    ) -> Result<CallInfo, CommandRefused> {
+        if let Err(why) = self.check_supervise() {
+            moved.hang_up();
+            return Err(why);
+        }
+        let (attempt, owner, record) = moved.into_parts();
+        if record.destination_type.as_deref() == Some(DestinationType::SipUser.as_str()) {
+            self.events.add_line(&record.destination);
+        }
+        let index = self.legs.len();
+        self.legs.push(record);
+        let here = crate::leg::moved(owner, self.side.owner_id());
+        self.side.adopt(attempt.leg.id, here.epoch);
+        // A leg whose dialog ended before it could move is gone as it arrives.
+        let gone = !attempt.leg.move_to(here, self.side_tx.clone());
+        self.supervisions += 1;
+        self.supervisor = Some(Supervisor {
+            record: index,
+            mode,
+            live: Some(attempt),
+            serial: self.supervisions,
+        });
+        info!(call = %self.uuid, mode = mode.as_str(), "a supervisor's leg moved in");
+        if gone {
+            self.supervisor_gone(None, HangupCause::NormalClearing);
+        } else {
+            self.supervisor_answered();
+        }
+        Ok(self.snapshot())
+    }
+
     /// Places the supervisor's call (a launch task reports `TaskDone::SupervisorLaunched`).
     fn dial_supervisor(&mut self, mode: SuperviseMode, dest: crate::blocks::BridgeDestination) {
         if dest.destination_type == DestinationType::SipUser {
