@@ -514,9 +514,7 @@ fn a_blind_transfer_connects_the_caller_to_the_target_and_releases_the_agent() {
         s.spawn(|| caller_rtp.send_pcm(&sine(CALLER_HZ, 8.0, 6000.0)));
         s.spawn(|| agent_rtp.send_pcm(&sine(AGENT_HZ, 8.0, 6000.0)));
         std::thread::sleep(Duration::from_millis(800));
-        // Refusals: from leg 0, an attended transfer, a bad destination.
-        let r = transfer(serde_json::json!({"to": to_target, "from": format!("{id}.0")}));
-        assert_refused(&r, "from", "not supported");
+        // Refusals: an attended transfer, a bad destination.
         let r = transfer(serde_json::json!({"consultCallId": "no-such-call"}));
         assert_eq!(r.status, 404, "{}", r.describe());
         assert_eq!(
@@ -658,6 +656,151 @@ fn a_blind_transfer_connects_the_caller_to_the_target_and_releases_the_agent() {
         "{}",
         cdr_text(&cdr)
     );
+}
+
+/// A call placed through the API rings the agent's phone first and then bridges it to the
+/// customer (click-to-dial): the agent is leg 0. A blind transfer from leg 0 hangs the agent
+/// up and hands the customer, still answered, to a new call that dials the target; customer
+/// and target hear each other.
+#[test]
+fn a_blind_transfer_from_the_first_leg_hands_the_callee_to_a_new_call() {
+    const AGENT_HZ: f64 = 900.0;
+    const CUSTOMER_HZ: f64 = CALLER_HZ;
+    const TARGET_HZ: f64 = 1700.0;
+    let (mut agent, agent_rtp) = reinvited_callee(200);
+    let (mut customer, customer_rtp) = reinvited_callee(1500);
+    let (mut target, target_rtp) = reinvited_callee(300);
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}{}",
+        tenant_with_prompts(),
+        trunk("agent", agent.port()),
+        trunk("customer", customer.port()),
+        trunk("target", target.port()),
+    );
+    let server = Server::start(&prov, true);
+    let r = post(
+        &server,
+        "/v1/calls",
+        Some(serde_json::json!({
+            "tenant": "t1",
+            "to": {"destinationType": "SIP_TRUNK", "destination": "agent"},
+            "callerId": "+4930200",
+            "blocks": [{"blockType": "BRIDGE", "bridgeMode": "SEQUENTIAL", "destinations": [
+                {"destinationType": "SIP_TRUNK", "destination": "customer", "timeout": 15}]}]
+        })),
+    );
+    assert_eq!(r.status, 201, "{}", r.describe());
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let transfer =
+        |body: serde_json::Value| post(&server, &format!("/v1/calls/{id}/transfer"), Some(body));
+    let to_target = serde_json::json!({"destinationType": "SIP_TRUNK", "destination": "target"});
+    wait_invited(&mut agent, &agent_rtp);
+    customer.wait_for_message("the INVITE to the customer", Duration::from_secs(10), |m| {
+        !m.sent && m.method() == Some("INVITE")
+    });
+    // The customer still rings: nothing to hand over.
+    let r = transfer(serde_json::json!({"to": to_target, "from": format!("{id}.0")}));
+    assert_refused(&r, "state", "not connected");
+    wait_invited(&mut customer, &customer_rtp);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http::json(
+        server.http_port(),
+        "GET",
+        &format!("/v1/calls/{id}"),
+        Some(KEY),
+        None,
+    )
+    .json()["bridgedTo"]
+        .is_null()
+    {
+        assert!(Instant::now() < deadline, "never connected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut window = (Instant::now(), Instant::now());
+    let mut new_call = String::new();
+    std::thread::scope(|s| {
+        s.spawn(|| agent_rtp.send_pcm(&sine(AGENT_HZ, 7.0, 6000.0)));
+        s.spawn(|| customer_rtp.send_pcm(&sine(CUSTOMER_HZ, 7.0, 6000.0)));
+        std::thread::sleep(Duration::from_millis(500));
+        // An attended transfer from leg 0 is not built.
+        let r = transfer(
+            serde_json::json!({"consultCallId": id.clone() + "x", "from": format!("{id}.0")}),
+        );
+        assert_eq!(r.status, 404, "{}", r.describe());
+        let r = transfer(serde_json::json!({"to": to_target, "from": format!("{id}.0")}));
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let answer = r.json();
+        new_call = answer["variables"]["transferred_to_call"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no new call named: {answer}"))
+            .to_string();
+        agent.wait_for_message("the agent's BYE", Duration::from_secs(5), |m| {
+            !m.sent && m.method() == Some("BYE")
+        });
+        wait_invited(&mut target, &target_rtp);
+        s.spawn(|| target_rtp.send_pcm(&sine(TARGET_HZ, 4.0, 6000.0)));
+        let connected = Instant::now();
+        std::thread::sleep(Duration::from_millis(2500));
+        window = (
+            connected + Duration::from_millis(500),
+            connected + Duration::from_millis(2400),
+        );
+        let info = http::json(
+            server.http_port(),
+            "GET",
+            &format!("/v1/calls/{new_call}"),
+            Some(KEY),
+            None,
+        )
+        .json();
+        assert_eq!(info["legs"][0]["destination"], "customer", "{info}");
+        assert_eq!(info["legs"][0]["state"], "answered", "{info}");
+        assert_eq!(info["legs"][1]["destination"], "target", "{info}");
+        assert_eq!(info["bridgedTo"], format!("{new_call}.1"), "{info}");
+        assert_eq!(info["variables"]["transferred_from_call"], id, "{info}");
+        let r = post(&server, &format!("/v1/calls/{new_call}/hangup"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
+    });
+    agent.wait().assert_success(&server.log_tail());
+    customer.wait().assert_success(&server.log_tail());
+    target.wait().assert_success(&server.log_tail());
+    let at_customer = customer_rtp.heard(window.0, window.1);
+    let at_target = target_rtp.heard(window.0, window.1);
+    println!("customer hears {}", levels(&at_customer));
+    println!("target hears {}", levels(&at_target));
+    assert!(
+        tone_amplitude(&at_customer, TARGET_HZ) > HEARD,
+        "the customer hears the target: {:.0}\n{}",
+        tone_amplitude(&at_customer, TARGET_HZ),
+        server.log_tail()
+    );
+    assert!(
+        tone_amplitude(&at_customer, AGENT_HZ) < SILENT,
+        "not the agent any more: {:.0}",
+        tone_amplitude(&at_customer, AGENT_HZ)
+    );
+    assert!(
+        tone_amplitude(&at_target, CUSTOMER_HZ) > HEARD,
+        "the target hears the customer: {}",
+        levels(&at_target)
+    );
+    let old = server.wait_for_cdr("the transferring call's CDR", |c| c.call_id == id);
+    assert_eq!(old.hangup_by, "api", "{}", cdr_text(&old));
+    assert_eq!(old.legs.len(), 2, "{}", cdr_text(&old));
+    assert_eq!(
+        old.variables.get("transferred_to_call"),
+        Some(&new_call),
+        "{}",
+        cdr_text(&old)
+    );
+    let new = server.wait_for_cdr("the new call's CDR", |c| c.call_id == new_call);
+    assert_eq!(new.legs.len(), 2, "{}", cdr_text(&new));
+    assert_eq!(new.legs[0].destination, "customer", "{}", cdr_text(&new));
+    assert_eq!(new.legs[0].direction, "outbound", "{}", cdr_text(&new));
+    assert!(new.legs[1].answer_time.is_some(), "{}", cdr_text(&new));
+    assert_eq!(new.hangup_by, "api", "{}", cdr_text(&new));
+    assert!(!new.sip_call_id.is_empty(), "{}", cdr_text(&new));
 }
 
 /// A call in its plan (collecting digits) is redirected to a target: the collection stops,

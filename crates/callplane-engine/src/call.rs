@@ -181,10 +181,15 @@ struct Attempt {
     sdp: LocalSdp,
     /// The outbound leg's own task.
     leg: LegHandle<AttemptEvent>,
+    /// Its dialog's Call-ID.
+    sip_call_id: String,
     started: Instant,
     answered_at: Option<Instant>,
     /// The callee's telephone-event payload type, once negotiated.
     remote_te: Option<u8>,
+    /// The callee's session description (its answer, or its latest re-INVITE's offer),
+    /// negotiated: what a session that takes the leg as its first answers against.
+    remote: Option<Negotiated>,
     /// Its leg's state as this session last saw it (for `leg.state` events).
     state: LegState,
 }
@@ -244,19 +249,21 @@ enum TaskDone {
     },
 }
 
-/// What an attempt's tasks report: its SIP events, and keypad digits its media detected.
+/// What an attempt's tasks report: its SIP events, keypad digits its media detected, and its
+/// media's other events (ends of plays, RTP timeouts: only a session that took the leg as its
+/// first plays to it and reads them).
 enum AttemptEvent {
     Sip(OutboundEvent),
     Digit { digit: char, source: DtmfSource },
+    Media(MediaEvent),
 }
 
 impl AttemptEvent {
-    /// A keypad digit the callee's media heard; other media events stay with the media.
     fn from_media(ev: MediaEvent) -> Option<AttemptEvent> {
-        match ev {
-            MediaEvent::Dtmf { digit, source } => Some(AttemptEvent::Digit { digit, source }),
-            _ => None,
-        }
+        Some(match ev {
+            MediaEvent::Dtmf { digit, source } => AttemptEvent::Digit { digit, source },
+            ev => AttemptEvent::Media(ev),
+        })
     }
 }
 
@@ -313,6 +320,9 @@ impl BridgeRun {
 enum CallerLeg {
     Inbound(InboundLegHandle),
     Outbound(LegHandle<OutboundEvent>),
+    /// A party another call dialled, handed over answered (a blind transfer from that call's
+    /// first leg): its task speaks a dialled party's events.
+    Party(LegHandle<AttemptEvent>),
     /// Moved to another call ([`Call::release_caller`]): nothing of this session reaches it.
     Moved,
 }
@@ -323,6 +333,7 @@ impl CallerLeg {
         match self {
             CallerLeg::Inbound(l) => Some(l.id),
             CallerLeg::Outbound(l) => Some(l.id),
+            CallerLeg::Party(l) => Some(l.id),
             CallerLeg::Moved => None,
         }
     }
@@ -336,7 +347,7 @@ impl CallerLeg {
     fn answer(&self, sdp: String) -> Result<(), callplane_sip::SipError> {
         match self {
             CallerLeg::Inbound(l) => l.answer(sdp),
-            CallerLeg::Outbound(_) | CallerLeg::Moved => Ok(()),
+            CallerLeg::Outbound(_) | CallerLeg::Party(_) | CallerLeg::Moved => Ok(()),
         }
     }
 
@@ -344,6 +355,7 @@ impl CallerLeg {
         match self {
             CallerLeg::Inbound(l) => l.reject(status, reason),
             CallerLeg::Outbound(l) => l.hangup(reason),
+            CallerLeg::Party(l) => l.hangup(reason),
             CallerLeg::Moved => {}
         }
     }
@@ -353,6 +365,7 @@ impl CallerLeg {
         match self {
             CallerLeg::Inbound(l) => Some(l.reinviter()),
             CallerLeg::Outbound(l) => Some(l.reinviter()),
+            CallerLeg::Party(l) => Some(l.reinviter()),
             CallerLeg::Moved => None,
         }
     }
@@ -363,6 +376,10 @@ impl CallerLeg {
         match self {
             CallerLeg::Inbound(l) => l.hangup(reason),
             CallerLeg::Outbound(l) => {
+                l.hangup(reason);
+                tokio::sync::oneshot::channel().1
+            }
+            CallerLeg::Party(l) => {
                 l.hangup(reason);
                 tokio::sync::oneshot::channel().1
             }
@@ -1032,8 +1049,8 @@ impl Call {
                     CallCommand::RunBlocks { blocks, reply } => {
                         let _ = reply.send(self.run_blocks(blocks));
                     }
-                    CallCommand::ReleaseLeg { leg, to_call, reply } => {
-                        let released = self.release_leg(leg, &to_call).map(Box::new);
+                    CallCommand::ReleaseLeg { leg, to_call, mode, reply } => {
+                        let released = self.release_leg(leg, &to_call, mode).map(Box::new);
                         // The transfer was given up meanwhile: nobody takes the leg.
                         if let Err(Ok(moved)) = reply.send(released) {
                             moved.hang_up();
@@ -1540,6 +1557,11 @@ impl Call {
 
     /// We end the call (plan HANGUP, plan end, bridged callee left).
     async fn hangup(&mut self, cause: HangupCause, by: HangupBy) {
+        self.hang_up_now(cause, by);
+    }
+
+    /// [`Call::hangup`], for code that does not await (nothing in it does).
+    fn hang_up_now(&mut self, cause: HangupCause, by: HangupBy) {
         if self.ended.is_some() {
             return;
         }
@@ -2172,6 +2194,7 @@ impl Call {
                 let leg_id = LegId(u64::from(attempt.0));
                 let owner = b.mailbox.adopt(leg_id, 1);
                 let Launched { leg, media, sdp } = *l;
+                let sip_call_id = leg.call_id().to_string();
                 let handle = media.handle();
                 // The callee's keypad digits (RFC 4733 or in-band) reach the session too, and
                 // whichever call owns the leg after an attended transfer.
@@ -2192,9 +2215,11 @@ impl Call {
                     media: handle,
                     sdp,
                     leg,
+                    sip_call_id,
                     started: Instant::now(),
                     answered_at: None,
                     remote_te: None,
+                    remote: None,
                     state: LegState::Calling,
                 });
                 b.dial
@@ -2311,6 +2336,8 @@ impl Call {
             AttemptEvent::Digit { digit, source } => {
                 return self.on_callee_digit(attempt, digit, Some(source))
             }
+            // Nothing is played to a callee by its media's own queue.
+            AttemptEvent::Media(_) => return,
         };
         let now = Instant::now();
         let Some(b) = self.bridge.as_mut() else {
@@ -2365,6 +2392,7 @@ impl Call {
                     a.media.set_remote(RemoteMedia::from(n));
                     a.media.set_inband_detection(n.telephone_event_pt.is_none());
                     a.remote_te = n.telephone_event_pt;
+                    a.remote = Some(n.clone());
                     a.sdp.agreed(n);
                 }
                 DialInput::Ringing {
@@ -2377,6 +2405,7 @@ impl Call {
                     a.media.set_remote(RemoteMedia::from(&n));
                     a.media.set_inband_detection(n.telephone_event_pt.is_none());
                     a.remote_te = n.telephone_event_pt;
+                    a.remote = Some(n.clone());
                     a.sdp.agreed(&n);
                 }
                 DialInput::Answered { attempt }
@@ -2393,6 +2422,7 @@ impl Call {
                     Some(Ok(n)) => {
                         a.media.set_remote(RemoteMedia::from(&n));
                         a.remote_te = n.telephone_event_pt;
+                        a.remote = Some(n.clone());
                         Some(if held_by_us {
                             a.sdp.answer_holding(&n)
                         } else {
@@ -2573,6 +2603,7 @@ impl Call {
 mod attended;
 mod conference_mode;
 mod control;
+mod handoff;
 mod ivr;
 mod originate;
 mod supervise;

@@ -294,6 +294,7 @@ impl Engine {
             .ask(consult, |reply| CallCommand::ReleaseLeg {
                 leg: None,
                 to_call,
+                mode: "attended",
                 reply,
             })
             .await;
@@ -353,6 +354,7 @@ impl Engine {
             .ask(leg_call, |reply| CallCommand::ReleaseLeg {
                 leg: Some(leg),
                 to_call,
+                mode: "moved",
                 reply,
             })
             .await;

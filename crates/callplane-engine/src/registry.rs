@@ -56,6 +56,8 @@ pub enum CallCommand {
     ReleaseLeg {
         leg: Option<u32>,
         to_call: String,
+        /// The `mode` of the `call.transferred` event it leaves: `attended`, `moved`.
+        mode: &'static str,
         reply: tokio::sync::oneshot::Sender<Result<Box<crate::call::MovedLeg>, CommandRefused>>,
     },
     /// A supervisor named by its leg (moved here from its own call) joins the connected call
@@ -109,7 +111,8 @@ pub enum ControlCommand {
     },
     StopRecording,
     /// Blind transfer: the party on the other side of leg `from` (default: the connected
-    /// callee; so the caller) is connected to `to`, and `from`'s leg ends.
+    /// callee; so the caller) is connected to `to`, and `from`'s leg ends. From leg 0, the
+    /// callee is handed to a new call that dials `to`, and this call ends.
     Transfer {
         to: crate::blocks::BridgeDestination,
         from: Option<u32>,
@@ -213,7 +216,7 @@ pub enum CommandRefused {
     NotRecording,
     /// The recording file could not be created.
     RecordingUnavailable,
-    /// A transfer from the call's first leg (connecting the callee elsewhere) is not built.
+    /// An attended transfer from the call's first leg is not built (a blind one is).
     TransferFromFirstLeg,
     /// A supervisor is on the call already (post the mode alone to switch it).
     AlreadySupervised,
@@ -266,7 +269,7 @@ impl CommandRefused {
             CommandRefused::NotRecording => "the call is not being recorded",
             CommandRefused::RecordingUnavailable => "the recording file cannot be written",
             CommandRefused::TransferFromFirstLeg => {
-                "a transfer from leg 0 (connecting the callee elsewhere) is not supported; \
+                "an attended transfer from leg 0 is not supported (a blind one is); \
                  transfer from the connected callee's leg"
             }
             CommandRefused::AlreadySupervised => {

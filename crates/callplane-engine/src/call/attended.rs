@@ -64,12 +64,13 @@ impl Call {
         &mut self,
         leg: Option<u32>,
         to_call: &str,
+        mode: &'static str,
     ) -> Result<MovedLeg, CommandRefused> {
         match leg {
-            None => self.release_connected(to_call),
+            None => self.release_connected(to_call, Some(mode)),
             Some(0) => self.release_caller(to_call),
             Some(i) if Some(i as usize) == self.connected_record() => {
-                self.release_connected(to_call)
+                self.release_connected(to_call, Some(mode))
             }
             Some(i) if (i as usize) < self.legs.len() => Err(CommandRefused::NotAParty),
             Some(_) => Err(CommandRefused::NoSuchLeg),
@@ -116,6 +117,7 @@ impl Call {
         // The leg, its media and its digits go; this call keeps handles that command nothing.
         let detached = self.media.detached();
         let media = std::mem::replace(&mut self.media, detached);
+        // (A first leg handed over by another call reports its media's events itself.)
         let (_, closed) = mpsc::channel(1);
         let media_events = std::mem::replace(&mut self.media_events, closed);
         self.media_gone = true;
@@ -147,6 +149,7 @@ impl Call {
                     Some((media_events, AttemptEvent::from_media)),
                 )
             }
+            CallerLeg::Party(l) => l,
             CallerLeg::Moved => return Err(CommandRefused::LegEnded),
         };
         let first = &self.legs[0];
@@ -174,9 +177,11 @@ impl Call {
                 media,
                 sdp: self.sdp.clone(),
                 leg: handle,
+                sip_call_id: self.sip_call_id.clone(),
                 started: Instant::now(),
                 answered_at: Some(self.answered_at.unwrap_or_else(Instant::now)),
                 remote_te: self.offer.telephone_event_pt,
+                remote: Some(self.offer.clone()),
                 state: LegState::Answered,
             },
             owner: epoch,
@@ -203,8 +208,13 @@ impl Call {
     }
 
     /// [`CallCommand::ReleaseLeg`] of the connected callee: lets it go to call `to_call`
-    /// without hanging it up; this call then ends as if that callee had left.
-    pub(super) fn release_connected(&mut self, to_call: &str) -> Result<MovedLeg, CommandRefused> {
+    /// without hanging it up (`call.transferred` with `mode`, if one is given); the bridge
+    /// then ends as if that callee had left.
+    pub(super) fn release_connected(
+        &mut self,
+        to_call: &str,
+        mode: Option<&'static str>,
+    ) -> Result<MovedLeg, CommandRefused> {
         if self.ended.is_some() {
             return Err(CommandRefused::ConsultGone);
         }
@@ -251,15 +261,17 @@ impl Call {
         info!(call = %self.uuid, to_call, "connected party handed over (attended transfer)");
         self.flow
             .set_variable("transferred_to_call", to_call.to_string());
-        self.emit_for(
-            record,
-            EventKind::Transferred {
-                mode: "attended",
-                from_leg: Some(record as u32),
-                to: to_call.to_string(),
-                to_type: "CALL".into(),
-            },
-        );
+        if let Some(mode) = mode {
+            self.emit_for(
+                record,
+                EventKind::Transferred {
+                    mode,
+                    from_leg: Some(record as u32),
+                    to: to_call.to_string(),
+                    to_type: "CALL".into(),
+                },
+            );
+        }
         self.emit(EventKind::Unbridged);
         // As if it had left: its record ends, the dial is over, the plan decides (a BRIDGE
         // that connected ends the call).

@@ -362,6 +362,9 @@ impl Call {
         to: crate::blocks::BridgeDestination,
         from: Option<u32>,
     ) -> Result<(), CommandRefused> {
+        if self.side_of(from.or(self.connected_record().map(|r| r as u32)))? == Side::Caller {
+            return self.transfer_from_first_leg(to);
+        }
         self.check_transfer(from)?;
         let from_leg = self.connected_record().map(|r| r as u32);
         let forward_ani = self
@@ -702,7 +705,9 @@ async fn bridge_room_events(
 /// How long a transfer or redirect target rings when its destination names no `timeout`.
 pub const TRANSFER_RING_SECONDS: u32 = 30;
 
-fn with_ring_timeout(mut to: crate::blocks::BridgeDestination) -> crate::blocks::BridgeDestination {
+pub(super) fn with_ring_timeout(
+    mut to: crate::blocks::BridgeDestination,
+) -> crate::blocks::BridgeDestination {
     to.timeout.get_or_insert(TRANSFER_RING_SECONDS);
     to
 }

@@ -182,6 +182,7 @@ impl Call {
             }
             Ok(l) => {
                 let Launched { leg, media, sdp } = *l;
+                let sip_call_id = leg.call_id().to_string();
                 let leg_id = LegId(self.svc.next_leg.fetch_add(1, Ordering::Relaxed));
                 let owner = self.side.adopt(leg_id, 1);
                 let handle = media.handle();
@@ -199,9 +200,11 @@ impl Call {
                         media: handle,
                         sdp,
                         leg,
+                        sip_call_id,
                         started: Instant::now(),
                         answered_at: None,
                         remote_te: None,
+                        remote: None,
                         state: LegState::Calling,
                     });
                 }
@@ -228,6 +231,7 @@ impl Call {
                 if let Some(n) = sdp.and_then(|s| negotiate_sdp(&s).ok()) {
                     a.media.set_remote(RemoteMedia::from(&n));
                     a.remote_te = n.telephone_event_pt;
+                    a.remote = Some(n.clone());
                     a.sdp.agreed(&n);
                 }
                 a.media.set_fill_silence(true);
