@@ -728,6 +728,15 @@ fn a_blind_transfer_from_the_first_leg_hands_the_callee_to_a_new_call() {
             serde_json::json!({"consultCallId": id.clone() + "x", "from": format!("{id}.0")}),
         );
         assert_eq!(r.status, 404, "{}", r.describe());
+        // The agent held the customer first: the hand-over resumes it.
+        let r = post(
+            &server,
+            &format!("/v1/calls/{id}/hold"),
+            Some(serde_json::json!({"leg": format!("{id}.1")})),
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        wait_reinvite(&customer, "callee", 1);
+        std::thread::sleep(Duration::from_millis(200));
         let r = transfer(serde_json::json!({"to": to_target, "from": format!("{id}.0")}));
         assert_eq!(r.status, 200, "{}", r.describe());
         let answer = r.json();
@@ -763,7 +772,18 @@ fn a_blind_transfer_from_the_first_leg_hands_the_callee_to_a_new_call() {
         assert_eq!(r.status, 200, "{}", r.describe());
     });
     agent.wait().assert_success(&server.log_tail());
-    customer.wait().assert_success(&server.log_tail());
+    let customer = customer.wait();
+    customer.assert_success(&server.log_tail());
+    let directions: Vec<String> = customer
+        .received()
+        .filter(|m| m.method() == Some("INVITE"))
+        .map(|m| direction(m.body()).unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(
+        directions,
+        ["sendrecv", "sendonly", "sendrecv"],
+        "called, held, then resumed by the hand-over"
+    );
     target.wait().assert_success(&server.log_tail());
     let at_customer = customer_rtp.heard(window.0, window.1);
     let at_target = target_rtp.heard(window.0, window.1);

@@ -58,6 +58,14 @@ impl Call {
         }
         let new_call = uuid::Uuid::new_v4();
         let uuid = new_call.to_string();
+        // A callee held by a command here is resumed: the new call knows nothing of it.
+        if self
+            .current_bridge_room()
+            .is_some_and(|r| r.is_held(Side::Callee))
+        {
+            let leg = record.map(|r| r as u32);
+            let _ = self.control(crate::registry::ControlCommand::Unhold { leg });
+        }
         let moved = self.release_connected(&uuid, None)?;
         info!(call = %self.uuid, to = %to.destination, new_call = %uuid,
               "blind transfer from the first leg: the callee goes to a new call");
