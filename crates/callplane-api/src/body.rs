@@ -84,24 +84,6 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// 400 naming the first field of `body` that is not in `allowed`.
-pub(crate) fn only_fields(
-    body: &serde_json::Map<String, Value>,
-    allowed: &[&str],
-) -> Result<(), ApiError> {
-    let Some(k) = body.keys().find(|k| !allowed.contains(&k.as_str())) else {
-        return Ok(());
-    };
-    let expected = match allowed {
-        [one] => format!("`{one}`"),
-        many => format!("one of {}", many.join(", ")),
-    };
-    Err(ApiError::invalid_json(
-        format!("unknown field `{k}`, expected {expected}"),
-        Some(k.clone()),
-    ))
-}
-
 /// The body as a JSON object, or 400 when it is another JSON value.
 pub(crate) fn object(v: Value) -> Result<serde_json::Map<String, Value>, ApiError> {
     match v {

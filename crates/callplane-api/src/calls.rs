@@ -18,8 +18,12 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use crate::auth::{CallScope, Caller};
-use crate::body::{object, only_fields, JsonBody, OptionalJsonBody};
+use crate::body::{decode, object, JsonBody, OptionalJsonBody};
 use crate::error::ApiError;
+use crate::requests::{
+    BlocksRequest, CallbackRequest, DtmfRequest, HangupRequest, OriginateRequest, PartyRequest,
+    RecordRequest, RedirectRequest, SuperviseRequest, TransferRequest,
+};
 use crate::resources::P;
 use crate::ApiState;
 use callplane_store::ApiRealm;
@@ -390,30 +394,21 @@ pub(crate) async fn hangup_call(
     st: &ApiState,
     caller: &Caller,
     id: &str,
-    mut body: serde_json::Map<String, Value>,
+    body: serde_json::Map<String, Value>,
 ) -> Result<CallInfo, ApiError> {
+    let req: HangupRequest = decode(Value::Object(body))?;
     let mut cause = HangupCause::NormalClearing;
-    only_fields(&body, &["hangupCause"])?;
-    match body.remove("hangupCause") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => {
-            cause = s.parse().map_err(|_| {
-                ApiError::invalid_field(
-                    "hangup",
-                    "hangupCause",
-                    format!(
-                        "unknown hangup cause \"{s}\" (a Q.850 name such as NORMAL_CLEARING, \
-                         USER_BUSY, CALL_REJECTED)"
-                    ),
-                )
-            })?
-        }
-        Some(_) => {
-            return Err(ApiError::invalid_json(
-                "`hangupCause` must be a string",
-                Some("hangupCause".into()),
-            ))
-        }
+    if let Some(s) = req.hangup_cause {
+        cause = s.parse().map_err(|_| {
+            ApiError::invalid_field(
+                "hangup",
+                "hangupCause",
+                format!(
+                    "unknown hangup cause \"{s}\" (a Q.850 name such as NORMAL_CLEARING, \
+                     USER_BUSY, CALL_REJECTED)"
+                ),
+            )
+        })?
     }
     scoped_call(st, caller, id).await?;
     match st.calls.hangup(id, cause).await {
@@ -439,24 +434,9 @@ pub(crate) async fn send_dtmf(
     st: &ApiState,
     caller: &Caller,
     id: &str,
-    mut body: serde_json::Map<String, Value>,
+    body: serde_json::Map<String, Value>,
 ) -> Result<CallInfo, ApiError> {
-    only_fields(&body, &["digits", "leg"])?;
-    let digits = match body.remove("digits") {
-        Some(Value::String(d)) => d,
-        Some(_) => {
-            return Err(ApiError::invalid_json(
-                "`digits` must be a string",
-                Some("digits".into()),
-            ))
-        }
-        None => {
-            return Err(ApiError::invalid_json(
-                "missing field `digits`",
-                Some("digits".into()),
-            ))
-        }
-    };
+    let DtmfRequest { digits, leg } = decode(Value::Object(body))?;
     if !(1..=64).contains(&digits.len())
         || !digits
             .chars()
@@ -468,7 +448,7 @@ pub(crate) async fn send_dtmf(
             "1 to 64 of 0-9 * # A B C D",
         ));
     }
-    let leg = leg_index(id, "dtmf", body.remove("leg"))?.unwrap_or(0);
+    let leg = leg_index(id, "dtmf", leg)?.unwrap_or(0);
     scoped_call(st, caller, id).await?;
     command_answer(id, st.calls.send_dtmf(id, leg, digits).await)
 }
@@ -478,11 +458,11 @@ pub(crate) async fn send_dtmf(
 pub(crate) fn leg_index(
     id: &str,
     object: &str,
-    leg: Option<Value>,
+    leg: Option<String>,
 ) -> Result<Option<u32>, ApiError> {
     match leg {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(l)) => {
+        None => Ok(None),
+        Some(l) => {
             let index = l
                 .rsplit_once('.')
                 .filter(|(call, _)| *call == id)
@@ -502,10 +482,6 @@ pub(crate) fn leg_index(
                 )),
             }
         }
-        Some(_) => Err(ApiError::invalid_json(
-            "`leg` must be a leg id",
-            Some("leg".into()),
-        )),
     }
 }
 
@@ -572,10 +548,10 @@ pub(crate) async fn party_command(
     caller: &Caller,
     id: &str,
     what: PartyCommand,
-    mut body: serde_json::Map<String, Value>,
+    body: serde_json::Map<String, Value>,
 ) -> Result<CallInfo, ApiError> {
-    only_fields(&body, &["leg"])?;
-    let leg = leg_index(id, what.name(), body.remove("leg"))?;
+    let PartyRequest { leg } = decode(Value::Object(body))?;
+    let leg = leg_index(id, what.name(), leg)?;
     control_call(st, caller, id, what.command(leg)).await
 }
 
@@ -625,19 +601,10 @@ pub(crate) async fn start_recording(
     st: &ApiState,
     caller: &Caller,
     id: &str,
-    mut body: serde_json::Map<String, Value>,
+    body: serde_json::Map<String, Value>,
 ) -> Result<CallInfo, ApiError> {
-    only_fields(&body, &["stereo"])?;
-    let stereo = match body.remove("stereo") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => b,
-        Some(_) => {
-            return Err(ApiError::invalid_json(
-                "`stereo` must be a boolean",
-                Some("stereo".into()),
-            ))
-        }
-    };
+    let RecordRequest { stereo } = decode(Value::Object(body))?;
+    let stereo = stereo.unwrap_or(false);
     control_call(st, caller, id, ControlCommand::StartRecording { stereo }).await
 }
 
@@ -705,18 +672,12 @@ pub(crate) async fn run_blocks_on(
     st: &ApiState,
     caller: &Caller,
     id: &str,
-    mut body: serde_json::Map<String, Value>,
+    body: serde_json::Map<String, Value>,
 ) -> Result<Value, ApiError> {
     scoped_call(st, caller, id).await?;
-    only_fields(&body, &["blocks"])?;
-    let list = match body.remove("blocks") {
-        Some(Value::Array(list)) => list,
-        Some(_) => {
-            return Err(ApiError::invalid_json(
-                "`blocks` must be an array of blocks",
-                Some("blocks".into()),
-            ))
-        }
+    let BlocksRequest { blocks } = decode(Value::Object(body))?;
+    let list = match blocks {
+        Some(list) => list,
         None => {
             return Err(ApiError::invalid_json(
                 "missing field `blocks`",
@@ -909,17 +870,21 @@ pub(crate) async fn transfer_call(
     st: &ApiState,
     caller: &Caller,
     id: &str,
-    mut body: serde_json::Map<String, Value>,
+    body: serde_json::Map<String, Value>,
 ) -> Result<CallInfo, ApiError> {
-    only_fields(&body, &["to", "from", "consultCallId"])?;
+    let TransferRequest {
+        to,
+        from,
+        consult_call_id,
+    } = decode(Value::Object(body))?;
     let info = scoped_call_info(st, caller, id).await?;
-    let from = leg_index(id, "transfer", body.remove("from"))?;
+    let from = leg_index(id, "transfer", from)?;
     // The leg a transfer names is its `from`.
     let rename_leg = |e: ApiError| e.field_renamed("leg", "from");
-    match body.remove("consultCallId") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(consult)) => {
-            if !matches!(body.get("to"), None | Some(Value::Null)) {
+    match consult_call_id {
+        None => {}
+        Some(consult) => {
+            if !matches!(to, None | Some(Value::Null)) {
                 return Err(ApiError::invalid_field(
                     "transfer",
                     "to",
@@ -941,14 +906,8 @@ pub(crate) async fn transfer_call(
             let answer = st.calls.attended_transfer(id, from, &consult).await;
             return command_answer(id, answer).map_err(rename_leg);
         }
-        Some(_) => {
-            return Err(ApiError::invalid_json(
-                "`consultCallId` must be a call id",
-                Some("consultCallId".into()),
-            ))
-        }
     }
-    let to = destination(st, body.remove("to"), "to", "transfer", &info.tenant)?;
+    let to = destination(st, to, "to", "transfer", &info.tenant)?;
     check_registered(st, &to, "to.destination")?;
     let answer = st
         .calls
@@ -975,11 +934,11 @@ pub(crate) async fn redirect_call(
     st: &ApiState,
     caller: &Caller,
     id: &str,
-    mut body: serde_json::Map<String, Value>,
+    body: serde_json::Map<String, Value>,
 ) -> Result<CallInfo, ApiError> {
-    only_fields(&body, &["to"])?;
+    let RedirectRequest { to } = decode(Value::Object(body))?;
     let info = scoped_call_info(st, caller, id).await?;
-    let to = destination(st, body.remove("to"), "to", "redirect", &info.tenant)?;
+    let to = destination(st, to, "to", "redirect", &info.tenant)?;
     check_registered(st, &to, "to.destination")?;
     command_answer(
         id,
@@ -1006,33 +965,19 @@ pub(crate) async fn supervise_call(
     st: &ApiState,
     caller: &Caller,
     id: &str,
-    mut body: serde_json::Map<String, Value>,
+    body: serde_json::Map<String, Value>,
 ) -> Result<CallInfo, ApiError> {
     use callplane_engine::registry::SuperviseMode;
-    only_fields(&body, &["mode", "supervisor"])?;
-    let mode = match body.remove("mode") {
-        Some(Value::String(m)) => SuperviseMode::parse(&m).ok_or_else(|| {
-            ApiError::invalid_field(
-                "supervise",
-                "mode",
-                "one of listen, whisper, barge, intercept",
-            )
-        })?,
-        Some(_) => {
-            return Err(ApiError::invalid_json(
-                "`mode` must be a string",
-                Some("mode".into()),
-            ))
-        }
-        None => {
-            return Err(ApiError::invalid_json(
-                "missing field `mode`",
-                Some("mode".into()),
-            ))
-        }
-    };
+    let SuperviseRequest { mode, supervisor } = decode(Value::Object(body))?;
+    let mode = SuperviseMode::parse(&mode).ok_or_else(|| {
+        ApiError::invalid_field(
+            "supervise",
+            "mode",
+            "one of listen, whisper, barge, intercept",
+        )
+    })?;
     let info = scoped_call_info(st, caller, id).await?;
-    let supervisor = match body.remove("supervisor") {
+    let supervisor = match supervisor {
         None | Some(Value::Null) => None,
         Some(Value::String(leg)) => {
             return supervise_with_leg(st, caller, id, &info, mode, &leg).await;
@@ -1141,18 +1086,6 @@ fn place(st: &ApiState, req: Originate, field: &str) -> Result<Placed, ApiError>
     ))
 }
 
-/// Fields `POST /v1/calls` takes.
-const CREATE_FIELDS: &[&str] = &[
-    "tenant",
-    "from",
-    "to",
-    "callerId",
-    "timeout",
-    "blocks",
-    "plan",
-    "callstateInfoUrl",
-];
-
 /// Default ring time of a placed call, seconds.
 pub const DEFAULT_RING_SECONDS: u64 = 30;
 
@@ -1164,8 +1097,7 @@ pub async fn create(
     caller: Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Placed, ApiError> {
-    let body = object(body)?;
-    let req = originate_request(&st, &caller, body, "call")?;
+    let req = originate_request(&st, &caller, decode(body)?, "call")?;
     place(&st, req, "to.destination")
 }
 
@@ -1173,21 +1105,12 @@ pub async fn create(
 pub(crate) fn originate_request(
     st: &ApiState,
     caller: &Caller,
-    mut body: serde_json::Map<String, Value>,
+    body: OriginateRequest,
     object_name: &str,
 ) -> Result<Originate, ApiError> {
-    only_fields(&body, CREATE_FIELDS)?;
-    let text = |body: &mut serde_json::Map<String, Value>, field: &str| match body.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::invalid_json(
-            format!("`{field}` must be a string"),
-            Some(field.to_string()),
-        )),
-    };
     let invalid = |field: &str, msg: String| ApiError::invalid_field(object_name, field, msg);
     // The tenant: the key's own, or (admin, reseller) the one named.
-    let named = text(&mut body, "tenant")?;
+    let named = body.tenant;
     let key = &caller.0;
     let tenant_name = match key.realm {
         ApiRealm::Customer | ApiRealm::Account => {
@@ -1212,7 +1135,7 @@ pub(crate) fn originate_request(
         caller.tenant(&st.store, &tenant_name)?
     };
     // `from`: the SIP user the call is made for (an account key: its own).
-    let mut from = text(&mut body, "from")?;
+    let mut from = body.from;
     if key.realm == ApiRealm::Account {
         let own = key.sip_user.clone().unwrap_or_default();
         if from.as_ref().is_some_and(|f| *f != own) {
@@ -1234,18 +1157,16 @@ pub(crate) fn originate_request(
             }
         }
     }
-    let destination = destination(st, body.remove("to"), "to", object_name, &tenant.name)?;
-    let timeout = match body.remove("timeout") {
-        None | Some(Value::Null) => destination
+    let destination = destination(st, body.to, "to", object_name, &tenant.name)?;
+    let timeout = match body.timeout {
+        None => destination
             .timeout
             .map(u64::from)
             .unwrap_or(DEFAULT_RING_SECONDS),
-        Some(v) => match v.as_u64() {
-            Some(t) if (1..=600).contains(&t) => t,
-            _ => return Err(invalid("timeout", "must be whole seconds, 1 to 600".into())),
-        },
+        Some(t) if (1..=600).contains(&t) => t,
+        Some(_) => return Err(invalid("timeout", "must be whole seconds, 1 to 600".into())),
     };
-    let caller_id = match text(&mut body, "callerId")? {
+    let caller_id = match body.caller_id {
         Some(c) => {
             if !crate::auth::valid_caller_id(&c) {
                 return Err(invalid("callerId", crate::auth::CALLER_ID_RULE.into()));
@@ -1259,7 +1180,7 @@ pub(crate) fn originate_request(
             )
         })?,
     };
-    let callstate_url = text(&mut body, "callstateInfoUrl")?;
+    let callstate_url = body.callstate_info_url;
     if let Some(u) = &callstate_url {
         if !callplane_store::model::is_http_url(u) {
             return Err(invalid(
@@ -1268,7 +1189,7 @@ pub(crate) fn originate_request(
             ));
         }
     }
-    let blocks = match (body.remove("blocks"), text(&mut body, "plan")?) {
+    let blocks = match (body.blocks, body.plan) {
         (Some(_), Some(_)) => {
             return Err(invalid("plan", "give `blocks` or `plan`, not both".into()))
         }
@@ -1291,7 +1212,7 @@ pub(crate) fn originate_request(
             callplane_engine::blocks::parse_blocks(&Value::Array(p.blocks))
                 .map_err(|_| invalid("plan", format!("routing plan \"{plan}\" does not parse")))?
         }
-        (Some(Value::Array(list)), None) => {
+        (Some(list), None) => {
             if list.is_empty() {
                 return Err(invalid("blocks", "must hold at least one block".into()));
             }
@@ -1301,12 +1222,6 @@ pub(crate) fn originate_request(
             }
             parse_blocks(&Value::Array(list))
                 .map_err(|_| invalid("blocks", "invalid blocks".into()))?
-        }
-        (Some(_), None) => {
-            return Err(ApiError::invalid_json(
-                "`blocks` must be an array of blocks",
-                Some("blocks".into()),
-            ))
         }
     };
     Ok(Originate {
@@ -1327,19 +1242,6 @@ pub(crate) fn originate_request(
     })
 }
 
-/// Fields `POST /v1/calls/callback` takes.
-const CALLBACK_FIELDS: &[&str] = &[
-    "tenant",
-    "from",
-    "first",
-    "second",
-    "callerId",
-    "firstCallerId",
-    "timeout",
-    "billingAccount",
-    "callstateInfoUrl",
-];
-
 /// The number part of a destination, as a caller ID (`4930111@trunk` → `4930111`).
 fn as_caller_id(destination: &Value) -> Option<Value> {
     let d = destination.get("destination")?.as_str()?;
@@ -1356,12 +1258,20 @@ pub async fn callback(
     caller: Caller,
     JsonBody(body): JsonBody,
 ) -> Result<Placed, ApiError> {
-    let mut body = object(body)?;
-    only_fields(&body, CALLBACK_FIELDS)?;
-    let first = body
-        .remove("first")
+    let CallbackRequest {
+        tenant,
+        from,
+        first,
+        second,
+        caller_id: second_sees,
+        first_caller_id,
+        timeout,
+        billing_account,
+        callstate_info_url,
+    } = decode(body)?;
+    let first = first
         .ok_or_else(|| ApiError::invalid_json("missing field `first`", Some("first".into())))?;
-    let second = match body.remove("second") {
+    let second = match second {
         Some(Value::Object(m)) => Value::Object(m),
         Some(_) => {
             return Err(ApiError::invalid_json(
@@ -1376,13 +1286,9 @@ pub async fn callback(
             ))
         }
     };
-    let billing = match body.remove("billingAccount") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s))
-            if (1..=128).contains(&s.len()) && !s.chars().any(char::is_control) =>
-        {
-            Some(s)
-        }
+    let billing = match billing_account {
+        None => None,
+        Some(s) if (1..=128).contains(&s.len()) && !s.chars().any(char::is_control) => Some(s),
         Some(_) => {
             return Err(ApiError::invalid_field(
                 "callback",
@@ -1391,7 +1297,6 @@ pub async fn callback(
             ))
         }
     };
-    let second_sees = body.remove("callerId");
     // The second leg: a one-destination SEQUENTIAL BRIDGE, checked by the block's rules.
     let mut second_dest = second.clone();
     if let Value::Object(m) = &mut second_dest {
@@ -1419,21 +1324,18 @@ pub async fn callback(
             .collect();
         return Err(ApiError::validation(errors));
     }
-    let mut call = serde_json::Map::new();
-    for k in ["tenant", "from", "timeout", "callstateInfoUrl"] {
-        if let Some(v) = body.remove(k) {
-            call.insert(k.to_string(), v);
-        }
-    }
-    let first_sees = match body.remove("firstCallerId") {
-        None | Some(Value::Null) => as_caller_id(&second),
-        v => v,
+    let first_sees = first_caller_id
+        .or_else(|| as_caller_id(&second).and_then(|v| v.as_str().map(str::to_string)));
+    let call = OriginateRequest {
+        tenant,
+        from,
+        to: Some(first.clone()),
+        caller_id: first_sees,
+        timeout,
+        blocks: bridge.as_array().cloned(),
+        plan: None,
+        callstate_info_url,
     };
-    if let Some(v) = first_sees {
-        call.insert("callerId".into(), v);
-    }
-    call.insert("to".into(), first.clone());
-    call.insert("blocks".into(), bridge);
     let mut req = originate_request(&st, &caller, call, "callback").map_err(|mut e| {
         // The first leg's fields by their callback names.
         if let Some(f) = e.field.take() {
@@ -1451,18 +1353,8 @@ pub async fn callback(
         }
         e
     })?;
-    let second_id = match second_sees {
-        None | Some(Value::Null) => {
-            as_caller_id(&first).and_then(|v| v.as_str().map(str::to_string))
-        }
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            return Err(ApiError::invalid_json(
-                "`callerId` must be a string",
-                Some("callerId".into()),
-            ))
-        }
-    };
+    let second_id =
+        second_sees.or_else(|| as_caller_id(&first).and_then(|v| v.as_str().map(str::to_string)));
     if let Some(c) = &second_id {
         if !crate::auth::valid_caller_id(c) {
             return Err(ApiError::invalid_field(

@@ -10,11 +10,11 @@ use callplane_engine::blocks::{Block, ConferenceBlock};
 use callplane_engine::call::Originate;
 use callplane_engine::conference::ConferenceInfo;
 use callplane_engine::registry::{CallInfo, ControlCommand};
-use serde_json::Value;
 
 use crate::auth::{CallScope, Caller};
-use crate::body::{object, only_fields, JsonBody, OptionalJsonBody};
+use crate::body::{decode, JsonBody, OptionalJsonBody};
 use crate::error::ApiError;
+use crate::requests::{ConferenceRequest, ParticipantRequest};
 use crate::resources::P;
 use crate::ApiState;
 
@@ -105,12 +105,11 @@ pub async fn make(
     P(id): P<String>,
     body: OptionalJsonBody,
 ) -> Result<Json<CallInfo>, ApiError> {
-    let mut body = match body.0 {
-        Some(v) => object(v)?,
-        None => Default::default(),
+    let ConferenceRequest { owner } = match body.0 {
+        Some(v) => decode(v)?,
+        None => ConferenceRequest::default(),
     };
-    only_fields(&body, &["owner"])?;
-    let owner = crate::calls::leg_index(&id, "conference", body.remove("owner"))
+    let owner = crate::calls::leg_index(&id, "conference", owner)
         .map_err(|e| e.field_renamed("leg", "owner"))?;
     crate::calls::control_call(&st, &caller, &id, ControlCommand::MakeConference { owner })
         .await
@@ -136,13 +135,16 @@ pub async fn add_participant(
     ApiError,
 > {
     let conf = find(&st, &caller, &name, query.as_deref())?;
-    let mut body = object(body)?;
-    only_fields(&body, &["to", "callerId", "timeout"])?;
-    let to = crate::calls::destination(&st, body.remove("to"), "to", "participant", &conf.tenant)?;
+    let ParticipantRequest {
+        to,
+        caller_id,
+        timeout,
+    } = decode(body)?;
+    let to = crate::calls::destination(&st, to, "to", "participant", &conf.tenant)?;
     crate::calls::check_registered(&st, &to, "to.destination")?;
-    let caller_id = match body.remove("callerId") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(c)) if crate::auth::valid_caller_id(&c) => Some(c),
+    let caller_id = match caller_id {
+        None => None,
+        Some(c) if crate::auth::valid_caller_id(&c) => Some(c),
         Some(_) => {
             return Err(ApiError::invalid_field(
                 "participant",
@@ -151,21 +153,19 @@ pub async fn add_participant(
             ))
         }
     };
-    let timeout = match body.remove("timeout") {
-        None | Some(Value::Null) => to
+    let timeout = match timeout {
+        None => to
             .timeout
             .map(u64::from)
             .unwrap_or(crate::calls::DEFAULT_RING_SECONDS),
-        Some(v) => match v.as_u64() {
-            Some(t) if (1..=600).contains(&t) => t,
-            _ => {
-                return Err(ApiError::invalid_field(
-                    "participant",
-                    "timeout",
-                    "must be whole seconds, 1 to 600",
-                ))
-            }
-        },
+        Some(t) if (1..=600).contains(&t) => t,
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "participant",
+                "timeout",
+                "must be whole seconds, 1 to 600",
+            ))
+        }
     };
     let tenant = st
         .store

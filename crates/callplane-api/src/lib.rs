@@ -14,6 +14,7 @@ pub mod events_ws;
 mod history;
 pub mod idempotency;
 pub mod ratelimit;
+pub mod requests;
 mod resources;
 mod serve;
 pub mod tenios;
@@ -269,7 +270,8 @@ pub fn openapi_document() -> &'static str {
     })
 }
 
-/// The JSON Schemas of the answer types, by their names in the document.
+/// The JSON Schemas of the answer types and of the command request bodies, by their names in
+/// the document.
 pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
     let mut settings = schemars::generate::SchemaSettings::draft2020_12().for_serialize();
     settings.definitions_path = "/components/schemas".into();
@@ -278,7 +280,15 @@ pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
     generator.subschema_for::<callplane_engine::registry::CallInfo>();
     generator.subschema_for::<callplane_engine::conference::ConferenceInfo>();
     generator.subschema_for::<callplane_store::Cdr>();
-    generator.take_definitions(true)
+    let mut schemas = generator.take_definitions(true);
+    // Request bodies are read, not written: their schemas as serde deserializes.
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12().for_deserialize();
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
+    requests::add_schemas(&mut generator);
+    schemas.extend(generator.take_definitions(true));
+    schemas
 }
 
 async fn openapi() -> impl IntoResponse {

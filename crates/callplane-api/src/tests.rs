@@ -2412,3 +2412,56 @@ fn the_answer_schemas_are_generated_from_the_handler_types() {
         );
     }
 }
+
+/// The request bodies of the call and conference commands are the handlers' request types:
+/// their schemas are generated, none is written by hand, and the document refers to them.
+#[test]
+fn the_command_request_schemas_are_generated_from_the_handler_types() {
+    let written: Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
+    let served: Value = serde_json::from_str(crate::openapi_document()).expect("JSON");
+    let generated = crate::generated_schemas();
+    let mut seen = 0;
+    for (path, ops) in served["paths"].as_object().expect("paths") {
+        if !(path.starts_with("/v1/calls") || path.starts_with("/v1/conferences")) {
+            continue;
+        }
+        for (method, op) in ops.as_object().expect("operations") {
+            let Some(schema) = op.pointer("/requestBody/content/application~1json/schema") else {
+                continue;
+            };
+            let name = schema["$ref"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                .unwrap_or_else(|| panic!("{method} {path}: an inline request schema"));
+            assert!(
+                generated.contains_key(name),
+                "{method} {path}: {name} is not generated"
+            );
+            assert!(
+                written["components"]["schemas"].get(name).is_none(),
+                "{name} is written by hand in openapi.json as well"
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 15, "command request bodies");
+    // Their destinations are the BRIDGE block's.
+    let originate = &served["components"]["schemas"]["OriginateRequest"];
+    assert_eq!(
+        originate["properties"]["to"]["$ref"],
+        "#/components/schemas/Destination"
+    );
+    assert_eq!(originate["required"], serde_json::json!(["to"]));
+    assert_eq!(originate["additionalProperties"], false);
+    let destination = &served["components"]["schemas"]["Destination"];
+    assert_eq!(
+        destination["required"],
+        serde_json::json!(["destinationType", "destination"])
+    );
+    let supervise = &served["components"]["schemas"]["SuperviseRequest"];
+    assert_eq!(supervise["properties"]["mode"]["enum"][0], "listen");
+    assert_eq!(
+        supervise["properties"]["supervisor"]["oneOf"][1]["$ref"],
+        "#/components/schemas/Destination"
+    );
+}

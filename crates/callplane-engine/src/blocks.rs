@@ -254,7 +254,7 @@ pub enum BridgeMode {
 }
 
 /// What a BRIDGE `destination` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 pub enum DestinationType {
     /// A phone number, called through the tenant's default trunk.
     #[serde(rename = "EXTERNALNUMBER")]
@@ -278,22 +278,38 @@ impl DestinationType {
     }
 }
 
-/// One target of a BRIDGE block.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One target of a BRIDGE block (`Destination` in the API's document, where a destination
+/// object is read by the block's rules; errors name its fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(
+    rename = "Destination",
+    description = "A BRIDGE block's destination (its rules apply; errors name its fields)."
+)]
 pub struct BridgeDestination {
     /// `destinationType`: required.
+    #[schemars(description = "What `destination` names.")]
     pub destination_type: DestinationType,
     /// `destination`: required. EXTERNALNUMBER: an optional `+` and 1–32 digits. SIP_USER: at
     /// most 64 letters, digits or `-_.!~*'()&=+$,;?/` (the characters a SIP URI user part allows
     /// unescaped), or a SIP URI naming one (`sip:alice@pbx.example.com`: the user part is kept,
     /// the host is not checked). SIP_TRUNK: a trunk name, 1–255 characters without control
     /// characters.
+    #[schemars(
+        length(min = 1),
+        description = "EXTERNALNUMBER: an optional `+` and 1–32 digits. SIP_USER: a SIP user of \
+                       the tenant, or a SIP URI naming one (`sip:alice@pbx.example.com`). \
+                       SIP_TRUNK: a trunk name of the tenant."
+    )]
     pub destination: String,
     /// `timeout`: seconds this destination rings, 1–600. SEQUENTIAL mode: optional, absent it is
     /// the block's `blockTimeout` if given, else [`DEFAULT_RING_TIMEOUT`]. PARALLEL mode: not used
     /// (only a default for a missing `blockTimeout`) and dropped (`None`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        range(min = 1, max = 600),
+        description = "Seconds it rings (default 30)."
+    )]
     pub timeout: Option<u32>,
 }
 
