@@ -931,6 +931,180 @@ fn a_udp_softphone_is_held_and_resumed_through_the_api() {
     api_hold_of_a_softphone("udp");
 }
 
+/// A blind transfer from leg 0 with a real phone as the party handed over: a call placed
+/// through the API rings a SIPp agent (leg 0) and bridges it to the registered phone; the
+/// transfer from leg 0 hangs the agent up and hands the phone, without any SIP to it, to a new
+/// call that dials a SIPp target. The phone keeps receiving RTP, and the new call can hold and
+/// resume it: its re-INVITEs continue the phone's session (same `o=` id, growing version) and
+/// the phone answers them recvonly, then sendrecv.
+#[test]
+fn a_udp_softphone_handed_to_a_new_call_by_a_transfer_keeps_its_session() {
+    const KEY: &str = "cp_softphone_handoff_admin_key_0123";
+    let (mut agent, agent_rtp) = reinvited_callee(200);
+    let (mut target, target_rtp) = reinvited_callee(300);
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{BOB}{}{}",
+        tenant_with_prompts(),
+        trunk("agent", agent.port()),
+        trunk("target", target.port()),
+    );
+    let server = Server::start(&prov, true);
+    let port = server.sip_port().to_string();
+    let api = |method: &str, path: &str, body: Option<Value>| {
+        http::json(server.http_port(), method, path, Some(KEY), body.as_ref())
+    };
+    let mut new_call = String::new();
+    let mut old_call = String::new();
+    let phone = std::thread::scope(|s| {
+        let phone = s.spawn(|| {
+            Phone::run(
+                &server,
+                &[
+                    "answer",
+                    "--transport",
+                    "udp",
+                    "--sip-port",
+                    &port,
+                    "--user",
+                    "bob",
+                    "--password",
+                    "bob-secret-7",
+                    "--wait-call",
+                    "30",
+                    "--wait-disconnect",
+                    "40",
+                ],
+                Duration::from_secs(120),
+            )
+        });
+        server
+            .wait_for_log("registered", Duration::from_secs(25))
+            .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail()));
+        let r = api(
+            "POST",
+            "/v1/calls",
+            Some(json!({
+                "tenant": "t1",
+                "to": {"destinationType": "SIP_TRUNK", "destination": "agent"},
+                "callerId": "+4930300",
+                "blocks": [{"blockType": "BRIDGE", "bridgeMode": "SEQUENTIAL", "destinations": [
+                    {"destinationType": "SIP_USER", "destination": "bob", "timeout": 20}]}]
+            })),
+        );
+        assert_eq!(r.status, 201, "{}", r.describe());
+        old_call = r.json()["id"].as_str().expect("id").to_string();
+        wait_invited(&mut agent, &agent_rtp);
+        // The agent talks until it is hung up, the target from when it answers.
+        s.spawn(|| agent_rtp.send_pcm(&sine(700.0, 4.0, 6000.0)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while api("GET", &format!("/v1/calls/{old_call}"), None).json()["bridgedTo"].is_null() {
+            assert!(
+                Instant::now() < deadline,
+                "the phone never answered\n{}",
+                server.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+        let r = api(
+            "POST",
+            &format!("/v1/calls/{old_call}/transfer"),
+            Some(json!({
+                "to": {"destinationType": "SIP_TRUNK", "destination": "target"},
+                "from": format!("{old_call}.0")
+            })),
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        new_call = r.json()["variables"]["transferred_to_call"]
+            .as_str()
+            .expect("the new call")
+            .to_string();
+        wait_invited(&mut target, &target_rtp);
+        s.spawn(|| target_rtp.send_pcm(&sine(1100.0, 6.0, 6000.0)));
+        std::thread::sleep(Duration::from_millis(1500));
+        for command in ["hold", "unhold"] {
+            let r = api("POST", &format!("/v1/calls/{new_call}/{command}"), None);
+            assert_eq!(r.status, 200, "{command}: {}", r.describe());
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        let r = api("POST", &format!("/v1/calls/{new_call}/hangup"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
+        phone.join().expect("the phone's thread")
+    });
+    agent.wait().assert_success(&server.log_tail());
+    target.wait().assert_success(&server.log_tail());
+    let r = &phone.result;
+    phone.check(
+        &server,
+        r["confirmed"] == Value::Bool(true),
+        "the phone answered",
+    );
+    phone.check(
+        &server,
+        r["disconnected_by"].as_str() == Some("server"),
+        "the new call's hangup sends the BYE",
+    );
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b.as_str().map(str::to_string))
+            .collect()
+    };
+    let invites = strings(&r["invite_bodies"]);
+    phone.check(
+        &server,
+        invites.len() == 3,
+        format!(
+            "the phone got its call and two re-INVITEs (hold, resume) and nothing for the \
+             hand-over: {} INVITEs",
+            invites.len()
+        ),
+    );
+    let origins: Vec<(String, u64)> = invites.iter().filter_map(|b| sdp_origin(b)).collect();
+    phone.check(
+        &server,
+        origins.len() == 3
+            && origins.iter().all(|o| o.0 == origins[0].0)
+            && origins.windows(2).all(|w| w[1].1 > w[0].1),
+        format!("the new call continues the phone's session: {origins:?}"),
+    );
+    let answers = strings(&r["reinvite_answers"]);
+    let directions: Vec<Vec<String>> = answers.iter().map(|a| sdp_directions(a)).collect();
+    phone.check(
+        &server,
+        directions.len() == 2
+            && directions[0] == ["recvonly"]
+            && (directions[1].is_empty() || directions[1] == ["sendrecv"]),
+        format!("the phone answers the hold recvonly, the resume sendrecv: {directions:?}"),
+    );
+    // RTP all along (the agent's, the target's, music on hold): the stream's count, read
+    // every 0.5 s, grows in every half second; it restarts when a re-INVITE renews the stream
+    // (twice: hold, resume).
+    let samples: Vec<(f64, u64)> = r["rx_samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p[0].as_f64()?, p[1].as_u64()?)))
+        .collect();
+    let stalled = samples.windows(2).filter(|w| w[1].1 == w[0].1).count();
+    let renewed = samples.windows(2).filter(|w| w[1].1 < w[0].1).count();
+    phone.check(
+        &server,
+        samples.len() >= 8 && stalled == 0 && renewed <= 2,
+        format!("the phone kept receiving RTP through the hand-over: {samples:?}"),
+    );
+    let cdr = server.wait_for_cdr("the new call's CDR", |c| c.call_id == new_call);
+    phone.check(
+        &server,
+        cdr.legs.len() == 2
+            && cdr.legs[0].destination == "bob"
+            && cdr.legs[0].destination_type.as_deref() == Some("SIP_USER")
+            && cdr.variables.get("transferred_from_call") == Some(&old_call),
+        format!("the new call's CDR: {}", cdr_text(&cdr)),
+    );
+}
+
 /// A REFER block against a real phone: PJSUA2 (over `transport` only) calls a number whose
 /// plan REFERs it to a SIPp "target" on the same transport. The phone accepts (202), calls the
 /// target itself, reports the outcome in NOTIFYs; once one says 200 our part ends with our

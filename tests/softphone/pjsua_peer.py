@@ -634,7 +634,19 @@ def scenario_answer(peer, args, result):
     call = acc.incoming[0]
     peer.wait(15, lambda: call.confirmed_at is not None or call.disconnected_at is not None)
     result["confirmed"] = call.confirmed_at is not None
-    peer.wait(args.wait_disconnect, lambda: call.disconnected_at is not None)
+    # The RTP packets the audio stream counted, read every 0.5 s until the call ends (the
+    # count restarts when a re-INVITE renews the stream).
+    rx_samples = []
+    deadline = now() + args.wait_disconnect
+    while call.disconnected_at is None and now() < deadline:
+        peer.wait(0.5, lambda: call.disconnected_at is not None)
+        if call.disconnected_at is None:
+            try:
+                if call.hasMedia():
+                    rx_samples.append([round(now(), 3), int(call.getStreamStat(0).rtcp.rxStat.pkt)])
+            except pj.Error:
+                pass
+    result["rx_samples"] = rx_samples
     if call.disconnected_at is None:
         log(f"the server did not end the call within {args.wait_disconnect} s")
         peer.hangup(call)
@@ -646,6 +658,16 @@ def scenario_answer(peer, args, result):
     result["disconnected_by"] = disconnected_by(msgs, cid)
     invite = find(msgs, lambda m: m.dir == "rx" and m.method() == "INVITE" and m.call_id() == cid)
     result["invite"] = invite.to_json() if invite else None
+    # Every INVITE of the call the phone received (the call's, then re-INVITEs), and its
+    # answers to the re-INVITEs (its first 200 answers the call itself).
+    result["invite_bodies"] = [
+        m.body() for m in msgs if m.dir == "rx" and m.method() == "INVITE" and m.call_id() == cid
+    ]
+    result["reinvite_answers"] = [
+        m.body()
+        for m in msgs
+        if m.dir == "tx" and m.status() == 200 and m.cseq()[1] == "INVITE" and m.call_id() == cid
+    ][1:]
     result["flow"] = flow(msgs)
 
 
