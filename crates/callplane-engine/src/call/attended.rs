@@ -100,6 +100,14 @@ impl Call {
         let Some(owner) = self.held.owner_of(id) else {
             return Err(CommandRefused::LegEnded);
         };
+        // Held by a command here: resumed (re-INVITE sendrecv), as its new call knows nothing
+        // of the hold.
+        if self
+            .current_bridge_room()
+            .is_some_and(|r| r.is_held(Side::Caller))
+        {
+            let _ = self.control(ControlCommand::Unhold { leg: Some(0) });
+        }
         // Nothing of this call plays to, listens to or bridges the leg any more.
         if let Some((_, s)) = self.stream.take() {
             let _ = s.send(crate::stream::StreamControl::Stop);
@@ -258,7 +266,7 @@ impl Call {
             },
             attempt,
         };
-        info!(call = %self.uuid, to_call, "connected party handed over (attended transfer)");
+        info!(call = %self.uuid, to_call, "connected party handed over");
         self.flow
             .set_variable("transferred_to_call", to_call.to_string());
         if let Some(mode) = mode {
