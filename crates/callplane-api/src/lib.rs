@@ -13,6 +13,7 @@ pub mod error;
 pub mod events_ws;
 mod history;
 pub mod idempotency;
+mod provisioning_schemas;
 pub mod ratelimit;
 pub mod requests;
 mod resources;
@@ -288,6 +289,7 @@ pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
     let mut generator = settings.into_generator();
     requests::add_schemas(&mut generator);
     schemas.extend(generator.take_definitions(true));
+    schemas.extend(provisioning_schemas::schemas());
     schemas
 }
 

@@ -10,43 +10,79 @@ use serde::{Deserialize, Serialize};
 
 mod validation;
 
+use validation::{
+    DISPLAY_NAME_PATTERN, HOST_PATTERN, NAME_PATTERN, NUMBER_PATTERN, URL_PATTERN, USERNAME_PATTERN,
+};
+
 pub use validation::{canonical_ip, is_http_url, is_valid_number, is_valid_username, Validate};
 
 /// A customer. `customerNumber` identifies it in webhooks.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Its JSON Schema (the API's `Tenant`, `TenantCreate`, `TenantReplace`) says what `Validate`
+// checks, as do the other provisioned objects'.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Tenant {
+    /// Free text without leading/trailing whitespace or control characters.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub name: String,
+    /// Identifies the tenant in webhooks; unique.
+    #[schemars(range(min = 1, max = i64::MAX))]
     pub customer_number: i64,
-    /// Key for the `X-Callplane-Signature` HMAC on webhook requests.
+    /// Key of the X-Callplane-Signature HMAC. Write-only: never in answers (see
+    /// `signingSecretSet`); left out on PUT keeps the stored one, `null` removes it.
+    #[schemars(length(min = 1), extend("writeOnly" = true))]
     pub signing_secret: Option<String>,
-    /// Trunk (of this tenant) used for `EXTERNALNUMBER` destinations.
+    /// A trunk of this tenant, used for EXTERNALNUMBER destinations.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub default_trunk: Option<String>,
+    /// Where this tenant's call-state callbacks go (http:// or https://).
+    #[schemars(extend("pattern" = URL_PATTERN))]
     pub callstate_info_url: Option<String>,
-    /// The reseller this tenant belongs to: keys of realm `reseller` with this name manage it.
+    /// Reseller owning the tenant. Forced to the key's own for reseller keys.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub reseller: Option<String>,
 }
 
 /// A called number (DNIS): E.164 like `+4922155400300` or a short code like `100`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Number {
+    /// E.164 number or short code.
+    #[schemars(extend("pattern" = NUMBER_PATTERN))]
     pub number: String,
+    /// The tenant it belongs to.
     pub tenant: String,
+    /// A routing plan of the same tenant.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub routing_plan: String,
+    /// Where this number's call-state callbacks go (http:// or https://).
+    #[schemars(extend("pattern" = URL_PATTERN))]
     pub callstate_info_url: Option<String>,
 }
 
 /// A digest-auth account that phones REGISTER as. Usernames are global for the registrar.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SipUser {
+    /// The tenant it belongs to.
     pub tenant: String,
+    /// Global: REGISTER carries no tenant.
+    #[schemars(extend("pattern" = USERNAME_PATTERN))]
     pub username: String,
     /// Write-only. On input the clear password, which the store turns into digest HA1 values
     /// and forgets; left out, the stored HA1 values are kept. Always `None` when read back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        with = "String",
+        length(min = 1),
+        extend("writeOnly" = true),
+        description = "Write-only: stored as digest HA1 values (MD5 and SHA-256) for the \
+                       server's realm, never in answers (see `passwordSet`). Required for a new \
+                       SIP user; left out on PUT keeps the stored credentials."
+    )]
     pub password: Option<String>,
+    /// The name its calls show.
+    #[schemars(extend("pattern" = DISPLAY_NAME_PATTERN))]
     pub display_name: Option<String>,
     /// Click-to-dial rings this user's phone with the auto-answer headers unless the request
     /// says `autoAnswer=0` (a headset user's desk phone, an operator's softphone).
@@ -54,11 +90,14 @@ pub struct SipUser {
     pub auto_answer: bool,
     /// Read from the store: whether HA1 values are stored (`passwordSet` in API answers).
     #[serde(skip)]
+    #[schemars(skip)]
     pub password_set: bool,
 }
 
 /// SIP transport towards a trunk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     #[default]
@@ -96,33 +135,77 @@ fn default_sip_port() -> u16 {
 }
 
 /// An outbound gateway, and the source of inbound calls from the listed addresses.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Trunk {
+    /// The tenant it belongs to.
     pub tenant: String,
+    /// Free text without leading/trailing whitespace or control characters.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub name: String,
+    /// Host name or IP address.
+    #[schemars(length(min = 1), extend("pattern" = HOST_PATTERN))]
     pub host: String,
     #[serde(default = "default_sip_port")]
+    #[schemars(range(min = 1))]
     pub port: u16,
     #[serde(default)]
     pub transport: Transport,
+    /// The user name of the trunk's digest challenge.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub username: Option<String>,
+    /// Answers the trunk's digest challenge, so it is stored as given (the database file is
+    /// 0600). Write-only: never in answers (see `passwordSet`); left out on PUT keeps the
+    /// stored one, `null` removes it.
+    #[schemars(extend("writeOnly" = true))]
     pub password: Option<String>,
     /// Number presented as caller on outbound calls through this trunk.
+    #[schemars(extend("pattern" = NUMBER_PATTERN))]
     pub caller_id: Option<String>,
-    /// Source IPs whose INVITEs are accepted as from this trunk without authentication.
+    /// Source IPs whose INVITEs are accepted as from this trunk without authentication (IPv4
+    /// or IPv6, each unique across trunks).
     #[serde(default)]
+    #[schemars(schema_with = "ip_addresses")]
     pub inbound_addresses: Vec<String>,
 }
 
+/// `inboundAddresses`: IP addresses.
+fn ip_addresses(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "string",
+            "anyOf": [{ "format": "ipv4" }, { "format": "ipv6" }],
+            "description": "IPv4 or IPv6 address, unique across trunks."
+        },
+        "default": []
+    })
+}
+
 /// A named list of blocks owned by a tenant. Blocks are parsed and validated by the engine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoutingPlan {
+    /// The tenant it belongs to.
     pub tenant: String,
+    /// Free text without leading/trailing whitespace or control characters.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub name: String,
+    /// The plan's blocks (`Block`, checked by the block rules).
+    #[schemars(schema_with = "block_list")]
     pub blocks: Vec<serde_json::Value>,
+    /// Where the call-state callbacks of calls in this plan go (http:// or https://).
+    #[schemars(extend("pattern" = URL_PATTERN))]
     pub callstate_info_url: Option<String>,
+}
+
+/// A plan's `blocks`: at most 256 `Block`s.
+fn block_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": { "$ref": "#/components/schemas/Block" },
+        "maxItems": 256
+    })
 }
 
 /// A named audio file of a tenant.

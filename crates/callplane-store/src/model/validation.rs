@@ -67,6 +67,21 @@ impl<'a> Errors<'a> {
     }
 }
 
+/// What a name field accepts (`Errors::name`), as a JSON Schema pattern: not empty, no
+/// leading or trailing whitespace, no control characters (C0, DEL, C1).
+pub const NAME_PATTERN: &str =
+    r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$";
+/// [`is_valid_number`] as a pattern.
+pub const NUMBER_PATTERN: &str = r"^\+?[0-9*#]{1,32}$";
+/// [`is_valid_username`] as a pattern.
+pub const USERNAME_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+/// [`is_http_url`] as a pattern.
+pub const URL_PATTERN: &str = r"^[hH][tT][tT][pP][sS]?://\S+$";
+/// A trunk's host: a host name or IP address (no whitespace, control characters, `/`, `@`).
+pub const HOST_PATTERN: &str = r"^[^\s\x00-\x1f\x7f-\x9f/@]+$";
+/// A display name: no control characters.
+pub const DISPLAY_NAME_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
 /// `^\+?[0-9*#]{1,32}$`: E.164 numbers (`+4922155400300`) and short codes (`100`, `*97`).
 pub fn is_valid_number(s: &str) -> bool {
     let digits = s.strip_prefix('+').unwrap_or(s);
