@@ -433,6 +433,15 @@ fn hold_mute_and_a_stereo_recording_of_a_connected_call() {
         b"",
     );
     assert_eq!(r.status, 416, "{}", r.describe());
+    assert_eq!(
+        r.error(),
+        (
+            "range_not_satisfiable".to_string(),
+            Some("Range".to_string())
+        ),
+        "the error shape of every answer: {}",
+        r.describe()
+    );
     let r = http::request(
         server.http_port(),
         "GET",

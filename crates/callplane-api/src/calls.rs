@@ -485,6 +485,28 @@ pub(crate) fn leg_index(
     }
 }
 
+/// `POST /v1/calls/{id}/interrupt`'s answer: what runs on the call was asked to stop.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct Interrupted {
+    pub call_id: String,
+    #[schemars(extend("const" = true))]
+    pub interrupted: bool,
+}
+
+/// `POST /v1/calls/{id}/blocks`'s answer (`202`).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct BlocksAccepted {
+    pub call_id: String,
+    /// How many blocks were accepted.
+    #[schemars(range(min = 1))]
+    pub blocks: usize,
+    /// `bridge`: mixed into the connected call; null: run as the call's blocks.
+    #[schemars(extend("enum" = ["bridge", null]))]
+    pub mixed_into: Option<&'static str>,
+}
+
 /// A call command's answer as the API gives it: the call, `404` when it is gone (or has no
 /// such leg), `409` naming why the command cannot apply.
 fn command_answer(
@@ -630,7 +652,7 @@ pub async fn interrupt(
     State(st): State<ApiState>,
     caller: Caller,
     P(id): P<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Interrupted>), ApiError> {
     interrupt_call(&st, &caller, &id)
         .await
         .map(|v| (StatusCode::ACCEPTED, Json(v)))
@@ -640,13 +662,16 @@ pub(crate) async fn interrupt_call(
     st: &ApiState,
     caller: &Caller,
     id: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Interrupted, ApiError> {
     scoped_call(st, caller, id).await?;
     if !st.calls.interrupt(id) {
         // Ended between the two questions.
         return Err(call_not_found(id));
     }
-    Ok(serde_json::json!({ "callId": id, "interrupted": true }))
+    Ok(Interrupted {
+        call_id: id.to_string(),
+        interrupted: true,
+    })
 }
 
 /// `POST /v1/calls/{id}/blocks` — so far the part of "run a block list now" that plays into a
@@ -658,7 +683,7 @@ pub async fn run_blocks(
     caller: Caller,
     P(id): P<String>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<BlocksAccepted>), ApiError> {
     run_blocks_on(&st, &caller, &id, object(body)?)
         .await
         .map(|v| (StatusCode::ACCEPTED, Json(v)))
@@ -673,7 +698,7 @@ pub(crate) async fn run_blocks_on(
     caller: &Caller,
     id: &str,
     body: serde_json::Map<String, Value>,
-) -> Result<Value, ApiError> {
+) -> Result<BlocksAccepted, ApiError> {
     scoped_call(st, caller, id).await?;
     let BlocksRequest { blocks } = decode(Value::Object(body))?;
     let list = match blocks {
@@ -706,14 +731,22 @@ pub(crate) async fn run_blocks_on(
         match st.calls.play_into_bridge(id, blocks.clone()).await {
             None => return Err(call_not_found(id)),
             Some(Ok(())) => {
-                return Ok(serde_json::json!({ "callId": id, "blocks": n, "mixedInto": "bridge" }))
+                return Ok(BlocksAccepted {
+                    call_id: id.to_string(),
+                    blocks: n,
+                    mixed_into: Some("bridge"),
+                })
             }
             Some(Err(PlayRefused::NotConnected)) => {}
         }
     }
     match st.calls.run_blocks(id, blocks).await {
         None => Err(call_not_found(id)),
-        Some(Ok(_)) => Ok(serde_json::json!({ "callId": id, "blocks": n, "mixedInto": null })),
+        Some(Ok(_)) => Ok(BlocksAccepted {
+            call_id: id.to_string(),
+            blocks: n,
+            mixed_into: None,
+        }),
         Some(Err(CommandRefused::BlocksWhileConnected)) => Err(match not_mixable {
             Some(i) => ApiError::conflict(CommandRefused::BlocksWhileConnected.message())
                 .with_field(format!("blocks[{i}].blockType")),

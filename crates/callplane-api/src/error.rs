@@ -6,12 +6,35 @@ use axum::response::{IntoResponse, Response};
 use callplane_store::{FieldError, StoreError};
 use serde::Serialize;
 
+/// The stable, machine-readable `code` of an error answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    ValidationFailed,
+    InvalidPath,
+    InvalidBody,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    Gone,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    RangeNotSatisfiable,
+    UpgradeRequired,
+    RateLimited,
+    Busy,
+    InternalError,
+}
+
 /// An error answered to the client. Client errors carry a stable `code` and, where one field is
 /// to blame, its name as the client spelled it (`blocks[0].maxDigits`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
     /// Every problem, for `validation_failed`.
@@ -20,23 +43,33 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error answer: `{"error": {…}}` (`Error` in the OpenAPI document).
+#[derive(Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Error")]
+pub(crate) struct Body<'a> {
     error: Inner<'a>,
 }
 
-#[derive(Serialize)]
+/// What went wrong.
+#[derive(Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "ErrorDetail")]
 struct Inner<'a> {
-    code: &'a str,
+    /// Stable machine-readable code.
+    code: ErrorCode,
     message: &'a str,
+    /// The field at fault as the client spelled it, e.g. `blocks[0].maxDigits`; absent when
+    /// no single field is.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// Every problem, for `validation_failed`.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     errors: &'a [FieldError],
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -53,7 +86,7 @@ impl ApiError {
             retry_after: Some(seconds),
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 format!("too many requests for this API key; retry in {seconds} s"),
             )
         }
@@ -79,7 +112,7 @@ impl ApiError {
     pub fn invalid_json(message: impl Into<String>, field: Option<String>) -> ApiError {
         ApiError {
             field,
-            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+            ..ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, message)
         }
     }
 
@@ -96,7 +129,11 @@ impl ApiError {
         ApiError {
             field,
             errors,
-            ..ApiError::new(StatusCode::BAD_REQUEST, "validation_failed", message)
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::ValidationFailed,
+                message,
+            )
         }
     }
 
@@ -111,28 +148,28 @@ impl ApiError {
 
     /// 401: no key, or one we do not know. Answered with `WWW-Authenticate: Bearer`.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
 
     /// 403: the key's realm may never do this.
     pub fn forbidden(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+        ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
 
     /// 404: absent, or outside the key's scope (the two are not told apart).
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     /// 409: the request contradicts what is stored (exists already, still referenced).
     pub fn conflict(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+        ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
     }
 
     pub fn payload_too_large(limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the request body is larger than {limit} bytes"),
         )
         .with_field("body")
@@ -141,7 +178,7 @@ impl ApiError {
     pub fn unsupported_media_type(expected: &str) -> ApiError {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!("Content-Type must be {expected}"),
         )
     }
@@ -151,7 +188,7 @@ impl ApiError {
         tracing::error!(error = %cause, "{context}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            ErrorCode::InternalError,
             "internal error; see the server log",
         )
     }
@@ -169,7 +206,7 @@ impl From<StoreError> for ApiError {
             }
             e if e.is_busy() => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
+                ErrorCode::Busy,
                 "the database is busy; retry",
             ),
             e => ApiError::internal("store error", &e),
@@ -187,6 +224,13 @@ impl ApiError {
             errors: &self.errors,
         })
         .unwrap_or_default()
+    }
+}
+
+impl ApiError {
+    /// The whole body of an error answer, `{"error": {…}}`, for answers built by hand.
+    pub fn body_json(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self.to_json() })
     }
 }
 
@@ -221,7 +265,11 @@ impl IntoResponse for ApiError {
 /// Axum's path rejections (bad percent-encoding, a segment of the wrong type) in our shape.
 impl From<axum::extract::rejection::PathRejection> for ApiError {
     fn from(r: axum::extract::rejection::PathRejection) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", r.body_text())
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidPath,
+            r.body_text(),
+        )
     }
 }
 
@@ -231,12 +279,17 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 r.body_text(),
             )
             .with_field("body")
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", r.body_text()).with_field("body")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidBody,
+                r.body_text(),
+            )
+            .with_field("body")
         }
     }
 }

@@ -561,7 +561,7 @@ pub async fn events(
     let ws = ws.map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
+            crate::error::ErrorCode::UpgradeRequired,
             format!("GET /v1/events is a WebSocket (Upgrade: websocket): {e}"),
         )
     })?;
@@ -1174,7 +1174,9 @@ async fn run_command(
             Err(e) => Err(e),
         },
         "calls.interrupt" => match call_id() {
-            Ok(c) => crate::calls::interrupt_call(st, caller, &c).await,
+            Ok(c) => crate::calls::interrupt_call(st, caller, &c)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
             Err(e) => Err(e),
         },
         "calls.dtmf" => match call_id() {
@@ -1232,7 +1234,9 @@ async fn run_command(
             Err(e) => Err(e),
         },
         "calls.blocks" => match call_id() {
-            Ok(c) => crate::calls::run_blocks_on(st, caller, &c, params).await,
+            Ok(c) => crate::calls::run_blocks_on(st, caller, &c, params)
+                .await
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
             Err(e) => Err(e),
         },
         "calls.supervise" => match call_id() {

@@ -140,7 +140,7 @@ pub async fn recording(
         tracing::warn!(recording = %rec.id, path = %rec.path, error = %e, "recording file unreadable");
         ApiError::new(
             StatusCode::GONE,
-            "gone",
+            crate::error::ErrorCode::Gone,
             format!("the file of recording \"{id}\" is no longer there"),
         )
     })?;
@@ -165,11 +165,11 @@ pub async fn recording(
                 ],
                 ApiError::new(
                     StatusCode::RANGE_NOT_SATISFIABLE,
-                    "range_not_satisfiable",
+                    crate::error::ErrorCode::RangeNotSatisfiable,
                     format!("the recording has {len} bytes"),
                 )
                 .with_field("Range")
-                .to_json()
+                .body_json()
                 .to_string(),
             )
                 .into_response());

@@ -290,7 +290,19 @@ pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
     requests::add_schemas(&mut generator);
     schemas.extend(generator.take_definitions(true));
     schemas.extend(provisioning_schemas::schemas());
+    let mut generator = settings_for_answers().into_generator();
+    generator.subschema_for::<error::Body<'static>>();
+    generator.subschema_for::<calls::Interrupted>();
+    generator.subschema_for::<calls::BlocksAccepted>();
+    schemas.extend(generator.take_definitions(true));
     schemas
+}
+
+fn settings_for_answers() -> schemars::generate::SchemaSettings {
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12().for_serialize();
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    settings
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -307,7 +319,7 @@ async fn no_route(method: Method, uri: Uri) -> ApiError {
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        crate::error::ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
 }

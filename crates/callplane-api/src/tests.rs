@@ -2364,6 +2364,12 @@ fn the_answer_schemas_are_generated_from_the_handler_types() {
         "Cdr",
         "CdrLeg",
         "Recording",
+        "Error",
+        "ErrorDetail",
+        "ErrorCode",
+        "FieldError",
+        "Interrupted",
+        "BlocksAccepted",
     ] {
         assert!(
             written["components"]["schemas"].get(name).is_none(),

@@ -304,11 +304,14 @@ pub struct ApiKey {
 
 /// One validation problem: which object (`numbers[2]`, `number 100`), which field
 /// (its camelCase name), and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FieldError {
+    /// The object at fault, e.g. `number 100`.
     pub object: String,
+    /// Its field, as the client spelled it.
     pub field: String,
+    /// What is wrong.
     pub message: String,
 }
 
