@@ -16,13 +16,15 @@ use crate::error::ApiError;
 use crate::resources::{created, location, P};
 use crate::ApiState;
 
-/// The answer to a create: the key's fields and, this once, its secret.
-#[derive(Serialize)]
+/// The answer to a create: the key's fields and, this once, its secret (`ApiKeyCreated`).
+#[derive(Serialize, schemars::JsonSchema)]
+#[schemars(rename = "ApiKeyCreated")]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: ApiKey,
-    /// The secret for `Authorization: Bearer`; not retrievable later.
+    /// The secret for `Authorization: Bearer`, shown only in this answer.
     #[serde(rename = "key")]
+    #[schemars(extend("pattern" = "^cp_[0-9a-f]{40}$"))]
     pub secret: String,
 }
 

@@ -5,7 +5,6 @@ use axum::extract::{RawQuery, State};
 use axum::Json;
 use callplane_store::model::{format_time, parse_time};
 use callplane_store::CdrQuery;
-use serde_json::{json, Value};
 
 use crate::auth::{CallScope, Caller};
 use crate::error::ApiError;
@@ -45,7 +44,7 @@ pub async fn list(
     State(st): State<ApiState>,
     caller: Caller,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CdrPage>, ApiError> {
     let mut q = CdrQuery {
         limit: DEFAULT_LIMIT,
         ..CdrQuery::default()
@@ -105,7 +104,17 @@ pub async fn list(
     let next = (items.len() == q.limit)
         .then(|| items.last().map(|c| cursor_of(&c.start_time, &c.call_id)))
         .flatten();
-    Ok(Json(json!({ "items": items, "next": next })))
+    Ok(Json(CdrPage { items, next }))
+}
+
+/// A page of `GET /v1/cdrs`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CdrPage {
+    /// The CDRs, newest first (by start time).
+    pub items: Vec<callplane_store::Cdr>,
+    /// The cursor of the next page (`?cursor=`); null on the last.
+    pub next: Option<String>,
 }
 
 /// `GET /v1/recordings/{id}`: a finished recording's WAV file, in the key's scope (its call's

@@ -294,6 +294,10 @@ pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
     generator.subschema_for::<error::Body<'static>>();
     generator.subschema_for::<calls::Interrupted>();
     generator.subschema_for::<calls::BlocksAccepted>();
+    generator.subschema_for::<history::CdrPage>();
+    generator.subschema_for::<callplane_store::ApiKey>();
+    generator.subschema_for::<apikeys::CreatedKey>();
+    generator.subschema_for::<callplane_store::model::Announcement>();
     schemas.extend(generator.take_definitions(true));
     schemas
 }

@@ -209,12 +209,15 @@ fn block_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// A named audio file of a tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Announcement {
+    /// The tenant it belongs to.
     pub tenant: String,
+    /// Free text without leading/trailing whitespace or control characters.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub name: String,
-    /// Path of a WAV file.
+    /// Server path of the stored 8 kHz 16-bit mono WAV.
     pub file: String,
 }
 
@@ -238,7 +241,19 @@ pub struct Provisioning {
 
 /// What an API key may do: `admin` everything, `reseller` the tenants whose `reseller` is the
 /// key's, `customer` one tenant, `account` one SIP user. Ordered from least to most powerful.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiRealm {
     Account,
@@ -278,20 +293,26 @@ impl fmt::Display for ApiRealm {
 
 /// An API key's identity and scope. The secret itself is never stored: the database keeps
 /// only its SHA-256, so nothing here is a secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiKey {
+    /// Free text without leading/trailing whitespace or control characters.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub name: String,
     pub realm: ApiRealm,
     /// The tenant of a `customer` key, and (filled from the SIP user) of an `account` key.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub tenant: Option<String>,
     /// The reseller name of a `reseller` key.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub reseller: Option<String>,
     /// The SIP user (username) of an `account` key.
+    #[schemars(length(min = 1), extend("pattern" = NAME_PATTERN))]
     pub sip_user: Option<String>,
     /// Requests per second this key may make (`0`: no limit); left out, the server's
-    /// `apiRateLimit`.
+    /// `apiRateLimit`. Below admin, not above the creating key's own rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = validation::MAX_RATE_LIMIT))]
     pub rate_limit: Option<u32>,
     /// When the key was created; set by the store, ignored on input.
     #[serde(
@@ -299,6 +320,7 @@ pub struct ApiKey {
         with = "opt_time_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<DateTime<Utc>>", extend("readOnly" = true))]
     pub created: Option<DateTime<Utc>>,
 }
 
