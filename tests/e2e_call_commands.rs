@@ -51,6 +51,14 @@ fn direction(sdp: &str) -> Option<&str> {
         .find(|a| matches!(*a, "sendrecv" | "sendonly" | "recvonly" | "inactive"))
 }
 
+/// The direction of every INVITE `sipp` received, in order.
+fn invite_directions(sipp: &SippResult) -> Vec<String> {
+    sipp.received()
+        .filter(|m| m.method() == Some("INVITE"))
+        .map(|m| direction(m.body()).unwrap_or("?").to_string())
+        .collect()
+}
+
 /// The o= line's session id and version.
 fn origin(sdp: &str) -> Option<(String, u64)> {
     let o = sdp.lines().find_map(|l| l.trim().strip_prefix("o="))?;
@@ -559,20 +567,8 @@ fn a_blind_transfer_connects_the_caller_to_the_target_and_releases_the_agent() {
             m.sent && m.status() == Some(200)
         });
         s.spawn(|| target_rtp.send_pcm(&sine(TARGET_HZ, 4.0, 6000.0)));
-        let connected = Instant::now();
-        std::thread::sleep(Duration::from_millis(2500));
-        window = (
-            connected + Duration::from_millis(500),
-            connected + Duration::from_millis(2400),
-        );
-        let info = http::json(
-            server.http_port(),
-            "GET",
-            &format!("/v1/calls/{id}"),
-            Some(KEY),
-            None,
-        )
-        .json();
+        window = talk_window();
+        let info = call_json(&server, KEY, &id);
         assert_eq!(info["legs"].as_array().map(Vec::len), Some(3), "{info}");
         assert_eq!(info["legs"][1]["state"], "ended", "{info}");
         assert_eq!(info["bridgedTo"], format!("{id}.2"), "{info}");
@@ -589,13 +585,8 @@ fn a_blind_transfer_connects_the_caller_to_the_target_and_releases_the_agent() {
     );
     let caller = caller.wait();
     caller.assert_success(&server.log_tail());
-    let directions: Vec<String> = caller
-        .received()
-        .filter(|m| m.method() == Some("INVITE"))
-        .map(|m| direction(m.body()).unwrap_or("?").to_string())
-        .collect();
     assert_eq!(
-        directions,
+        invite_directions(&caller),
         ["sendonly", "sendrecv"],
         "held, then resumed by the transfer"
     );
@@ -758,20 +749,8 @@ fn a_blind_transfer_from_the_first_leg_hands_the_callee_to_a_new_call() {
         });
         wait_invited(&mut target, &target_rtp);
         s.spawn(|| target_rtp.send_pcm(&sine(TARGET_HZ, 4.0, 6000.0)));
-        let connected = Instant::now();
-        std::thread::sleep(Duration::from_millis(2500));
-        window = (
-            connected + Duration::from_millis(500),
-            connected + Duration::from_millis(2400),
-        );
-        let info = http::json(
-            server.http_port(),
-            "GET",
-            &format!("/v1/calls/{new_call}"),
-            Some(KEY),
-            None,
-        )
-        .json();
+        window = talk_window();
+        let info = call_json(&server, KEY, &new_call);
         assert_eq!(info["legs"][0]["destination"], "customer", "{info}");
         assert_eq!(info["legs"][0]["state"], "answered", "{info}");
         assert_eq!(info["legs"][1]["destination"], "target", "{info}");
@@ -783,13 +762,8 @@ fn a_blind_transfer_from_the_first_leg_hands_the_callee_to_a_new_call() {
     agent.wait().assert_success(&server.log_tail());
     let customer = customer.wait();
     customer.assert_success(&server.log_tail());
-    let directions: Vec<String> = customer
-        .received()
-        .filter(|m| m.method() == Some("INVITE"))
-        .map(|m| direction(m.body()).unwrap_or("?").to_string())
-        .collect();
     assert_eq!(
-        directions,
+        invite_directions(&customer),
         ["sendrecv", "sendonly", "sendrecv"],
         "called, held, then resumed by the hand-over"
     );

@@ -684,6 +684,30 @@ const API_KEY: &str = "cp_softphone_e2e_admin_key_0123456";
 
 /// A call placed through the API (`POST /v1/calls`) to a registered PJSUA2 phone, over one
 /// transport: the phone is rung, answers, hears the blocks and gets the server's BYE.
+/// The phone registered as bob (over `transport`): it answers the first call it gets and
+/// waits for the server to end it.
+fn bob_answers(server: &Server, port: &str, transport: &str) -> Phone {
+    Phone::run(
+        server,
+        &[
+            "answer",
+            "--transport",
+            transport,
+            "--sip-port",
+            port,
+            "--user",
+            "bob",
+            "--password",
+            "bob-secret-7",
+            "--wait-call",
+            "30",
+            "--wait-disconnect",
+            "40",
+        ],
+        Duration::from_secs(120),
+    )
+}
+
 fn api_call_to_a_registered_softphone(transport: &str) {
     let prov = format!(
         "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{API_KEY}\"\n\n{}{BOB}",
@@ -701,27 +725,7 @@ fn api_call_to_a_registered_softphone(transport: &str) {
         ]
     });
     let (phone, placed) = std::thread::scope(|s| {
-        let phone = s.spawn(|| {
-            Phone::run(
-                &server,
-                &[
-                    "answer",
-                    "--transport",
-                    transport,
-                    "--sip-port",
-                    &port,
-                    "--user",
-                    "bob",
-                    "--password",
-                    "bob-secret-7",
-                    "--wait-call",
-                    "30",
-                    "--wait-disconnect",
-                    "40",
-                ],
-                Duration::from_secs(120),
-            )
-        });
+        let phone = s.spawn(|| bob_answers(&server, &port, transport));
         // Placed as soon as the phone's registration is in (409 until then).
         let deadline = Instant::now() + Duration::from_secs(25);
         let placed = loop {
@@ -956,27 +960,7 @@ fn a_udp_softphone_handed_to_a_new_call_by_a_transfer_keeps_its_session() {
     let mut new_call = String::new();
     let mut old_call = String::new();
     let phone = std::thread::scope(|s| {
-        let phone = s.spawn(|| {
-            Phone::run(
-                &server,
-                &[
-                    "answer",
-                    "--transport",
-                    "udp",
-                    "--sip-port",
-                    &port,
-                    "--user",
-                    "bob",
-                    "--password",
-                    "bob-secret-7",
-                    "--wait-call",
-                    "30",
-                    "--wait-disconnect",
-                    "40",
-                ],
-                Duration::from_secs(120),
-            )
-        });
+        let phone = s.spawn(|| bob_answers(&server, &port, "udp"));
         server
             .wait_for_log("registered", Duration::from_secs(25))
             .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail()));

@@ -38,18 +38,41 @@ fn supervise(server: &Server, id: &str, body: serde_json::Value) -> http::HttpRe
     )
 }
 
-#[test]
-fn a_supervisor_listens_whispers_barges_and_intercepts() {
-    let (mut agent, agent_rtp) = reinvited_callee(1000);
-    let (mut sup, sup_rtp) = reinvited_callee(300);
+/// A SIPp agent (trunk `agent`, answering after 1 s) and supervisor phone (trunk `sup`), and
+/// the server: number 500 bridges its callers to the agent; `more` is provisioned too.
+fn supervised_setup(more: &str) -> (SippProcess, RtpPeer, SippProcess, RtpPeer, Server) {
+    let (agent, agent_rtp) = reinvited_callee(1000);
+    let (sup, sup_rtp) = reinvited_callee(300);
     let prov = format!(
-        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}{}",
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}{}{more}",
         tenant_with_prompts(),
         trunk("agent", agent.port()),
         trunk("sup", sup.port()),
         number_with_plan("500", "b", &bridge_to_trunk("agent", "NORMAL_CLEARING"))
     );
     let server = Server::start(&prov, true);
+    (agent, agent_rtp, sup, sup_rtp, server)
+}
+
+/// Asserts an error answer with `status` naming `field`.
+fn refused(r: &http::HttpResponse, status: u16, field: &str) {
+    assert_eq!(r.status, status, "{}", r.describe());
+    assert_eq!(r.error().1.as_deref(), Some(field), "{}", r.describe());
+}
+
+/// Switches the supervisor on call `id` to `mode` (if given), then lets everyone talk: the
+/// window in which to judge who heard whom.
+fn phase(server: &Server, id: &str, mode: Option<&str>) -> (Instant, Instant) {
+    if let Some(m) = mode {
+        let r = supervise(server, id, serde_json::json!({"mode": m}));
+        assert_eq!(r.status, 200, "{}", r.describe());
+    }
+    talk_window()
+}
+
+#[test]
+fn a_supervisor_listens_whispers_barges_and_intercepts() {
+    let (mut agent, agent_rtp, mut sup, sup_rtp, server) = supervised_setup("");
     let (mut customer, customer_rtp) = reinvited_caller(&server, "500");
     let id = server.started_call_id();
     let to_sup = serde_json::json!({"destinationType": "SIP_TRUNK", "destination": "sup"});
@@ -82,29 +105,16 @@ fn a_supervisor_listens_whispers_barges_and_intercepts() {
             &id,
             serde_json::json!({"mode": "spy", "supervisor": to_sup}),
         );
-        assert_eq!(r.status, 400, "{}", r.describe());
-        assert_eq!(r.error().1.as_deref(), Some("mode"), "{}", r.describe());
+        refused(&r, 400, "mode");
         let r = supervise(&server, &id, serde_json::json!({"mode": "barge"}));
-        assert_eq!(r.status, 409, "{}", r.describe());
-        assert_eq!(
-            r.error().1.as_deref(),
-            Some("supervisor"),
-            "{}",
-            r.describe()
-        );
+        refused(&r, 409, "supervisor");
         // A leg of the call itself cannot supervise it; a leg id that names no call is 404.
         let r = supervise(
             &server,
             &id,
             serde_json::json!({"mode": "listen", "supervisor": format!("{id}.1")}),
         );
-        assert_eq!(r.status, 409, "{}", r.describe());
-        assert_eq!(
-            r.error().1.as_deref(),
-            Some("supervisor"),
-            "{}",
-            r.describe()
-        );
+        refused(&r, 409, "supervisor");
         let r = supervise(
             &server,
             &id,
@@ -116,13 +126,7 @@ fn a_supervisor_listens_whispers_barges_and_intercepts() {
             &id,
             serde_json::json!({"mode": "listen", "supervisor": "sup"}),
         );
-        assert_eq!(r.status, 400, "{}", r.describe());
-        assert_eq!(
-            r.error().1.as_deref(),
-            Some("supervisor"),
-            "{}",
-            r.describe()
-        );
+        refused(&r, 400, "supervisor");
 
         let r = supervise(
             &server,
@@ -155,17 +159,8 @@ fn a_supervisor_listens_whispers_barges_and_intercepts() {
         });
         s.spawn(|| sup_rtp.send_pcm(&sine(SUPERVISOR_HZ, 11.0, 6000.0)));
         let mut phase = |name: &'static str, mode: Option<&str>| {
-            if let Some(m) = mode {
-                let r = supervise(&server, &id, serde_json::json!({"mode": m}));
-                assert_eq!(r.status, 200, "{}", r.describe());
-            }
-            let t = Instant::now();
-            std::thread::sleep(Duration::from_millis(2200));
-            windows.push((
-                name,
-                t + Duration::from_millis(500),
-                t + Duration::from_millis(2100),
-            ));
+            let (from, to) = phase(&server, &id, mode);
+            windows.push((name, from, to));
         };
         phase("listen", None);
         phase("whisper", Some("whisper"));
@@ -175,13 +170,8 @@ fn a_supervisor_listens_whispers_barges_and_intercepts() {
         agent.wait_for_message("the agent's BYE", Duration::from_secs(5), |m| {
             !m.sent && m.method() == Some("BYE")
         });
-        let t = Instant::now();
-        std::thread::sleep(Duration::from_millis(2200));
-        windows.push((
-            "intercept",
-            t + Duration::from_millis(500),
-            t + Duration::from_millis(2100),
-        ));
+        let (from, to) = talk_window();
+        windows.push(("intercept", from, to));
         let info = http::json(
             server.http_port(),
             "GET",
@@ -342,19 +332,10 @@ fn wait_call_answered(server: &Server, id: &str) -> serde_json::Value {
 
 #[test]
 fn a_supervisor_named_by_its_leg_moves_in_from_its_own_call() {
-    let (mut agent, agent_rtp) = reinvited_callee(1000);
-    // The first supervisor's phone is called by a console through the API (an originated
-    // call: its first leg is an outbound dialog) ...
-    let (mut sup, sup_rtp) = reinvited_callee(300);
-    let prov = format!(
-        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}{}{}",
-        tenant_with_prompts(),
-        trunk("agent", agent.port()),
-        trunk("sup", sup.port()),
-        number_with_plan("500", "b", &bridge_to_trunk("agent", "NORMAL_CLEARING")),
-        number_with_plan("600", "lobby", WAITING),
-    );
-    let server = Server::start(&prov, true);
+    // The first supervisor's phone (trunk `sup`) is called by a console through the API (an
+    // originated call: its first leg is an outbound dialog) ...
+    let (mut agent, agent_rtp, mut sup, sup_rtp, server) =
+        supervised_setup(&number_with_plan("600", "lobby", WAITING));
     let (mut customer, customer_rtp) = reinvited_caller(&server, "500");
     let id = server.started_call_id();
     wait_answered(&mut customer, &customer_rtp);
@@ -393,13 +374,7 @@ fn a_supervisor_named_by_its_leg_moves_in_from_its_own_call() {
             &id,
             serde_json::json!({"mode": "listen", "supervisor": format!("{console_call}.5")}),
         );
-        assert_eq!(r.status, 404, "{}", r.describe());
-        assert_eq!(
-            r.error().1.as_deref(),
-            Some("supervisor"),
-            "{}",
-            r.describe()
-        );
+        refused(&r, 404, "supervisor");
         let r = supervise(
             &server,
             &id,
@@ -419,17 +394,8 @@ fn a_supervisor_named_by_its_leg_moves_in_from_its_own_call() {
             cdr_text(&moved)
         );
         let mut phase = |name: &'static str, mode: Option<&str>| {
-            if let Some(m) = mode {
-                let r = supervise(&server, &id, serde_json::json!({"mode": m}));
-                assert_eq!(r.status, 200, "{}", r.describe());
-            }
-            let t = Instant::now();
-            std::thread::sleep(Duration::from_millis(2200));
-            windows.push((
-                name,
-                t + Duration::from_millis(500),
-                t + Duration::from_millis(2100),
-            ));
+            let (from, to) = phase(&server, &id, mode);
+            windows.push((name, from, to));
         };
         phase("listen", None);
         phase("barge", Some("barge"));
@@ -472,13 +438,8 @@ fn a_supervisor_named_by_its_leg_moves_in_from_its_own_call() {
             serde_json::json!({"mode": "whisper", "supervisor": format!("{lobby_call}.0")}),
         );
         assert_eq!(r.status, 200, "{}", r.describe());
-        let t = Instant::now();
-        std::thread::sleep(Duration::from_millis(2200));
-        windows.push((
-            "whisper",
-            t + Duration::from_millis(500),
-            t + Duration::from_millis(2100),
-        ));
+        let (from, to) = talk_window();
+        windows.push(("whisper", from, to));
         let r = http::json(
             server.http_port(),
             "POST",

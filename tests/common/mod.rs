@@ -2061,6 +2061,29 @@ pub fn wait_answered(caller: &mut SippProcess, rtp: &RtpPeer) -> TracedMessage {
     ok
 }
 
+/// Lets connected parties talk for 2.5 s, then gives the window in which to judge what they
+/// heard (the first half second left out, while the relay settles).
+pub fn talk_window() -> (Instant, Instant) {
+    let connected = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    (
+        connected + Duration::from_millis(500),
+        connected + Duration::from_millis(2400),
+    )
+}
+
+/// `GET /v1/calls/{id}` with `key`, as JSON.
+pub fn call_json(server: &Server, key: &str, id: &str) -> serde_json::Value {
+    http::json(
+        server.http_port(),
+        "GET",
+        &format!("/v1/calls/{id}"),
+        Some(key),
+        None,
+    )
+    .json()
+}
+
 /// Waits for the INVITE at `callee` (and its 200 OK to it) and points its RTP peer at the SDP
 /// in the INVITE.
 pub fn wait_invited(callee: &mut SippProcess, rtp: &RtpPeer) -> TracedMessage {

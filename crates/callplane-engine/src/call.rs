@@ -678,6 +678,24 @@ fn write_cdr(events: &mut CallEvents, cdr: Cdr) {
     events.publish(EventKind::Finished { cdr: Box::new(cdr) });
 }
 
+/// Starts call `uuid`'s call-state callbacks: to `url`, else the tenant's URL, if any.
+fn register_callstate(svc: &CallServices, tenant: &Tenant, uuid: &str, url: Option<String>) {
+    let Some(url) = url.or_else(|| tenant.callstate_info_url.clone()) else {
+        return;
+    };
+    let sender = CallStateSender::start(
+        svc.webhooks.clone(),
+        CallStateTarget {
+            url,
+            tenant: tenant.name.clone(),
+            customer_number: tenant.customer_number,
+            signing_secret: tenant.signing_secret.clone(),
+        },
+        uuid.to_string(),
+    );
+    svc.callstate.register(uuid, sender);
+}
+
 /// Refuses a call that never reached a Call actor (unknown number, bad SDP…) with the cause's
 /// SIP response, and writes its CDR.
 fn reject_call(
@@ -864,24 +882,12 @@ pub async fn run_inbound_call(svc: Arc<CallServices>, mut call: InboundCall) {
         ..
     } = call;
     // The most specific callstateInfoUrl wins: number, then plan, then tenant.
-    if let Some(url) = number
-        .callstate_info_url
-        .clone()
-        .or(plan_callstate_url)
-        .or_else(|| tenant.callstate_info_url.clone())
-    {
-        let sender = CallStateSender::start(
-            svc.webhooks.clone(),
-            CallStateTarget {
-                url,
-                tenant: tenant.name.clone(),
-                customer_number: tenant.customer_number,
-                signing_secret: tenant.signing_secret.clone(),
-            },
-            uuid.clone(),
-        );
-        svc.callstate.register(&uuid, sender);
-    }
+    register_callstate(
+        &svc,
+        &tenant,
+        &uuid,
+        number.callstate_info_url.clone().or(plan_callstate_url),
+    );
     let mut events = CallEvents::new(svc.events.clone(), uuid.clone(), Some(tenant.name.clone()));
     events.set_number(&number.number);
     if let Some(user) = &authenticated_user {

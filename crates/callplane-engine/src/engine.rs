@@ -280,44 +280,83 @@ impl Engine {
         if call_id == consult {
             return Some(Err(CommandRefused::ConsultIsTheCall));
         }
-        // First whether this call can take it, then the consultation call lets its party go.
-        if let Err(why) = self
-            .control(call_id, ControlCommand::CheckTransfer { from })
-            .await?
-        {
-            return Some(Err(why));
-        }
-        let to_call = call_id.to_string();
-        let moved = self
-            .svc
-            .calls
-            .ask(consult, |reply| CallCommand::ReleaseLeg {
-                leg: None,
-                to_call,
-                mode: "attended",
-                reply,
-            })
-            .await;
-        let moved = match moved {
-            None => return Some(Err(CommandRefused::ConsultGone)),
-            Some(Err(why)) => return Some(Err(why)),
-            Some(Ok(m)) => m,
+        let released = self
+            .release_for(
+                call_id,
+                ControlCommand::CheckTransfer { from },
+                consult,
+                None,
+                "attended",
+            )
+            .await?;
+        let moved = match released {
+            Ok(m) => m,
+            Err(Refusal::Here(why) | Refusal::There(Some(why))) => return Some(Err(why)),
+            Err(Refusal::There(None)) => return Some(Err(CommandRefused::ConsultGone)),
         };
         let consult = consult.to_string();
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let cmd = CallCommand::AdoptForTransfer {
+        self.hand_to(call_id, |reply| CallCommand::AdoptForTransfer {
             leg: moved,
             from,
             consult,
             reply,
-        };
+        })
+        .await
+    }
+
+    /// The first two steps of moving a leg into call `call_id`: whether that call can take it
+    /// (`check`), then call `from_call` lets its leg `leg` go (`None`: its connected callee),
+    /// leaving a `call.transferred` event with `mode`. `None` when `call_id` is not running.
+    async fn release_for(
+        &self,
+        call_id: &str,
+        check: crate::registry::ControlCommand,
+        from_call: &str,
+        leg: Option<u32>,
+        mode: &'static str,
+    ) -> Option<Result<Box<crate::call::MovedLeg>, Refusal>> {
+        if let Err(why) = self.control(call_id, check).await? {
+            return Some(Err(Refusal::Here(why)));
+        }
+        let to_call = call_id.to_string();
+        let released = self
+            .svc
+            .calls
+            .ask(from_call, |reply| CallCommand::ReleaseLeg {
+                leg,
+                to_call,
+                mode,
+                reply,
+            })
+            .await;
+        Some(match released {
+            None => Err(Refusal::There(None)),
+            Some(Err(why)) => Err(Refusal::There(Some(why))),
+            Some(Ok(m)) => Ok(m),
+        })
+    }
+
+    /// Sends call `call_id` the command that adopts a moved leg; `None` when that call ended
+    /// meanwhile — then the leg, with nowhere to go, is hung up.
+    async fn hand_to(
+        &self,
+        call_id: &str,
+        adopt: impl FnOnce(
+            tokio::sync::oneshot::Sender<
+                Result<crate::registry::CallInfo, crate::registry::CommandRefused>,
+            >,
+        ) -> CallCommand,
+    ) -> Option<Result<crate::registry::CallInfo, crate::registry::CommandRefused>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let cmd = adopt(reply);
         let sent = match self.svc.calls.get(call_id) {
             Some(h) => h.commands.send(cmd).map_err(|e| e.0),
             None => Err(cmd),
         };
         if let Err(cmd) = sent {
-            // The call ended meanwhile: the party has nowhere to go.
-            if let CallCommand::AdoptForTransfer { leg, .. } = cmd {
+            if let CallCommand::AdoptForTransfer { leg, .. }
+            | CallCommand::AdoptSupervisor { leg, .. } = cmd
+            {
                 leg.hang_up();
             }
             return None;
@@ -340,51 +379,29 @@ impl Engine {
         if call_id == leg_call {
             return Some(Err(CommandRefused::SupervisorInCall));
         }
-        // First whether this call can take a supervisor, then the other call lets it go.
-        if let Err(why) = self
-            .control(call_id, ControlCommand::CheckSupervise)
-            .await?
-        {
-            return Some(Err(why));
-        }
-        let to_call = call_id.to_string();
-        let moved = self
-            .svc
-            .calls
-            .ask(leg_call, |reply| CallCommand::ReleaseLeg {
-                leg: Some(leg),
-                to_call,
-                mode: "moved",
-                reply,
-            })
-            .await;
-        let moved = match moved {
-            None => {
-                return Some(Err(CommandRefused::SupervisorLeg(Box::new(
-                    CommandRefused::ConsultGone,
-                ))))
+        let released = self
+            .release_for(
+                call_id,
+                ControlCommand::CheckSupervise,
+                leg_call,
+                Some(leg),
+                "moved",
+            )
+            .await?;
+        let moved = match released {
+            Ok(m) => m,
+            Err(Refusal::Here(why)) => return Some(Err(why)),
+            Err(Refusal::There(why)) => {
+                let why = why.unwrap_or(CommandRefused::ConsultGone);
+                return Some(Err(CommandRefused::SupervisorLeg(Box::new(why))));
             }
-            Some(Err(why)) => return Some(Err(CommandRefused::SupervisorLeg(Box::new(why)))),
-            Some(Ok(m)) => m,
         };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let cmd = CallCommand::AdoptSupervisor {
+        self.hand_to(call_id, |reply| CallCommand::AdoptSupervisor {
             leg: moved,
             mode,
             reply,
-        };
-        let sent = match self.svc.calls.get(call_id) {
-            Some(h) => h.commands.send(cmd).map_err(|e| e.0),
-            None => Err(cmd),
-        };
-        if let Err(cmd) = sent {
-            // The call ended meanwhile: the leg has nowhere to go.
-            if let CallCommand::AdoptSupervisor { leg, .. } = cmd {
-                leg.hang_up();
-            }
-            return None;
-        }
-        answer.await.ok()
+        })
+        .await
     }
 
     /// Sends keypad digits to leg `leg` of the call; `None` when no such call is running.
@@ -431,4 +448,11 @@ impl Engine {
             })
             .await
     }
+}
+
+/// Why a leg could not be moved: the call it was to join refused it, or the call it is in
+/// (`None`: that call is gone).
+enum Refusal {
+    Here(crate::registry::CommandRefused),
+    There(Option<crate::registry::CommandRefused>),
 }

@@ -136,23 +136,7 @@ async fn handed_over(
     if record.destination_type.as_deref() == Some(DestinationType::SipUser.as_str()) {
         events.add_line(&record.destination);
     }
-    if let Some(url) = number
-        .callstate_info_url
-        .clone()
-        .or_else(|| tenant.callstate_info_url.clone())
-    {
-        let sender = CallStateSender::start(
-            svc.webhooks.clone(),
-            CallStateTarget {
-                url,
-                tenant: tenant.name.clone(),
-                customer_number: tenant.customer_number,
-                signing_secret: tenant.signing_secret.clone(),
-            },
-            uuid.clone(),
-        );
-        svc.callstate.register(&uuid, sender);
-    }
+    register_callstate(&svc, &tenant, &uuid, number.callstate_info_url.clone());
     // The party is who calls now, the transfer's destination who is called.
     let caller = record.destination.clone();
     info!(call = %uuid, %caller, to = %to.destination, from_call = %from_call,

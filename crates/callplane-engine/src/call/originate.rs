@@ -140,23 +140,7 @@ async fn originate(
     for l in &d.lines {
         events.add_line(l);
     }
-    if let Some(url) = req
-        .callstate_url
-        .clone()
-        .or_else(|| req.tenant.callstate_info_url.clone())
-    {
-        let sender = CallStateSender::start(
-            svc.webhooks.clone(),
-            CallStateTarget {
-                url,
-                tenant: req.tenant.name.clone(),
-                customer_number: req.tenant.customer_number,
-                signing_secret: req.tenant.signing_secret.clone(),
-            },
-            id.clone(),
-        );
-        svc.callstate.register(&id, sender);
-    }
+    register_callstate(&svc, &req.tenant, &id, req.callstate_url.clone());
     info!(call = %id, destination = %req.destination, kind = req.destination_type.as_str(),
           tenant = %req.tenant.name, "placing a call for the API");
     events.publish(EventKind::Created {
