@@ -15,6 +15,8 @@ use super::*;
 pub(super) struct HandOver {
     pub(super) uuid: uuid::Uuid,
     pub(super) moved: MovedLeg,
+    /// The leg's negotiated description (its answer, or its latest re-INVITE's offer).
+    pub(super) offer: Negotiated,
     pub(super) to: crate::blocks::BridgeDestination,
     pub(super) tenant: Tenant,
     pub(super) number: Number,
@@ -46,12 +48,10 @@ impl Call {
         if self.conf_mode {
             return Err(CommandRefused::InConference);
         }
-        let Some(callee) = self.bridged_callee() else {
+        // A callee without a negotiated description cannot be answered for.
+        let Some(offer) = self.bridged_callee().and_then(|c| c.remote.clone()) else {
             return Err(CommandRefused::NotConnected);
         };
-        if callee.remote.is_none() {
-            return Err(CommandRefused::NotConnected);
-        }
         let record = self.connected_record();
         if record.is_some_and(|r| self.reinviting.contains_key(&r)) {
             return Err(CommandRefused::LegBusy);
@@ -86,6 +86,7 @@ impl Call {
             HandOver {
                 uuid: new_call,
                 moved,
+                offer,
                 to,
                 tenant: self.tenant.clone(),
                 number: self.number.clone(),
@@ -123,6 +124,7 @@ async fn handed_over(
     let HandOver {
         uuid: call_uuid,
         moved,
+        offer,
         to,
         tenant,
         number,
@@ -188,11 +190,6 @@ async fn handed_over(
         }
     });
     drop(leg_tx);
-    let Some(offer) = attempt.remote.clone() else {
-        // Checked before the hand-over; a leg without a description cannot be answered for.
-        attempt.leg.hangup(None);
-        return;
-    };
     let sip_call_id = attempt.sip_call_id.clone();
     let mut vars = CallVariables::new(
         call_uuid,
