@@ -10,6 +10,7 @@
 mod common;
 
 use common::*;
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "cp_call_commands_admin_key_0123456";
@@ -804,6 +805,127 @@ fn a_blind_transfer_from_the_first_leg_hands_the_callee_to_a_new_call() {
     assert!(new.legs[1].answer_time.is_some(), "{}", cdr_text(&new));
     assert_eq!(new.hangup_by, "api", "{}", cdr_text(&new));
     assert!(!new.sip_call_id.is_empty(), "{}", cdr_text(&new));
+}
+
+/// An attended transfer from leg 0: the agent (leg 0 of a call placed through the API) talks
+/// with a customer, consults a target over its second line (a callback call), and transfers
+/// from its own leg: the customer goes, answered, to a new call connected to the target, which
+/// moves there from the consultation call; both of the agent's lines get a BYE.
+#[test]
+fn an_attended_transfer_from_the_first_leg_joins_the_callee_and_the_consulted_party() {
+    const AGENT_HZ: f64 = 900.0;
+    const CUSTOMER_HZ: f64 = CALLER_HZ;
+    const TARGET_HZ: f64 = 1700.0;
+    let (mut agent, agent_rtp) = reinvited_callee(200);
+    let (mut customer, customer_rtp) = reinvited_callee(300);
+    let (mut line2, line2_rtp) = reinvited_callee(200);
+    let (mut target, target_rtp) = reinvited_callee(300);
+    let prov = format!(
+        "[[apiKeys]]\nname = \"ops\"\nrealm = \"admin\"\nkey = \"{KEY}\"\n\n{}{}{}{}{}",
+        tenant_with_prompts(),
+        trunk("agent", agent.port()),
+        trunk("customer", customer.port()),
+        trunk("line2", line2.port()),
+        trunk("target", target.port()),
+    );
+    let server = Server::start(&prov, true);
+    let connected = |id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while call_json(&server, KEY, id)["bridgedTo"].is_null() {
+            assert!(Instant::now() < deadline, "{id} never connected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let trunk_dest = |name: &str| json!({"destinationType": "SIP_TRUNK", "destination": name});
+    let r = post(
+        &server,
+        "/v1/calls",
+        Some(json!({
+            "tenant": "t1",
+            "to": trunk_dest("agent"),
+            "callerId": "+4930200",
+            "blocks": [{"blockType": "BRIDGE", "bridgeMode": "SEQUENTIAL",
+                        "destinations": [trunk_dest("customer")]}]
+        })),
+    );
+    assert_eq!(r.status, 201, "{}", r.describe());
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    wait_invited(&mut agent, &agent_rtp);
+    wait_invited(&mut customer, &customer_rtp);
+    connected(&id);
+    // The consultation: the agent's second line, then the target.
+    let r = post(
+        &server,
+        "/v1/calls/callback",
+        Some(json!({"tenant": "t1", "first": trunk_dest("line2"), "second": trunk_dest("target")})),
+    );
+    assert_eq!(r.status, 201, "{}", r.describe());
+    let consult = r.json()["id"].as_str().expect("id").to_string();
+    wait_invited(&mut line2, &line2_rtp);
+    wait_invited(&mut target, &target_rtp);
+    connected(&consult);
+
+    let mut window = (Instant::now(), Instant::now());
+    let mut new_call = String::new();
+    std::thread::scope(|s| {
+        s.spawn(|| agent_rtp.send_pcm(&sine(AGENT_HZ, 6.0, 6000.0)));
+        s.spawn(|| customer_rtp.send_pcm(&sine(CUSTOMER_HZ, 6.0, 6000.0)));
+        s.spawn(|| target_rtp.send_pcm(&sine(TARGET_HZ, 6.0, 6000.0)));
+        std::thread::sleep(Duration::from_millis(500));
+        let r = post(
+            &server,
+            &format!("/v1/calls/{id}/transfer"),
+            Some(json!({"consultCallId": consult, "from": format!("{id}.0")})),
+        );
+        assert_eq!(r.status, 200, "{}", r.describe());
+        new_call = r.json()["variables"]["transferred_to_call"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no new call named: {}", r.describe()))
+            .to_string();
+        for (who, sipp) in [("agent", &mut agent), ("its second line", &mut line2)] {
+            sipp.wait_for_message(&format!("the BYE to {who}"), Duration::from_secs(5), |m| {
+                !m.sent && m.method() == Some("BYE")
+            });
+        }
+        window = talk_window();
+        let info = call_json(&server, KEY, &new_call);
+        assert_eq!(info["legs"][0]["destination"], "customer", "{info}");
+        assert_eq!(info["legs"][1]["destination"], "target", "{info}");
+        assert_eq!(info["legs"][1]["state"], "answered", "{info}");
+        assert_eq!(info["bridgedTo"], format!("{new_call}.1"), "{info}");
+        let r = post(&server, &format!("/v1/calls/{new_call}/hangup"), None);
+        assert_eq!(r.status, 200, "{}", r.describe());
+    });
+    for sipp in [agent, customer, line2, target] {
+        sipp.wait().assert_success(&server.log_tail());
+    }
+    let at_customer = customer_rtp.heard(window.0, window.1);
+    let at_target = target_rtp.heard(window.0, window.1);
+    let amp = |pcm: &[i16], hz: f64| tone_amplitude(pcm, hz);
+    assert!(
+        amp(&at_customer, TARGET_HZ) > HEARD && amp(&at_customer, AGENT_HZ) < SILENT,
+        "the customer hears the target, not the agent: target {:.0}, agent {:.0}\n{}",
+        amp(&at_customer, TARGET_HZ),
+        amp(&at_customer, AGENT_HZ),
+        server.log_tail()
+    );
+    assert!(
+        amp(&at_target, CUSTOMER_HZ) > HEARD,
+        "the target hears the customer: {:.0}",
+        amp(&at_target, CUSTOMER_HZ)
+    );
+    let old = server.wait_for_cdr("the transferring call's CDR", |c| c.call_id == id);
+    assert_eq!(old.hangup_by, "api", "{}", cdr_text(&old));
+    let new = server.wait_for_cdr("the new call's CDR", |c| c.call_id == new_call);
+    assert_eq!(new.legs.len(), 2, "{}", cdr_text(&new));
+    assert_eq!(new.legs[1].destination, "target", "{}", cdr_text(&new));
+    assert!(new.legs[1].answer_time.is_some(), "{}", cdr_text(&new));
+    assert_eq!(
+        new.variables.get("transferred_from_call"),
+        Some(&id),
+        "{}",
+        cdr_text(&new)
+    );
 }
 
 /// A call in its plan (collecting digits) is redirected to a target: the collection stops,

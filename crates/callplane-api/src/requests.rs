@@ -93,8 +93,9 @@ pub struct TransferRequest {
     #[serde(default)]
     #[schemars(with = "Option<BridgeDestination>")]
     pub to: Option<Value>,
-    /// The leg id of the party that leaves; default the connected callee. Leg 0 (blind only):
-    /// the callee goes, answered, to a new call that dials `to`.
+    /// The leg id of the party that leaves; default the connected callee. Leg 0: the callee
+    /// goes, answered, to a new call that dials `to` or is joined by the consultation call's
+    /// party.
     pub from: Option<String>,
     /// Attended transfer: the consultation call whose connected party takes `from`'s place.
     pub consult_call_id: Option<String>,

@@ -243,7 +243,9 @@ impl CallControl for FakeCalls {
             ControlCommand::Transfer { .. } => Err(CommandRefused::NotConnected),
             ControlCommand::Supervise { .. } => Ok(info),
             ControlCommand::StopSupervising => Err(CommandRefused::NoSupervisor),
-            ControlCommand::CheckTransfer { .. } | ControlCommand::CheckSupervise => Ok(info),
+            ControlCommand::CheckTransfer { .. }
+            | ControlCommand::CheckSupervise
+            | ControlCommand::CheckHandOff => Ok(info),
             ControlCommand::MakeConference { .. } => Ok(info),
             ControlCommand::Remove { .. } => Err(CommandRefused::NotAParty),
             ControlCommand::Answer => Err(CommandRefused::NotClaimed),

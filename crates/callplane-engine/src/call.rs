@@ -475,6 +475,7 @@ impl SessionStart {
             rooms_made: 0,
             supervisor: None,
             supervisions: 0,
+            adopt_on_bridge: None,
             side: Mailbox::new(svc_owner),
             side_tx,
             side_rx,
@@ -567,6 +568,9 @@ struct Call {
     supervisor: Option<supervise::Supervisor>,
     /// Counts supervisors dialled, for `Supervisor::serial`.
     supervisions: u64,
+    /// A party answered elsewhere that the next BRIDGE is connected to instead of dialling
+    /// (the new call of an attended transfer from a first leg).
+    adopt_on_bridge: Option<MovedLeg>,
     /// The legs this session holds besides its caller and its bridge's (the supervisor), and
     /// where they report.
     side: Mailbox,
@@ -1061,6 +1065,9 @@ impl Call {
                         if let Err(Ok(moved)) = reply.send(released) {
                             moved.hang_up();
                         }
+                    }
+                    CallCommand::HandOffWith { leg, consult, reply } => {
+                        let _ = reply.send(self.attended_from_first_leg(*leg, consult));
                     }
                     CallCommand::AdoptSupervisor { leg, mode, reply } => {
                         let _ = reply.send(self.adopt_supervisor(*leg, mode));
@@ -1983,9 +1990,14 @@ impl Call {
     ) {
         let (events_tx, events) = mpsc::unbounded_channel();
         self.bridges_run += 1;
+        let adopted = self.adopt_on_bridge.take();
+        let dial = match adopted {
+            Some(_) => Dial::with_answered(block),
+            None => Dial::new(block, self.answered, Instant::now()),
+        };
         self.bridge = Some(BridgeRun {
             serial: self.bridges_run,
-            dial: Dial::new(block, self.answered, Instant::now()),
+            dial,
             forward_ani,
             slots: Vec::new(),
             events_tx,
@@ -1998,7 +2010,33 @@ impl Call {
             room: None,
             adopted: Vec::new(),
         });
+        if let Some(moved) = adopted {
+            self.seat_handed_in(moved);
+        }
         self.run_dial();
+    }
+
+    /// The party handed in takes the new bridge's winning attempt 0 (in its next epoch), before
+    /// the dial reports it connected.
+    fn seat_handed_in(&mut self, moved: MovedLeg) {
+        let (attempt, owner, record) = moved.into_parts();
+        let index = self.legs.len();
+        self.legs.push(record);
+        let Some(b) = self.bridge.as_mut() else {
+            attempt.leg.hangup(None);
+            return;
+        };
+        let winner = AttemptId(0);
+        let here = crate::leg::moved(owner, b.mailbox.owner_id());
+        b.mailbox.adopt(attempt.leg.id, here.epoch);
+        b.adopted.push((attempt.leg.id, winner));
+        // A leg whose dialog ended before it could move is gone as it arrives.
+        let gone = !attempt.leg.move_to(here, b.events_tx.clone());
+        b.put_slot(winner, index, Some(attempt));
+        if gone {
+            b.dial
+                .handle_input(DialInput::RemoteBye { attempt: winner }, Instant::now());
+        }
     }
 
     /// Carries out what the Dial machine decided, until it has nothing more to say.
@@ -2291,7 +2329,8 @@ impl Call {
         b.connected = Some(attempt);
         let answer_url = b.leg_urls.as_ref().and_then(|u| u.answer_url.clone());
         let l = &mut self.legs[record];
-        l.answer = Some(now_utc());
+        // A party handed in keeps the time it answered elsewhere.
+        l.answer.get_or_insert_with(now_utc);
         l.sip_status = Some(200);
         let destination = l.destination.clone();
         let destination_type = l.destination_type.clone();

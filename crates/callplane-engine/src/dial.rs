@@ -204,6 +204,30 @@ impl Dial {
         dial
     }
 
+    /// A bridge whose callee answered elsewhere and is handed in (an attended transfer from a
+    /// call's first leg): nothing is launched, attempt 0 is the winner, and the first output is
+    /// its `Connected`. Its end is the dial's `Ended`, as any winner's.
+    pub fn with_answered(block: BridgeBlock) -> Self {
+        let winner = AttemptId(0);
+        let mut outputs = VecDeque::with_capacity(2);
+        outputs.push_back(DialOutput::Connected { attempt: winner });
+        Dial {
+            next_destination: block.destinations.len(),
+            block,
+            attempts: vec![Attempt {
+                state: State::Answered,
+                deadline: None,
+            }],
+            caller_answered: true,
+            alerted: false,
+            ringback: false,
+            early: None,
+            winner: Some(winner),
+            finished: false,
+            outputs,
+        }
+    }
+
     /// The block being dialed (the destinations that `Launch` indexes).
     pub fn block(&self) -> &BridgeBlock {
         &self.block
@@ -605,6 +629,20 @@ mod tests {
             attempt: a(n),
             reason: None,
         }
+    }
+
+    #[test]
+    fn a_callee_handed_in_is_connected_at_once_and_its_bye_ends_the_dial() {
+        let t = Instant::now();
+        let mut d = Dial::with_answered(seq(&[Some(30)]));
+        assert_eq!(d.poll_output(), Some(O::Connected { attempt: a(0) }));
+        assert_eq!(d.poll_output(), None);
+        assert_eq!(d.connected(), Some(a(0)));
+        assert_eq!(d.poll_timeout(), None, "nothing rings");
+        d.handle_input(I::RemoteBye { attempt: a(0) }, t);
+        assert_eq!(d.poll_output(), Some(ended(0, 200, AttemptEnd::Answered)));
+        assert_eq!(d.poll_output(), Some(O::Ended));
+        assert!(d.is_finished());
     }
 
     /// A dial plus every output it produced, so `finish` can check the whole-run invariants.

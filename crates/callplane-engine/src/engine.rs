@@ -280,6 +280,31 @@ impl Engine {
         if call_id == consult {
             return Some(Err(CommandRefused::ConsultIsTheCall));
         }
+        if from == Some(0) {
+            // From the first leg: the callee goes to a new call, joined there by the party.
+            let released = self
+                .release_for(
+                    call_id,
+                    ControlCommand::CheckHandOff,
+                    consult,
+                    None,
+                    "attended",
+                )
+                .await?;
+            let moved = match released {
+                Ok(m) => m,
+                Err(Refusal::Here(why) | Refusal::There(Some(why))) => return Some(Err(why)),
+                Err(Refusal::There(None)) => return Some(Err(CommandRefused::ConsultGone)),
+            };
+            let consult = consult.to_string();
+            return self
+                .hand_to(call_id, |reply| CallCommand::HandOffWith {
+                    leg: moved,
+                    consult,
+                    reply,
+                })
+                .await;
+        }
         let released = self
             .release_for(
                 call_id,
@@ -355,7 +380,8 @@ impl Engine {
         };
         if let Err(cmd) = sent {
             if let CallCommand::AdoptForTransfer { leg, .. }
-            | CallCommand::AdoptSupervisor { leg, .. } = cmd
+            | CallCommand::AdoptSupervisor { leg, .. }
+            | CallCommand::HandOffWith { leg, .. } = cmd
             {
                 leg.hang_up();
             }

@@ -60,6 +60,14 @@ pub enum CallCommand {
         mode: &'static str,
         reply: tokio::sync::oneshot::Sender<Result<Box<crate::call::MovedLeg>, CommandRefused>>,
     },
+    /// Attended transfer from the first leg, the last step: the connected callee goes to a
+    /// new call, connected there to `leg` (the consultation call `consult`'s party); this
+    /// call's first leg ends. Refused: the moved leg is hung up.
+    HandOffWith {
+        leg: Box<crate::call::MovedLeg>,
+        consult: String,
+        reply: tokio::sync::oneshot::Sender<Result<CallInfo, CommandRefused>>,
+    },
     /// A supervisor named by its leg (moved here from its own call) joins the connected call
     /// in `mode`. Refused: the moved leg is hung up.
     AdoptSupervisor {
@@ -138,6 +146,9 @@ pub enum ControlCommand {
     /// Whether a supervisor could join now (the first step of supervising with a leg named,
     /// before that leg's call lets it go).
     CheckSupervise,
+    /// Whether the connected callee could be handed to a new call now (the first step of an
+    /// attended transfer from the first leg).
+    CheckHandOff,
     /// Turn the connected call into a conference (`call-<call id>`); `owner` (default: the
     /// connected callee) is its owner.
     MakeConference {
@@ -216,7 +227,8 @@ pub enum CommandRefused {
     NotRecording,
     /// The recording file could not be created.
     RecordingUnavailable,
-    /// An attended transfer from the call's first leg is not built (a blind one is).
+    /// The call's first leg cannot be replaced in its call (a transfer from it hands the callee
+    /// to a new call instead).
     TransferFromFirstLeg,
     /// A supervisor is on the call already (post the mode alone to switch it).
     AlreadySupervised,
@@ -269,8 +281,8 @@ impl CommandRefused {
             CommandRefused::NotRecording => "the call is not being recorded",
             CommandRefused::RecordingUnavailable => "the recording file cannot be written",
             CommandRefused::TransferFromFirstLeg => {
-                "an attended transfer from leg 0 is not supported (a blind one is); \
-                 transfer from the connected callee's leg"
+                "leg 0 cannot be replaced in its call (a transfer from leg 0 hands the callee \
+                 to a new call)"
             }
             CommandRefused::AlreadySupervised => {
                 "a supervisor is on the call already (post the mode alone to switch it)"

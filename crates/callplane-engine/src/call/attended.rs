@@ -37,6 +37,21 @@ impl MovedLeg {
     pub(super) fn into_parts(self) -> (Attempt, crate::leg::Owner, LegRecord) {
         (self.attempt, self.owner, self.record)
     }
+
+    /// Where the leg was dialled, as a BRIDGE destination (a number when its record has no
+    /// type).
+    pub(super) fn destination(&self) -> crate::blocks::BridgeDestination {
+        let destination_type = match self.record.destination_type.as_deref() {
+            Some("SIP_USER") => DestinationType::SipUser,
+            Some("SIP_TRUNK") => DestinationType::SipTrunk,
+            _ => DestinationType::ExternalNumber,
+        };
+        crate::blocks::BridgeDestination {
+            destination_type,
+            destination: self.record.destination.clone(),
+            timeout: None,
+        }
+    }
 }
 
 /// A first leg's dialog events as a dialled party's ([`AttemptEvent`]), once it moved.

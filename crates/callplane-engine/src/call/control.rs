@@ -147,6 +147,7 @@ impl Call {
             ControlCommand::StopSupervising => self.stop_supervising(),
             ControlCommand::CheckTransfer { from } => self.check_transfer(from),
             ControlCommand::CheckSupervise => self.check_supervise(),
+            ControlCommand::CheckHandOff => self.check_hand_off().map(|_| ()),
             ControlCommand::MakeConference { owner } => self.make_conference(owner),
             ControlCommand::Remove { .. } => Err(CommandRefused::NotAParty),
             ControlCommand::Answer => self.answer_on_command(),

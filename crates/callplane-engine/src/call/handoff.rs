@@ -1,15 +1,25 @@
-//! Blind transfer from a call's first leg (`POST …/transfer` with `from` = leg 0): the party on
-//! the other side — the connected callee, e.g. the customer a click-to-dial agent reached — is
-//! connected to the transfer's destination, and the first leg ends.
+//! Transfer from a call's first leg (`POST …/transfer` with `from` = leg 0): the party on the
+//! other side — the connected callee, e.g. the customer a click-to-dial agent reached — is
+//! connected to the transfer's destination (blind) or to the consultation call's party
+//! (attended), and the first leg ends.
 //!
 //! The callee's leg cannot stay in its call without that call's first leg (a session runs its
 //! plan for its first leg), so it is handed over, answered, to a new call of its own: the
 //! transferring call releases it without a BYE ([`MovedLeg`]), hangs up its first leg and
 //! ends; the new call takes the leg as its first (`CallerLeg::Party`), and its plan is one
-//! BRIDGE to the destination (ringback meanwhile; if nobody answers, the call ends). The new
-//! call is the same tenant's and number's, with the variable `transferred_from_call`.
+//! BRIDGE: to the destination (ringback meanwhile; if nobody answers, the call ends), or
+//! already connected to the consultation call's party, handed in the same way. The new call
+//! is the same tenant's and number's, with the variable `transferred_from_call`.
 
 use super::*;
+
+/// Whom the handed-over leg is connected to.
+pub(super) enum Join {
+    /// A destination the new call dials (blind transfer).
+    Dial(crate::blocks::BridgeDestination),
+    /// A party answered in the consultation call `consult`, handed in (attended transfer).
+    Adopt { leg: Box<MovedLeg>, consult: String },
+}
 
 /// Where the handed-over leg goes, and what its new call inherits.
 pub(super) struct HandOver {
@@ -17,7 +27,7 @@ pub(super) struct HandOver {
     pub(super) moved: MovedLeg,
     /// The leg's negotiated description (its answer, or its latest re-INVITE's offer).
     pub(super) offer: Negotiated,
-    pub(super) to: crate::blocks::BridgeDestination,
+    pub(super) join: Join,
     pub(super) tenant: Tenant,
     pub(super) number: Number,
     /// The call it came from.
@@ -39,12 +49,11 @@ fn as_first_leg(ev: OutboundEvent) -> InboundEvent {
 }
 
 impl Call {
-    /// [`ControlCommand::Transfer`] from leg 0: the connected callee goes to a new call that
-    /// dials `to`; this call's first leg is hung up and the call ends (`hangup_by = api`).
-    pub(super) fn transfer_from_first_leg(
-        &mut self,
-        to: crate::blocks::BridgeDestination,
-    ) -> Result<(), CommandRefused> {
+    /// [`ControlCommand::CheckHandOff`]: the connected callee can be handed to a new call.
+    pub(super) fn check_hand_off(&self) -> Result<Negotiated, CommandRefused> {
+        if self.ended.is_some() {
+            return Err(CommandRefused::Ending);
+        }
         if self.conf_mode {
             return Err(CommandRefused::InConference);
         }
@@ -52,10 +61,46 @@ impl Call {
         let Some(offer) = self.bridged_callee().and_then(|c| c.remote.clone()) else {
             return Err(CommandRefused::NotConnected);
         };
-        let record = self.connected_record();
-        if record.is_some_and(|r| self.reinviting.contains_key(&r)) {
+        if self
+            .connected_record()
+            .is_some_and(|r| self.reinviting.contains_key(&r))
+        {
             return Err(CommandRefused::LegBusy);
         }
+        Ok(offer)
+    }
+
+    /// [`ControlCommand::Transfer`] from leg 0: the connected callee goes to a new call that
+    /// dials `to`; this call's first leg is hung up and the call ends (`hangup_by = api`).
+    pub(super) fn transfer_from_first_leg(
+        &mut self,
+        to: crate::blocks::BridgeDestination,
+    ) -> Result<(), CommandRefused> {
+        self.hand_off(Join::Dial(to))
+    }
+
+    /// [`CallCommand::HandOffWith`]: an attended transfer from leg 0 — the connected callee
+    /// goes to a new call, connected there to `leg` (the consultation call `consult`'s party);
+    /// this call's first leg is hung up and the call ends. Refused: `leg` is hung up.
+    pub(super) fn attended_from_first_leg(
+        &mut self,
+        leg: MovedLeg,
+        consult: String,
+    ) -> Result<CallInfo, CommandRefused> {
+        if let Err(why) = self.check_hand_off() {
+            leg.hang_up();
+            return Err(why);
+        }
+        self.hand_off(Join::Adopt {
+            leg: Box::new(leg),
+            consult,
+        })?;
+        Ok(self.snapshot())
+    }
+
+    fn hand_off(&mut self, join: Join) -> Result<(), CommandRefused> {
+        let offer = self.check_hand_off()?;
+        let record = self.connected_record();
         let new_call = uuid::Uuid::new_v4();
         let uuid = new_call.to_string();
         // A callee held by a command here is resumed: the new call knows nothing of it.
@@ -67,27 +112,35 @@ impl Call {
             let _ = self.control(crate::registry::ControlCommand::Unhold { leg });
         }
         let moved = self.release_connected(&uuid, None)?;
-        info!(call = %self.uuid, to = %to.destination, new_call = %uuid,
-              "blind transfer from the first leg: the callee goes to a new call");
-        self.flow
-            .set_variable("transferred_to", to.destination.clone());
+        info!(call = %self.uuid, new_call = %uuid,
+              "transfer from the first leg: the callee goes to a new call");
         self.flow.set_variable("transferred_to_call", uuid.clone());
-        self.emit_for(
-            0,
-            EventKind::Transferred {
-                mode: "blind",
+        let event = match &join {
+            Join::Dial(to) => {
+                self.flow
+                    .set_variable("transferred_to", to.destination.clone());
+                EventKind::Transferred {
+                    mode: "blind",
+                    from_leg: Some(0),
+                    to: to.destination.clone(),
+                    to_type: to.destination_type.as_str().into(),
+                }
+            }
+            Join::Adopt { consult, .. } => EventKind::Transferred {
+                mode: "attended",
                 from_leg: Some(0),
-                to: to.destination.clone(),
-                to_type: to.destination_type.as_str().into(),
+                to: consult.clone(),
+                to_type: "CALL".into(),
             },
-        );
+        };
+        self.emit_for(0, event);
         run_handed_over_call(
             self.svc.clone(),
             HandOver {
                 uuid: new_call,
                 moved,
                 offer,
-                to,
+                join,
                 tenant: self.tenant.clone(),
                 number: self.number.clone(),
                 from_call: self.uuid.clone(),
@@ -125,11 +178,17 @@ async fn handed_over(
         uuid: call_uuid,
         moved,
         offer,
-        to,
+        join,
         tenant,
         number,
         from_call,
     } = h;
+    // What the new call's one BRIDGE is to: the destination it dials, or the party handed in
+    // (its destination as its record names it).
+    let (to, adopt) = match join {
+        Join::Dial(to) => (control::with_ring_timeout(to), None),
+        Join::Adopt { leg, .. } => (leg.destination(), Some(*leg)),
+    };
     let uuid = call_uuid.to_string();
     let (attempt, owner, record) = moved.into_parts();
     let start = now_utc();
@@ -203,7 +262,7 @@ async fn handed_over(
     let block = Block::Bridge(BridgeBlock {
         bridge_mode: crate::blocks::BridgeMode::Sequential,
         block_timeout: None,
-        destinations: vec![control::with_ring_timeout(to.clone())],
+        destinations: vec![to.clone()],
     });
     let flow = CallFlow::new(vec![block], vars)
         .with_max_call_control_loops(svc.max_call_control_loops)
@@ -234,6 +293,7 @@ async fn handed_over(
         events,
     }
     .into_call(svc.clone());
+    c.adopt_on_bridge = adopt;
     c.emit_for(0, EventKind::Answered);
     c.run().await;
     svc.calls.remove(&uuid);

@@ -442,7 +442,8 @@ fn dialling_command(d: &Dialling, cmd: CallCommand) -> Option<HangupCause> {
             let _ = reply.send(Err(why));
             None
         }
-        CallCommand::AdoptSupervisor { leg, reply, .. } => {
+        CallCommand::AdoptSupervisor { leg, reply, .. }
+        | CallCommand::HandOffWith { leg, reply, .. } => {
             leg.hang_up();
             let _ = reply.send(Err(CommandRefused::NotAnswered));
             None
