@@ -269,7 +269,8 @@ impl Engine {
 
     /// Attended transfer: the party of call `consult` (its connected callee) takes the place
     /// of leg `from` (default: the connected callee) of call `call_id`, whose leg ends, and
-    /// `consult` ends as if that party had left. `None` when `call_id` is not running.
+    /// `consult` ends as if that party had left. From leg 0, `call_id`'s callee and that party
+    /// are joined in a new call and `call_id` ends. `None` when `call_id` is not running.
     pub async fn attended_transfer(
         &self,
         call_id: &str,
@@ -280,39 +281,16 @@ impl Engine {
         if call_id == consult {
             return Some(Err(CommandRefused::ConsultIsTheCall));
         }
-        if from == Some(0) {
-            // From the first leg: the callee goes to a new call, joined there by the party.
-            let released = self
-                .release_for(
-                    call_id,
-                    ControlCommand::CheckHandOff,
-                    consult,
-                    None,
-                    "attended",
-                )
-                .await?;
-            let moved = match released {
-                Ok(m) => m,
-                Err(Refusal::Here(why) | Refusal::There(Some(why))) => return Some(Err(why)),
-                Err(Refusal::There(None)) => return Some(Err(CommandRefused::ConsultGone)),
-            };
-            let consult = consult.to_string();
-            return self
-                .hand_to(call_id, |reply| CallCommand::HandOffWith {
-                    leg: moved,
-                    consult,
-                    reply,
-                })
-                .await;
-        }
+        // From the first leg the callee goes to a new call, joined there by the party; from
+        // the callee's, the party takes its place here.
+        let from_first = from == Some(0);
+        let check = if from_first {
+            ControlCommand::CheckHandOff
+        } else {
+            ControlCommand::CheckTransfer { from }
+        };
         let released = self
-            .release_for(
-                call_id,
-                ControlCommand::CheckTransfer { from },
-                consult,
-                None,
-                "attended",
-            )
+            .release_for(call_id, check, consult, None, "attended")
             .await?;
         let moved = match released {
             Ok(m) => m,
@@ -320,11 +298,21 @@ impl Engine {
             Err(Refusal::There(None)) => return Some(Err(CommandRefused::ConsultGone)),
         };
         let consult = consult.to_string();
-        self.hand_to(call_id, |reply| CallCommand::AdoptForTransfer {
-            leg: moved,
-            from,
-            consult,
-            reply,
+        self.hand_to(call_id, |reply| {
+            if from_first {
+                CallCommand::HandOffWith {
+                    leg: moved,
+                    consult,
+                    reply,
+                }
+            } else {
+                CallCommand::AdoptForTransfer {
+                    leg: moved,
+                    from,
+                    consult,
+                    reply,
+                }
+            }
         })
         .await
     }
