@@ -274,23 +274,11 @@ pub fn openapi_document() -> &'static str {
 /// The JSON Schemas of the answer types and of the command request bodies, by their names in
 /// the document.
 pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
-    let mut settings = schemars::generate::SchemaSettings::draft2020_12().for_serialize();
-    settings.definitions_path = "/components/schemas".into();
-    settings.meta_schema = None;
-    let mut generator = settings.into_generator();
+    // Answers are written: their schemas as serde serializes.
+    let mut generator = schema_generator(true);
     generator.subschema_for::<callplane_engine::registry::CallInfo>();
     generator.subschema_for::<callplane_engine::conference::ConferenceInfo>();
     generator.subschema_for::<callplane_store::Cdr>();
-    let mut schemas = generator.take_definitions(true);
-    // Request bodies are read, not written: their schemas as serde deserializes.
-    let mut settings = schemars::generate::SchemaSettings::draft2020_12().for_deserialize();
-    settings.definitions_path = "/components/schemas".into();
-    settings.meta_schema = None;
-    let mut generator = settings.into_generator();
-    requests::add_schemas(&mut generator);
-    schemas.extend(generator.take_definitions(true));
-    schemas.extend(provisioning_schemas::schemas());
-    let mut generator = settings_for_answers().into_generator();
     generator.subschema_for::<error::Body<'static>>();
     generator.subschema_for::<calls::Interrupted>();
     generator.subschema_for::<calls::BlocksAccepted>();
@@ -298,15 +286,27 @@ pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
     generator.subschema_for::<callplane_store::ApiKey>();
     generator.subschema_for::<apikeys::CreatedKey>();
     generator.subschema_for::<callplane_store::model::Announcement>();
+    let mut schemas = generator.take_definitions(true);
+    // Request bodies are read, not written: their schemas as serde deserializes.
+    let mut generator = schema_generator(false);
+    requests::add_schemas(&mut generator);
     schemas.extend(generator.take_definitions(true));
+    schemas.extend(provisioning_schemas::schemas());
     schemas
 }
 
-fn settings_for_answers() -> schemars::generate::SchemaSettings {
-    let mut settings = schemars::generate::SchemaSettings::draft2020_12().for_serialize();
+/// A JSON Schema 2020-12 generator (OpenAPI 3.1) whose definitions are the document's
+/// `components/schemas`: for answers (`serialize`) or for request bodies.
+pub(crate) fn schema_generator(serialize: bool) -> schemars::SchemaGenerator {
+    let settings = schemars::generate::SchemaSettings::draft2020_12();
+    let mut settings = if serialize {
+        settings.for_serialize()
+    } else {
+        settings.for_deserialize()
+    };
     settings.definitions_path = "/components/schemas".into();
     settings.meta_schema = None;
-    settings
+    settings.into_generator()
 }
 
 async fn openapi() -> impl IntoResponse {

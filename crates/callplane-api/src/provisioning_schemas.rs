@@ -64,18 +64,6 @@ const PROVISIONED: [Provisioned; 5] = [
     },
 ];
 
-fn generator(serialize: bool) -> schemars::SchemaGenerator {
-    let settings = schemars::generate::SchemaSettings::draft2020_12();
-    let mut settings = if serialize {
-        settings.for_serialize()
-    } else {
-        settings.for_deserialize()
-    };
-    settings.definitions_path = "/components/schemas".into();
-    settings.meta_schema = None;
-    settings.into_generator()
-}
-
 fn add_all(g: &mut schemars::SchemaGenerator) -> Map<String, Value> {
     use callplane_store::model::{Number, RoutingPlan, SipUser, Tenant, Trunk};
     g.subschema_for::<Tenant>();
@@ -177,8 +165,8 @@ fn replace(p: &Provisioned, mut schema: Value) -> Value {
 /// The provisioned objects' answer, create and replace schemas (and the types they use), by
 /// their names in the document.
 pub fn schemas() -> Map<String, Value> {
-    let mut out = add_all(&mut generator(true));
-    let read = add_all(&mut generator(false));
+    let mut out = add_all(&mut crate::schema_generator(true));
+    let read = add_all(&mut crate::schema_generator(false));
     for p in &PROVISIONED {
         if let Some(s) = out.remove(p.name) {
             out.insert(p.name.to_string(), answer(p, s));
