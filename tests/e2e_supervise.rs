@@ -412,10 +412,12 @@ fn a_supervisor_named_by_its_leg_moves_in_from_its_own_call() {
             !m.sent && m.method() == Some("BYE")
         });
 
-        // ... the second one's phone called in (an inbound dialog) and waits in a plan.
-        let mut phone = Sipp::uac("uac_reinvited.xml", server.sip_addr())
+        // ... the second one's phone called in (an inbound dialog) and waits in a plan; it
+        // hangs up itself 5 s after its answer (after it intercepted the call, below).
+        let mut phone = Sipp::uac("uac_hangup_after.xml", server.sip_addr())
             .service("600")
             .set("rtp_port", sup2_rtp.port())
+            .set("hangup_after_ms", 5000)
             .timeout_s(90)
             .spawn();
         wait_answered(&mut phone, &sup2_rtp);
@@ -440,14 +442,18 @@ fn a_supervisor_named_by_its_leg_moves_in_from_its_own_call() {
         assert_eq!(r.status, 200, "{}", r.describe());
         let (from, to) = talk_window();
         windows.push(("whisper", from, to));
-        let r = http::json(
-            server.http_port(),
-            "POST",
-            &format!("/v1/calls/{id}/hangup"),
-            Some(KEY),
-            None,
-        );
+        // It takes the agent's place; when it hangs up, the call ends as the agent's hang-up
+        // would have ended it (the moved leg reports to the bridge now).
+        let r = supervise(&server, &id, serde_json::json!({"mode": "intercept"}));
         assert_eq!(r.status, 200, "{}", r.describe());
+        agent.wait_for_message("the agent's BYE", Duration::from_secs(5), |m| {
+            !m.sent && m.method() == Some("BYE")
+        });
+        customer.wait_for_message(
+            "the customer's BYE once the supervisor hung up",
+            Duration::from_secs(10),
+            |m| !m.sent && m.method() == Some("BYE"),
+        );
         let lobby = server.wait_for_cdr("the lobby call's CDR", |c| c.call_id == lobby_call);
         assert_eq!(lobby.hangup_by, "moved", "{}", cdr_text(&lobby));
     });
@@ -507,6 +513,7 @@ fn a_supervisor_named_by_its_leg_moves_in_from_its_own_call() {
         }
     }
     let cdr = server.wait_for_cdr("the supervised call's CDR", |c| c.call_id == id);
+    assert_eq!(cdr.hangup_by, "callee", "{}", cdr_text(&cdr));
     assert_eq!(cdr.legs.len(), 4, "{}", cdr_text(&cdr));
     assert_eq!(cdr.legs[2].destination, "sup", "{}", cdr_text(&cdr));
     assert_eq!(cdr.legs[2].direction, "outbound", "{}", cdr_text(&cdr));

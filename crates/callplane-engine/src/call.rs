@@ -2027,11 +2027,8 @@ impl Call {
             return;
         };
         let winner = AttemptId(0);
-        let here = crate::leg::moved(owner, b.mailbox.owner_id());
-        b.mailbox.adopt(attempt.leg.id, here.epoch);
         b.adopted.push((attempt.leg.id, winner));
-        // A leg whose dialog ended before it could move is gone as it arrives.
-        let gone = !attempt.leg.move_to(here, b.events_tx.clone());
+        let gone = crate::leg::arrive(&attempt.leg, owner, &mut b.mailbox, b.events_tx.clone());
         b.put_slot(winner, index, Some(attempt));
         if gone {
             b.dial

@@ -189,6 +189,20 @@ pub fn moved(from: Owner, to_owner_id: u64) -> Owner {
     }
 }
 
+/// A leg moved away from owner `from` arrives at `mailbox`'s owner: adopted there in its next
+/// epoch, its events sent on `events` from now on. True when its dialog ended before it could
+/// move (it is gone as it arrives).
+pub fn arrive<E>(
+    leg: &LegHandle<E>,
+    from: Owner,
+    mailbox: &mut Mailbox,
+    events: mpsc::UnboundedSender<Addressed<E>>,
+) -> bool {
+    let here = moved(from, mailbox.owner_id());
+    mailbox.adopt(leg.id, here.epoch);
+    !leg.move_to(here, events)
+}
+
 /// Commands to an outbound leg's task.
 pub enum LegCommand<E> {
     /// CANCEL before answer, BYE after; an RFC 3326 Reason value.

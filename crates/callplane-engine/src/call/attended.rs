@@ -350,11 +350,8 @@ impl Call {
             attempt.leg.hangup(None);
             return Err(CommandRefused::NotConnected);
         };
-        let here = crate::leg::moved(owner, b.mailbox.owner_id());
-        b.mailbox.adopt(attempt.leg.id, here.epoch);
         b.adopted.push((attempt.leg.id, new));
-        // A leg whose dialog ended before it could move is gone as it arrives.
-        let gone = !attempt.leg.move_to(here, b.events_tx.clone());
+        let gone = crate::leg::arrive(&attempt.leg, owner, &mut b.mailbox, b.events_tx.clone());
         self.media.bridge(&attempt.media);
         b.put_slot(new, record, Some(attempt));
         b.connected = Some(new);

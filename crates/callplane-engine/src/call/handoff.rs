@@ -211,13 +211,11 @@ async fn handed_over(
     // first leg's, its media's on their own channel.
     let mut held = Mailbox::new(svc.next_owner.fetch_add(1, Ordering::Relaxed));
     let leg_id = attempt.leg.id;
-    let here = crate::leg::moved(owner, held.owner_id());
-    held.adopt(leg_id, here.epoch);
     let (party_tx, mut party_events) = mpsc::unbounded_channel::<Addressed<AttemptEvent>>();
     let (leg_tx, leg_events) = mpsc::unbounded_channel();
     let (media_tx, media_events) = mpsc::channel(64);
-    let gone = !attempt.leg.move_to(here, party_tx);
-    if gone {
+    let gone = crate::leg::arrive(&attempt.leg, owner, &mut held, party_tx);
+    if let Some(here) = held.owner_of(leg_id).filter(|_| gone) {
         // Its dialog ended on the way: the session starts and ends at once.
         let _ = leg_tx.send(Addressed {
             leg: leg_id,

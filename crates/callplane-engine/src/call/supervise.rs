@@ -95,10 +95,7 @@ impl Call {
         }
         let index = self.legs.len();
         self.legs.push(record);
-        let here = crate::leg::moved(owner, self.side.owner_id());
-        self.side.adopt(attempt.leg.id, here.epoch);
-        // A leg whose dialog ended before it could move is gone as it arrives.
-        let gone = !attempt.leg.move_to(here, self.side_tx.clone());
+        let gone = crate::leg::arrive(&attempt.leg, owner, &mut self.side, self.side_tx.clone());
         self.supervisions += 1;
         self.supervisor = Some(Supervisor {
             record: index,
@@ -338,19 +335,15 @@ impl Call {
         else {
             return;
         };
-        // The supervisor's leg reports to the bridge from now on, as that attempt.
+        // The supervisor's leg reports to the bridge from now on, as that attempt. It moves on
+        // from the epoch it has here: 1 when dialled, later when it moved in from its call.
+        let from = self.side.owner_of(a.leg.id).unwrap_or(crate::leg::Owner {
+            id: self.side.owner_id(),
+            epoch: 1,
+        });
         self.side.release(a.leg.id);
-        let owner = crate::leg::moved(
-            crate::leg::Owner {
-                id: self.side.owner_id(),
-                epoch: 1,
-            },
-            b.mailbox.owner_id(),
-        );
-        b.mailbox.adopt(a.leg.id, owner.epoch);
         b.adopted.push((a.leg.id, attempt));
-        // A supervisor whose dialog ended before it could move is gone as it arrives.
-        let gone = !a.leg.move_to(owner, b.events_tx.clone());
+        let gone = crate::leg::arrive(&a.leg, from, &mut b.mailbox, b.events_tx.clone());
         b.put_slot(attempt, s.record, Some(a));
         if let Some(r) = b.room.as_mut() {
             r.attempt = attempt;
