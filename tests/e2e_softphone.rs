@@ -935,14 +935,23 @@ fn a_udp_softphone_is_held_and_resumed_through_the_api() {
     api_hold_of_a_softphone("udp");
 }
 
+#[test]
+fn a_udp_softphone_handed_to_a_new_call_by_a_transfer_keeps_its_session() {
+    softphone_handed_to_a_new_call("udp");
+}
+
+#[test]
+fn a_tcp_softphone_handed_to_a_new_call_by_a_transfer_keeps_its_session() {
+    softphone_handed_to_a_new_call("tcp");
+}
+
 /// A blind transfer from leg 0 with a real phone as the party handed over: a call placed
 /// through the API rings a SIPp agent (leg 0) and bridges it to the registered phone; the
 /// transfer from leg 0 hangs the agent up and hands the phone, without any SIP to it, to a new
 /// call that dials a SIPp target. The phone keeps receiving RTP, and the new call can hold and
 /// resume it: its re-INVITEs continue the phone's session (same `o=` id, growing version) and
 /// the phone answers them recvonly, then sendrecv.
-#[test]
-fn a_udp_softphone_handed_to_a_new_call_by_a_transfer_keeps_its_session() {
+fn softphone_handed_to_a_new_call(transport: &str) {
     const KEY: &str = "cp_softphone_handoff_admin_key_0123";
     let (mut agent, agent_rtp) = reinvited_callee(200);
     let (mut target, target_rtp) = reinvited_callee(300);
@@ -960,7 +969,7 @@ fn a_udp_softphone_handed_to_a_new_call_by_a_transfer_keeps_its_session() {
     let mut new_call = String::new();
     let mut old_call = String::new();
     let phone = std::thread::scope(|s| {
-        let phone = s.spawn(|| bob_answers(&server, &port, "udp"));
+        let phone = s.spawn(|| bob_answers(&server, &port, transport));
         server
             .wait_for_log("registered", Duration::from_secs(25))
             .unwrap_or_else(|e| panic!("{e}\n{}", server.log_tail()));
