@@ -5,12 +5,17 @@
 //! How it is built, so that a slow client never slows calls:
 //! - The [`EventHub`] is a bus subscriber whose `on_event` only queues the event for the hub's
 //!   own task (nothing at all while no session exists). That task renders each event's JSON
-//!   once and appends it to the ring of every session it matches.
-//! - A session's ring holds its last `queue` events. A connection sends what its client has
-//!   not had yet; when an event would push out one that was not sent while the client's socket
-//!   takes nothing more (or while no socket is attached), the session has overflowed and is
-//!   closed with a reason (`queue_overflow`). A session that is behind only because the server
-//!   has not got round to it (a busy machine) is not closed for it, up to a hard bound.
+//!   once and keeps it for the next flush (`FLUSH_AFTER` after the first event of a batch).
+//! - At a flush, each session takes the batch's events it matches into its ring, and the hub
+//!   frames what the client has not had yet straight into the session's connection and writes
+//!   it, one non-blocking write per session (`events_wire.rs`). Only what a socket cannot take
+//!   at once is left to the session's own task, which waits for the socket.
+//! - A session's ring holds its last `queue` events. When an event would push out one that was
+//!   not sent while the client's socket takes nothing more (or while no socket is attached),
+//!   the session has overflowed and is closed with a reason (`queue_overflow`). A session that
+//!   is behind only because the server has not got round to it (a busy machine) is not closed
+//!   for it, up to a hard bound.
+//! - The hub and every socket run on one thread of their own, below the calls' priority.
 //! - A session whose socket went away is kept for the resume window: events go on being
 //!   numbered into its ring, and a client reconnecting with `?session=<id>&resume=<last seq>`
 //!   gets exactly what it missed, in order, or `resume_failed` saying why.
@@ -20,19 +25,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use callplane_engine::events::{CallEvent, EventKind, EventScope, EventSubscriber};
 use callplane_engine::registry::leg_id;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{CallScope, Caller};
 use crate::error::ApiError;
+use crate::events_wire::{push_text_frame, Flush, Upgrade, Wire, WireIo};
 use crate::ApiState;
+
+type WebSocket = tokio_tungstenite::WebSocketStream<WireIo>;
 
 /// The WebSocket's timers and limits (`[server] events…` in the config file).
 #[derive(Debug, Clone, Copy)]
@@ -61,10 +72,17 @@ impl Default for EventsConfig {
     }
 }
 
-/// The hub wakes the sessions with new events this long after the first event of a batch:
-/// what arrives meanwhile shares each session's wake-up and write (one write per session per
-/// batch, however many events and calls it holds), and one timer serves every session.
-const FLUSH_AFTER: Duration = Duration::from_millis(15);
+/// The hub writes to the sessions this long after the first event of a batch: what arrives
+/// meanwhile shares each session's write (one write per session per batch, however many events
+/// and calls it holds), and one timer serves every session.
+const FLUSH_AFTER: Duration = Duration::from_millis(12);
+
+/// A flush gives the thread's core away (if anything waits for it) after writing to this
+/// many sessions.
+const YIELD_EVERY: usize = 50;
+
+/// Frames put in a socket's queue at a time before it is written.
+const DELIVER_BATCH: usize = 256;
 
 /// Events queued for the hub's task at most (calls never wait for it).
 const HUB_QUEUE: usize = 65_536;
@@ -161,11 +179,13 @@ struct Session {
     /// passes, and the hub does not look at the filter.
     takes_everything: std::sync::atomic::AtomicBool,
     queue: Mutex<Queue>,
+    /// The connection of the socket attached (with its `attachment`), once it said `hello`:
+    /// the hub writes the session's events to it.
+    wire: Mutex<Option<(u64, Arc<Wire>)>>,
+    /// Wakes the session's task to write what its socket could not take at once.
     notify: Notify,
-    /// Set when an event was queued since the hub last woke the session.
-    dirty: std::sync::atomic::AtomicBool,
-    /// Set while a write to the client's socket waits for the socket to take more: the client
-    /// is not reading.
+    /// Set while the client's socket takes nothing more (the client is not reading): the
+    /// session's task waits to write the rest, and the hub leaves the socket to it.
     socket_full: std::sync::atomic::AtomicBool,
     /// Cancelled when the session must close: overflow (the reason is kept), shutdown.
     closed: CancellationToken,
@@ -214,8 +234,8 @@ impl Session {
                 detached_at: None,
                 attachment: 1,
             }),
+            wire: Mutex::new(None),
             notify: Notify::new(),
-            dirty: std::sync::atomic::AtomicBool::new(false),
             socket_full: std::sync::atomic::AtomicBool::new(false),
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
@@ -237,41 +257,91 @@ impl Session {
         });
     }
 
-    /// Appends a frame if the session's realm and subscription let it through.
-    fn offer(&self, f: &Frame, cap: usize) {
-        if !self.takes_everything.load(Ordering::Relaxed) {
-            let filter = lock(&self.filter);
-            let Some(sub) = &filter.sub else { return };
-            if !filter.scope.covers(f.tenant.as_deref(), &f.scope.lines) || !sub.matches(f) {
-                return;
+    /// Appends the frames the session's realm and subscription let through; true if any.
+    fn offer(&self, frames: &[Frame], cap: usize) -> bool {
+        let everything = self.takes_everything.load(Ordering::Relaxed);
+        let filter = (!everything).then(|| lock(&self.filter));
+        // Nothing is delivered before the client's first `subscribe`.
+        let filter = match &filter {
+            Some(f) => match &f.sub {
+                Some(sub) => Some((&f.scope, sub)),
+                None => return false,
+            },
+            None => None,
+        };
+        let mut q = lock(&self.queue);
+        let mut any = false;
+        for f in frames {
+            if let Some((scope, sub)) = filter {
+                if !scope.covers(f.tenant.as_deref(), &f.scope.lines) || !sub.matches(f) {
+                    continue;
+                }
+            }
+            let seq = q.next_seq;
+            q.next_seq += 1;
+            q.ring.push_back((seq, f.tail.clone()));
+            any = true;
+            // What was sent goes first (the ring may have grown past `cap` while the server
+            // was behind).
+            while q.ring.len() > cap && q.ring.front().is_some_and(|&(first, _)| first <= q.sent) {
+                q.ring.pop_front();
+            }
+            // More than `cap` unsent: overflow if the client is behind (its socket takes
+            // nothing more, or it has none), or the server itself very far behind; a session
+            // the server simply has not written to yet (a busy machine) is not to blame.
+            if q.ring.len() > cap
+                && (!q.attached
+                    || self.socket_full.load(Ordering::Relaxed)
+                    || q.ring.len() > server_behind_limit(cap))
+            {
+                drop(q);
+                self.close(
+                    CLOSE_OVERFLOW,
+                    format!("queue_overflow: more than {cap} events unread"),
+                );
+                return false;
             }
         }
-        let mut q = lock(&self.queue);
-        let seq = q.next_seq;
-        q.next_seq += 1;
-        q.ring.push_back((seq, f.tail.clone()));
-        // What was sent goes first (the ring may have grown past `cap` while the server was
-        // behind).
-        while q.ring.len() > cap && q.ring.front().is_some_and(|&(first, _)| first <= q.sent) {
-            q.ring.pop_front();
+        any
+    }
+
+    /// Writes the events the client has not had to its socket, as far as the socket takes
+    /// them without waiting. `Blocked` leaves the rest to the session's task.
+    fn deliver(&self) -> Flush {
+        let Some((attachment, wire)) = lock(&self.wire).clone() else {
+            return Flush::Done;
+        };
+        loop {
+            let more = {
+                let mut q = lock(&self.queue);
+                if q.attachment != attachment {
+                    return Flush::Done;
+                }
+                let Some(&(front, _)) = q.ring.front() else {
+                    return Flush::Done;
+                };
+                // The ring's seqs are consecutive: the first unsent one is found by offset.
+                let skip = (q.sent + 1).saturating_sub(front) as usize;
+                let (n, last) = wire.append(|out| {
+                    let mut n = 0;
+                    let mut last = None;
+                    for (seq, tail) in q.ring.iter().skip(skip).take(DELIVER_BATCH) {
+                        push_event_frame(out, *seq, tail);
+                        n += 1;
+                        last = Some(*seq);
+                    }
+                    (n, last)
+                });
+                if let Some(last) = last {
+                    q.sent = last;
+                }
+                n == DELIVER_BATCH
+            };
+            match wire.try_flush() {
+                Flush::Done if more => continue,
+                done => return done,
+            }
         }
-        // More than `cap` unsent: overflow if the client is behind (its socket takes nothing
-        // more, or it has none), or the server itself very far behind; a session whose task
-        // simply has not run yet (a busy machine) is not to blame.
-        if q.ring.len() > cap
-            && (!q.attached
-                || self.socket_full.load(Ordering::Relaxed)
-                || q.ring.len() > server_behind_limit(cap))
-        {
-            drop(q);
-            self.close(
-                CLOSE_OVERFLOW,
-                format!("queue_overflow: more than {cap} events unread"),
-            );
-            return;
-        }
-        drop(q);
-        self.dirty.store(true, Ordering::Relaxed);
     }
 
     fn close(&self, code: u16, reason: String) {
@@ -281,17 +351,6 @@ impl Session {
         }
         drop(r);
         self.closed.cancel();
-    }
-
-    /// The frames after `sent`, at most `max`. The ring's seqs are consecutive, so the first
-    /// unsent one is found by its offset, not by a scan.
-    fn pending(&self, max: usize) -> Vec<(u64, Arc<str>)> {
-        let q = lock(&self.queue);
-        let Some(&(front, _)) = q.ring.front() else {
-            return Vec::new();
-        };
-        let skip = (q.sent + 1).saturating_sub(front) as usize;
-        q.ring.iter().skip(skip).take(max).cloned().collect()
     }
 }
 
@@ -341,7 +400,13 @@ impl EventHub {
             dropped: std::sync::atomic::AtomicBool::new(false),
         });
         subscribe(Arc::new(HubSubscriber(hub.clone())));
-        events_runtime().spawn(fan_out(Arc::downgrade(&hub), rx));
+        // Unconstrained by tokio's cooperative budget: a flush writes to every session's
+        // socket in one go, and past the budget (128 operations) each write would be refused
+        // as if the socket were full, handing the rest to the sessions' tasks.
+        events_runtime().spawn(tokio::task::unconstrained(fan_out(
+            Arc::downgrade(&hub),
+            rx,
+        )));
         hub
     }
 
@@ -407,8 +472,9 @@ async fn fan_out(hub: std::sync::Weak<EventHub>, mut rx: mpsc::Receiver<CallEven
     // The conference each call is in, for `conferences` subscriptions.
     let mut in_conference: HashMap<String, String> = HashMap::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
-    // Armed by the first event after a flush; when it fires, the sessions given events since
-    // are woken.
+    // The events since the last flush, and the flush timer, armed by the first of them: when
+    // it fires, each session takes its share of the batch and gets it written.
+    let mut batch: Vec<Frame> = Vec::new();
     let flush = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(flush);
     let mut flush_armed = false;
@@ -417,12 +483,25 @@ async fn fan_out(hub: std::sync::Weak<EventHub>, mut rx: mpsc::Receiver<CallEven
             _ = &mut flush, if flush_armed => {
                 flush_armed = false;
                 let Some(hub) = hub.upgrade() else { return };
+                let cap = hub.cfg.queue;
                 let sessions = hub.sessions.read().unwrap_or_else(PoisonError::into_inner);
-                for s in sessions.values() {
-                    if s.dirty.swap(false, Ordering::Relaxed) {
+                for (i, s) in sessions.values().enumerate() {
+                    if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                        // A round is milliseconds of writes: a call's thread waiting for
+                        // this core gets it now rather than at the end of the time slice.
+                        std::thread::yield_now();
+                    }
+                    if !s.offer(&batch, cap) || s.socket_full.load(Ordering::Relaxed) {
+                        // Nothing new, or its task is waiting to write (and writes it after).
+                        continue;
+                    }
+                    if s.deliver() != Flush::Done {
+                        // Its task waits for the socket to take the rest (or finds it failed).
+                        s.socket_full.store(true, Ordering::Relaxed);
                         s.notify.notify_one();
                     }
                 }
+                batch.clear();
             }
             ev = rx.recv() => {
                 let Some(ev) = ev else { return };
@@ -450,21 +529,22 @@ async fn fan_out(hub: std::sync::Weak<EventHub>, mut rx: mpsc::Receiver<CallEven
                     // Only kept the conference map up to date: nobody to send it to.
                     continue;
                 }
-                let frame = Frame {
+                let happened = ev.time;
+                batch.push(Frame {
                     tail: render_tail(&ev).into(),
                     call_id: ev.call_id,
                     tenant: ev.tenant,
                     scope: ev.scope,
                     conference,
-                };
-                let cap = hub.cfg.queue;
-                let sessions = hub.sessions.read().unwrap_or_else(PoisonError::into_inner);
-                for s in sessions.values() {
-                    s.offer(&frame, cap);
-                }
+                });
                 if !flush_armed {
+                    // FLUSH_AFTER counts from when the event happened: one that waited in the
+                    // hub's queue (while the last batch was written) goes out that much sooner.
+                    let waited = (chrono::Utc::now() - happened).to_std().unwrap_or_default();
                     flush_armed = true;
-                    flush.as_mut().reset(tokio::time::Instant::now() + FLUSH_AFTER);
+                    flush
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + FLUSH_AFTER.saturating_sub(waited));
                 }
             }
             _ = sweep.tick() => {
@@ -490,9 +570,8 @@ fn render_tail(ev: &CallEvent) -> String {
     s.strip_prefix('{').map(str::to_string).unwrap_or(s)
 }
 
-fn frame_text(seq: u64, tail: &str) -> String {
-    let mut s = String::with_capacity(tail.len() + 28);
-    s.push_str("{\"seq\":");
+/// Appends the frame of one event: `{"seq":N,` and the event's tail, as a text frame.
+fn push_event_frame(out: &mut Vec<u8>, seq: u64, tail: &str) {
     // The decimal digits by hand: this runs for every event and every client.
     let mut digits = [0u8; 20];
     let mut n = seq;
@@ -505,26 +584,29 @@ fn frame_text(seq: u64, tail: &str) -> String {
             break;
         }
     }
-    for &d in &digits[i..] {
-        s.push(char::from(d));
-    }
-    if tail != "}" {
-        s.push(',');
-    }
-    s.push_str(tail);
-    s
+    let digits = &digits[i..];
+    let comma = tail != "}";
+    let len = b"{\"seq\":".len() + digits.len() + usize::from(comma) + tail.len();
+    push_text_frame(out, len, |out| {
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(digits);
+        if comma {
+            out.push(b',');
+        }
+        out.extend_from_slice(tail.as_bytes());
+    });
 }
 
 /// `GET /v1/events` — upgrades to the events WebSocket. The key comes as `Authorization:
 /// Bearer <key>` or `?token=<key>` (browsers cannot set headers on a WebSocket); a request that
 /// is not a WebSocket handshake is `426`;
 /// `?session=<id>&resume=<last seq>` resumes a session.
-pub async fn events(
+pub(crate) async fn events(
     State(st): State<ApiState>,
     permit: Option<axum::Extension<crate::serve::ConnectionPermit>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, &'static str>,
 ) -> Result<Response, ApiError> {
     let mut token = None;
     let mut session = None;
@@ -558,40 +640,37 @@ pub async fn events(
     if let Some(e) = bad_param {
         return Err(e);
     }
-    let ws = ws.map_err(|e| {
+    let upgrade = upgrade.map_err(|why| {
         ApiError::new(
             axum::http::StatusCode::UPGRADE_REQUIRED,
             crate::error::ErrorCode::UpgradeRequired,
-            format!("GET /v1/events is a WebSocket (Upgrade: websocket): {e}"),
+            format!("GET /v1/events is a WebSocket (Upgrade: websocket): {why}"),
         )
     })?;
     let scope = caller.call_scope(&st.store)?;
-    Ok(ws
-        .max_message_size(64 * 1024)
-        // Clients send short commands; tungstenite zeroes this much before every read (and
-        // it reads, finding nothing, each time the socket's task wakes to write events).
-        .read_buffer_size(1024)
-        // A batch of events is written at its flush (or every 16 KiB); what a slow client
-        // cannot take stays in the session's queue, which closes it when full.
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(1024 * 1024)
-        .on_upgrade(move |socket| async move {
-            // The socket is served on the events thread (see `events_runtime`).
-            let served = events_runtime().spawn(async move {
-                run(socket, st, caller, scope, session, resume).await;
-                drop(permit);
-            });
-            let _ = served.await;
-        }))
+    // The socket is served on the events thread (see `events_runtime`).
+    Ok(
+        upgrade.accept(events_runtime().clone(), move |wire| async move {
+            // Clients send short commands; tungstenite zeroes its read buffer before every
+            // read. Its writes go straight to the wire's queue (events never pass through it).
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(64 * 1024))
+                .max_frame_size(Some(64 * 1024))
+                .read_buffer_size(1024)
+                .write_buffer_size(0);
+            let socket =
+                WebSocket::from_raw_socket(WireIo(wire.clone()), Role::Server, Some(config)).await;
+            run(socket, wire, st, caller, scope, session, resume).await;
+            drop(permit);
+        }),
+    )
 }
 
 /// The runtime the hub and every events socket run on: one thread of its own, a
 /// single-threaded runtime apart from the calls' runtime (calls hand their events over without
-/// waiting), at normal priority. Measured on the 2-core VM with 1,000 subscribers of 100
-/// calls/s (`bench/events_fanout.py`): at nice +10 the busy machine left it unscheduled for
-/// tens of milliseconds (event delay p99 170 ms instead of 54–64 ms) with no gain in call
-/// setup; two such threads (sockets shared out) made both the delays (p99 139 ms) and call
-/// setup worse, competing with the calls' threads for the same two cores.
+/// waiting), at a lower priority than the calls ([`EVENTS_NICE`]): on a machine short of CPU,
+/// events wait, calls do not. Two such threads (sockets shared out) made both the delays and
+/// call setup worse on the 2-core VM, competing with the calls' threads for the same cores.
 fn events_runtime() -> &'static tokio::runtime::Handle {
     static RT: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
     RT.get_or_init(|| {
@@ -599,6 +678,7 @@ fn events_runtime() -> &'static tokio::runtime::Handle {
         let spawned = std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
+                lower_priority();
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -617,6 +697,31 @@ fn events_runtime() -> &'static tokio::runtime::Handle {
         // Without a thread of its own, the events share the caller's runtime.
         handle.unwrap_or_else(tokio::runtime::Handle::current)
     })
+}
+
+/// The events thread's nice value. Measured with 1,000 subscribers of 100 calls/s
+/// (`bench/events_fanout.py`, docs/performance.md): at +10, INVITE→200 p99 rose by about 1 ms
+/// with the subscribers instead of 3–4 ms at normal priority, and the delivery delay stayed
+/// under 50 ms.
+const EVENTS_NICE: libc::c_int = 10;
+
+/// Gives the calling thread [`EVENTS_NICE`] (Linux schedules threads one by one: this thread
+/// only). Any user may lower its own priority; failing that, the thread runs as it is.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id.
+        let r = unsafe {
+            libc::setpriority(
+                libc::PRIO_PROCESS,
+                libc::gettid() as libc::id_t,
+                EVENTS_NICE,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the events thread's priority");
+        }
+    }
 }
 
 /// What the client asked to resume, and whether it could.
@@ -670,6 +775,7 @@ fn resume_session(
 
 async fn run(
     mut socket: WebSocket,
+    wire: Arc<Wire>,
     st: ApiState,
     caller: Caller,
     scope: CallScope,
@@ -720,7 +826,9 @@ async fn run(
     let mut awaiting_pong = false;
     let mut last_heard = tokio::time::Instant::now();
     let mut close: Option<(u16, String)> = None;
-    // Frames already waiting (a resumed session) go out first.
+    // From here on the hub writes the session's events to this socket; frames already
+    // waiting (a resumed session) go out first.
+    *lock(&s.wire) = Some((mine, wire.clone()));
     s.notify.notify_one();
     while open {
         let inactive_at = cfg.inactivity_timeout.map(|t| last_heard + t);
@@ -734,10 +842,10 @@ async fn run(
                 close = Some((CLOSE_TAKEN_OVER, "taken_over: the session was resumed on another connection".into()));
                 break;
             }
-            msg = socket.recv() => match msg {
+            msg = socket.next() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
-                Some(Ok(Message::Ping(_))) | Some(Ok(Message::Binary(_))) => {}
+                Some(Ok(Message::Ping(_) | Message::Binary(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Text(t))) => {
                     last_heard = tokio::time::Instant::now();
                     let reply = on_client_message(&st, &caller, &s, t.as_str()).await;
@@ -747,21 +855,8 @@ async fn run(
                 }
             },
             _ = s.notify.notified() => {
-                // The hub wakes the session once per batch (see FLUSH_AFTER): everything
-                // pending goes out in one write.
-                loop {
-                    let batch = s.pending(256);
-                    let Some(&(last, _)) = batch.last() else { break };
-                    if !send_batch(&mut socket, &s, batch).await {
-                        open = false;
-                        break;
-                    }
-                    let mut q = lock(&s.queue);
-                    if q.attachment != mine {
-                        break;
-                    }
-                    q.sent = last;
-                }
+                // The socket took only part of what the hub (or this task) gave it.
+                open = drive(&s, &wire).await;
             }
             _ = ping.tick() => {
                 // A key deleted since the handshake (or with its tenant or SIP user) ends the
@@ -794,7 +889,7 @@ async fn run(
     if let Some((code, reason)) = close.clone() {
         tracing::info!(session = %s.id, key = %key, code, %reason, "events socket closed");
         let frame = CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: reason.into(),
         };
         // A client that reads nothing cannot take a close frame either: do not wait for it.
@@ -808,6 +903,12 @@ async fn run(
     // a missed pong or inactivity) leaves the session resumable for the window.
     let ends_session =
         s.closed.is_cancelled() || matches!(close, Some((CLOSE_SHUTDOWN | CLOSE_KEY_REVOKED, _)));
+    {
+        let mut w = lock(&s.wire);
+        if w.as_ref().is_some_and(|(a, _)| *a == mine) {
+            *w = None;
+        }
+    }
     if ends_session {
         s.closed.cancel();
         hub.remove(&s.id);
@@ -833,19 +934,24 @@ async fn send_or_close(socket: &mut WebSocket, s: &Session, text: String) -> boo
     send_or_close_msg(socket, s, Message::Text(text.into())).await
 }
 
-/// Feeds the frames to the socket and flushes once; abandoned (false) when the session is
-/// closed meanwhile (a client that reads nothing, its queue overflowed) or the socket fails.
-async fn send_batch(socket: &mut WebSocket, s: &Session, frames: Vec<(u64, Arc<str>)>) -> bool {
-    use futures_util::SinkExt;
-    let write = async {
-        for (seq, tail) in frames {
-            socket
-                .feed(Message::Text(frame_text(seq, &tail).into()))
-                .await?;
+/// Writes what the socket could not take at once, then what came meanwhile, until the session
+/// is caught up. False when the connection is done (failed, or the client read nothing for
+/// [`SEND_TIMEOUT`], or the session was closed meanwhile).
+async fn drive(s: &Session, wire: &Wire) -> bool {
+    loop {
+        match s.deliver() {
+            Flush::Done => {
+                s.socket_full.store(false, Ordering::Relaxed);
+                return true;
+            }
+            Flush::Failed => return false,
+            Flush::Blocked => {}
         }
-        socket.flush().await
-    };
-    wait_for_socket(s, write).await
+        let flushed = std::future::poll_fn(|cx| wire.poll_flush(cx));
+        if !wait_for_socket(s, flushed).await {
+            return false;
+        }
+    }
 }
 
 /// Runs a write to the client's socket; while it waits for the socket to take more (the client
@@ -868,6 +974,8 @@ async fn wait_for_socket<E>(
         _ = tokio::time::sleep(SEND_TIMEOUT) => false,
     };
     s.socket_full.store(false, Ordering::Relaxed);
+    // The hub left the socket to this task meanwhile: what it queued goes out now.
+    s.notify.notify_one();
     ok
 }
 
@@ -1308,7 +1416,7 @@ mod tests {
     fn a_session_behind_only_because_the_server_is_is_not_closed() {
         let s = subscribed();
         for n in 0..30 {
-            s.offer(&frame(n), 10);
+            s.offer(&[frame(n)], 10);
         }
         assert!(
             !s.closed.is_cancelled(),
@@ -1317,7 +1425,7 @@ mod tests {
         assert_eq!(lock(&s.queue).ring.len(), 30);
         // Once it caught up, the ring is back to `cap` at the next event.
         lock(&s.queue).sent = 30;
-        s.offer(&frame(30), 10);
+        s.offer(&[frame(30)], 10);
         let q = lock(&s.queue);
         assert_eq!(q.ring.len(), 10);
         assert_eq!(q.ring.front().map(|f| f.0), Some(22));
@@ -1328,7 +1436,7 @@ mod tests {
         let s = subscribed();
         s.socket_full.store(true, Ordering::Relaxed);
         for n in 0..11 {
-            s.offer(&frame(n), 10);
+            s.offer(&[frame(n)], 10);
         }
         assert!(s.closed.is_cancelled());
         let reason = lock(&s.close_reason).clone().expect("a reason");
@@ -1341,13 +1449,13 @@ mod tests {
         let s = subscribed();
         lock(&s.queue).attached = false;
         for n in 0..10 {
-            s.offer(&frame(n), 10);
+            s.offer(&[frame(n)], 10);
         }
         assert!(
             !s.closed.is_cancelled(),
             "it holds `cap` events for a resume"
         );
-        s.offer(&frame(10), 10);
+        s.offer(&[frame(10)], 10);
         assert!(s.closed.is_cancelled());
     }
 
@@ -1355,19 +1463,29 @@ mod tests {
     fn the_server_falling_very_far_behind_closes_the_session_all_the_same() {
         let s = subscribed();
         for n in 0..=server_behind_limit(10) as u64 {
-            s.offer(&frame(n), 10);
+            s.offer(&[frame(n)], 10);
         }
         assert!(s.closed.is_cancelled());
     }
 
+    fn event_frame(seq: u64, tail: &str) -> String {
+        let mut out = Vec::new();
+        push_event_frame(&mut out, seq, tail);
+        let header = if out[1] == 126 { 4 } else { 2 };
+        assert_eq!(out[0], 0x81, "a final text frame");
+        String::from_utf8(out[header..].to_vec()).expect("UTF-8")
+    }
+
     #[test]
     fn a_frame_is_the_seq_then_the_event() {
-        assert_eq!(frame_text(0, "}"), r#"{"seq":0}"#);
-        assert_eq!(frame_text(7, r#""type":"x"}"#), r#"{"seq":7,"type":"x"}"#);
+        assert_eq!(event_frame(0, "}"), r#"{"seq":0}"#);
+        assert_eq!(event_frame(7, r#""type":"x"}"#), r#"{"seq":7,"type":"x"}"#);
         assert_eq!(
-            frame_text(u64::MAX, r#""a":1}"#),
+            event_frame(u64::MAX, r#""a":1}"#),
             format!("{{\"seq\":{},\"a\":1}}", u64::MAX)
         );
-        assert_eq!(frame_text(1_000_000, "}"), r#"{"seq":1000000}"#);
+        assert_eq!(event_frame(1_000_000, "}"), r#"{"seq":1000000}"#);
+        let long = format!("\"data\":\"{}\"}}", "x".repeat(200));
+        assert_eq!(event_frame(3, &long), format!("{{\"seq\":3,{long}"));
     }
 }

@@ -10,6 +10,7 @@ mod calls;
 pub mod click_to_dial;
 mod conferences;
 pub mod error;
+mod events_wire;
 pub mod events_ws;
 mod history;
 pub mod idempotency;

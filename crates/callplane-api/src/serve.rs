@@ -169,6 +169,17 @@ fn limit_send_buffer(fd: std::os::fd::RawFd) {
 #[derive(Clone)]
 pub struct ConnectionPermit(#[allow(dead_code)] Arc<Permit>);
 
+/// The TCP connection under an upgraded request, taken back from hyper and off this runtime's
+/// reactor (so that another runtime can own its readiness), with the bytes hyper had read past
+/// the request. `Err` gives back a connection that is not one of this server's TCP streams.
+pub(crate) fn upgraded_tcp(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<std::io::Result<(std::net::TcpStream, bytes::Bytes)>, hyper::upgrade::Upgraded> {
+    let parts = upgraded.downcast::<TokioIo<Activity>>()?;
+    let tcp = parts.io.into_inner().inner;
+    Ok(tcp.into_std().map(|std| (std, parts.read_buf)))
+}
+
 /// Resolves once no bytes have moved for `timeout`.
 async fn idle(clock: Instant, last: Arc<AtomicU64>, timeout: Duration) {
     loop {
