@@ -4,7 +4,8 @@
 //! ([`crate::resources`]). What the API does around the type is applied here, from one table:
 //! the URL's `tenant` (and on a replace the URL's key) may be left out of a body, the
 //! write-only secret is answered as a read-only `…Set` flag, and a field the type lets out
-//! may be required on create.
+//! may be required on create. API keys' create body (`ApiKeyCreate`) is generated the same
+//! way, one alternative per realm from the rule keys are validated by.
 
 use serde_json::{json, Map, Value};
 
@@ -162,6 +163,46 @@ fn replace(p: &Provisioned, mut schema: Value) -> Value {
     schema
 }
 
+/// `ApiKeyCreate`: the `ApiKey` type as the handler decodes it, one alternative per realm
+/// with exactly the scope fields that realm uses ([`ApiRealm::scope`], the rule `Validate for
+/// ApiKey` checks). Without the alternatives the schema would admit keys the server refuses.
+fn api_key_create() -> Value {
+    use callplane_store::model::{ApiKey, ApiRealm, SCOPE_FIELDS};
+    let mut g = crate::schema_generator(false);
+    g.subschema_for::<ApiKey>();
+    let base = g
+        .take_definitions(true)
+        .remove("ApiKey")
+        .unwrap_or_default();
+    let mut one_of = Vec::new();
+    for realm in ApiRealm::ALL.iter().rev() {
+        let mut s = base.clone();
+        if let Some(o) = s.as_object_mut() {
+            o.remove("description");
+        }
+        s["properties"]["realm"] = json!({"type": "string", "const": realm.as_str()});
+        s["properties"]["created"] = json!({"description": "Output only; ignored on input."});
+        let scope = realm.scope();
+        for field in SCOPE_FIELDS {
+            let prop = &mut s["properties"][field];
+            if scope.required == Some(field) {
+                prop["type"] = json!("string");
+                require(&mut s, field);
+            } else if scope.optional != Some(field) {
+                *prop = json!({
+                    "type": "null",
+                    "description": format!("Not used by realm {realm}: left out or null."),
+                });
+            }
+        }
+        one_of.push(s);
+    }
+    json!({
+        "description": "A new key: exactly the scope fields its realm uses. Keys create keys of their own realm or below, inside their own scope.",
+        "oneOf": one_of,
+    })
+}
+
 /// The provisioned objects' answer, create and replace schemas (and the types they use), by
 /// their names in the document.
 pub fn schemas() -> Map<String, Value> {
@@ -177,9 +218,52 @@ pub fn schemas() -> Map<String, Value> {
             out.insert(format!("{}Create", p.name), created);
         }
     }
+    out.insert("ApiKeyCreate".into(), api_key_create());
     // Types the objects use (Transport) are the same either way.
     for (name, s) in read {
         out.entry(name).or_insert(s);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callplane_store::model::{ApiRealm, SCOPE_FIELDS};
+
+    #[test]
+    fn api_key_create_has_one_closed_alternative_per_realm_with_its_scope_fields() {
+        let s = api_key_create();
+        let alternatives = s["oneOf"].as_array().expect("oneOf");
+        assert_eq!(alternatives.len(), ApiRealm::ALL.len());
+        for realm in ApiRealm::ALL {
+            let alt = alternatives
+                .iter()
+                .find(|a| a["properties"]["realm"]["const"] == realm.as_str())
+                .unwrap_or_else(|| panic!("an alternative for {realm}"));
+            assert_eq!(alt["additionalProperties"], json!(false), "{realm}: closed");
+            let required: Vec<&str> = alt["required"]
+                .as_array()
+                .expect("required")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert!(required.contains(&"name") && required.contains(&"realm"));
+            let scope = realm.scope();
+            for field in SCOPE_FIELDS {
+                let prop = &alt["properties"][field];
+                if scope.required == Some(field) {
+                    assert!(required.contains(&field), "{realm}: {field} required");
+                    assert_eq!(prop["type"], "string", "{realm}: {field}");
+                } else if scope.optional == Some(field) {
+                    assert!(!required.contains(&field), "{realm}: {field} optional");
+                    assert_eq!(prop["type"], json!(["string", "null"]), "{realm}: {field}");
+                } else {
+                    assert!(!required.contains(&field), "{realm}: {field} not used");
+                    assert_eq!(prop["type"], "null", "{realm}: {field} not used");
+                }
+            }
+            assert!(alt["properties"]["rateLimit"].is_object());
+        }
+    }
 }

@@ -2374,6 +2374,7 @@ fn the_answer_schemas_are_generated_from_the_handler_types() {
         "BlocksAccepted",
         "CdrPage",
         "ApiKey",
+        "ApiKeyCreate",
         "ApiKeyCreated",
         "ApiRealm",
         "Announcement",

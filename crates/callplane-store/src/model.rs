@@ -262,6 +262,16 @@ pub enum ApiRealm {
     Admin,
 }
 
+/// An API key's scope fields, by their JSON names.
+pub const SCOPE_FIELDS: [&str; 3] = ["tenant", "reseller", "sipUser"];
+
+/// Which of the [`SCOPE_FIELDS`] a realm's keys use (see [`ApiRealm::scope`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RealmScope {
+    pub required: Option<&'static str>,
+    pub optional: Option<&'static str>,
+}
+
 impl ApiRealm {
     /// The lowercase name used in JSON, the config file and the database.
     pub fn as_str(self) -> &'static str {
@@ -272,6 +282,39 @@ impl ApiRealm {
             ApiRealm::Admin => "admin",
         }
     }
+
+    /// The scope fields of a key of this realm (their JSON names): the one it must give and
+    /// the one it may give; a key of the realm may not give the other [`SCOPE_FIELDS`].
+    /// `Validate for ApiKey` checks keys by it, and the API's `ApiKeyCreate` schema says it.
+    pub fn scope(self) -> RealmScope {
+        match self {
+            ApiRealm::Admin => RealmScope {
+                required: None,
+                optional: None,
+            },
+            ApiRealm::Reseller => RealmScope {
+                required: Some("reseller"),
+                optional: None,
+            },
+            ApiRealm::Customer => RealmScope {
+                required: Some("tenant"),
+                optional: None,
+            },
+            // An account key's tenant is its SIP user's: it may be given (it must match).
+            ApiRealm::Account => RealmScope {
+                required: Some("sipUser"),
+                optional: Some("tenant"),
+            },
+        }
+    }
+
+    /// Every realm, lowest first.
+    pub const ALL: [ApiRealm; 4] = [
+        ApiRealm::Account,
+        ApiRealm::Customer,
+        ApiRealm::Reseller,
+        ApiRealm::Admin,
+    ];
 
     /// Parses the lowercase name; `None` for anything else.
     pub fn parse(s: &str) -> Option<ApiRealm> {

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::{
-    Announcement, ApiKey, ApiRealm, FieldError, Number, Provisioning, RoutingPlan, SipUser, Tenant,
-    Trunk,
+    Announcement, ApiKey, FieldError, Number, Provisioning, RoutingPlan, SipUser, Tenant, Trunk,
+    SCOPE_FIELDS,
 };
 
 /// Collects errors for one object.
@@ -275,6 +275,17 @@ impl Validate for Announcement {
 /// The highest per-key request rate that may be set (requests per second).
 pub const MAX_RATE_LIMIT: u32 = 100_000;
 
+impl ApiKey {
+    /// One of the [`SCOPE_FIELDS`] by its JSON name.
+    fn scope_field(&self, field: &str) -> &Option<String> {
+        match field {
+            "reseller" => &self.reseller,
+            "sipUser" => &self.sip_user,
+            _ => &self.tenant,
+        }
+    }
+}
+
 impl Validate for ApiKey {
     /// `api key ops`.
     fn label(&self) -> String {
@@ -307,25 +318,13 @@ impl Validate for ApiKey {
                 e.push(field, format!("must not be set for realm {realm}"));
             }
         };
-        match realm {
-            ApiRealm::Admin => {
-                forbidden(&mut e, "tenant", &self.tenant);
-                forbidden(&mut e, "reseller", &self.reseller);
-                forbidden(&mut e, "sipUser", &self.sip_user);
-            }
-            ApiRealm::Reseller => {
-                required(&mut e, "reseller", &self.reseller);
-                forbidden(&mut e, "tenant", &self.tenant);
-                forbidden(&mut e, "sipUser", &self.sip_user);
-            }
-            ApiRealm::Customer => {
-                required(&mut e, "tenant", &self.tenant);
-                forbidden(&mut e, "reseller", &self.reseller);
-                forbidden(&mut e, "sipUser", &self.sip_user);
-            }
-            ApiRealm::Account => {
-                required(&mut e, "sipUser", &self.sip_user);
-                forbidden(&mut e, "reseller", &self.reseller);
+        let scope = realm.scope();
+        if let Some(field) = scope.required {
+            required(&mut e, field, self.scope_field(field));
+        }
+        for field in SCOPE_FIELDS {
+            if scope.required != Some(field) && scope.optional != Some(field) {
+                forbidden(&mut e, field, self.scope_field(field));
             }
         }
         e.list
