@@ -291,6 +291,7 @@ pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
     // Request bodies are read, not written: their schemas as serde deserializes.
     let mut generator = schema_generator(false);
     requests::add_schemas(&mut generator);
+    tenios::add_schemas(&mut generator);
     schemas.extend(generator.take_definitions(true));
     schemas.extend(provisioning_schemas::schemas());
     schemas

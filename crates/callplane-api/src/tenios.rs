@@ -14,6 +14,7 @@ use axum::Json;
 use callplane_engine::blocks::{parse_blocks, DestinationType};
 use callplane_engine::call::{BridgeIdentity, Originate};
 use callplane_engine::events::{CallEvent, EventKind, EventSubscriber};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::auth::Caller;
@@ -165,6 +166,107 @@ impl IntoResponse for TeniosError {
     }
 }
 
+/// One field of a TENIOS body. Clients send ids and numbers as strings or as JSON numbers
+/// (numbers are taken as written); an empty string, or any other JSON value, reads as left out,
+/// and the handler answers for the field with TENIOS's error code for it.
+#[derive(Debug, Clone, Default)]
+pub struct Field(Option<String>);
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Through `Option`, so that a field left out reads as `None` too (serde asks a
+        // missing field's type for an option).
+        Ok(Field(match Option::<Value>::deserialize(d)? {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        }))
+    }
+}
+
+impl schemars::JsonSchema for Field {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TeniosField".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["string", "number"],
+            "minLength": 1,
+        })
+    }
+}
+
+impl Field {
+    fn get(&self) -> Option<String> {
+        self.0.clone()
+    }
+}
+
+/// `POST /makecall/init`, as TENIOS names the fields (others are ignored). Sent as JSON or as
+/// a form.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "MakecallInit")]
+pub struct MakecallInitRequest {
+    /// An API key of ours (a customer's, or above).
+    access_key: Field,
+    /// The number called first (optional '+', digits), through the account's default trunk.
+    destination_number: Field,
+    /// One of the account's numbers: its routing plan runs once the destination answers.
+    tenios_number: Field,
+    /// The caller ID the destination sees; left out, `tenios_number`.
+    #[serde(default)]
+    caller_id: Field,
+    /// Where the call's state changes are posted; left out, the number's own.
+    #[serde(default)]
+    callstate_info_url: Field,
+}
+
+/// `POST /makecall/status`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "MakecallStatus")]
+pub struct MakecallStatusRequest {
+    access_key: Field,
+    /// The `id` `/makecall/init` answered.
+    id: Field,
+}
+
+/// `POST /interrupt-ecc-block`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "InterruptEccBlock")]
+pub struct InterruptEccBlockRequest {
+    access_key: Field,
+    /// The call whose running Call Control block is stopped.
+    call_uuid: Field,
+}
+
+/// The request bodies' schemas, generated from the types the handlers read them into.
+pub fn add_schemas(generator: &mut schemars::SchemaGenerator) {
+    generator.subschema_for::<MakecallInitRequest>();
+    generator.subschema_for::<MakecallStatusRequest>();
+    generator.subschema_for::<InterruptEccBlockRequest>();
+}
+
+/// The request: a JSON object (what TENIOS's clients send) or a form, read into `T` (whose
+/// fields take any value, so this fails only for a body that is neither).
+fn request<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, TeniosError> {
+    let m = fields(headers, body)?;
+    serde_json::from_value(Value::Object(m)).map_err(|e| {
+        TeniosError::new(
+            "INVALID_REQUEST",
+            format!("the body cannot be read: {e}"),
+            &[],
+        )
+    })
+}
+
 /// The request's fields: a JSON object (what TENIOS's clients send) or a form.
 fn fields(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, TeniosError> {
     let form =
@@ -184,17 +286,8 @@ fn fields(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Tenio
     }
 }
 
-/// A string field (numbers are taken as written, as TENIOS clients send ids either way).
-fn text(m: &Map<String, Value>, k: &str) -> Option<String> {
-    match m.get(k)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn caller(st: &ApiState, m: &Map<String, Value>) -> Result<Caller, TeniosError> {
-    let key = text(m, "access_key").ok_or_else(TeniosError::bad_credentials)?;
+fn caller(st: &ApiState, access_key: &Field) -> Result<Caller, TeniosError> {
+    let key = access_key.get().ok_or_else(TeniosError::bad_credentials)?;
     match Caller::admitted(st, Some(&key)) {
         Ok(c) => Ok(c),
         Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
@@ -212,9 +305,11 @@ pub async fn makecall_init(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, TeniosError> {
-    let m = fields(&headers, &body)?;
-    let caller = caller(&st, &m)?;
-    let destination = text(&m, "destination_number")
+    let req: MakecallInitRequest = request(&headers, &body)?;
+    let caller = caller(&st, &req.access_key)?;
+    let destination = req
+        .destination_number
+        .get()
         .filter(|d| callplane_store::model::is_valid_number(d))
         .ok_or_else(|| {
             TeniosError::new(
@@ -230,7 +325,7 @@ pub async fn makecall_init(
             &["tenios_number"],
         )
     };
-    let tenios_number = text(&m, "tenios_number").ok_or_else(invalid_number)?;
+    let tenios_number = req.tenios_number.get().ok_or_else(invalid_number)?;
     let (number, tenant) = st
         .store
         .find_number(&tenios_number)
@@ -243,7 +338,7 @@ pub async fn makecall_init(
     if !scope.covers(Some(&tenant.name), &[]) {
         return Err(invalid_number());
     }
-    let caller_id = match text(&m, "caller_id") {
+    let caller_id = match req.caller_id.get() {
         Some(c) => {
             if !crate::auth::valid_caller_id(&c) {
                 return Err(TeniosError::new(
@@ -256,7 +351,7 @@ pub async fn makecall_init(
         }
         None => tenios_number.clone(),
     };
-    let callstate_url = text(&m, "callstate_info_url");
+    let callstate_url = req.callstate_info_url.get();
     if callstate_url
         .as_deref()
         .is_some_and(|u| !callplane_store::model::is_http_url(u))
@@ -327,10 +422,12 @@ pub async fn makecall_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, TeniosError> {
-    let m = fields(&headers, &body)?;
-    let caller = caller(&st, &m)?;
+    let req: MakecallStatusRequest = request(&headers, &body)?;
+    let caller = caller(&st, &req.access_key)?;
     let unknown = || TeniosError::new("INVALID_ID", "no makecall request with this id", &["id"]);
-    let id: u64 = text(&m, "id")
+    let id: u64 = req
+        .id
+        .get()
         .and_then(|s| s.parse().ok())
         .ok_or_else(unknown)?;
     // A request followed in memory, else one of before a restart (or long ago): its call's
@@ -369,9 +466,10 @@ pub async fn interrupt_ecc_block(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, TeniosError> {
-    let m = fields(&headers, &body).map_err(TeniosError::with_success)?;
-    let caller = caller(&st, &m).map_err(TeniosError::with_success)?;
-    let call = text(&m, "call_uuid").ok_or_else(|| {
+    let req: InterruptEccBlockRequest =
+        request(&headers, &body).map_err(TeniosError::with_success)?;
+    let caller = caller(&st, &req.access_key).map_err(TeniosError::with_success)?;
+    let call = req.call_uuid.get().ok_or_else(|| {
         TeniosError::new("INVALID_CALL_UUID", "call_uuid is required", &["call_uuid"])
             .with_success()
     })?;

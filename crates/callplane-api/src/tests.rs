@@ -2378,6 +2378,9 @@ fn the_answer_schemas_are_generated_from_the_handler_types() {
         "ApiKeyCreated",
         "ApiRealm",
         "Announcement",
+        "MakecallInit",
+        "MakecallStatus",
+        "InterruptEccBlock",
     ] {
         assert!(
             written["components"]["schemas"].get(name).is_none(),
@@ -2388,6 +2391,17 @@ fn the_answer_schemas_are_generated_from_the_handler_types() {
             "{name}"
         );
     }
+    // TENIOS's bodies: its field names, the ones it needs required, anything else let in.
+    let init = &served["components"]["schemas"]["MakecallInit"];
+    assert_eq!(
+        init["required"],
+        serde_json::json!(["access_key", "destination_number", "tenios_number"])
+    );
+    assert_eq!(
+        init["properties"]["caller_id"]["type"],
+        serde_json::json!(["string", "number"])
+    );
+    assert!(init.get("additionalProperties").is_none());
     let call = &served["components"]["schemas"]["Call"];
     assert_eq!(
         call["properties"]["legs"]["items"]["$ref"],
