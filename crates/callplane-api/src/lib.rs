@@ -287,6 +287,7 @@ pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
     generator.subschema_for::<callplane_store::ApiKey>();
     generator.subschema_for::<apikeys::CreatedKey>();
     generator.subschema_for::<callplane_store::model::Announcement>();
+    tenios::add_answer_schemas(&mut generator);
     let mut schemas = generator.take_definitions(true);
     // Request bodies are read, not written: their schemas as serde deserializes.
     let mut generator = schema_generator(false);
@@ -294,7 +295,22 @@ pub fn generated_schemas() -> serde_json::Map<String, serde_json::Value> {
     tenios::add_schemas(&mut generator);
     schemas.extend(generator.take_definitions(true));
     schemas.extend(provisioning_schemas::schemas());
+    schemas.insert("Block".into(), block_schema());
     schemas
+}
+
+/// `Block`: the `blockType`s the engine's parser knows; the fields are left to the parser's
+/// rules, which accept what TENIOS accepts (see docs/decisions.md, "OpenAPI document").
+fn block_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "required": ["blockType"],
+        "description": "One block of the block vocabulary (see the routing-and-blocks spec). Its fields are checked by the engine's block rules, which accept what TENIOS accepts; errors name `blocks[i].field`.",
+        "properties": {
+            "blockType": {"type": "string", "enum": callplane_engine::blocks::BLOCK_TYPES},
+        },
+        "additionalProperties": true,
+    })
 }
 
 /// A JSON Schema 2020-12 generator (OpenAPI 3.1) whose definitions are the document's

@@ -15,7 +15,7 @@ use callplane_engine::blocks::{parse_blocks, DestinationType};
 use callplane_engine::call::{BridgeIdentity, Originate};
 use callplane_engine::events::{CallEvent, EventKind, EventSubscriber};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::auth::Caller;
 use crate::ApiState;
@@ -26,7 +26,9 @@ const TRACKED: usize = 10_000;
 
 /// A makecall request's state, as `/makecall/status` reports it (the states of TENIOS's
 /// callback API that apply to one outbound call running a plan).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schemars(rename = "MakecallRequestState")]
 enum MakecallStatus {
     /// Accepted; the destination is not being called yet.
     Requested,
@@ -40,16 +42,29 @@ enum MakecallStatus {
     Disconnected,
 }
 
-impl MakecallStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            MakecallStatus::Requested => "REQUESTED",
-            MakecallStatus::CallingA => "CALLING_A",
-            MakecallStatus::CallAFailed => "CALL_A_FAILED",
-            MakecallStatus::Connected => "CONNECTED",
-            MakecallStatus::Disconnected => "DISCONNECTED",
-        }
-    }
+/// `POST /makecall/init`'s answer.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[schemars(rename = "MakecallAccepted")]
+pub struct MakecallAccepted {
+    /// The request's id, for `/makecall/status` (and the call's `callback_id` variable).
+    #[schemars(range(min = 1))]
+    id: u64,
+}
+
+/// `POST /makecall/status`'s answer.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[schemars(rename = "MakecallState")]
+pub struct MakecallState {
+    id: u64,
+    status: MakecallStatus,
+}
+
+/// `POST /interrupt-ecc-block`'s answer.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[schemars(rename = "EccBlockInterrupted")]
+pub struct EccBlockInterrupted {
+    #[schemars(extend("const" = true))]
+    success: bool,
 }
 
 struct Tracked {
@@ -125,11 +140,17 @@ impl EventSubscriber for MakecallTracker {
 
 /// A TENIOS-style error: `400 {"error_code", "error_message", "fields"}` (with
 /// `"success": false` on the routes that answer `success`).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct TeniosError {
+    #[serde(rename = "error_code")]
     code: &'static str,
+    #[serde(rename = "error_message")]
     message: String,
+    /// The request fields at fault.
     fields: Vec<&'static str>,
-    success_field: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("const" = false))]
+    success: Option<bool>,
 }
 
 impl TeniosError {
@@ -138,7 +159,7 @@ impl TeniosError {
             code,
             message: message.into(),
             fields: fields.to_vec(),
-            success_field: false,
+            success: None,
         }
     }
 
@@ -147,22 +168,14 @@ impl TeniosError {
     }
 
     fn with_success(mut self) -> Self {
-        self.success_field = true;
+        self.success = Some(false);
         self
     }
 }
 
 impl IntoResponse for TeniosError {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "error_code": self.code,
-            "error_message": self.message,
-            "fields": self.fields,
-        });
-        if self.success_field {
-            body["success"] = Value::Bool(false);
-        }
-        (StatusCode::BAD_REQUEST, Json(body)).into_response()
+        (StatusCode::BAD_REQUEST, Json(self)).into_response()
     }
 }
 
@@ -244,6 +257,14 @@ pub struct InterruptEccBlockRequest {
     call_uuid: Field,
 }
 
+/// The answers' schemas, generated from the types the handlers answer with.
+pub fn add_answer_schemas(generator: &mut schemars::SchemaGenerator) {
+    generator.subschema_for::<MakecallAccepted>();
+    generator.subschema_for::<MakecallState>();
+    generator.subschema_for::<EccBlockInterrupted>();
+    generator.subschema_for::<TeniosError>();
+}
+
 /// The request bodies' schemas, generated from the types the handlers read them into.
 pub fn add_schemas(generator: &mut schemars::SchemaGenerator) {
     generator.subschema_for::<MakecallInitRequest>();
@@ -304,7 +325,7 @@ pub async fn makecall_init(
     State(st): State<ApiState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, TeniosError> {
+) -> Result<Json<MakecallAccepted>, TeniosError> {
     let req: MakecallInitRequest = request(&headers, &body)?;
     let caller = caller(&st, &req.access_key)?;
     let destination = req
@@ -413,7 +434,7 @@ pub async fn makecall_init(
         call_uuid: Some(call_uuid),
         tenant: tenant.clone(),
     });
-    Ok(Json(json!({ "id": request_id })))
+    Ok(Json(MakecallAccepted { id: request_id }))
 }
 
 /// `POST /makecall/status` `{access_key, id}` → `{"id", "status"}`.
@@ -421,7 +442,7 @@ pub async fn makecall_status(
     State(st): State<ApiState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, TeniosError> {
+) -> Result<Json<MakecallState>, TeniosError> {
     let req: MakecallStatusRequest = request(&headers, &body)?;
     let caller = caller(&st, &req.access_key)?;
     let unknown = || TeniosError::new("INVALID_ID", "no makecall request with this id", &["id"]);
@@ -456,7 +477,7 @@ pub async fn makecall_status(
     if !scope.covers(Some(&tenant), &[]) {
         return Err(unknown());
     }
-    Ok(Json(json!({ "id": id, "status": status.as_str() })))
+    Ok(Json(MakecallState { id, status }))
 }
 
 /// `POST /interrupt-ecc-block` `{access_key, call_uuid}` — stops the call's running Call Control
@@ -465,7 +486,7 @@ pub async fn interrupt_ecc_block(
     State(st): State<ApiState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, TeniosError> {
+) -> Result<Json<EccBlockInterrupted>, TeniosError> {
     let req: InterruptEccBlockRequest =
         request(&headers, &body).map_err(TeniosError::with_success)?;
     let caller = caller(&st, &req.access_key).map_err(TeniosError::with_success)?;
@@ -474,7 +495,7 @@ pub async fn interrupt_ecc_block(
             .with_success()
     })?;
     match crate::calls::interrupt_call(&st, &caller, &call).await {
-        Ok(_) => Ok(Json(json!({ "success": true }))),
+        Ok(_) => Ok(Json(EccBlockInterrupted { success: true })),
         Err(_) => Err(TeniosError::new(
             "CALL_NOT_FOUND",
             "no call in progress with this call_uuid",

@@ -2381,6 +2381,12 @@ fn the_answer_schemas_are_generated_from_the_handler_types() {
         "MakecallInit",
         "MakecallStatus",
         "InterruptEccBlock",
+        "Block",
+        "MakecallAccepted",
+        "MakecallState",
+        "MakecallRequestState",
+        "EccBlockInterrupted",
+        "TeniosError",
     ] {
         assert!(
             written["components"]["schemas"].get(name).is_none(),
