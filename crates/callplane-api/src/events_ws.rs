@@ -827,8 +827,14 @@ async fn run(
     let mut last_heard = tokio::time::Instant::now();
     let mut close: Option<(u16, String)> = None;
     // From here on the hub writes the session's events to this socket; frames already
-    // waiting (a resumed session) go out first.
-    *lock(&s.wire) = Some((mine, wire.clone()));
+    // waiting (a resumed session) go out first. Unless a newer socket took the session over
+    // meanwhile (while this one said hello): its connection stays the session's.
+    {
+        let q = lock(&s.queue);
+        if q.attachment == mine {
+            *lock(&s.wire) = Some((mine, wire.clone()));
+        }
+    }
     s.notify.notify_one();
     while open {
         let inactive_at = cfg.inactivity_timeout.map(|t| last_heard + t);
