@@ -34,6 +34,19 @@ impl MovedLeg {
         self.attempt.leg.hangup(None);
     }
 
+    /// The leg, if the receiving call's `check` lets it in; hung up (and the refusal passed
+    /// on) otherwise.
+    pub(super) fn admitted<T>(
+        self,
+        check: Result<T, CommandRefused>,
+    ) -> Result<Self, CommandRefused> {
+        if let Err(why) = check {
+            self.hang_up();
+            return Err(why);
+        }
+        Ok(self)
+    }
+
     pub(super) fn into_parts(self) -> (Attempt, crate::leg::Owner, LegRecord) {
         (self.attempt, self.owner, self.record)
     }
@@ -314,14 +327,11 @@ impl Call {
         from: Option<u32>,
         consult: &str,
     ) -> Result<CallInfo, CommandRefused> {
-        if let Err(why) = self
-            .ended
-            .map_or(Ok(()), |_| Err(CommandRefused::Ending))
-            .and_then(|()| self.check_transfer(from))
-        {
-            moved.hang_up();
-            return Err(why);
-        }
+        let moved = moved.admitted(
+            self.ended
+                .map_or(Ok(()), |_| Err(CommandRefused::Ending))
+                .and_then(|()| self.check_transfer(from)),
+        )?;
         // The caller was held while its agent consulted: it talks to the new party now.
         if self
             .current_bridge_room()

@@ -87,10 +87,7 @@ impl Call {
         leg: MovedLeg,
         consult: String,
     ) -> Result<CallInfo, CommandRefused> {
-        if let Err(why) = self.check_hand_off() {
-            leg.hang_up();
-            return Err(why);
-        }
+        let leg = leg.admitted(self.check_hand_off())?;
         self.hand_off(Join::Adopt {
             leg: Box::new(leg),
             consult,

@@ -85,10 +85,7 @@ impl Call {
         moved: MovedLeg,
         mode: SuperviseMode,
     ) -> Result<CallInfo, CommandRefused> {
-        if let Err(why) = self.check_supervise() {
-            moved.hang_up();
-            return Err(why);
-        }
+        let moved = moved.admitted(self.check_supervise())?;
         let (attempt, owner, record) = moved.into_parts();
         if record.destination_type.as_deref() == Some(DestinationType::SipUser.as_str()) {
             self.events.add_line(&record.destination);
