@@ -703,20 +703,7 @@ fn a_blind_transfer_from_the_first_leg_hands_the_callee_to_a_new_call() {
     let r = transfer(serde_json::json!({"to": to_target, "from": format!("{id}.0")}));
     assert_refused(&r, "state", "not connected");
     wait_invited(&mut customer, &customer_rtp);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http::json(
-        server.http_port(),
-        "GET",
-        &format!("/v1/calls/{id}"),
-        Some(KEY),
-        None,
-    )
-    .json()["bridgedTo"]
-        .is_null()
-    {
-        assert!(Instant::now() < deadline, "never connected");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_bridged(&server, KEY, &id, Duration::from_secs(10));
 
     let mut window = (Instant::now(), Instant::now());
     let mut new_call = String::new();
@@ -829,13 +816,7 @@ fn an_attended_transfer_from_the_first_leg_joins_the_callee_and_the_consulted_pa
         trunk("target", target.port()),
     );
     let server = Server::start(&prov, true);
-    let connected = |id: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while call_json(&server, KEY, id)["bridgedTo"].is_null() {
-            assert!(Instant::now() < deadline, "{id} never connected");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let connected = |id: &str| wait_bridged(&server, KEY, id, Duration::from_secs(10));
     let trunk_dest = |name: &str| json!({"destinationType": "SIP_TRUNK", "destination": name});
     let r = post(
         &server,

@@ -989,15 +989,8 @@ fn softphone_handed_to_a_new_call(transport: &str) {
         wait_invited(&mut agent, &agent_rtp);
         // The agent talks until it is hung up, the target from when it answers.
         s.spawn(|| agent_rtp.send_pcm(&sine(700.0, 4.0, 6000.0)));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while api("GET", &format!("/v1/calls/{old_call}"), None).json()["bridgedTo"].is_null() {
-            assert!(
-                Instant::now() < deadline,
-                "the phone never answered\n{}",
-                server.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // The phone answered.
+        wait_bridged(&server, KEY, &old_call, Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(1000));
         let r = api(
             "POST",

@@ -2084,6 +2084,20 @@ pub fn call_json(server: &Server, key: &str, id: &str) -> serde_json::Value {
     .json()
 }
 
+/// Waits until call `id` is connected to a callee (`bridgedTo` set in its `GET`), for at most
+/// `within`.
+pub fn wait_bridged(server: &Server, key: &str, id: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while call_json(server, key, id)["bridgedTo"].is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "call {id} never connected\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits for the INVITE at `callee` (and its 200 OK to it) and points its RTP peer at the SDP
 /// in the INVITE.
 pub fn wait_invited(callee: &mut SippProcess, rtp: &RtpPeer) -> TracedMessage {
