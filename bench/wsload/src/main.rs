@@ -68,6 +68,8 @@ async fn main() {
     let duration: u64 = arg(&args, "--duration", "30").parse().expect("--duration");
     let connected = Arc::new(AtomicU64::new(0));
     let closed = Arc::new(AtomicU64::new(0));
+    // Clients whose connection or subscription failed.
+    let refused = Arc::new(AtomicU64::new(0));
     let totals = Arc::new(Mutex::new(Totals {
         hist: vec![0; BUCKETS],
         per_client: Vec::new(),
@@ -75,14 +77,16 @@ async fn main() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(duration);
     let mut tasks = Vec::new();
     for client in 0..clients {
-        let (key, connected, closed, totals) = (
+        let (key, connected, closed, refused, totals) = (
             key.clone(),
             connected.clone(),
             closed.clone(),
+            refused.clone(),
             totals.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let Ok(mut ws) = lean::Client::connect(port, &key).await else {
+                refused.fetch_add(1, Ordering::Relaxed);
                 return;
             };
             // `hello`, then `subscribed` in answer to the subscription.
@@ -90,6 +94,7 @@ async fn main() {
                 || ws.send_text(r#"{"op":"subscribe"}"#).await.is_err()
                 || ws.next_text().await.is_none()
             {
+                refused.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             connected.fetch_add(1, Ordering::Relaxed);
@@ -159,6 +164,13 @@ async fn main() {
         if tasks.len() % 50 == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+    // Ready once every client has subscribed or failed to (10 s at most).
+    let settle = tokio::time::Instant::now() + Duration::from_secs(10);
+    while connected.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed) < clients as u64
+        && tokio::time::Instant::now() < settle
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     println!("{{\"ready\":{}}}", connected.load(Ordering::Relaxed));
     for t in tasks {
