@@ -6,6 +6,7 @@ mod config;
 mod logging;
 mod metrics;
 mod retention;
+mod sched;
 
 use anyhow::{bail, Context};
 use callplane_engine::prompts::{find_program, PromptConfig};
@@ -330,6 +331,7 @@ fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(sched::short_slice)
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(serve_async(cfg, demo))
