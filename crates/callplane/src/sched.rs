@@ -11,17 +11,21 @@ const CALL_SLICE: std::time::Duration = std::time::Duration::from_micros(300);
 /// request is not kept waiting behind the events fan-out, the database writer or anything else
 /// on the machine. Measured on 2 cores with 1,000 events subscribers of 100 calls/s
 /// (`bench/events_fanout.py`, docs/performance.md): INVITE→200 p50 1.0 → 0.6 ms without the
-/// subscribers, p99 3.4–3.8 → 2.8–3.1 ms with them.
+/// subscribers, p99 3.4–3.8 → 2.4–3.2 ms with them.
 ///
 /// Any user may ask for it. The thread's nice value is part of the request, so the thread's
-/// own is passed on. Older kernels take the request and ignore the slice; where the call
-/// fails, the thread runs as it was.
+/// own is passed on; a thread an operator started under another policy (`chrt --batch`,
+/// `--idle`, a real-time one) is left as it is. Older kernels take the request and ignore the
+/// slice; where the call fails, the thread runs as it was.
 pub fn short_slice() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: gettid/getpriority read the calling thread; sched_setattr is given a fully
         // initialised sched_attr and its size.
         unsafe {
+            if libc::sched_getscheduler(0) != libc::SCHED_OTHER {
+                return;
+            }
             let tid = libc::gettid();
             *libc::__errno_location() = 0;
             let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
