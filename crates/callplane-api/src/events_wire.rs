@@ -111,16 +111,15 @@ impl Upgrade {
                 }
                 Err(other) => Conn::Other(other),
             };
-            let _ = runtime
-                .spawn(async move {
-                    match Wire::new(conn) {
-                        Ok(wire) => serve(wire).await,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "events socket: cannot register the stream")
-                        }
+            // Detached: this task (on the calls' runtime) has nothing left to do.
+            drop(runtime.spawn(async move {
+                match Wire::new(conn) {
+                    Ok(wire) => serve(wire).await,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "events socket: cannot register the stream")
                     }
-                })
-                .await;
+                }
+            }));
         });
         let mut r = Response::new(axum::body::Body::empty());
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
